@@ -1,0 +1,165 @@
+"""ResNet encoder f = f^(S) ∘ ... ∘ f^(1) whose stages are exposed as named taps.
+
+The paper uses a ResNet-50 with taps after stages 3 and 4 (§4.2). We build the same
+family from torchvision's residual blocks with two additions a CPU user needs: a width
+multiplier (so a preset can be narrow) and the usual small-image stem for 28-32 px
+inputs (3x3 conv, stride 1, no max-pool). Any torchvision ResNet also plugs in through
+:meth:`TappedResNet.from_torchvision`.
+
+Symbols: B batch, C channels, H W spatial size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchvision.models import resnet as tv_resnet
+
+from anomem.errors import ConfigError
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+_DEPTHS = {
+    "resnet18": (tv_resnet.BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (tv_resnet.BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (tv_resnet.Bottleneck, (3, 4, 6, 3)),
+}
+
+
+def _make_stage(block: type, inplanes: int, planes: int, blocks: int, stride: int) -> tuple[nn.Sequential, int]:
+    downsample = None
+    out = planes * block.expansion
+    if stride != 1 or inplanes != out:
+        downsample = nn.Sequential(
+            nn.Conv2d(inplanes, out, kernel_size=1, stride=stride, bias=False),
+            nn.BatchNorm2d(out),
+        )
+    layers = [block(inplanes, planes, stride, downsample)]
+    layers += [block(out, planes) for _ in range(1, blocks)]
+    return nn.Sequential(*layers), out
+
+
+class TappedResNet(nn.Module):
+    """A ResNet that returns the feature maps of the requested stages.
+
+    Args:
+        stem: module mapping the image to the first stage's input.
+        stages: the four residual stages ``layer1..layer4`` in order.
+        stage_channels: output channels C_s of each stage.
+        taps: names of the stages to return, shallow to deep. Stages after the
+            deepest tap are dropped (never computed).
+
+    Shape:
+        input (B, C_in, H, W) -> list of (B, C_s, H_s, W_s), one per tap.
+    """
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        stages: Sequence[nn.Module],
+        stage_channels: Sequence[int],
+        taps: Sequence[str],
+    ) -> None:
+        super().__init__()
+        for t in taps:
+            if t not in STAGES:
+                raise ConfigError(f"unknown tap {t!r}; a ResNet exposes {STAGES}")
+        if len(stages) != 4 or len(stage_channels) != 4:
+            raise ConfigError("a ResNet backbone needs exactly four stages layer1..layer4")
+        self.taps = tuple(taps)
+        last = max(STAGES.index(t) for t in self.taps)
+        self.stem = stem
+        # Keep the torchvision names so state dicts read naturally.
+        self.layers = nn.ModuleDict({STAGES[i]: stages[i] for i in range(last + 1)})
+        self.tap_channels = tuple(stage_channels[STAGES.index(t)] for t in self.taps)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        out = []
+        for name, stage in self.layers.items():
+            x = stage(x)
+            if name in self.taps:
+                out.append(x)  # (B, C_s, H_s, W_s)
+        return out
+
+    @classmethod
+    def build(
+        cls,
+        arch: str,
+        taps: Sequence[str],
+        in_channels: int = 3,
+        width: int = 64,
+        stem: str = "small",
+    ) -> TappedResNet:
+        """Our own ResNet-18/34/50 with a width multiplier and a choice of stem."""
+        if arch.startswith("torchvision:"):
+            return cls.from_torchvision(arch.split(":", 1)[1], taps, in_channels=in_channels, stem=stem)
+        if arch not in _DEPTHS:
+            raise ConfigError(f"unknown backbone {arch!r}; choose from {sorted(_DEPTHS)} or 'torchvision:<name>'")
+        if in_channels not in (1, 3):
+            raise ConfigError(f"in_channels must be 1 or 3, got {in_channels}")
+        block, depths = _DEPTHS[arch]
+        stem_mod = _make_stem(in_channels, width, stem)
+        stages, chans, inplanes = [], [], width
+        for i, n in enumerate(depths):
+            stage, inplanes = _make_stage(block, inplanes, width * 2**i, n, stride=1 if i == 0 else 2)
+            stages.append(stage)
+            chans.append(inplanes)
+        net = cls(stem_mod, stages, chans, taps)
+        _init_weights(net)
+        return net
+
+    @classmethod
+    def from_torchvision(
+        cls, name_or_model: str | nn.Module, taps: Sequence[str], in_channels: int = 3, stem: str = "imagenet"
+    ) -> TappedResNet:
+        """Wrap a torchvision ResNet (a constructor name like ``resnet50`` or a module).
+
+        No weights are downloaded: a name builds a randomly initialised network. With
+        ``stem="small"`` the 7x7/stride-2 convolution and max-pool are replaced by the
+        small-image stem; ``in_channels=1`` swaps the first convolution accordingly.
+        """
+        if isinstance(name_or_model, str):
+            ctor = getattr(tv_resnet, name_or_model, None)
+            if ctor is None or not name_or_model.startswith(("resnet", "resnext", "wide_resnet")):
+                raise ConfigError(f"torchvision has no ResNet called {name_or_model!r}")
+            model = ctor(weights=None)
+        else:
+            model = name_or_model
+        for attr in ("conv1", "bn1", "relu", "maxpool", *STAGES):
+            if not hasattr(model, attr):
+                raise ConfigError(f"model {type(model).__name__} is not a torchvision ResNet (missing {attr})")
+        width = model.conv1.out_channels
+        if stem == "small" or in_channels != model.conv1.in_channels:
+            stem_mod = _make_stem(in_channels, width, stem)
+        else:
+            stem_mod = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+        stages = [getattr(model, s) for s in STAGES]
+        chans = []
+        for s in stages:
+            last = s[-1]
+            chans.append(last.bn3.num_features if hasattr(last, "bn3") else last.bn2.num_features)
+        return cls(stem_mod, stages, chans, taps)
+
+
+def _make_stem(in_channels: int, width: int, stem: str) -> nn.Module:
+    if stem == "small":
+        conv = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
+        return nn.Sequential(conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+    if stem == "imagenet":
+        conv = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
+        return nn.Sequential(conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+    raise ConfigError(f"unknown stem {stem!r}; expected 'small' or 'imagenet'")
+
+
+def _init_weights(net: nn.Module) -> None:
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+__all__ = ["STAGES", "TappedResNet"]

@@ -1,0 +1,406 @@
+"""Typed configuration for AnoMem: dataclasses with every default in one place.
+
+A config is a tree of frozen dataclasses. It is validated on construction, saved as a
+plain dict into every checkpoint and result file, and can be built from a named preset,
+a YAML file and ``key=value`` overrides (``train.epochs=5``), in that order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from anomem.errors import ConfigError
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+NORMALISATIONS = ("none", "l2", "layernorm")
+OBJECTIVES = ("ntxent", "barlow")
+SCORE_MODES = ("auto", "one-class", "supervised")
+MERGES = ("weighted", "standardized")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The ResNet encoder f and which of its stages are tapped as scales.
+
+    ``arch`` is one of :data:`ARCHS` (our own ResNet with a width multiplier) or
+    ``"torchvision:<name>"`` for any torchvision ResNet constructor.
+    """
+
+    arch: str = "resnet18"
+    width: int = 64  # channels of the first stage; torchvision's ResNets use 64
+    stem: str = "small"  # "small": 3x3 conv stride 1, no max-pool (28-32 px); "imagenet"
+    taps: tuple[str, ...] = ("layer3", "layer4")
+
+    def __post_init__(self) -> None:
+        _check(
+            self.arch in ARCHS or self.arch.startswith("torchvision:"),
+            f"backbone.arch must be one of {ARCHS} or 'torchvision:<name>', got {self.arch!r}",
+        )
+        _check(self.width >= 4, f"backbone.width must be >= 4, got {self.width}")
+        _check(self.stem in ("small", "imagenet"), f"backbone.stem must be 'small' or 'imagenet', got {self.stem!r}")
+        _check(len(self.taps) >= 1, "backbone.taps must name at least one stage")
+        valid = ("layer1", "layer2", "layer3", "layer4")
+        for t in self.taps:
+            _check(t in valid, f"backbone.taps: unknown stage {t!r}; expected names from {valid}")
+        _check(
+            list(self.taps) == sorted(set(self.taps), key=valid.index),
+            f"backbone.taps must be distinct and ordered shallow to deep, got {self.taps}",
+        )
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """One Hopfield memory per tapped scale (Eq. 1) and the spatial sampling of Eq. 7."""
+
+    sizes: tuple[int, ...] = (512, 256)  # N_mem per scale
+    beta: float = 2.0  # inverse temperature β
+    learn_beta: bool = False
+    normalize: str = "l2"  # none | l2 | layernorm, applied to queries and patterns
+    max_steps: int = 3  # retrieval iterations of Eq. 1 at most
+    tol: float = 0.0  # stop early when max |Δξ| < tol (0 = always max_steps, no host sync)
+    sample_ratios: tuple[float, ...] = (0.3, 1.0)  # r^(s): fraction of positions in Ω^(s)
+    scale_weights: tuple[float, ...] | None = None  # λ^(s); None = 2^(s-1)
+
+    def __post_init__(self) -> None:
+        _check(all(n >= 1 for n in self.sizes), f"memory.sizes must be >= 1, got {self.sizes}")
+        _check(self.beta > 0, f"memory.beta must be > 0, got {self.beta}")
+        _check(self.normalize in NORMALISATIONS, f"memory.normalize must be one of {NORMALISATIONS}, got {self.normalize!r}")
+        _check(self.max_steps >= 1, f"memory.max_steps must be >= 1, got {self.max_steps}")
+        _check(self.tol >= 0, f"memory.tol must be >= 0, got {self.tol}")
+        _check(
+            all(0 < r <= 1 for r in self.sample_ratios),
+            f"memory.sample_ratios must lie in (0, 1], got {self.sample_ratios}",
+        )
+        if self.scale_weights is not None:
+            _check(all(w > 0 for w in self.scale_weights), f"memory.scale_weights must be > 0, got {self.scale_weights}")
+
+    def weights(self, n_scales: int) -> tuple[float, ...]:
+        """λ^(s) for each scale: the configured ones or 2^(s-1) (paper §4.2)."""
+        if self.scale_weights is not None:
+            return tuple(self.scale_weights)
+        return tuple(float(2**s) for s in range(n_scales))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Stage-1 objective: pairwise loss of Eq. 4-5 and the variance term of Eq. 6."""
+
+    objective: str = "ntxent"  # ntxent | barlow
+    temperature: float = 0.1  # τ
+    variance_weight: float = 0.05  # λ_V
+    variance_eps: float = 1e-4  # ε inside sqrt(Var + ε)
+    barlow_lambda: float = 5e-3  # off-diagonal weight, Barlow Twins only
+
+    def __post_init__(self) -> None:
+        _check(self.objective in OBJECTIVES, f"loss.objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        _check(self.temperature > 0, f"loss.temperature must be > 0, got {self.temperature}")
+        _check(self.variance_weight >= 0, f"loss.variance_weight must be >= 0, got {self.variance_weight}")
+        _check(self.variance_eps > 0, f"loss.variance_eps must be > 0, got {self.variance_eps}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """SimCLR-style views (paper §4.2); each parameter is drawn per sample."""
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4  # ignored for 1-channel images
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    noise_p: float = 0.5
+    noise_std: float = 0.03
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale
+        _check(0 < lo <= hi <= 1, f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
+        for name in ("flip_p", "jitter_p", "blur_p", "noise_p"):
+            v = getattr(self, name)
+            _check(0 <= v <= 1, f"augment.{name} is a probability, got {v}")
+        for name in ("brightness", "contrast", "saturation", "noise_std"):
+            _check(getattr(self, name) >= 0, f"augment.{name} must be >= 0, got {getattr(self, name)}")
+        _check(0 < self.blur_sigma[0] <= self.blur_sigma[1], f"augment.blur_sigma must be 0 < lo <= hi, got {self.blur_sigma}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Stage-1 optimisation (paper §4.2: SGD + Nesterov, cosine annealing)."""
+
+    epochs: int = 100
+    batch_size: int = 1024
+    lr: float = 0.5  # for batch 256; scaled linearly with batch_size
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 2
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    channels_last: bool = True  # on CUDA only
+    compile: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 2, f"train.batch_size must be >= 2 (contrastive pairs need negatives), got {self.batch_size}")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(0 <= self.momentum < 1, f"train.momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """Stage 2: one-class deviation score (Eq. 9, 13) and supervised heads (Eq. 10-12)."""
+
+    mode: str = "auto"  # auto: supervised heads if labelled anomalies were given
+    merge: str = "standardized"  # weighted (Eq. 13 on raw scores) | standardized per scale first
+    pool_size: int = 2  # φ: adaptive average pool to pool_size x pool_size
+    hidden: int = 128  # width of the 2-layer MLP g^(s)
+    margin: float = 2.0  # M of Eq. 11
+    steps: int = 300
+    batch_size: int = 256
+    lr: float = 0.05
+    weight_decay: float = 1e-4
+    normal_bank: int = 4096  # pooled normal deviations kept for refitting without the data
+
+    def __post_init__(self) -> None:
+        _check(self.mode in SCORE_MODES, f"scorer.mode must be one of {SCORE_MODES}, got {self.mode!r}")
+        _check(self.merge in MERGES, f"scorer.merge must be one of {MERGES}, got {self.merge!r}")
+        _check(self.pool_size >= 1, f"scorer.pool_size must be >= 1, got {self.pool_size}")
+        _check(self.hidden >= 1, f"scorer.hidden must be >= 1, got {self.hidden}")
+        _check(self.margin > 1, f"scorer.margin M must be > 1 so that 1/M < M, got {self.margin}")
+        _check(self.steps >= 1, f"scorer.steps must be >= 1, got {self.steps}")
+        _check(self.batch_size >= 2, f"scorer.batch_size must be >= 2, got {self.batch_size}")
+        _check(self.lr > 0, f"scorer.lr must be > 0, got {self.lr}")
+        _check(self.normal_bank >= 1, f"scorer.normal_bank must be >= 1, got {self.normal_bank}")
+
+
+@dataclass(frozen=True)
+class AnoMemConfig:
+    """Everything that defines an AnoMem detector and how it is trained."""
+
+    preset: str = "custom"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+
+    def __post_init__(self) -> None:
+        s = len(self.backbone.taps)
+        _check(
+            len(self.memory.sizes) == s,
+            f"memory.sizes has {len(self.memory.sizes)} entries but backbone.taps has {s} scales",
+        )
+        _check(
+            len(self.memory.sample_ratios) == s,
+            f"memory.sample_ratios has {len(self.memory.sample_ratios)} entries but backbone.taps has {s} scales",
+        )
+        if self.memory.scale_weights is not None:
+            _check(
+                len(self.memory.scale_weights) == s,
+                f"memory.scale_weights has {len(self.memory.scale_weights)} entries for {s} scales",
+            )
+
+    # -- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AnoMemConfig:
+        """Build from a (possibly partial) nested dict; unknown keys are errors."""
+        return _build(cls, d, prefix="")
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    """Convert ``value`` to the type of the field's default (YAML/CLI give lists/strings)."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if isinstance(default, tuple) or default is None:
+        if value is None:
+            return None
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        inner = default[0] if isinstance(default, tuple) and default else None
+        return tuple(_coerce(v, inner, key) if inner is not None else v for v in value)
+    return value
+
+
+def _build(cls: type, d: Any, prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(d).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; expected one of {sorted(known)}")
+    defaults = cls()
+    kwargs = {}
+    for name, value in d.items():
+        key = prefix + name
+        default = getattr(defaults, name)
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, key + ".")
+        else:
+            kwargs[name] = _coerce(value, default, key)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # pragma: no cover - guarded by the unknown-key check
+        raise ConfigError(str(e)) from None
+
+
+# -- presets ---------------------------------------------------------------------------
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Narrow ResNet-18 for 2 CPU cores: a few minutes per Fashion-MNIST class.
+    "cpu-small": {
+        "backbone": {"arch": "resnet18", "width": 16, "stem": "small", "taps": ["layer3", "layer4"]},
+        "memory": {"sizes": [128, 64], "sample_ratios": [0.3, 1.0]},
+        "train": {"epochs": 15, "batch_size": 256, "lr": 0.3, "warmup_epochs": 1},
+    },
+    # torchvision-sized ResNet-18 on one GPU.
+    "gpu-r18": {
+        "backbone": {"arch": "resnet18", "width": 64, "stem": "small", "taps": ["layer3", "layer4"]},
+        "memory": {"sizes": [512, 256], "sample_ratios": [0.3, 1.0]},
+        "train": {"epochs": 100, "batch_size": 1024, "lr": 0.5},
+    },
+    # The paper's setting (§4.2): ResNet-50, taps after stages 3 and 4.
+    "paper-r50": {
+        "backbone": {"arch": "resnet50", "width": 64, "stem": "small", "taps": ["layer3", "layer4"]},
+        "memory": {"sizes": [512, 256], "sample_ratios": [0.3, 1.0], "beta": 2.0},
+        "loss": {"temperature": 0.1, "variance_weight": 0.05},
+        "scorer": {"margin": 2.0},
+        "train": {"epochs": 500, "batch_size": 1024, "lr": 0.5},
+    },
+    # Tiny network for tests and the scikit-learn digits demo.
+    "tiny": {
+        "backbone": {"arch": "resnet18", "width": 8, "stem": "small", "taps": ["layer3", "layer4"]},
+        "memory": {"sizes": [32, 16], "sample_ratios": [0.5, 1.0]},
+        "train": {"epochs": 30, "batch_size": 128, "lr": 0.3, "warmup_epochs": 1},
+        "scorer": {"steps": 200},
+    },
+}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Turn ``["train.epochs=5", "memory.sizes=[64,32]"]`` into a nested dict.
+
+    Values are parsed as YAML scalars/lists, so ``5`` is an int, ``0.1`` a float,
+    ``[64, 32]`` a list and ``l2`` a string.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: cannot parse value: {e}") from None
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    preset: str | None = "cpu-small",
+    yaml_path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> AnoMemConfig:
+    """Preset, then YAML file, then ``key=value`` overrides, validated once at the end."""
+    import yaml
+
+    d: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        d = _merge(d, PRESETS[preset])
+        d["preset"] = preset
+    if yaml_path is not None:
+        p = Path(yaml_path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            y = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if not isinstance(y, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at top level")
+        if "preset" in y and preset is None:
+            name = y.pop("preset")
+            if name in PRESETS:
+                d = _merge(PRESETS[name], d)
+            d["preset"] = name
+        d = _merge(d, y)
+    d = _merge(d, parse_overrides(list(overrides)))
+    return AnoMemConfig.from_dict(d)
+
+
+def with_overrides(cfg: AnoMemConfig, overrides: list[str] | tuple[str, ...]) -> AnoMemConfig:
+    """A copy of ``cfg`` with ``key=value`` overrides applied and re-validated."""
+    return AnoMemConfig.from_dict(_merge(cfg.to_dict(), parse_overrides(list(overrides))))
+
+
+__all__ = [
+    "AnoMemConfig",
+    "AugmentConfig",
+    "BackboneConfig",
+    "LossConfig",
+    "MemoryConfig",
+    "PRESETS",
+    "ScorerConfig",
+    "TrainConfig",
+    "load_config",
+    "parse_overrides",
+    "replace",
+    "with_overrides",
+]

@@ -1,0 +1,362 @@
+"""The user-facing estimator: fit, score, map, refit stage 2, save and load.
+
+Conventions follow scikit-learn / PyOD: ``__init__`` only stores its arguments, ``fit``
+validates input and returns ``self``, learned state ends in ``_``, scoring never changes
+the estimator, and scores are HIGHER = MORE ANOMALOUS (the paper's y = 1 normal /
+y = 0 anomaly convention stays internal).
+
+Stage 1 (encoder + memories) is shared by the one-class and semi-supervised settings;
+:meth:`AnoMem.refit_scorer` retrains only stage 2 with new labelled anomalies, in
+seconds, leaving every stage-1 weight bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomem import __version__
+from anomem.checkpoint import load_checkpoint, save_checkpoint
+from anomem.config import AnoMemConfig, load_config
+from anomem.engine import (
+    EpochLog,
+    Stage1Trainer,
+    deviation_batches,
+    fit_heads,
+    resolve_device,
+    to_float,
+)
+from anomem.errors import CheckpointError, ConfigError, DataError, NotFittedError
+from anomem.inputs import as_images, as_labels, match_geometry
+from anomem.model import AnoMemNet
+from anomem.scoring import Scorer, one_class_scores
+
+EpochCallback = Callable[["AnoMem", Stage1Trainer, EpochLog], None]
+
+
+class AnomalyMaps(NamedTuple):
+    """Where the anomaly is.
+
+    Attributes:
+        fused: (N, H, W) λ-weighted merge of the standardised per-scale maps.
+        per_scale: (N, S, H, W) ‖Δ^(s)_ij‖₂ upsampled (bilinear) to the input size.
+        scores: (N,) image anomaly scores, as :meth:`AnoMem.anomaly_score`.
+    """
+
+    fused: np.ndarray
+    per_scale: np.ndarray
+    scores: np.ndarray
+
+
+class DeviationSummary(NamedTuple):
+    """Per-image stage-2 inputs, computed in one pass over the data."""
+
+    scores: torch.Tensor  # (N, S) one-class scores ‖Δ^(s)‖₂ (Eq. 9)
+    pooled: list[torch.Tensor]  # S x (N, D_s) pooled deviations φ(Δ^(s))
+    map_mean: torch.Tensor  # (S,) mean of per-position ‖Δ_ij‖ over all images
+    map_sq: torch.Tensor  # (S,) mean of per-position ‖Δ_ij‖²
+
+
+class AnoMem:
+    """AnoMem anomaly detector (Jezequel et al., multi-scale contrasted memory).
+
+    Args:
+        config: an :class:`AnoMemConfig`, a preset name (``cpu-small``, ``gpu-r18``,
+            ``paper-r50``, ``tiny``) or ``None`` for ``cpu-small``.
+        progress: show a progress bar while training.
+
+    Example:
+        >>> det = AnoMem("tiny").fit(normal_images)            # doctest: +SKIP
+        >>> det.anomaly_score(test_images)  # (N,), higher = more anomalous  # doctest: +SKIP
+        >>> det.refit_scorer(a_few_anomalies)                  # doctest: +SKIP
+    """
+
+    def __init__(self, config: AnoMemConfig | str | None = None, progress: bool = True) -> None:
+        self.config = config
+        self.progress = progress
+
+    # -- fitting -------------------------------------------------------------------
+    def _resolve_config(self) -> AnoMemConfig:
+        if self.config is None:
+            return load_config("cpu-small")
+        if isinstance(self.config, str):
+            return load_config(self.config)
+        if isinstance(self.config, AnoMemConfig):
+            return self.config
+        raise ConfigError(f"config must be an AnoMemConfig or a preset name, got {type(self.config).__name__}")
+
+    def fit(
+        self,
+        X: Any,
+        anomalies: Any = None,
+        *,
+        y: Any = None,
+        on_epoch_end: EpochCallback | None = None,
+        resume: dict[str, Any] | None = None,
+    ) -> AnoMem:
+        """Train stage 1 on all images, then stage 2.
+
+        Args:
+            X: training images (N, H, W) or (N, C, H, W), uint8 or float in [0, 1],
+                or a Dataset / ImageSet. All normal unless ``y`` says otherwise.
+            anomalies: optional labelled anomaly images (M, ...), same format.
+            y: optional labels for ``X`` (1 = normal, 0 = anomaly).
+            on_epoch_end: called after each stage-1 epoch (used to checkpoint).
+            resume: a checkpoint dict from a stage-1 checkpoint, to continue training.
+
+        Returns:
+            self
+        """
+        cfg = self._resolve_config()
+        x = as_images(X, "X")
+        normal = torch.ones(x.shape[0], dtype=torch.bool) if y is None else as_labels(y, x.shape[0], "y")
+        if anomalies is not None:
+            a = as_images(anomalies, "anomalies")
+            if a.shape[1:] != x.shape[1:]:
+                raise DataError(f"anomalies have shape {tuple(a.shape[1:])} per image but X has {tuple(x.shape[1:])}")
+            if a.dtype != x.dtype:
+                a, x = to_float(a), to_float(x)
+            x = torch.cat([x, a])
+            normal = torch.cat([normal, torch.zeros(a.shape[0], dtype=torch.bool)])
+        if int(normal.sum()) < 2:
+            raise DataError(f"fit needs at least 2 normal images, got {int(normal.sum())}")
+
+        torch.manual_seed(cfg.train.seed)
+        device = resolve_device(cfg.train.device)
+        self.config_ = cfg
+        self.in_channels_ = int(x.shape[1])
+        self.image_size_ = (int(x.shape[2]), int(x.shape[3]))
+        self.device_ = device
+        net = AnoMemNet.from_config(cfg, self.in_channels_)
+        normals_f = to_float(x[normal])
+        net.pixel_mean.copy_(normals_f.mean((0, 2, 3)))
+        net.pixel_std.copy_(normals_f.std((0, 2, 3)).clamp_min(1e-3))
+        del normals_f
+        self.net_ = net
+        trainer = Stage1Trainer(net, cfg, x, normal, device)
+        self.history_: list[EpochLog] = []
+        if resume is not None:
+            self._restore_stage1(resume, trainer)
+        bar = _progress(cfg.train.epochs, trainer.epoch, self.progress)
+        while trainer.epoch < cfg.train.epochs:
+            log = trainer.run_epoch()
+            self.history_.append(log)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{log.loss:.4f}", img_s=f"{log.images_per_s:.0f}")
+            if on_epoch_end is not None:
+                on_epoch_end(self, trainer, log)
+        if bar is not None:
+            bar.close()
+        self.net_ = trainer.net.to(memory_format=torch.contiguous_format)
+        self._fit_stage2(x[normal], x[~normal])
+        return self
+
+    def _fit_stage2(self, normals: torch.Tensor, anomalies: torch.Tensor) -> None:
+        cfg = self.config_
+        channels = self.net_.backbone.tap_channels
+        scorer = Scorer(channels, cfg.memory.weights(len(channels)), cfg.scorer.pool_size, cfg.scorer.hidden, cfg.scorer.merge == "standardized")
+        self.scorer_ = scorer.to(self.device_)
+        summ = self._summarise(normals)
+        scorer.score_mean.copy_(summ.scores.mean(0))
+        scorer.score_std.copy_(summ.scores.std(0, unbiased=False).clamp_min(1e-8))
+        scorer.map_mean.copy_(summ.map_mean)
+        scorer.map_std.copy_((summ.map_sq - summ.map_mean**2).clamp_min(1e-12).sqrt())
+        gen = torch.Generator().manual_seed(cfg.train.seed)
+        keep = torch.randperm(normals.shape[0], generator=gen)[: cfg.scorer.normal_bank]
+        self.normal_bank_ = [p[keep.to(p.device)] for p in summ.pooled]
+        self.anomaly_bank_ = [p[:0] for p in summ.pooled]
+        if anomalies.shape[0] > 0 and cfg.scorer.mode != "one-class":
+            self.anomaly_bank_ = self._summarise(anomalies).pooled
+            self._fit_heads()
+
+    def _fit_heads(self) -> None:
+        s = self.scorer_
+        fit_heads(s.heads, self.normal_bank_, self.anomaly_bank_, self.config_.scorer, self.config_.train.seed)
+        with torch.no_grad():
+            d = torch.stack([h.distance(f) for h, f in zip(s.heads, self.normal_bank_)], 1)  # (N, S)
+            s.head_mean.copy_(d.mean(0))
+            s.head_std.copy_(d.std(0, unbiased=False).clamp_min(1e-6))
+            s.supervised.fill_(True)
+
+    @torch.inference_mode()
+    def _summarise(self, images: torch.Tensor, batch_size: int = 256) -> DeviationSummary:
+        scores, pooled, msum, msq, count = [], None, None, None, 0
+        for devs in deviation_batches(self.net_, images, self.device_, batch_size):
+            scores.append(one_class_scores(devs))
+            p = [h.pool_features(d) for h, d in zip(self.scorer_.heads, devs)]
+            pooled = [[t] for t in p] if pooled is None else [acc + [t] for acc, t in zip(pooled, p)]
+            norms = [d.norm(dim=1) for d in devs]  # S x (B, H_s, W_s)
+            m = torch.stack([n.mean((1, 2)).sum() for n in norms])
+            q = torch.stack([(n**2).mean((1, 2)).sum() for n in norms])
+            msum = m if msum is None else msum + m
+            msq = q if msq is None else msq + q
+            count += devs[0].shape[0]
+        return DeviationSummary(torch.cat(scores), [torch.cat(p) for p in pooled], msum / count, msq / count)
+
+    def refit_scorer(self, anomalies: Any, normals: Any = None, keep_previous: bool = True) -> AnoMem:
+        """Retrain only stage 2 (the heads g^(s)) with labelled anomalies.
+
+        Encoder and memories are not touched. Normals come from the bank of pooled
+        training-normal deviations kept at fit time (and in the checkpoint) unless
+        ``normals`` is given. With ``keep_previous`` the anomalies seen before are
+        kept and the new ones added.
+
+        Returns:
+            self
+        """
+        self._check_fitted()
+        a = self._prepare(anomalies, "anomalies")
+        new = self._summarise(a).pooled
+        if normals is not None:
+            self.normal_bank_ = self._summarise(self._prepare(normals, "normals")).pooled
+        if keep_previous:
+            new = [torch.cat([old, n]) for old, n in zip(self.anomaly_bank_, new)]
+        self.anomaly_bank_ = new
+        self._fit_heads()
+        return self
+
+    # -- scoring -------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise NotFittedError("this AnoMem detector is not fitted yet; call fit() or AnoMem.load() first")
+
+    def _prepare(self, X: Any, name: str = "images") -> torch.Tensor:
+        return match_geometry(as_images(X, name), self.in_channels_, self.image_size_, name)
+
+    def _use_heads(self) -> bool:
+        mode = self.config_.scorer.mode
+        fitted = bool(self.scorer_.supervised)
+        if mode == "supervised" and not fitted:
+            raise NotFittedError("scorer.mode is 'supervised' but no labelled anomalies were given; use refit_scorer()")
+        return fitted and mode != "one-class"
+
+    @property
+    def is_supervised(self) -> bool:
+        """True when scores come from the supervised heads (Eq. 10)."""
+        self._check_fitted()
+        return self._use_heads()
+
+    @torch.inference_mode()
+    def score_per_scale(self, X: Any, batch_size: int = 256) -> np.ndarray:
+        """Per-scale anomaly scores (N, S), standardised if configured."""
+        self._check_fitted()
+        x, sup = self._prepare(X), self._use_heads()
+        out = [self.scorer_.per_scale(d, sup) for d in deviation_batches(self.net_, x, self.device_, batch_size)]
+        return torch.cat(out).cpu().numpy()
+
+    @torch.inference_mode()
+    def anomaly_score(self, X: Any, batch_size: int = 256) -> np.ndarray:
+        """Anomaly score of each image (N,), higher = more anomalous (Eq. 9/10 + 13)."""
+        self._check_fitted()
+        x, sup = self._prepare(X), self._use_heads()
+        out = [self.scorer_(d, sup) for d in deviation_batches(self.net_, x, self.device_, batch_size)]
+        return torch.cat(out).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def anomaly_maps(self, X: Any, batch_size: int = 128) -> AnomalyMaps:
+        """Per-scale and fused heat-maps at input resolution (see :class:`AnomalyMaps`)."""
+        self._check_fitted()
+        x, sup = self._prepare(X), self._use_heads()
+        size = self.image_size_
+        w = self.scorer_.scale_weights
+        fused, per, scores = [], [], []
+        for devs in deviation_batches(self.net_, x, self.device_, batch_size):
+            maps = torch.stack(
+                [F.interpolate(d.norm(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=False)[:, 0] for d in devs],
+                dim=1,
+            )  # (B, S, H, W)
+            z = (maps - self.scorer_.map_mean[:, None, None]) / self.scorer_.map_std[:, None, None]
+            fused.append((z * w[:, None, None]).sum(1) / w.sum())
+            per.append(maps)
+            scores.append(self.scorer_(devs, sup))
+        cat = lambda t: torch.cat(t).float().cpu().numpy()  # noqa: E731
+        return AnomalyMaps(cat(fused), cat(per), cat(scores))
+
+    # -- persistence ---------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "library_version": __version__,
+            "config": self.config_.to_json(),
+            "seed": self.config_.train.seed,
+            "in_channels": self.in_channels_,
+            "image_size": list(self.image_size_),
+            "net": {k: v.detach().cpu() for k, v in self.net_.state_dict().items()},
+        }
+
+    def stage1_checkpoint(self, trainer: Stage1Trainer) -> dict[str, Any]:
+        """A resumable mid-training checkpoint dict (weights + trainer state)."""
+        state = self._state()
+        state["net"] = {k: v.detach().cpu() for k, v in trainer.net.state_dict().items()}
+        state["trainer"] = trainer.state_dict()
+        state["history"] = json.dumps([log.__dict__ for log in self.history_])
+        return state
+
+    def _restore_stage1(self, ckpt: dict[str, Any], trainer: Stage1Trainer) -> None:
+        if "trainer" not in ckpt:
+            raise CheckpointError("this checkpoint holds no training state to resume from")
+        if json.loads(ckpt["config"]) != self.config_.to_dict():
+            raise CheckpointError("cannot resume: the checkpoint was made with a different config")
+        trainer.net.load_state_dict(ckpt["net"])
+        trainer.load_state_dict(ckpt["trainer"])
+        self.history_ = [EpochLog(**{**d, "retrieval_steps": tuple(d["retrieval_steps"])}) for d in json.loads(ckpt.get("history", "[]"))]
+
+    def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> None:
+        """Write the fitted detector to one file (atomically)."""
+        self._check_fitted()
+        state = self._state()
+        state["scorer"] = {k: v.detach().cpu() for k, v in self.scorer_.state_dict().items()}
+        state["normal_bank"] = [t.cpu() for t in self.normal_bank_]
+        state["anomaly_bank"] = [t.cpu() for t in self.anomaly_bank_]
+        state["history"] = json.dumps([log.__dict__ for log in self.history_])
+        state["meta"] = json.dumps(meta or {})
+        save_checkpoint(state, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> AnoMem:
+        """Load a detector saved by :meth:`save` (no code in the file is executed)."""
+        ckpt = load_checkpoint(path)
+        if "scorer" not in ckpt:
+            raise CheckpointError(f"{str(path)!r} is a mid-training checkpoint; resume it with `anomem train --resume`")
+        try:
+            cfg = AnoMemConfig.from_dict(json.loads(ckpt["config"]))
+        except (ConfigError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{str(path)!r} holds a config this version cannot read: {e}") from None
+        det = cls(cfg, progress=False)
+        det.config_ = cfg
+        det.in_channels_ = int(ckpt["in_channels"])
+        det.image_size_ = tuple(int(v) for v in ckpt["image_size"])
+        det.device_ = resolve_device(device)
+        net = AnoMemNet.from_config(cfg, det.in_channels_)
+        channels = net.backbone.tap_channels
+        scorer = Scorer(channels, cfg.memory.weights(len(channels)), cfg.scorer.pool_size, cfg.scorer.hidden, cfg.scorer.merge == "standardized")
+        try:
+            net.load_state_dict(ckpt["net"])
+            scorer.load_state_dict(ckpt["scorer"])
+        except (RuntimeError, KeyError) as e:
+            raise CheckpointError(f"{str(path)!r}: weights do not match its config: {str(e).splitlines()[0]}") from None
+        det.net_ = net.to(det.device_).eval()
+        det.scorer_ = scorer.to(det.device_).eval()
+        det.normal_bank_ = [t.to(det.device_) for t in ckpt["normal_bank"]]
+        det.anomaly_bank_ = [t.to(det.device_) for t in ckpt["anomaly_bank"]]
+        det.history_ = [EpochLog(**{**d, "retrieval_steps": tuple(d["retrieval_steps"])}) for d in json.loads(ckpt.get("history", "[]"))]
+        det.meta_ = json.loads(ckpt.get("meta", "{}"))
+        det.library_version_ = ckpt.get("library_version")
+        return det
+
+
+def _progress(total: int, initial: int, enabled: bool):  # -> tqdm | None
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="stage 1", unit="epoch", leave=False)
+
+
+__all__ = ["AnoMem", "AnomalyMaps"]

@@ -1,0 +1,272 @@
+"""Training engine: the only module that knows optimisers, schedules, devices and AMP.
+
+Stage 1 (paper Alg. 1): encoder and memories learn jointly with L_COM-MS (Eq. 7).
+Stage 2: heads g^(s) learn on frozen deviation maps with the double hinge (Eq. 12).
+Both use SGD with Nesterov momentum and cosine annealing (paper §4.2).
+
+The dataset stays one tensor (uint8 or float) on the training device; each step indexes
+a batch, converts it to float and augments it there, so no per-image Python runs inside
+the loop and nothing is read back to the host except the logged loss once per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from anomem.augment import SimCLRViews
+from anomem.config import AnoMemConfig, ScorerConfig
+from anomem.errors import AnoMemError, ConfigError
+from anomem.losses import ContrastedMemoryLoss, double_hinge, make_objective
+from anomem.model import AnoMemNet
+
+
+class TrainingDivergedError(AnoMemError, RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but no CUDA device is available; use 'cpu' or 'auto'")
+    return dev
+
+
+def to_float(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] or float [0, 1] images -> float32 [0, 1]."""
+    if batch.dtype == torch.uint8:
+        return batch.float().div_(255.0)
+    return batch.float()
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up, then cosine annealing to 0."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """What one stage-1 epoch did (written to metrics and the log)."""
+
+    epoch: int
+    loss: float
+    contrastive: float
+    variance: float
+    lr: float
+    seconds: float
+    images_per_s: float
+    retrieval_steps: tuple[int, ...]
+
+
+class Stage1Trainer:
+    """Runs stage 1 on an in-memory dataset.
+
+    Args:
+        net: the network (moved to ``device``).
+        cfg: full config (train, loss, augment, memory sections are used).
+        images: (N, C, H, W) uint8 or float in [0, 1].
+        normal: (N,) bool, True for normal images (y = 1).
+        device: where to train.
+    """
+
+    def __init__(self, net: AnoMemNet, cfg: AnoMemConfig, images: torch.Tensor, normal: torch.Tensor, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.net = net.to(device)
+        if device.type == "cuda" and cfg.train.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.images = images.to(device)
+        self.normal = normal.to(device)
+        n = images.shape[0]
+        self.batch_size = min(cfg.train.batch_size, n)
+        if self.batch_size < 2:
+            raise ConfigError(f"stage 1 needs at least 2 training images, got {n}")
+        # Drop the ragged last batch: NT-Xent needs negatives and BatchNorm a full batch.
+        self.steps_per_epoch = max(1, n // self.batch_size)
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        self.views = SimCLRViews(cfg.augment, tuple(images.shape[2:]), images.shape[1]).to(device)
+        self.loss_fn = ContrastedMemoryLoss(
+            make_objective(cfg.loss.objective, cfg.loss.temperature, cfg.loss.barlow_lambda),
+            cfg.memory.weights(net.num_scales),
+            cfg.loss.variance_weight,
+            cfg.loss.variance_eps,
+        )
+        lr = cfg.train.lr * self.batch_size / 256
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        fused = {"fused": True} if device.type == "cuda" else {}
+        self.optimizer = torch.optim.SGD(
+            params, lr=lr, momentum=cfg.train.momentum, nesterov=True, weight_decay=cfg.train.weight_decay, **fused
+        )
+        warm = cfg.train.warmup_epochs * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: cosine_with_warmup(s, self.total_steps, warm)
+        )
+        self.epoch = 0
+        self.amp = device.type == "cuda" and cfg.train.amp
+        self.step_fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] = self._step
+        if cfg.train.compile:
+            self.step_fn = torch.compile(self._step)
+
+    def _step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = to_float(self.images[idx])  # (B, C, H, W)
+        with torch.no_grad():
+            x1, x2 = self.views(x), self.views(x)  # t(X), t'(X): independent per-sample draws
+        if self.device.type == "cuda" and self.cfg.train.channels_last:
+            x1 = x1.contiguous(memory_format=torch.channels_last)
+            x2 = x2.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            pairs = self.net.contrast_pairs(x1, x2, self.normal[idx], self.cfg.memory.sample_ratios)
+            pairs = [type(p)(p.mem.float(), p.other.float()) for p in pairs]
+            terms = self.loss_fn(pairs, self.normal[idx])
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return terms.total.detach(), terms.contrastive, terms.variance
+
+    def run_epoch(self) -> EpochLog:
+        """One pass over a fresh random permutation of the data."""
+        self.net.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(self.images.shape[0], device=self.device)
+        sums = torch.zeros(3, device=self.device)
+        for i in range(self.steps_per_epoch):
+            idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
+            sums += torch.stack(self.step_fn(idx))
+        means = (sums / self.steps_per_epoch).tolist()  # the one host sync per epoch
+        if not all(math.isfinite(v) for v in means):
+            raise TrainingDivergedError(
+                f"stage-1 loss became non-finite at epoch {self.epoch + 1} ({means[0]}); "
+                "lower train.lr or check the input images"
+            )
+        self.epoch += 1
+        dt = time.perf_counter() - t0
+        return EpochLog(
+            epoch=self.epoch,
+            loss=means[0],
+            contrastive=means[1],
+            variance=means[2],
+            lr=self.scheduler.get_last_lr()[0],
+            seconds=dt,
+            images_per_s=self.steps_per_epoch * self.batch_size / dt,
+            retrieval_steps=tuple(m.last_steps for m in self.net.memories),
+        )
+
+    def state_dict(self) -> dict:
+        """Optimizer, schedule, epoch and RNG state, for resuming."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and state["rng_cuda"]:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+
+@torch.inference_mode()
+def deviation_batches(
+    net: AnoMemNet, images: torch.Tensor, device: torch.device, batch_size: int = 256
+) -> list[list[torch.Tensor]]:
+    """Δ^(s) for all images, computed in batches on ``device`` (eval mode).
+
+    Returns one list per batch of S maps (B, C_s, H_s, W_s), on ``device``.
+    """
+    net.eval()
+    amp = device.type == "cuda"
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        x = to_float(images[i : i + batch_size].to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out.append([d.float() for d in net.deviation_maps(x)])
+    return out
+
+
+def fit_heads(
+    heads: nn.ModuleList,
+    normal_feats: list[torch.Tensor],
+    anomaly_feats: list[torch.Tensor],
+    cfg: ScorerConfig,
+    seed: int,
+) -> list[float]:
+    """Train g^(s) on pooled deviations φ(Δ^(s)) with the double hinge (Eq. 11-12).
+
+    Anomalies are rare, so every batch is drawn half from normals and half from
+    anomalies (with replacement), which guarantees both labels in each batch.
+
+    Args:
+        heads: one DeviationHead per scale (their input statistics are set here).
+        normal_feats, anomaly_feats: per scale, pooled features (N, D_s) / (M, D_s).
+        cfg: scorer section (steps, batch_size, lr, margin...).
+        seed: seeds the batch draws and the head initialisation.
+
+    Returns:
+        the loss of each step (for logging and tests).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n, m = normal_feats[0].shape[0], anomaly_feats[0].shape[0]
+    if n == 0 or m == 0:
+        raise ConfigError("supervised heads need both normal and anomalous training samples")
+    device = normal_feats[0].device
+    with torch.no_grad():
+        for head, f in zip(heads, normal_feats):
+            head.set_input_stats(f)
+            for layer in head.mlp:
+                if isinstance(layer, nn.Linear):
+                    bound = 1.0 / math.sqrt(layer.in_features)
+                    w = torch.empty(layer.weight.shape).uniform_(-bound, bound, generator=gen)
+                    layer.weight.copy_(w)  # drawn on the CPU generator, copied to the device
+                    layer.bias.zero_()
+    params = [p for h in heads for p in h.mlp.parameters()]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg.steps, 0))
+    half = max(1, cfg.batch_size // 2)
+    y = torch.cat([torch.ones(half), torch.zeros(half)]).to(device)  # 1 = normal
+    losses = []
+    for h in heads:
+        h.train()
+    for _ in range(cfg.steps):
+        ni = torch.randint(n, (half,), generator=gen).to(device)
+        ai = torch.randint(m, (half,), generator=gen).to(device)
+        loss = 0.0
+        for head, fn, fa in zip(heads, normal_feats, anomaly_feats):
+            d = head.distance(torch.cat([fn[ni], fa[ai]]))  # (2·half,)
+            loss = loss + double_hinge(d, y, cfg.margin).mean()
+        loss = loss / len(heads)  # Eq. 12: mean over samples and scales
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.detach())
+    for h in heads:
+        h.eval()
+    return torch.stack(losses).tolist()  # one host sync, after the loop
+
+
+__all__ = [
+    "EpochLog",
+    "Stage1Trainer",
+    "TrainingDivergedError",
+    "cosine_with_warmup",
+    "deviation_batches",
+    "fit_heads",
+    "resolve_device",
+    "to_float",
+]

@@ -1,0 +1,108 @@
+"""Turn what users pass (arrays, tensors, Datasets, ImageSets) into one image tensor.
+
+Accepted: uint8 or float arrays/tensors shaped (N, H, W) or (N, C, H, W) with C in
+{1, 3}; floats must lie in [0, 1]; a torch Dataset yielding images (or (image, label)
+tuples) of such shapes; an :class:`anomem.data.ImageSet`. Anything else is a
+:class:`DataError` naming what was wrong.
+
+Shape:
+    -> (N, C, H, W), dtype uint8 or float32
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomem.data import ImageSet
+from anomem.errors import DataError
+
+
+def as_images(x: Any, name: str = "images") -> torch.Tensor:
+    """Validate and convert ``x`` to an (N, C, H, W) uint8 or float32 tensor."""
+    if isinstance(x, ImageSet):
+        return x.images
+    if isinstance(x, torch.utils.data.Dataset) and not isinstance(x, torch.Tensor):
+        x = _from_dataset(x, name)
+    if isinstance(x, np.ndarray):
+        if x.dtype == object:
+            raise DataError(f"{name}: object arrays are not images; pass a numeric array")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{name}: expected an array, tensor, Dataset or ImageSet, got {type(x).__name__}")
+    if x.ndim == 3:
+        x = x[:, None]  # (N, H, W) -> (N, 1, H, W)
+    if x.ndim != 4:
+        raise DataError(f"{name}: expected shape (N, H, W) or (N, C, H, W), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise DataError(f"{name}: no images (empty array)")
+    if x.shape[1] not in (1, 3):
+        if x.shape[3] in (1, 3):
+            raise DataError(f"{name}: got channels-last shape {tuple(x.shape)}; transpose to (N, C, H, W)")
+        raise DataError(f"{name}: expected 1 or 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    if x.dtype == torch.uint8:
+        return x
+    if x.dtype == torch.bool or not (x.is_floating_point() or x.dtype in (torch.int16, torch.int32, torch.int64)):
+        raise DataError(f"{name}: unsupported dtype {x.dtype}; use uint8 or float in [0, 1]")
+    x = x.float()
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten()[:5].tolist()
+        raise DataError(f"{name}: contains NaN or infinite values (first bad images: {bad})")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        raise DataError(f"{name}: float images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; pass uint8 or rescale")
+    return x
+
+
+def _from_dataset(ds: torch.utils.data.Dataset, name: str) -> torch.Tensor:
+    try:
+        n = len(ds)  # type: ignore[arg-type]
+    except TypeError:
+        raise DataError(f"{name}: the Dataset must define __len__") from None
+    if n == 0:
+        raise DataError(f"{name}: the Dataset is empty")
+    items = []
+    for i in range(n):
+        item = ds[i]
+        if isinstance(item, (tuple, list)):
+            item = item[0]
+        item = torch.as_tensor(np.asarray(item)) if not isinstance(item, torch.Tensor) else item
+        items.append(item)
+    shapes = {tuple(t.shape) for t in items}
+    if len(shapes) != 1:
+        raise DataError(f"{name}: the Dataset yields images of different shapes {sorted(shapes)[:3]}")
+    return torch.stack(items)
+
+
+def match_geometry(x: torch.Tensor, channels: int, size: tuple[int, int], name: str = "images") -> torch.Tensor:
+    """Resize ``x`` to the detector's input size; channel mismatches are errors.
+
+    Resizing (bilinear, antialiased) is what a user expects when scoring photos of a
+    different size; silently turning colour into grey or back is not, so it is refused.
+    """
+    if x.shape[1] != channels:
+        raise DataError(
+            f"{name}: the detector was trained on {channels}-channel images, got {x.shape[1]} channels; "
+            "convert them first (e.g. PIL .convert('L') or .convert('RGB'))"
+        )
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    was_uint8 = x.dtype == torch.uint8
+    y = F.interpolate(x.float() / (255.0 if was_uint8 else 1.0), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return y.clamp_(0, 1)
+
+
+def as_labels(y: Any, n: int, name: str = "labels") -> torch.Tensor:
+    """Labels in {0, 1} (1 = normal, the paper's convention) as a bool tensor (N,)."""
+    t = torch.as_tensor(np.asarray(y))
+    if t.shape != (n,):
+        raise DataError(f"{name}: expected shape ({n},), got {tuple(t.shape)}")
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise DataError(f"{name}: contains NaN or infinite values")
+    bad = ~((t == 0) | (t == 1))
+    if bad.any():
+        raise DataError(f"{name}: values must be 0 (anomaly) or 1 (normal), got {sorted(set(t[bad].tolist()))[:5]}")
+    return t == 1

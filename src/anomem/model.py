@@ -1,0 +1,95 @@
+"""The AnoMem network: encoder taps + one Hopfield memory per scale (pure torch).
+
+Stage 1 uses :meth:`AnoMemNet.contrast_pairs` (Eq. 3 and the sampling Ω of Eq. 7);
+stage 2 uses :meth:`AnoMemNet.deviation_maps` (Eq. 8). Nothing here knows about
+optimisers, devices or files.
+
+Symbols: B batch, C channels, H W spatial, P sampled positions, K stored patterns,
+S scales.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from anomem.backbone import TappedResNet
+from anomem.config import AnoMemConfig
+from anomem.losses import ScalePairs
+from anomem.memory import HopfieldMemory, retrieve_map
+
+
+class AnoMemNet(nn.Module):
+    """Encoder f with taps and memories HF^(1..S).
+
+    Inputs are float images in [0, 1]; the per-channel mean and std of the training
+    normals (buffers, saved with the weights) standardise them.
+
+    Shape:
+        x (B, C_in, H, W) -> S maps (B, C_s, H_s, W_s)
+    """
+
+    def __init__(self, backbone: TappedResNet, memories: list[HopfieldMemory], in_channels: int) -> None:
+        super().__init__()
+        if len(memories) != len(backbone.taps):
+            raise ValueError(f"{len(memories)} memories for {len(backbone.taps)} taps")
+        self.backbone = backbone
+        self.memories = nn.ModuleList(memories)
+        self.register_buffer("pixel_mean", torch.full((in_channels,), 0.5))
+        self.register_buffer("pixel_std", torch.full((in_channels,), 0.25))
+
+    @classmethod
+    def from_config(cls, cfg: AnoMemConfig, in_channels: int) -> AnoMemNet:
+        b, m = cfg.backbone, cfg.memory
+        backbone = TappedResNet.build(b.arch, b.taps, in_channels=in_channels, width=b.width, stem=b.stem)
+        memories = [
+            HopfieldMemory(k, c, m.beta, m.learn_beta, m.normalize, m.max_steps, m.tol)
+            for k, c in zip(m.sizes, backbone.tap_channels)
+        ]
+        return cls(backbone, memories, in_channels)
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.memories)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """z^(s) for every scale from images in [0, 1]."""
+        x = (x - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
+        return self.backbone(x)
+
+    def contrast_pairs(self, x1: torch.Tensor, x2: torch.Tensor, normal: torch.Tensor, ratios: tuple[float, ...]) -> list[ScalePairs]:
+        """Both branches of Eq. 4 at the positions Ω^(s) sampled for this batch.
+
+        Ω^(s) holds ⌊H_s W_s r^(s)⌋ positions drawn without replacement, the same for
+        every image and both views (SPEC §1). The first branch is Mem(z, y) (Eq. 3):
+        the memory's recollection for normals, the (projected) feature for anomalies.
+        Both views are encoded in one pass so BatchNorm sees the whole 2B batch.
+        """
+        bsz = x1.shape[0]
+        maps = self.features(torch.cat([x1, x2]))  # S x (2B, C, H, W)
+        out = []
+        for fmap, mem, r in zip(maps, self.memories, ratios):
+            _, c, h, w = fmap.shape
+            n_keep = max(1, math.floor(h * w * r))
+            pos = torch.randperm(h * w, device=fmap.device)[:n_keep]  # Ω^(s): (P,)
+            vec = fmap.flatten(2)[:, :, pos].permute(2, 0, 1)  # (P, 2B, C)
+            z, z2 = vec[:, :bsz], vec[:, bsz:]  # (P, B, C) each
+            q = mem.project(z)
+            rec = mem(z.reshape(-1, c)).recollection.view_as(z)  # HF(z): (P, B, C)
+            m = torch.where(normal[None, :, None], rec, q)  # Mem(z, y), Eq. 3
+            out.append(ScalePairs(m, mem.project(z2)))
+        return out
+
+    def deviation_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Δ^(s) = z^(s) - HF^(s)(z^(s)) at every position (Eq. 8), in memory space.
+
+        Shape:
+            x (B, C_in, H, W) -> S maps (B, C_s, H_s, W_s)
+        """
+        out = []
+        for fmap, mem in zip(self.features(x), self.memories):
+            q, rec = retrieve_map(mem, fmap)
+            out.append(q - rec)
+        return out

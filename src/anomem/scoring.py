@@ -1,0 +1,114 @@
+"""Stage 2: anomaly scores from the deviation maps (paper Eq. 9-13).
+
+One-class: s^(s) = ‖Δ^(s)‖₂ over the whole map (Eq. 9). Semi-supervised: a head per
+scale, g^(s) ∘ φ (Eq. 10), trained with the double hinge (Eq. 11-12) while encoder and
+memories stay frozen. Scales are merged by the λ-weighted mean (Eq. 13), optionally
+after standardising each scale by its statistics on training normals (the raw norms of
+different scales differ by orders of magnitude, so the deepest scale would otherwise
+dominate whatever λ says).
+
+Symbols: B batch, C channels, H W spatial, S scales.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def one_class_scores(deviations: Sequence[torch.Tensor]) -> torch.Tensor:
+    """s^(s) = ‖Δ^(s)‖₂ over the whole map (Eq. 9).
+
+    Shape:
+        S maps (B, C_s, H_s, W_s) -> (B, S)
+    """
+    return torch.stack([d.flatten(1).norm(dim=1) for d in deviations], dim=1)
+
+
+def merge_scales(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """s_a = Σ_s λ^(s) s^(s) / Σ_s λ^(s) (Eq. 13).
+
+    Shape:
+        scores (B, S), weights (S,) -> (B,)
+    """
+    return (scores * weights).sum(1) / weights.sum()
+
+
+class DeviationHead(nn.Module):
+    """g^(s) ∘ φ of Eq. 10 for one scale.
+
+    φ is an adaptive average pool to ``pool x pool``; the pooled features are
+    standardised with fixed statistics of the training normals (buffers set by
+    :meth:`set_input_stats`) so that one learning rate suits every scale; g is a
+    2-layer MLP with one scalar output, the anomaly distance d.
+
+    Shape:
+        Δ (B, C, H, W) -> d (B,)
+    """
+
+    def __init__(self, channels: int, pool: int, hidden: int) -> None:
+        super().__init__()
+        self.pool = pool
+        dim = channels * pool * pool
+        self.register_buffer("in_mean", torch.zeros(dim))
+        self.register_buffer("in_std", torch.ones(dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def pool_features(self, delta: torch.Tensor) -> torch.Tensor:
+        """φ(Δ): (B, C, H, W) -> (B, C·pool·pool)."""
+        return F.adaptive_avg_pool2d(delta, self.pool).flatten(1)
+
+    def set_input_stats(self, pooled_normals: torch.Tensor) -> None:
+        self.in_mean.copy_(pooled_normals.mean(0))
+        self.in_std.copy_(pooled_normals.std(0, unbiased=False).clamp_min(1e-6))
+
+    def distance(self, pooled: torch.Tensor) -> torch.Tensor:
+        """g(φ(Δ)) from already pooled features (B, D) -> (B,)."""
+        return self.mlp((pooled - self.in_mean) / self.in_std).squeeze(1)
+
+    def forward(self, delta: torch.Tensor) -> torch.Tensor:
+        return self.distance(self.pool_features(delta))
+
+
+class Scorer(nn.Module):
+    """Everything stage 2 learns: per-scale statistics and the optional heads.
+
+    Buffers ``score_mean``/``score_std`` hold each scale's one-class score statistics
+    on training normals; ``head_mean``/``head_std`` the same for head distances;
+    ``map_mean``/``map_std`` those of per-position deviation norms (for heat-maps).
+    ``supervised`` (a 0-d bool buffer) says whether the heads were trained.
+
+    Shape:
+        S deviation maps (B, C_s, H_s, W_s) -> per-scale scores (B, S)
+    """
+
+    def __init__(self, channels: Sequence[int], scale_weights: Sequence[float], pool: int, hidden: int, standardize: bool) -> None:
+        super().__init__()
+        s = len(channels)
+        self.standardize = standardize
+        self.register_buffer("scale_weights", torch.tensor([float(w) for w in scale_weights]))
+        self.register_buffer("score_mean", torch.zeros(s))
+        self.register_buffer("score_std", torch.ones(s))
+        self.register_buffer("head_mean", torch.zeros(s))
+        self.register_buffer("head_std", torch.ones(s))
+        self.register_buffer("map_mean", torch.zeros(s))  # per-position ‖Δ_ij‖ stats, for heat-maps
+        self.register_buffer("map_std", torch.ones(s))
+        self.register_buffer("supervised", torch.tensor(False))
+        self.heads = nn.ModuleList(DeviationHead(c, pool, hidden) for c in channels)
+
+    def per_scale(self, deviations: Sequence[torch.Tensor], supervised: bool) -> torch.Tensor:
+        """Per-scale anomaly scores, standardised if configured. (B, S)"""
+        if supervised:
+            raw = torch.stack([h(d) for h, d in zip(self.heads, deviations)], dim=1)  # Eq. 10
+            mean, std = self.head_mean, self.head_std
+        else:
+            raw = one_class_scores(deviations)  # Eq. 9
+            mean, std = self.score_mean, self.score_std
+        return (raw - mean) / std if self.standardize else raw
+
+    def forward(self, deviations: Sequence[torch.Tensor], supervised: bool) -> torch.Tensor:
+        """Merged anomaly score (B,), higher = more anomalous (Eq. 13)."""
+        return merge_scales(self.per_scale(deviations, supervised), self.scale_weights)

@@ -1,0 +1,98 @@
+"""The `anomem` command: train/score/refit on a folder, and clear errors (exit 2)."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from anomem.cli import main
+
+from synthetic import stripes
+
+
+def _write(dirpath, imgs, prefix):
+    dirpath.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(imgs):
+        Image.fromarray(im[0].numpy(), mode="L").save(dirpath / f"{prefix}{i:03d}.png")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds")
+    _write(root / "train" / "normal", stripes(48, False, seed=0), "n")
+    _write(root / "test" / "normal", stripes(8, False, seed=1), "n")
+    _write(root / "test" / "anomaly", stripes(8, True, seed=2), "a")
+    _write(root / "extra_anomalies", stripes(6, True, seed=3), "x")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(folder, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    code = main(["train", "--data", str(folder), "--preset", "tiny", "--epochs", "2", "--set", "train.batch_size=16",
+                 "--set", "scorer.steps=20", "--out", str(run), "--no-progress"])
+    assert code == 0
+    return run
+
+
+def test_train_writes_run_directory(trained):
+    for name in ("model.ckpt", "last.ckpt", "config.json", "metrics.json", "train.log", "test_scores.csv"):
+        assert (trained / name).is_file(), name
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert 0.0 <= metrics["test_auroc"] <= 1.0 and metrics["seed"] == 0
+    assert "epoch 2" in (trained / "train.log").read_text()
+
+
+def test_score_writes_csv_and_json(trained, folder, tmp_path):
+    out = tmp_path / "s.csv"
+    assert main(["score", str(trained / "model.ckpt"), str(folder / "test"), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 16 and all(float(r["score"]) == float(r["score"]) for r in rows)
+    js = tmp_path / "s.json"
+    assert main(["score", str(trained / "model.ckpt"), str(folder / "test" / "anomaly"), "--out", str(js)]) == 0
+    assert len(json.loads(js.read_text())) == 8
+
+
+def test_refit_adds_anomalies(trained, folder, tmp_path):
+    out = tmp_path / "refit.ckpt"
+    assert main(["refit", str(trained / "model.ckpt"), "--anomalies", str(folder / "extra_anomalies"), "--out", str(out)]) == 0
+    from anomem import AnoMem
+
+    assert AnoMem.load(out).is_supervised
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["score", "missing.ckpt", "."], "does not exist"),
+        (["train", "--data", "no-such-dataset", "--normal-class", "0", "--out", "{tmp}/r"], "no-such-dataset"),
+        (["train", "--data", "{tmp}", "--out", "{tmp}/r"], "not a dataset folder"),
+        (["train", "--data", "digits", "--normal-class", "42", "--out", "{tmp}/r"], "class 42 does not exist"),
+        (["train", "--data", "digits", "--normal-class", "0", "--set", "train.epochs=-1", "--out", "{tmp}/r"], "train.epochs"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("anomem: error:") and message in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+
+
+def test_corrupt_checkpoint_and_image_are_refused(trained, tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"\x00not a checkpoint")
+    assert main(["score", str(bad), str(tmp_path)]) == 2
+    broken = tmp_path / "img" / "broken.png"
+    broken.parent.mkdir()
+    broken.write_bytes(b"")
+    assert main(["score", str(trained / "model.ckpt"), str(broken.parent)]) == 2
+    assert "broken.png" in capsys.readouterr().err
+
+
+def test_console_script_entry_point():
+    out = subprocess.run([sys.executable, "-m", "anomem.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("anomem ")
