@@ -1,0 +1,469 @@
+"""Image files on disk: decoding, user anomaly folders, and plain lists of images.
+
+This module owns turning image files into uint8 tensors (any format Pillow reads, with
+explicit channel conversion and resizing), which :mod:`anomem.data.cub` and
+:mod:`anomem.data.imagefolder` reuse. It also loads the user folder layout::
+
+    ROOT/train/normal/...                 required, at least one image
+    ROOT/train/anomaly/[<type>/]...       optional labelled anomalies
+    ROOT/test/normal/...
+    ROOT/test/anomaly/[<type>/]...
+    ROOT/test/masks/[<type>/]<stem>.*     optional, one per test anomaly
+
+Images directly in ``anomaly/`` have type "anomaly"; images in ``anomaly/<type>/`` (at
+any depth below it) have type ``<type>``. A mask matches the anomaly with the same
+relative folder and file stem (``<stem>_mask`` is accepted too, as in MVTec AD); any
+image extension. Hidden files and folders (name starting with ".") are ignored; any
+other non-image file is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from anomem.data import ImageSet
+from anomem.errors import DataError
+
+__all__ = [
+    "FOLDER_CLASSES",
+    "IMAGE_EXTENSIONS",
+    "FileScan",
+    "ImageInfo",
+    "image_hw",
+    "load_folder",
+    "load_images",
+    "probe_image",
+    "read_image",
+    "scan_image_files",
+]
+
+FOLDER_CLASSES = ("normal", "anomaly")
+IMAGE_EXTENSIONS = frozenset(
+    ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN
+)
+_GREY_MODES = {"1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N", "La"}
+_SIXTEEN_BIT = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
+_EXIF_ORIENTATION = 0x0112
+_MAX_LISTED = 5
+
+
+class ImageInfo(NamedTuple):
+    """What an image file's header says: size after EXIF rotation and colourfulness."""
+
+    path: Path
+    size: tuple[int, int]  # (H, W)
+    colour: bool
+
+
+class FileScan(NamedTuple):
+    """Files under a directory, sorted by relative path: images and everything else."""
+
+    images: list[Path]
+    others: list[Path]
+
+
+def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """``image_size`` as (H, W): an int means a square. Raises DataError otherwise."""
+    values = [image_size] if not isinstance(image_size, Sequence) else list(image_size)
+    if len(values) not in (1, 2) or any(
+        isinstance(v, bool) or not isinstance(v, int | np.integer) or v <= 0 for v in values
+    ):
+        raise DataError(f"image_size must be a positive int or (H, W), got {image_size!r}")
+    h, w = (int(values[0]),) * 2 if len(values) == 1 else (int(values[0]), int(values[1]))
+    return h, w
+
+
+def _check_channels(channels: int | None) -> None:
+    if channels not in (1, 3, None) or isinstance(channels, bool):
+        raise DataError(f"channels must be 1, 3 or None (auto), got {channels!r}")
+
+
+def _list_names(paths: Sequence[Path]) -> str:
+    shown = ", ".join(str(p) for p in paths[:_MAX_LISTED])
+    more = len(paths) - _MAX_LISTED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def scan_image_files(directory: str | Path) -> FileScan:
+    """All files below ``directory`` (recursively, sorted), split by image extension.
+
+    Hidden files and folders are left out. Raises DataError if ``directory`` is not a
+    directory.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: not a directory")
+    images, others = [], []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            path = Path(dirpath, name)
+            (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
+
+    def key(p: Path) -> str:
+        return p.relative_to(directory).as_posix()
+
+    return FileScan(sorted(images, key=key), sorted(others, key=key))
+
+
+def _images_only(directory: Path) -> list[Path]:
+    scan = scan_image_files(directory)
+    if scan.others:
+        raise DataError(f"non-image files in {directory}: {_list_names(scan.others)}")
+    return scan.images
+
+
+def _is_colour(im: Image.Image) -> bool:
+    if im.mode in ("P", "PA"):
+        palette = im.getpalette() or []
+        rgb = np.asarray(palette[: len(palette) // 3 * 3]).reshape(-1, 3)
+        return bool(np.any(rgb != rgb[:, :1]))
+    return im.mode not in _GREY_MODES
+
+
+def probe_image(path: str | Path) -> ImageInfo:
+    """Read only the header of ``path``: its (H, W) after EXIF rotation and whether it is colour.
+
+    Raises:
+        DataError: the file is missing, empty or not an image Pillow can identify.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):  # rotated by 90 degrees
+                w, h = h, w
+            return ImageInfo(path, (h, w), _is_colour(im))
+    except Exception as e:  # noqa: BLE001 - any failure of an untrusted file is bad data
+        raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+
+
+def _check_file(path: Path) -> None:
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise DataError(f"cannot read image {path}: {e}") from e
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    if size == 0:
+        raise DataError(f"cannot read image {path}: file is empty (0 bytes)")
+
+
+def _decode(path: Path) -> Image.Image:
+    """Fully decode ``path`` (so truncation is caught) and apply its EXIF rotation."""
+    _check_file(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except Exception as e:  # noqa: BLE001 - any failure of an untrusted file is bad data
+        raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+
+
+def _to_mode(im: Image.Image, channels: int, path: Path) -> Image.Image:
+    """Convert to "L" (channels=1) or "RGB" (channels=3) explicitly."""
+    if im.mode == "F":
+        raise DataError(f"{path}: floating-point images are not supported; save it as 8 or 16 bit")
+    if im.mode in _SIXTEEN_BIT:
+        arr = np.asarray(im).astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise DataError(
+                f"{path}: pixel values {arr.min()}..{arr.max()} exceed the 16-bit range"
+            )
+        im = Image.fromarray(np.round(arr / 257.0).astype(np.uint8), mode="L")  # 65535 -> 255
+    elif im.mode in ("P", "PA") and ("transparency" in im.info or im.mode == "PA"):
+        im = im.convert("RGBA")
+    target = "L" if channels == 1 else "RGB"
+    if im.mode == target:
+        return im
+    try:
+        return im.convert(target)
+    except ValueError as e:
+        raise DataError(f"{path}: cannot convert image mode {im.mode} to {target}: {e}") from e
+
+
+def read_image(
+    path: str | Path, size: int | Sequence[int] | None = None, channels: int = 3
+) -> torch.Tensor:
+    """Decode one image file into a uint8 tensor.
+
+    Args:
+        path: any file Pillow can read.
+        size: output (H, W) or a square side; None keeps the file's size.
+        channels: 1 (converted to "L", ITU-R 601 luma) or 3 ("RGB"). 16-bit images are
+            scaled to 8 bits; alpha is dropped.
+
+    Raises:
+        DataError: the file is missing, empty, truncated or not an image.
+
+    Shape:
+        (C, H, W) uint8.
+    """
+    path = Path(path)
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels!r}")
+    im = _to_mode(_decode(path), channels, path)
+    if size is not None:
+        h, w = image_hw(size)
+        if im.size != (w, h):
+            im = im.resize((w, h), Image.Resampling.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)  # (H, W) or (H, W, 3)
+    tensor = torch.from_numpy(arr.copy())
+    return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
+
+
+def _read_mask(
+    path: Path, size: tuple[int, int], expected_hw: tuple[int, int], image: Path
+) -> torch.Tensor:
+    """Binary mask (1, H, W) uint8, 255 where the file is non-zero, resized with nearest."""
+    im = _decode(path)
+    if (im.height, im.width) != expected_hw:
+        raise DataError(
+            f"mask {path} is {im.height}x{im.width} but its image {image} is "
+            f"{expected_hw[0]}x{expected_hw[1]}"
+        )
+    if im.mode in _GREY_MODES:
+        on = np.asarray(im) != 0
+        if on.ndim == 3:  # LA: ignore alpha
+            on = on[..., 0]
+    else:
+        on = np.asarray(im.convert("RGB")).any(axis=2)
+    binary = Image.fromarray(on.astype(np.uint8) * 255, mode="L")
+    if binary.size != (size[1], size[0]):
+        binary = binary.resize((size[1], size[0]), Image.Resampling.NEAREST)
+    return torch.from_numpy((np.asarray(binary) > 0).astype(np.uint8) * 255).unsqueeze(0)
+
+
+def _stack(paths: Sequence[Path], size: tuple[int, int], channels: int) -> torch.Tensor:
+    """Decode ``paths`` into one tensor (N, C, H, W)."""
+    out = torch.empty((len(paths), channels, *size), dtype=torch.uint8)
+    for i, path in enumerate(paths):
+        out[i] = read_image(path, size, channels)
+    return out
+
+
+def load_images(
+    paths_or_dirs: str | Path | Iterable[str | Path],
+    image_size: int | Sequence[int] | None = None,
+    channels: int | None = None,
+    skip_invalid: bool = False,
+) -> ImageSet:
+    """Load image files and directories of images (scanned recursively, sorted) for scoring.
+
+    Args:
+        paths_or_dirs: files and/or directories, in the order they should appear.
+        image_size: output (H, W) or square side; None = the first image's size.
+        channels: 1, 3, or None = 3 if any image is colour, else 1.
+        skip_invalid: skip non-image and unreadable files (listed in
+            ``meta["skipped"]``) instead of raising.
+
+    Raises:
+        DataError: a path does not exist, a file is not an image or cannot be decoded
+            (unless ``skip_invalid``), or nothing is left to load.
+
+    Shape:
+        images (N, C, H, W) uint8; targets (N,) all 0 (unlabelled).
+    """
+    _check_channels(channels)
+    items = [paths_or_dirs] if isinstance(paths_or_dirs, str | Path) else list(paths_or_dirs)
+    files: list[Path] = []
+    skipped: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            scan = scan_image_files(item)
+            files.extend(scan.images)
+            skipped.extend(scan.others)
+        elif item.is_file():
+            (files if item.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(item)
+        else:
+            raise DataError(f"{item}: no such file or directory")
+    if skipped and not skip_invalid:
+        raise DataError(
+            f"not image files: {_list_names(skipped)} (pass skip_invalid=True to skip them)"
+        )
+
+    infos: list[ImageInfo] = []
+    for path in files:
+        try:
+            infos.append(probe_image(path))
+        except DataError:
+            if not skip_invalid:
+                raise
+            skipped.append(path)
+    if not infos:
+        raise DataError(f"no images found in {', '.join(map(str, items))}")
+    size = infos[0].size if image_size is None else image_hw(image_size)
+    ch = channels if channels is not None else (3 if any(i.colour for i in infos) else 1)
+
+    tensors, loaded = [], []
+    for info in infos:
+        try:
+            tensors.append(read_image(info.path, size, ch))
+        except DataError:
+            if not skip_invalid:
+                raise
+            skipped.append(info.path)
+            continue
+        loaded.append(str(info.path))
+    if not tensors:
+        raise DataError(f"none of the images could be read: {_list_names(skipped)}")
+    return ImageSet(
+        images=torch.stack(tensors),  # (N, C, H, W)
+        targets=torch.zeros(len(tensors), dtype=torch.int64),
+        class_names=("unlabelled",),
+        paths=tuple(loaded),
+        meta={"skipped": [str(p) for p in skipped]},
+    )
+
+
+class _Entry(NamedTuple):
+    path: Path
+    anomaly: bool
+    kind: str  # "" for normals, else the anomaly type
+    key: str  # relative path below anomaly/ without extension, for mask matching
+
+
+def _split_entries(split_dir: Path, allow_masks: bool) -> list[_Entry]:
+    """Normals then anomalies of one split folder, validated."""
+    allowed = {"normal", "anomaly"} | ({"masks"} if allow_masks else set())
+    unexpected = sorted(
+        p.name for p in split_dir.iterdir() if not p.name.startswith(".") and p.name not in allowed
+    )
+    if unexpected:
+        raise DataError(
+            f"{split_dir}: unexpected entries {', '.join(unexpected)}; expected "
+            f"{', '.join(sorted(allowed))}/ folders"
+        )
+    entries: list[_Entry] = []
+    normal_dir = split_dir / "normal"
+    if normal_dir.is_dir():
+        entries += [_Entry(p, False, "", "") for p in _images_only(normal_dir)]
+    anomaly_dir = split_dir / "anomaly"
+    if anomaly_dir.is_dir():
+        for p in _images_only(anomaly_dir):
+            rel = p.relative_to(anomaly_dir)
+            kind = "anomaly" if len(rel.parts) == 1 else rel.parts[0]
+            entries.append(_Entry(p, True, kind, rel.with_suffix("").as_posix()))
+    return entries
+
+
+def _match_masks(masks_dir: Path, anomalies: list[_Entry]) -> dict[Path, Path]:
+    """Map each anomaly image to its mask file; every mask and every anomaly must match."""
+    by_key: dict[str, _Entry] = {}
+    for entry in anomalies:
+        if entry.key in by_key:
+            raise DataError(
+                f"anomalies {by_key[entry.key].path} and {entry.path} share the stem "
+                f"{entry.key!r}, so a mask cannot tell them apart"
+            )
+        by_key[entry.key] = entry
+    masks: dict[Path, Path] = {}
+    for mask in _images_only(masks_dir):
+        key = mask.relative_to(masks_dir).with_suffix("").as_posix()
+        candidates = [key] + ([key.removesuffix("_mask")] if key.endswith("_mask") else [])
+        match = next((by_key[k] for k in candidates if k in by_key), None)
+        if match is None:
+            raise DataError(
+                f"mask {mask} has no matching anomaly image (expected "
+                f"{masks_dir.parent / 'anomaly' / candidates[-1]}.<ext>)"
+            )
+        if match.path in masks:
+            raise DataError(f"anomaly {match.path} has two masks: {masks[match.path]} and {mask}")
+        masks[match.path] = mask
+    missing = [e.path for e in anomalies if e.path not in masks]
+    if missing:
+        raise DataError(
+            f"{masks_dir} exists but these anomalies have no mask: {_list_names(missing)}"
+        )
+    return masks
+
+
+def load_folder(
+    root: str | Path,
+    split: str = "train",
+    image_size: int | Sequence[int] | None = None,
+    channels: int | None = None,
+) -> ImageSet:
+    """Load ``split`` ("train" or "test") of a user anomaly folder (layout: module docstring).
+
+    Defaults are taken from the whole folder so both splits agree: ``image_size=None``
+    uses the size of the first image of ``train/normal``; ``channels=None`` is 3 if any
+    image under ``train/`` or ``test/`` is colour, else 1.
+
+    Returns:
+        targets 0 normal / 1 anomaly, ``anomaly`` (bool), ``anomaly_types`` ("" for
+        normals), ``paths``; for the test split with ``test/masks``, ``masks`` (all zero
+        for normals).
+
+    Raises:
+        DataError: missing ``train/normal`` or split folder, no normal images, unexpected
+            or non-image files, unreadable images, unmatched or mis-sized masks.
+
+    Shape:
+        images (N, C, H, W) uint8; targets (N,) int64; masks (N, 1, H, W) uint8.
+    """
+    root = Path(root)
+    if split not in ("train", "test"):
+        raise DataError(f"folder datasets have splits 'train' and 'test', got split={split!r}")
+    _check_channels(channels)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder does not exist")
+    train_normal = root / "train" / "normal"
+    if not train_normal.is_dir():
+        raise DataError(f"{root}: missing folder train/normal (the normal training images)")
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise DataError(f"{root}: missing folder {split}/")
+
+    entries = _split_entries(split_dir, allow_masks=split == "test")
+    train_entries = entries if split == "train" else _split_entries(root / "train", False)
+    if not any(not e.anomaly for e in train_entries):
+        raise DataError(f"{train_normal}: no normal training images")
+    if not entries:
+        raise DataError(f"{split_dir}: no images in normal/ or anomaly/")
+
+    size = (
+        image_hw(image_size) if image_size is not None else probe_image(train_entries[0].path).size
+    )
+    infos = {e.path: probe_image(e.path) for e in entries}
+    if channels is None:
+        test_dir = root / "test"
+        if split == "test":
+            other_entries = train_entries
+        else:
+            other_entries = _split_entries(test_dir, True) if test_dir.is_dir() else []
+        colour = any(i.colour for i in infos.values()) or any(
+            probe_image(e.path).colour for e in other_entries
+        )
+        channels = 3 if colour else 1
+
+    masks = None
+    masks_dir = split_dir / "masks"
+    if split == "test" and masks_dir.is_dir():
+        anomalies = [e for e in entries if e.anomaly]
+        mask_of = _match_masks(masks_dir, anomalies)
+        masks = torch.zeros((len(entries), 1, *size), dtype=torch.uint8)
+        for i, entry in enumerate(entries):
+            if entry.anomaly:
+                masks[i] = _read_mask(mask_of[entry.path], size, infos[entry.path].size, entry.path)
+
+    return ImageSet(
+        images=_stack([e.path for e in entries], size, channels),
+        targets=torch.tensor([int(e.anomaly) for e in entries], dtype=torch.int64),
+        class_names=FOLDER_CLASSES,
+        anomaly=torch.tensor([e.anomaly for e in entries], dtype=torch.bool),
+        anomaly_types=tuple(e.kind for e in entries),
+        masks=masks,
+        paths=tuple(str(e.path) for e in entries),
+        meta={"dataset": "folder", "split": split, "root": str(root)},
+    )
