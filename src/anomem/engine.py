@@ -21,8 +21,16 @@ from torch import nn
 
 from anomem.augment import SimCLRViews
 from anomem.config import AnoMemConfig, ScorerConfig
+from anomem.distributed import (
+    convert_batchnorm,
+    gather_no_grad,
+    gather_with_grad,
+    is_distributed,
+    rank,
+    world_size,
+)
 from anomem.errors import AnoMemError, ConfigError
-from anomem.losses import ContrastedMemoryLoss, double_hinge, make_objective
+from anomem.losses import ContrastedMemoryLoss, LossTerms, ScalePairs, double_hinge, make_objective
 from anomem.model import AnoMemNet
 
 
@@ -72,6 +80,12 @@ class EpochLog:
 class Stage1Trainer:
     """Runs stage 1 on an in-memory dataset.
 
+    Under torchrun (a process group is initialised) every rank holds the whole dataset,
+    draws the same global permutation and Ω (generators seeded by seed, epoch and step),
+    trains on its slice of each global batch of ``train.batch_size`` images, and gathers
+    both branches before the loss so negatives span the global batch. BatchNorm uses
+    global-batch statistics, so a step equals the single-process step on the same batch.
+
     Args:
         net: the network (moved to ``device``).
         cfg: full config (train, loss, augment, memory sections are used).
@@ -85,13 +99,21 @@ class Stage1Trainer:
         self.net = net.to(device)
         if device.type == "cuda" and cfg.train.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self.world, self.rank = world_size(), rank()
+        self.model: nn.Module = self.net
+        if is_distributed():
+            convert_batchnorm(self.net)
+            ids = [device.index] if device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+            torch.manual_seed(cfg.train.seed + 1000 * self.rank)  # different augmentations per rank
         self.images = images.to(device)
         self.normal = normal.to(device)
         n = images.shape[0]
-        self.batch_size = min(cfg.train.batch_size, n)
-        if self.batch_size < 2:
-            raise ConfigError(f"stage 1 needs at least 2 training images, got {n}")
-        # Drop the ragged last batch: NT-Xent needs negatives and BatchNorm a full batch.
+        # Global batch; drop the ragged last one: NT-Xent needs negatives, BatchNorm a full batch.
+        self.batch_size = min(cfg.train.batch_size, n) // self.world * self.world
+        if self.batch_size < 2 * self.world:
+            raise ConfigError(f"stage 1 needs at least {2 * self.world} training images, got {n}")
+        self.local_batch = self.batch_size // self.world
         self.steps_per_epoch = max(1, n // self.batch_size)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.views = SimCLRViews(cfg.augment, tuple(images.shape[2:]), images.shape[1]).to(device)
@@ -113,21 +135,38 @@ class Stage1Trainer:
         )
         self.epoch = 0
         self.amp = device.type == "cuda" and cfg.train.amp
-        self.step_fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] = self._step
+        self.step_fn: Callable[[torch.Tensor, int], tuple[torch.Tensor, ...]] = self._step
         if cfg.train.compile:
             self.step_fn = torch.compile(self._step)
 
-    def _step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = to_float(self.images[idx])  # (B, C, H, W)
-        with torch.no_grad():
-            x1, x2 = self.views(x), self.views(x)  # t(X), t'(X): independent per-sample draws
+    def _generator(self, *key: int) -> torch.Generator:
+        """A generator seeded by (seed, *key): equal on every rank, independent of history."""
+        g = torch.Generator(self.device)
+        mixed = self.cfg.train.seed
+        for k in key:
+            mixed = (mixed * 1_000_003 + k + 1) % (2**63)
+        return g.manual_seed(mixed)
+
+    def loss_on_views(self, x1: torch.Tensor, x2: torch.Tensor, normal: torch.Tensor, step: int) -> LossTerms:
+        """L_COM-MS (Eq. 7) for this rank's slice of two augmented views.
+
+        Shape:
+            x1, x2 (b, C, H, W) float, normal (b,) bool -> scalar terms
+        """
         if self.device.type == "cuda" and self.cfg.train.channels_last:
             x1 = x1.contiguous(memory_format=torch.channels_last)
             x2 = x2.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            pairs = self.net.contrast_pairs(x1, x2, self.normal[idx], self.cfg.memory.sample_ratios)
-            pairs = [type(p)(p.mem.float(), p.other.float()) for p in pairs]
-            terms = self.loss_fn(pairs, self.normal[idx])
+            pairs = self.model(x1, x2, normal, self.cfg.memory.sample_ratios, self._generator(1, step))
+        # Global batch for the negatives: (P, b, C) -> (P, W·b, C), gradients kept.
+        pairs = [ScalePairs(gather_with_grad(p.mem.float(), 1), gather_with_grad(p.other.float(), 1)) for p in pairs]
+        return self.loss_fn(pairs, gather_no_grad(normal.to(torch.uint8)).bool())
+
+    def _step(self, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = to_float(self.images[idx])  # (b, C, H, W)
+        with torch.no_grad():
+            x1, x2 = self.views(x), self.views(x)  # t(X), t'(X): independent per-sample draws
+        terms = self.loss_on_views(x1, x2, self.normal[idx], step)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         self.optimizer.step()
@@ -138,16 +177,23 @@ class Stage1Trainer:
         """One pass over a fresh random permutation of the data."""
         self.net.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(self.images.shape[0], device=self.device)
+        n = self.images.shape[0]
+        perm = torch.randperm(n, generator=self._generator(0, self.epoch), device="cpu").to(self.device)
         sums = torch.zeros(3, device=self.device)
         for i in range(self.steps_per_epoch):
-            idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
-            sums += torch.stack(self.step_fn(idx))
-        means = (sums / self.steps_per_epoch).tolist()  # the one host sync per epoch
-        if not all(math.isfinite(v) for v in means):
+            start = i * self.batch_size + self.rank * self.local_batch
+            idx = perm[start : start + self.local_batch]  # this rank's slice of the global batch
+            sums += torch.stack(self.step_fn(idx, self.epoch * self.steps_per_epoch + i))
+        # A finite loss can still be followed by a step that overflows the weights, and the
+        # caller checkpoints after this returns: check both, in the one host sync per epoch.
+        state = [t for t in self.net.state_dict().values() if t.is_floating_point()]
+        weights_ok = torch.stack([torch.isfinite(t).all() for t in state]).all()
+        *means, weights_ok = torch.cat([sums / self.steps_per_epoch, weights_ok[None].to(sums.dtype)]).tolist()
+        if not (all(math.isfinite(v) for v in means) and weights_ok):
+            what = "loss" if not all(math.isfinite(v) for v in means) else "weights"
             raise TrainingDivergedError(
-                f"stage-1 loss became non-finite at epoch {self.epoch + 1} ({means[0]}); "
-                "lower train.lr or check the input images"
+                f"stage-1 {what} became non-finite at epoch {self.epoch + 1} (loss {means[0]}); "
+                "lower train.lr or check the input images; the last checkpoint (if any) holds the last good epoch"
             )
         self.epoch += 1
         dt = time.perf_counter() - t0

@@ -59,13 +59,21 @@ class AnoMemNet(nn.Module):
         x = (x - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
         return self.backbone(x)
 
-    def contrast_pairs(self, x1: torch.Tensor, x2: torch.Tensor, normal: torch.Tensor, ratios: tuple[float, ...]) -> list[ScalePairs]:
+    def contrast_pairs(
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor,
+        normal: torch.Tensor,
+        ratios: tuple[float, ...],
+        generator: torch.Generator | None = None,
+    ) -> list[ScalePairs]:
         """Both branches of Eq. 4 at the positions Ω^(s) sampled for this batch.
 
         Ω^(s) holds ⌊H_s W_s r^(s)⌋ positions drawn without replacement, the same for
         every image and both views (SPEC §1). The first branch is Mem(z, y) (Eq. 3):
         the memory's recollection for normals, the (projected) feature for anomalies.
         Both views are encoded in one pass so BatchNorm sees the whole 2B batch.
+        ``generator`` draws Ω (all ranks of a distributed run pass equal ones).
         """
         bsz = x1.shape[0]
         maps = self.features(torch.cat([x1, x2]))  # S x (2B, C, H, W)
@@ -73,7 +81,7 @@ class AnoMemNet(nn.Module):
         for fmap, mem, r in zip(maps, self.memories, ratios):
             _, c, h, w = fmap.shape
             n_keep = max(1, math.floor(h * w * r))
-            pos = torch.randperm(h * w, device=fmap.device)[:n_keep]  # Ω^(s): (P,)
+            pos = torch.randperm(h * w, generator=generator, device=fmap.device)[:n_keep]  # Ω^(s): (P,)
             vec = fmap.flatten(2)[:, :, pos].permute(2, 0, 1)  # (P, 2B, C)
             z, z2 = vec[:, :bsz], vec[:, bsz:]  # (P, B, C) each
             q = mem.project(z)
@@ -81,6 +89,11 @@ class AnoMemNet(nn.Module):
             m = torch.where(normal[None, :, None], rec, q)  # Mem(z, y), Eq. 3
             out.append(ScalePairs(m, mem.project(z2)))
         return out
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, normal: torch.Tensor, ratios: tuple[float, ...],
+                generator: torch.Generator | None = None) -> list[ScalePairs]:
+        """Stage-1 forward, :meth:`contrast_pairs` (so DDP can wrap the network)."""
+        return self.contrast_pairs(x1, x2, normal, ratios, generator)
 
     def deviation_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Δ^(s) = z^(s) - HF^(s)(z^(s)) at every position (Eq. 8), in memory space.
