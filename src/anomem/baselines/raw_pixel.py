@@ -1,0 +1,210 @@
+"""Shallow detectors on raw pixels: one-class SVM, Isolation Forest, k-nearest neighbours.
+
+These are the classic baselines of the one-class image benchmarks (e.g. Ruff et al.,
+"Deep One-Class Classification", ICML 2018; Ruff et al., "Deep Semi-Supervised Anomaly
+Detection", ICLR 2020; Golan & El-Yaniv, "Deep Anomaly Detection Using Geometric
+Transformations", NeurIPS 2018). Every image is scaled to [0, 1] and flattened to one
+vector of C*H*W pixels; no other preprocessing.
+
+None of them can use labelled anomalies: ``fit(X, y)`` keeps only the rows with
+``y == 1`` (normal) and ignores the rows with ``y == 0``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.ensemble import IsolationForest
+from sklearn.neighbors import NearestNeighbors
+from sklearn.svm import OneClassSVM
+
+from anomem.baselines.base import BaseDetector, _check_number, check_random_state_seed
+from anomem.errors import ConfigError, DataError
+
+__all__ = ["RawPixelIsolationForest", "RawPixelKNN", "RawPixelOCSVM"]
+
+
+def _flatten(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) float tensor in [0, 1] -> (N, C*H*W) float32 array."""
+    return images.reshape(images.shape[0], -1).numpy()
+
+
+class RawPixelOCSVM(BaseDetector):
+    """One-class SVM on raw pixels (Schölkopf et al., "Estimating the Support of a
+    High-Dimensional Distribution", Neural Computation 2001).
+
+    scikit-learn's :class:`~sklearn.svm.OneClassSVM` with an RBF kernel. The score is
+    ``-decision_function``: the signed distance to the learned boundary, negated so that
+    higher = more anomalous.
+
+    Labelled anomalies (``y == 0``) are ignored: the SVM is fitted on the normal rows.
+
+    Args:
+        nu: upper bound on the fraction of training errors / lower bound on the fraction
+            of support vectors, in (0, 1]. Default 0.1, the usual one-class setting.
+        gamma: RBF kernel width: ``"scale"`` (1 / (n_pixels * pixel variance)),
+            ``"auto"`` (1 / n_pixels) or a positive float.
+        random_state: unused (the SVM is deterministic); accepted so that every baseline
+            takes the same arguments.
+
+    Attributes:
+        svm_: the fitted :class:`~sklearn.svm.OneClassSVM`.
+        input_shape_: (C, H, W) of the training images.
+    """
+
+    def __init__(
+        self, nu: float = 0.1, gamma: str | float = "scale", random_state: int | None = None
+    ):
+        self.nu = nu
+        self.gamma = gamma
+        self.random_state = random_state
+
+    def _check_params(self) -> None:
+        name = type(self).__name__
+        _check_number(name, "nu", self.nu, low=0.0, high=1.0, low_open=True)
+        if isinstance(self.gamma, str):
+            if self.gamma not in ("scale", "auto"):
+                raise ConfigError(
+                    f"{name}: gamma must be 'scale', 'auto' or a positive float, got {self.gamma!r}"
+                )
+        else:
+            _check_number(name, "gamma", self.gamma, low=0.0, low_open=True)
+        if self.random_state is not None:
+            check_random_state_seed(self.random_state)
+
+    def _fit(self, images: torch.Tensor, normal: np.ndarray) -> None:
+        self.svm_ = OneClassSVM(kernel="rbf", nu=float(self.nu), gamma=self.gamma).fit(
+            _flatten(images[torch.from_numpy(normal)])
+        )
+
+    def _score(self, images: torch.Tensor) -> np.ndarray:
+        return -self.svm_.decision_function(_flatten(images))
+
+
+class RawPixelIsolationForest(BaseDetector):
+    """Isolation Forest on raw pixels (Liu, Ting & Zhou, "Isolation Forest", ICDM 2008).
+
+    scikit-learn's :class:`~sklearn.ensemble.IsolationForest`. The score is
+    ``-score_samples``, i.e. the paper's anomaly score 2^(-E[h(x)] / c(n)): shorter
+    average path length = higher score = more anomalous.
+
+    Labelled anomalies (``y == 0``) are ignored: the forest is grown on the normal rows.
+
+    Args:
+        n_estimators: number of trees (default 100, as in the paper).
+        max_samples: sub-sample size per tree: ``"auto"`` (min(256, n)), an int, or a
+            float fraction in (0, 1].
+        random_state: seed for the sub-sampling and the random splits.
+        n_jobs: parallel jobs for fitting and scoring (scikit-learn meaning).
+
+    Attributes:
+        forest_: the fitted :class:`~sklearn.ensemble.IsolationForest`.
+        input_shape_: (C, H, W) of the training images.
+    """
+
+    def __init__(
+        self,
+        n_estimators: int = 100,
+        max_samples: str | int | float = "auto",
+        random_state: int | None = None,
+        n_jobs: int | None = None,
+    ):
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    def _check_params(self) -> None:
+        name = type(self).__name__
+        _check_number(name, "n_estimators", self.n_estimators, kind=int, low=1)
+        if isinstance(self.max_samples, str):
+            if self.max_samples != "auto":
+                raise ConfigError(
+                    f"{name}: max_samples must be 'auto', an int or a float, got {self.max_samples!r}"
+                )
+        elif isinstance(self.max_samples, (int, np.integer)) and not isinstance(
+            self.max_samples, bool
+        ):
+            _check_number(name, "max_samples", self.max_samples, kind=int, low=1)
+        else:
+            _check_number(name, "max_samples", self.max_samples, low=0.0, high=1.0, low_open=True)
+        if self.random_state is not None:
+            check_random_state_seed(self.random_state)
+
+    def _fit(self, images: torch.Tensor, normal: np.ndarray) -> None:
+        self.forest_ = IsolationForest(
+            n_estimators=int(self.n_estimators),
+            max_samples=self.max_samples,
+            random_state=self.random_state,
+            n_jobs=self.n_jobs,
+        ).fit(_flatten(images[torch.from_numpy(normal)]))
+
+    def _score(self, images: torch.Tensor) -> np.ndarray:
+        return -self.forest_.score_samples(_flatten(images))
+
+
+class RawPixelKNN(BaseDetector):
+    """k-nearest-neighbour distance on raw pixels (Ramaswamy, Rastogi & Shim, "Efficient
+    Algorithms for Mining Outliers from Large Data Sets", SIGMOD 2000; the mean-distance
+    variant of Angiulli & Pizzuti, PKDD 2002).
+
+    The score of an image is the mean Euclidean distance from its pixel vector to its
+    ``n_neighbors`` nearest training normals. An image that is itself in the training set
+    counts itself as its nearest neighbour (distance 0): training images are not left
+    out. Queries are processed in chunks of ``batch_size`` rows to bound memory.
+
+    Labelled anomalies (``y == 0``) are ignored: only normal rows are stored.
+
+    Args:
+        n_neighbors: k, the number of neighbours averaged (default 2).
+        batch_size: query rows per chunk when scoring.
+        random_state: unused (exact search is deterministic); accepted so that every
+            baseline takes the same arguments.
+        n_jobs: parallel jobs for the neighbour search (scikit-learn meaning).
+
+    Attributes:
+        nn_: the fitted :class:`~sklearn.neighbors.NearestNeighbors` (brute force).
+        input_shape_: (C, H, W) of the training images.
+    """
+
+    def __init__(
+        self,
+        n_neighbors: int = 2,
+        batch_size: int = 1024,
+        random_state: int | None = None,
+        n_jobs: int | None = None,
+    ):
+        self.n_neighbors = n_neighbors
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    def _check_params(self) -> None:
+        name = type(self).__name__
+        _check_number(name, "n_neighbors", self.n_neighbors, kind=int, low=1)
+        _check_number(name, "batch_size", self.batch_size, kind=int, low=1)
+        if self.random_state is not None:
+            check_random_state_seed(self.random_state)
+
+    def _fit(self, images: torch.Tensor, normal: np.ndarray) -> None:
+        n_normal = int(normal.sum())
+        if n_normal < self.n_neighbors:
+            raise DataError(
+                f"RawPixelKNN needs at least n_neighbors={self.n_neighbors} normal training "
+                f"images, got {n_normal}"
+            )
+        self.nn_ = NearestNeighbors(
+            n_neighbors=int(self.n_neighbors),
+            algorithm="brute",
+            metric="euclidean",
+            n_jobs=self.n_jobs,
+        ).fit(_flatten(images[torch.from_numpy(normal)]))
+
+    def _score(self, images: torch.Tensor) -> np.ndarray:
+        flat = _flatten(images)
+        out = np.empty(flat.shape[0], dtype=np.float64)
+        step = int(self.batch_size)
+        for start in range(0, flat.shape[0], step):
+            dist, _ = self.nn_.kneighbors(flat[start : start + step], return_distance=True)
+            out[start : start + step] = dist.mean(axis=1)
+        return out
