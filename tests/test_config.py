@@ -17,6 +17,7 @@ def test_paper_preset_has_paper_hyperparameters():
     c = load_config("paper-r50")
     assert c.backbone.arch == "resnet50" and c.backbone.taps == ("layer3", "layer4")
     assert c.memory.sizes == (512, 256) and c.memory.sample_ratios == (0.3, 1.0) and c.memory.beta == 2.0
+    assert c.memory.normalize == "none"
     assert c.loss.temperature == 0.1 and c.loss.variance_weight == 0.05 and c.scorer.margin == 2.0
     assert c.train.batch_size == 1024 and c.memory.weights(2) == (1.0, 2.0)
 

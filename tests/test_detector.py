@@ -10,7 +10,11 @@ from anomem.errors import DataError, NotFittedError
 
 from synthetic import stripes
 
-CFG = load_config("tiny", None, ["train.epochs=12", "train.batch_size=64", "scorer.steps=150"])
+# ~180 SGD steps with mild crops: with fewer the one-class score can still be
+# inverted (unseen stripes land near the blurred average recollection; docs/method.md).
+CFG = load_config(
+    "tiny", None, ["train.epochs=30", "train.batch_size=32", "scorer.steps=150", "augment.crop_scale=[0.85,1]"]
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +36,7 @@ def test_one_class_auroc_floor(fitted):
 
 def test_history_and_memory_steps(fitted):
     det, _, _ = fitted
-    assert len(det.history_) == 12
+    assert len(det.history_) == 30
     assert det.history_[-1].loss < det.history_[0].loss
     assert det.history_[-1].retrieval_steps == (CFG.memory.max_steps,) * 2
 

@@ -31,8 +31,11 @@ class AnoMemNet(nn.Module):
         x (B, C_in, H, W) -> S maps (B, C_s, H_s, W_s)
     """
 
-    def __init__(self, backbone: TappedResNet, memories: list[HopfieldMemory], in_channels: int) -> None:
+    def __init__(
+        self, backbone: TappedResNet, memories: list[HopfieldMemory], in_channels: int, use_memory: bool = True
+    ) -> None:
         super().__init__()
+        self.use_memory = use_memory  # False: stage 1 is plain SimCLR on the taps (ablation)
         if len(memories) != len(backbone.taps):
             raise ValueError(f"{len(memories)} memories for {len(backbone.taps)} taps")
         self.backbone = backbone
@@ -48,7 +51,7 @@ class AnoMemNet(nn.Module):
             HopfieldMemory(k, c, m.beta, m.learn_beta, m.normalize, m.max_steps, m.tol)
             for k, c in zip(m.sizes, backbone.tap_channels)
         ]
-        return cls(backbone, memories, in_channels)
+        return cls(backbone, memories, in_channels, use_memory=m.enabled)
 
     @property
     def num_scales(self) -> int:
@@ -85,15 +88,42 @@ class AnoMemNet(nn.Module):
             vec = fmap.flatten(2)[:, :, pos].permute(2, 0, 1)  # (P, 2B, C)
             z, z2 = vec[:, :bsz], vec[:, bsz:]  # (P, B, C) each
             q = mem.project(z)
-            rec = mem(z.reshape(-1, c)).recollection.view_as(z)  # HF(z): (P, B, C)
-            m = torch.where(normal[None, :, None], rec, q)  # Mem(z, y), Eq. 3
-            out.append(ScalePairs(m, mem.project(z2)))
+            if self.use_memory:
+                rec = mem(z.reshape(-1, c)).recollection.view_as(z)  # HF(z): (P, B, C)
+                q = torch.where(normal[None, :, None], rec, q)  # Mem(z, y), Eq. 3
+            out.append(ScalePairs(q, mem.project(z2)))
         return out
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, normal: torch.Tensor, ratios: tuple[float, ...],
                 generator: torch.Generator | None = None) -> list[ScalePairs]:
         """Stage-1 forward, :meth:`contrast_pairs` (so DDP can wrap the network)."""
         return self.contrast_pairs(x1, x2, normal, ratios, generator)
+
+    @torch.no_grad()
+    def init_memories_from(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Set each memory's patterns X to features of random positions of ``x``.
+
+        With random patterns in C dimensions every query has cosine ~ ±1/sqrt(C) to
+        every pattern, so the softmax of Eq. 1 is flat, all patterns receive the same
+        gradient and collapse together. Starting from real features (as k-means++
+        seeding does) makes retrieval peaked from the first step.
+
+        Shape:
+            x (B, C_in, H, W) images in [0, 1], normals only.
+        """
+        was_training = self.training
+        self.eval()
+        for fmap, mem in zip(self.features(x), self.memories):
+            vec = fmap.permute(0, 2, 3, 1).reshape(-1, fmap.shape[1]).float()  # (B·H·W, C)
+            k = mem.patterns.shape[0]
+            idx = torch.randperm(vec.shape[0], generator=generator, device=vec.device)[:k]
+            if idx.numel() < k:  # fewer positions than patterns: repeat some
+                extra = torch.randint(vec.shape[0], (k - idx.numel(),), generator=generator, device=vec.device)
+                idx = torch.cat([idx, extra])
+            picked = mem.project(vec[idx])  # (K, C)
+            noise = torch.randn(picked.shape, generator=generator, device=picked.device)
+            mem.patterns.copy_(picked + 0.01 * picked.std() * noise)  # distinct even when repeated
+        self.train(was_training)
 
     def deviation_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Δ^(s) = z^(s) - HF^(s)(z^(s)) at every position (Eq. 8), in memory space.
