@@ -6,14 +6,20 @@ unpickler refuses anything but those types: a file that tries to import or call
 something is rejected with :class:`CheckpointError` and nothing in it runs.
 
 Writes go to a temporary file in the same directory, are flushed to disk, then renamed
-over the target, so a crash mid-write leaves the previous good file in place.
+over the target (and the directory entry flushed), so a crash mid-write leaves the
+previous good file in place. A process killed mid-write can leave its ``.<name>.*.tmp``
+file behind; it is never read, and a later write of ``<name>`` removes it once it is an
+hour old (younger ones may belong to a writer still running).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,25 +37,90 @@ def atomic_write_bytes(path: str | Path, write: Any) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise CheckpointError(f"cannot write {str(path)!r}: directory {str(parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    _remove_stale_temps(path)
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise CheckpointError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+    try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the file the usual permissions
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(parent)
     except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(e, OSError):
-            raise CheckpointError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+        os_error = _os_error_in_chain(e) if isinstance(e, Exception) else None
+        if os_error is not None:
+            raise CheckpointError(f"cannot write {str(path)!r}: {os_error.strerror or os_error}") from None
         raise
+
+
+def _os_error_in_chain(e: BaseException) -> OSError | None:
+    """The OSError behind ``e``: torch.save re-raises a failed write (disk full) as RuntimeError."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Flush the rename to disk (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temp files of ``path`` left by a writer that was killed (older than 1 hour)."""
+    cutoff = time.time() - 3600
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if stale.stat().st_mtime < cutoff:
+                stale.unlink()
+        except OSError:
+            pass
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The git commit of the AnoMem source tree (``<sha>`` or ``<sha>-dirty``), None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
+        if head.returncode != 0 or not head.stdout.strip():
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=here)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
@@ -73,7 +144,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"refusing to load {str(path)!r}: it contains objects other than tensors and plain data "
             f"(a tampered or foreign file?): {first}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+    except Exception as e:  # torch.load on damaged bytes raises many types (IndexError, struct.error...)
         raise CheckpointError(f"{str(path)!r} is not a readable checkpoint (corrupt or truncated?): {e}") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an AnoMem checkpoint")

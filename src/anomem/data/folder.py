@@ -19,8 +19,10 @@ other non-image file is an error.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -130,6 +132,15 @@ def _is_colour(im: Image.Image) -> bool:
     return im.mode not in _GREY_MODES
 
 
+@contextlib.contextmanager
+def _refuse_bombs() -> Iterator[None]:
+    """Make Pillow's decompression-bomb warning (over ~89 Mpx) an error: a header that
+    claims a giant image must not make us allocate gigabytes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
 def probe_image(path: str | Path) -> ImageInfo:
     """Read only the header of ``path``: its (H, W) after EXIF rotation and whether it is colour.
 
@@ -139,7 +150,7 @@ def probe_image(path: str | Path) -> ImageInfo:
     path = Path(path)
     _check_file(path)
     try:
-        with Image.open(path) as im:
+        with _refuse_bombs(), Image.open(path) as im:
             w, h = im.size
             if im.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):  # rotated by 90 degrees
                 w, h = h, w
@@ -163,7 +174,7 @@ def _decode(path: Path) -> Image.Image:
     """Fully decode ``path`` (so truncation is caught) and apply its EXIF rotation."""
     _check_file(path)
     try:
-        with Image.open(path) as im:
+        with _refuse_bombs(), Image.open(path) as im:
             im.load()
             return ImageOps.exif_transpose(im)
     except Exception as e:  # noqa: BLE001 - any failure of an untrusted file is bad data

@@ -1,0 +1,187 @@
+"""Checkpoints are files someone may hand you: loading one never runs code in it.
+
+Each hostile file below would run ``os.system("touch MARKER")`` if unpickled with plain
+``pickle``/``torch.load(weights_only=False)``; the control test proves that. AnoMem's
+loaders must refuse every one with a clear CheckpointError (exit 2 from the CLI) and
+the marker must never appear. Version and config mismatches, and structurally broken
+checkpoints, also give clear messages instead of tracebacks.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from anomem import AnoMem, CheckpointError
+from anomem.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint
+from anomem.cli import main
+
+
+class RunsCommand:
+    """Unpickling this calls os.system(command)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def _hostile_files(directory: Path, marker: Path) -> dict[str, Path]:
+    evil = RunsCommand(f"touch {marker}")
+    files = {}
+    raw = directory / "raw-pickle.ckpt"  # a bare pickle stream, the legacy torch.load format
+    raw.write_bytes(pickle.dumps(evil, protocol=2))
+    files["raw pickle"] = raw
+    zipped = directory / "torch-zip.ckpt"  # torch.save's zip format with the payload at top level
+    torch.save(evil, zipped)
+    files["torch zip"] = zipped
+    nested = directory / "nested.ckpt"  # looks like ours, payload hidden inside the weights
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "config": "{}", "net": {"w": evil}}, nested)
+    files["nested in a valid-looking checkpoint"] = nested
+    return files
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    marker = tmp_path / "PWNED"
+    return marker, _hostile_files(tmp_path, marker)
+
+
+def test_control_the_payloads_really_run_code(tmp_path):
+    """Without the safe loader each file does run its command (so the tests below can fail)."""
+    for name, path in _hostile_files(tmp_path, tmp_path / "control").items():
+        if path.read_bytes()[:2] == b"PK":
+            torch.load(path, weights_only=False)
+        else:
+            pickle.loads(path.read_bytes())
+        assert (tmp_path / "control").exists(), name
+        (tmp_path / "control").unlink()
+
+
+def test_load_refuses_code_and_never_runs_it(hostile):
+    marker, files = hostile
+    for name, path in files.items():
+        with pytest.raises(CheckpointError, match="refusing to load"):
+            AnoMem.load(path)
+        with pytest.raises(CheckpointError, match="refusing to load"):
+            load_checkpoint(path)
+        assert not marker.exists(), f"{name}: the payload ran"
+
+
+def test_cli_score_refit_and_resume_refuse_code(hostile, trained_run, folder_dataset, tmp_path, capsys):
+    marker, files = hostile
+    images = str(folder_dataset / "test" / "normal")
+    for name, path in files.items():
+        assert main(["score", str(path), images]) == 2, name
+        assert main(["refit", str(path), "--anomalies", images]) == 2, name
+        run = tmp_path / f"run-{path.stem}"
+        shutil.copytree(trained_run, run)
+        shutil.copy(path, run / "last.ckpt")  # where `train --resume` looks
+        assert main(["train", "--resume", str(run), "--no-progress"]) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("anomem: error: refusing to load") == 3 and "Traceback" not in err, err
+        assert not marker.exists(), f"{name}: the payload ran"
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    ckpt = torch.load(src, weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, dst)
+    return dst
+
+
+def _config_edit(change):
+    def edit(ckpt):
+        cfg = json.loads(ckpt["config"])
+        change(cfg)
+        ckpt["config"] = json.dumps(cfg)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda c: c.update(format_version=FORMAT_VERSION + 1), "newer than this AnoMem understands"),
+        (lambda c: c.update(format_version="1"), "checkpoint format"),
+        (lambda c: c.pop("format"), "is not an AnoMem checkpoint"),
+        (_config_edit(lambda cfg: cfg["train"].update(bogus_key=1)), "train.bogus_key"),
+        (_config_edit(lambda cfg: cfg.update(preset=3)), "preset must be a string"),
+        (_config_edit(lambda cfg: cfg["backbone"].update(width=16)), "weights do not match its config"),
+        (_config_edit(lambda cfg: cfg["memory"].update(sizes=[8, 8])), "weights do not match its config"),
+        (lambda c: c.update(config="{not json"), "config this version cannot read"),
+        (lambda c: c.pop("in_channels"), "malformed checkpoint"),
+        (lambda c: c.update(in_channels="three"), "malformed checkpoint"),
+        (lambda c: c.update(image_size=None), "malformed checkpoint"),
+        (lambda c: c.update(net=[1, 2, 3]), "malformed checkpoint|weights do not match"),
+        (lambda c: c.update(normal_bank="x"), "malformed checkpoint"),
+        (lambda c: c.update(history="[{]"), "malformed checkpoint"),
+        (lambda c: c.pop("scorer"), "mid-training checkpoint"),
+    ],
+)
+def test_mismatched_checkpoints_give_clear_errors(trained_run, tmp_path, edit, message, capsys):
+    bad = _rewrite(trained_run / "model.ckpt", tmp_path / "bad.ckpt", edit)
+    with pytest.raises(CheckpointError, match=message):
+        AnoMem.load(bad)
+    assert main(["score", str(bad), str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("anomem: error:") and len(err.splitlines()) == 1
+
+
+def test_resume_refuses_mismatched_training_state(trained_run, tmp_path, capsys):
+    cases = {
+        "config": _config_edit(lambda cfg: cfg["train"].update(lr=0.123)),  # differs from config.json
+        "trainer": lambda c: c.update(trainer={"epoch": 1}),
+        "rng": lambda c: c["trainer"].update(rng_cpu=torch.zeros(3, dtype=torch.uint8)),
+        "weights": lambda c: c["net"].pop(next(iter(c["net"]))),
+    }
+    for name, edit in cases.items():
+        run = tmp_path / name
+        shutil.copytree(trained_run, run)
+        _rewrite(trained_run / "last.ckpt", run / "last.ckpt", edit)
+        assert main(["train", "--resume", str(run), "--no-progress"]) == 2, name
+        err = capsys.readouterr().err
+        assert "anomem: error: cannot resume" in err and "Traceback" not in err, (name, err)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_damaged_checkpoint_bytes_load_or_give_checkpoint_error(trained_run, tmp_path_factory, data):
+    """Truncation, overwritten bytes or a garbage prefix: CheckpointError or a valid load."""
+    blob = bytearray((trained_run / "model.ckpt").read_bytes())
+    how = data.draw(st.sampled_from(["truncate", "flip-head", "flip-tail", "prefix"]))
+    if how == "truncate":
+        blob = blob[: data.draw(st.integers(0, len(blob) - 1))]
+    elif how.startswith("flip"):
+        lo, hi = (0, min(4096, len(blob))) if how == "flip-head" else (len(blob) - 4096, len(blob))
+        for _ in range(data.draw(st.integers(1, 6))):
+            blob[data.draw(st.integers(lo, hi - 1))] ^= data.draw(st.integers(1, 255))
+    else:
+        blob = bytearray(data.draw(st.binary(min_size=1, max_size=64))) + blob
+    path = tmp_path_factory.mktemp("damaged") / "model.ckpt"
+    path.write_bytes(bytes(blob))
+    try:
+        det = AnoMem.load(path)
+    except CheckpointError as e:
+        assert str(path) in str(e)
+        return
+    assert det.image_size_ == (16, 16)
+
+
+def test_checkpoint_is_plain_data_only(trained_run):
+    """What we write loads under weights_only=True (no pickled classes of ours)."""
+    for name in ("model.ckpt", "last.ckpt"):
+        raw = torch.load(trained_run / name, weights_only=True)
+        assert raw["format"] == FORMAT and raw["format_version"] == FORMAT_VERSION
+        buf = io.BytesIO((trained_run / name).read_bytes())
+        assert torch.load(buf, weights_only=True).keys() == raw.keys()

@@ -1,0 +1,116 @@
+"""A training run SIGKILLed mid-epoch resumes with ``anomem train --resume RUN_DIR``.
+
+The run is a real ``python -m anomem.cli train`` process, killed once its first
+``last.ckpt`` exists (so during a later epoch). Resuming must finish the run, and on
+CPU with a fixed seed its final checkpoint must be bit-identical to an uninterrupted
+run's: last.ckpt holds the optimizer, schedule, epoch count and the global RNG state
+taken at the epoch boundary (kornia's augmentations draw from it); the data order and
+Ω come from generators seeded by (seed, epoch, step), so they need no saved state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from anomem import AnoMem
+from anomem.checkpoint import load_checkpoint
+from anomem.cli import main
+
+VOLATILE = {"meta", "history"}  # wall-clock timings; compared separately below
+
+
+def _assert_same(a, b, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def _losses(ckpt: dict) -> list[float]:
+    return [e["loss"] for e in json.loads(ckpt["history"])]
+
+
+@pytest.mark.slow  # a fresh Python process (imports torch) plus a resumed run: ~15 s on 2 idle cores
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(folder_dataset, trained_run, trained_epochs, tiny_train, tmp_path):
+    run = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same kernels as this process
+    argv = [sys.executable, "-m", "anomem.cli", "train", "--data", str(folder_dataset),
+            "--epochs", str(trained_epochs), "--out", str(run), *tiny_train]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "last.ckpt").exists():
+            assert proc.poll() is None, f"training ended early: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "no checkpoint after 240 s"
+            time.sleep(0.01)
+        time.sleep(0.05)  # into the next epoch
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "model.ckpt").exists(), "the run was not interrupted"
+    killed_at = load_checkpoint(run / "last.ckpt")["trainer"]["epoch"]
+    assert 1 <= killed_at < trained_epochs
+
+    # Resume from a moved directory: outputs go to RUN_DIR, not the original --out.
+    moved = tmp_path / "moved"
+    shutil.move(run, moved)
+    assert main(["train", "--resume", str(moved), "--no-progress"]) == 0
+    assert not run.exists()
+
+    resumed, reference = load_checkpoint(moved / "model.ckpt"), load_checkpoint(trained_run / "model.ckpt")
+    _assert_same({k: v for k, v in resumed.items() if k not in VOLATILE},
+                 {k: v for k, v in reference.items() if k not in VOLATILE})
+    assert _losses(resumed) == _losses(reference) and len(_losses(resumed)) == trained_epochs
+    _assert_same(load_checkpoint(moved / "last.ckpt")["net"], load_checkpoint(trained_run / "last.ckpt")["net"])
+
+    test = AnoMem.load(trained_run / "model.ckpt")
+    imgs = torch.stack([torch.full((1, 16, 16), v, dtype=torch.uint8) for v in (0, 90, 255)])
+    assert (AnoMem.load(moved / "model.ckpt").anomaly_score(imgs) == test.anomaly_score(imgs)).all()
+
+
+def test_resume_before_first_checkpoint_says_start_again(folder_dataset, tmp_path, capsys):
+    run = tmp_path / "early"
+    run.mkdir()
+    (run / "args.json").write_text(json.dumps({"data": str(folder_dataset)}))
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "last.ckpt" in err and "start it again" in err
+
+
+def test_resume_without_args_json_is_refused(trained_run, tmp_path, capsys):
+    run = tmp_path / "noargs"
+    shutil.copytree(trained_run, run)
+    (run / "args.json").unlink()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert "args.json" in capsys.readouterr().err
+
+
+def test_last_ckpt_holds_everything_resume_needs(trained_run, trained_epochs):
+    state = load_checkpoint(trained_run / "last.ckpt")
+    trainer = state["trainer"]
+    assert trainer["epoch"] == trained_epochs
+    assert {"optimizer", "scheduler", "rng_cpu"} <= set(trainer)
+    assert trainer["scheduler"]["last_epoch"] > 0 and trainer["optimizer"]["state"]  # momentum buffers
+    assert isinstance(trainer["rng_cpu"], torch.Tensor) and trainer["rng_cpu"].dtype == torch.uint8
+    assert Path(trained_run / "args.json").is_file()
