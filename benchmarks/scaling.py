@@ -15,8 +15,8 @@ training set has 60k images; one class has 6k).
   fp32); scoring = the same encoder's forward for the queries, then ``torch.cdist`` +
   ``topk`` against the bank in chunks, mean of the k smallest distances.
 * The fitted detector's checkpoint: besides the network it stores banks of pooled
-  deviations (a capped normal bank, the held-out calibration normals, the prototype
-  cache). Their size is predicted for every N from their shapes as the code builds them,
+  deviations (a normal bank and the held-out calibration normals, both capped at
+  ``scorer.normal_bank`` rows, and the prototype cache). Their size is predicted for every N from their shapes as the code builds them,
   and checked against real checkpoints written by ``AnoMem.fit(...).save`` at
   ``--fit-sizes`` (1-epoch fits on random images; training quality is not the point).
 
@@ -121,10 +121,7 @@ class CheckpointModel:
         row = self.row_floats * FLOAT_BYTES
         return {
             "normal bank (capped)": kept * (row + self.scales * FLOAT_BYTES),  # pooled + raw scores
-            # anomaly_bank_ = [p[:0] for p in pooled]: an empty VIEW of the pooled deviations of
-            # all training normals; torch.save writes a view's whole storage.
-            "empty anomaly bank (view)": train * row,
-            "calibration bank": cal * (row + self.scales * FLOAT_BYTES),
+            "calibration bank (capped)": min(cal, self.normal_bank_cap) * (row + self.scales * FLOAT_BYTES),
         }
 
     def total(self, n: int) -> int:
