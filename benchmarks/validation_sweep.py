@@ -1,4 +1,6 @@
-"""Pick the Hopfield memory's normalisation and β by measurement (SPEC §1).
+"""Choose settings by measurement on a validation split (never the test split).
+
+First use: the Hopfield memory's normalisation and β (SPEC §1).
 
 The paper's β = 2 is meaningless without saying what scale queries and patterns have:
 raw ResNet features make softmax(β ξ Xᵀ) almost one-hot, unit vectors make it almost
@@ -9,8 +11,10 @@ setting, the one-class AUROC on a VALIDATION split carved out of the training da
 per-dimension spread of recalled prototypes relative to that of the queries (near 0 =
 every image recalls the same prototype). Variants are ';'-separated config overrides.
 
-    python benchmarks/memory_normalisation.py --classes 0 3 8 --seed 0
-    python benchmarks/memory_normalisation.py --variants "augment.flip_p=0;augment.crop_scale=[0.6,1]"
+    python benchmarks/validation_sweep.py --classes 0 3 8 --seed 0
+    python benchmarks/validation_sweep.py --variants "augment.flip_p=0;augment.crop_scale=[0.6,1]"
+    python benchmarks/validation_sweep.py --data fashion-mnist --preset cpu-small --max-train 9000 \
+        --epochs 4 --batch-size 256 --classes 0 6 --variants "augment.crop_scale=[0.2,1]" ...
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomem import AnoMem, load_config
-from anomem.data.digits import load_digits_splits
+from anomem.data.registry import load_dataset
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="digits", help="a named dataset (its training split is used)")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--max-train", type=int, default=None, help="subsample the training split first (seeded)")
     ap.add_argument("--classes", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=100)
@@ -42,12 +49,14 @@ def main() -> None:
             "memory.normalize=l2;memory.beta=16",
             "memory.normalize=layernorm;memory.beta=0.25",
         ],
-        help="each variant is a ';'-separated list of config overrides on top of the tiny preset",
+        help="each variant is a ';'-separated list of config overrides on top of --preset",
     )
     args = ap.parse_args()
 
-    train = load_digits_splits(image_size=16, seed=args.seed).train
+    train = load_dataset(args.data, "train")
     rng = np.random.default_rng(args.seed)
+    if args.max_train is not None and args.max_train < len(train):
+        train = train.subset(torch.from_numpy(np.sort(rng.permutation(len(train))[: args.max_train])))
     n = len(train)
     val_idx = rng.permutation(n)[: n // 3]
     fit_mask = np.ones(n, bool)
@@ -68,7 +77,7 @@ def main() -> None:
         aucs, ents, stds, t0 = [], [], [], time.time()
         for cls in args.classes:
             cfg = load_config(
-                "tiny",
+                args.preset,
                 overrides=[
                     f"train.epochs={args.epochs}", f"train.seed={args.seed}", f"train.batch_size={args.batch_size}",
                     *overrides,

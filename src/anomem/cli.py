@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from anomem import __version__
-from anomem.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from anomem.checkpoint import atomic_write_text, git_commit, load_checkpoint, save_checkpoint
 from anomem.config import AnoMemConfig, load_config
-from anomem.errors import AnoMemError, DataError
+from anomem.errors import AnoMemError, CheckpointError, DataError
 
 log = logging.getLogger("anomem")
 
@@ -111,17 +111,6 @@ def _setup_log(run: Path) -> None:
     log.setLevel(logging.INFO)
 
 
-def _git_commit() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def _config_from_args(args: argparse.Namespace) -> AnoMemConfig:
     overrides = list(args.set or [])
     if args.seed is not None:
@@ -133,21 +122,54 @@ def _config_from_args(args: argparse.Namespace) -> AnoMemConfig:
     return load_config(None if args.config and not args.preset_given else args.preset, args.config, overrides)
 
 
+def _check_same_config(path: Path, cfg: AnoMemConfig) -> None:
+    """Resuming uses the checkpoint's config; refuse if RUN_DIR/config.json says otherwise."""
+    try:
+        written = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot resume: {str(path)!r} is unreadable: {e}") from None
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix.rstrip("."): d}
+        return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+
+    a, b = flat(written), flat(json.loads(cfg.to_json()))
+    diff = sorted(k for k in set(a) | set(b) if a.get(k, ...) != b.get(k, ...))
+    if diff:
+        raise DataError(f"cannot resume: last.ckpt was made with a config that differs from {str(path)!r} "
+                        f"in {', '.join(diff[:5])}; restore config.json or start a new run")
+
+
 # -- commands -----------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from anomem.detector import AnoMem
+    from anomem.distributed import init_from_env, is_main_process
+
+    init_from_env()  # under torchrun: join the process group; only rank 0 writes below
 
     if args.resume:
         run = Path(args.resume)
         last = run / "last.ckpt"
         if not last.is_file():
-            raise DataError(f"cannot resume: {str(last)!r} does not exist")
+            hint = " (the run stopped before its first epoch ended: start it again)" if (run / "args.json").is_file() else ""
+            raise DataError(f"cannot resume: {str(last)!r} does not exist{hint}")
         state = load_checkpoint(last)
-        saved = json.loads((run / "args.json").read_text()) if (run / "args.json").is_file() else None
-        if saved is None:
-            raise DataError(f"cannot resume: {str(run / 'args.json')!r} is missing")
-        args = argparse.Namespace(**{**saved, "resume": str(run), "progress": args.progress})
-        cfg = AnoMemConfig.from_dict(json.loads(state["config"]))
+        try:
+            saved = json.loads((run / "args.json").read_text()) if (run / "args.json").is_file() else None
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot resume: {str(run / 'args.json')!r} is unreadable: {e}") from None
+        if not isinstance(saved, dict):
+            raise DataError(f"cannot resume: {str(run / 'args.json')!r} is missing or not a mapping")
+        # Write into RUN_DIR even if the run was started with another --out and then moved.
+        args = argparse.Namespace(**{**saved, "resume": str(run), "out": str(run), "progress": args.progress})
+        try:
+            cfg = AnoMemConfig.from_dict(json.loads(state["config"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"cannot resume: {str(last)!r} holds no readable config: {e}") from None
+        _check_same_config(run / "config.json", cfg)
     else:
         state = None
         cfg = _config_from_args(args)
@@ -156,21 +178,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     _setup_log(run)
     data = load_train_data(args)
     saved_args = {k: v for k, v in vars(args).items() if k not in ("func",)}
-    atomic_write_text(run / "args.json", json.dumps(saved_args, indent=2))
-    atomic_write_text(run / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    if is_main_process():
+        atomic_write_text(run / "args.json", json.dumps(saved_args, indent=2))
+        atomic_write_text(run / "config.json", json.dumps(cfg.to_dict(), indent=2))
     log.info("anomem %s: %s", __version__, data.description)
     print(f"data: {data.description}", file=sys.stderr)
 
     def on_epoch_end(det: AnoMem, trainer, entry) -> None:
         log.info("epoch %d loss %.4f (com %.4f var %.4f) lr %.4f %.0f img/s", entry.epoch, entry.loss,
                  entry.contrastive, entry.variance, entry.lr, entry.images_per_s)
-        save_checkpoint(det.stage1_checkpoint(trainer), run / "last.ckpt")
+        if is_main_process():
+            save_checkpoint(det.stage1_checkpoint(trainer), run / "last.ckpt")
 
     t0 = time.time()
-    det = AnoMem(cfg, progress=args.progress).fit(data.normals, data.anomalies, on_epoch_end=on_epoch_end, resume=state)
+    det = AnoMem(cfg, progress=args.progress and is_main_process()).fit(
+        data.normals, data.anomalies, on_epoch_end=on_epoch_end, resume=state
+    )
     train_s = time.time() - t0
+    if not is_main_process():
+        return 0
     metrics: dict[str, Any] = {
-        "version": __version__, "git_commit": _git_commit(), "seed": cfg.train.seed, "data": data.description,
+        "version": __version__, "git_commit": git_commit(), "seed": cfg.train.seed, "config": cfg.to_dict(),
+        "data": data.description,
         "train_seconds": round(train_s, 2), "final_loss": det.history_[-1].loss if det.history_ else None,
         "supervised": det.is_supervised,
     }
@@ -213,17 +242,150 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     det = AnoMem.load(args.checkpoint, device=args.device or "cpu")
     imgs = load_images(args.inputs, image_size=det.image_size_, channels=det.in_channels_, skip_invalid=args.skip_invalid)
-    scores = det.anomaly_score(imgs.images, batch_size=args.batch_size)
+    maps_dir = None if args.maps is None else _prepare_run_dir(args.maps)
+    if maps_dir is None:
+        scores = det.anomaly_score(imgs.images, batch_size=args.batch_size)
+    else:
+        maps = det.anomaly_maps(imgs.images, batch_size=args.batch_size)
+        scores = maps.scores
+    th = det.threshold_
+    labels = None if th is None else ["anomaly" if v else "normal" for v in th.predict(scores)]
+    if maps_dir is not None:
+        _write_heatmaps(det, maps_dir, imgs, maps, labels)
     if args.out is None:
-        for p, s in zip(imgs.paths, scores):
-            print(f"{p},{float(s):.6g}")
+        for i, (p, s) in enumerate(zip(imgs.paths, scores)):
+            print(f"{p},{float(s):.6g}" + ("" if labels is None else f",{labels[i]}"))
         return 0
     out = Path(args.out)
     if out.suffix.lower() == ".json":
-        atomic_write_text(out, json.dumps([{"path": p, "score": float(s)} for p, s in zip(imgs.paths, scores)], indent=2))
+        rows = [{"path": p, "score": float(s)} | ({} if labels is None else {"label": labels[i]})
+                for i, (p, s) in enumerate(zip(imgs.paths, scores))]
+        atomic_write_text(out, json.dumps(rows, indent=2))
     else:
-        _write_scores(out, imgs.paths, scores)
-    print(f"scored {len(scores)} images -> {out}")
+        _write_scores(out, imgs.paths, scores, labels=labels)
+    print(f"scored {len(scores)} images -> {out}" + ("" if th is None else f" ({th.describe()})"))
+    return 0
+
+
+def _write_heatmaps(det, out: Path, imgs, maps, labels) -> None:
+    """One PNG per image: image, fused overlay, per-scale maps; score (+ label) in the title."""
+    from anomem.report import map_range, save_heatmap_png
+
+    vrange = map_range(maps.fused)
+    used: set[str] = set()
+    for i, path in enumerate(imgs.paths):
+        stem = Path(path).stem
+        name, k = stem, 1
+        while name in used:  # same file name in two folders
+            name, k = f"{stem}_{k}", k + 1
+        used.add(name)
+        title = f"{Path(path).name}: score {float(maps.scores[i]):.4g}" + ("" if labels is None else f" ({labels[i]})")
+        save_heatmap_png(out / f"{name}.png", imgs.images[i], maps.fused[i], maps.per_scale[i], title,
+                         scale_names=det.config_.backbone.taps, vrange=vrange)
+    print(f"heat-maps: {len(imgs.paths)} PNG files in {out}", file=sys.stderr)
+
+
+def cmd_threshold(args: argparse.Namespace) -> int:
+    from anomem.data.folder import load_images
+    from anomem.detector import AnoMem
+
+    det = AnoMem.load(args.checkpoint, device=args.device or "cpu")
+    load = lambda p: load_images(p, image_size=det.image_size_, channels=det.in_channels_).images  # noqa: E731
+    given = [name for name in ("value", "normals", "labelled") if getattr(args, name) is not None]
+    if len(given) > 1:
+        raise DataError(f"give at most one of --value, --normals, --labelled (got {', '.join('--' + g for g in given)})")
+    if args.value is not None:
+        det.set_threshold(args.value)
+    elif args.labelled is not None:
+        root = Path(args.labelled)
+        if not (root / "normal").is_dir() or not (root / "anomaly").is_dir():
+            raise DataError(f"--labelled {root}: expected folders {root}/normal and {root}/anomaly")
+        if args.fpr is not None:
+            raise DataError("--fpr sets a threshold from normals only; with --labelled use --method f1 or recall")
+        det.calibrate_threshold(load(root / "normal"), load(root / "anomaly"), method=args.method or "f1", recall=args.recall)
+    else:
+        if args.method not in (None, "fpr"):
+            raise DataError(f"--method {args.method} needs labelled anomalies (--labelled DIR)")
+        normals = None if args.normals is None else load(args.normals)
+        det.calibrate_threshold(normals, fpr=args.fpr)
+    out = args.out or args.checkpoint
+    det.save(out, meta=det.meta_)
+    print(f"{det.threshold_.describe()} -> {out}")
+    return 0
+
+
+def _evaluation_set(args: argparse.Namespace, det):
+    """(images, is_anomaly, masks | None, names | None, description) for `anomem evaluate`."""
+    from anomem.data.folder import load_folder
+
+    spec = args.data
+    if Path(spec).is_dir():
+        if not (Path(spec) / "test").is_dir():
+            raise DataError(f"{spec!r} has no test/ folder (expected test/normal, test/anomaly, optional test/masks)")
+        test = load_folder(spec, "test", image_size=det.image_size_, channels=det.in_channels_)
+        return test.images, test.anomaly, test.masks, list(test.paths), f"folder {spec} (test split)"
+    if Path(spec).exists():
+        raise DataError(f"{spec!r} is not a dataset folder with test/")
+    from anomem.data.registry import load_dataset, validate_class_index
+
+    if args.normal_class is None:
+        raise DataError(f"--normal-class is required with the named dataset {spec!r}")
+    from anomem.inputs import match_geometry
+
+    test = load_dataset(spec, "test", root=args.data_root)
+    cls = args.normal_class
+    c = validate_class_index(test.class_names, int(cls) if cls.lstrip("-").isdigit() else cls)
+    gen = torch.Generator().manual_seed(args.seed)
+    if args.defects:
+        from anomem.data.defects import add_defects
+
+        normals = test.images[test.targets == c]
+        if args.max_images is not None:
+            normals = normals[torch.randperm(normals.shape[0], generator=gen)[: max(1, args.max_images // 2)]]
+        normals = match_geometry(normals, det.in_channels_, det.image_size_)  # masks at the detector's size
+        bad = add_defects(normals, seed=args.seed)
+        if normals.dtype != torch.uint8:
+            normals = (normals * 255).round().to(torch.uint8)
+        images = torch.cat([normals, bad.images])
+        is_anomaly = torch.cat([torch.zeros(normals.shape[0], dtype=torch.bool), torch.ones(normals.shape[0], dtype=torch.bool)])
+        masks = torch.cat([torch.zeros_like(bad.masks), bad.masks])
+        desc = (f"{spec} test split, class {c} ({test.class_names[c]}): {normals.shape[0]} normal images and the same "
+                f"images with generated local defects (seed {args.seed})")
+        return images, is_anomaly, masks, None, desc
+    images, is_anomaly = test.images, test.targets != c
+    if args.max_images is not None and args.max_images < images.shape[0]:
+        keep = torch.randperm(images.shape[0], generator=gen)[: args.max_images].sort().values
+        images, is_anomaly = images[keep], is_anomaly[keep]
+    desc = f"{spec} test split, one-vs-all, normal class {c} ({test.class_names[c]})"
+    return images, is_anomaly, None, None, desc
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from anomem.detector import AnoMem
+    from anomem.report import evaluate, write_report
+
+    det = AnoMem.load(args.checkpoint, device=args.device or "cpu")
+    images, is_anomaly, masks, names, desc = _evaluation_set(args, det)
+    out = _prepare_run_dir(args.out)
+    ev = evaluate(det, images, is_anomaly, masks, names, batch_size=args.batch_size)
+    details = {"checkpoint": str(args.checkpoint), "data": desc, "anomem": __version__,
+               "threshold": "none" if det.threshold_ is None else det.threshold_.describe()}
+    files = write_report(ev, images, out, title=args.title, details=details)
+    shown = ", ".join(f"{k} {ev.metrics[k]:.4f}" for k in ("image_auroc", "pixel_auroc", "aupro") if k in ev.metrics)
+    print(f"{desc}: {shown or 'no ranking metric (one class only)'}")
+    print(f"report: {files.html} (and {files.markdown.name}, {files.metrics.name})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from anomem.detector import AnoMem
+    from anomem.export import export_scorer
+
+    det = AnoMem.load(args.checkpoint, device="cpu")
+    path = export_scorer(det, args.out, args.format, sigma=args.sigma)
+    c, (h, w) = det.in_channels_, det.image_size_
+    print(f"exported {args.format} scorer -> {path}: input 'image' float [0, 1] (B, {c}, {h}, {w}); "
+          f"outputs 'score' (B,), 'fused_map' (B, {h}, {w})")
     return 0
 
 
@@ -239,6 +401,8 @@ def cmd_refit(args: argparse.Namespace) -> int:
     out = args.out or args.checkpoint
     det.save(out, meta=det.meta_)
     print(f"refitted stage 2 on {det.anomaly_bank_[0].shape[0]} anomalies in {time.time() - t0:.1f} s -> {out}")
+    print(det.threshold_.describe() if det.threshold_ is not None
+          else "no threshold stored (no held-out normals): set one with `anomem threshold`")
     return 0
 
 
@@ -250,7 +414,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from anomem.protocols import one_vs_all
 
     run = _prepare_run_dir(args.out)
-    cfg = load_config("tiny", None, [f"train.seed={args.seed}", *(args.set or [])])
+    # Settings chosen on a validation split of the digits training data (docs/method.md):
+    # digits are not flip-invariant, and heavy crops erase what tells them apart.
+    demo = ["backbone.width=16", "train.epochs=100", "train.batch_size=32", "memory.normalize=l2",
+            "augment.flip_p=0", "augment.crop_scale=[0.85,1]"]
+    cfg = load_config("tiny", None, [*demo, f"train.seed={args.seed}", *(args.set or [])])
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     rows = []
     print(f"AnoMem demo: scikit-learn digits ({len(train)} train / {len(test)} test, 16x16), one-vs-all, preset 'tiny'")
@@ -268,7 +436,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     mean = float(np.mean([r["anomem_auroc"] for r in rows]))
     mean_knn = float(np.mean([r["knn_auroc"] for r in rows]))
     print(f"{'mean':>6} {mean:7.3f} {mean_knn:7.3f}")
-    result = {"version": __version__, "seed": args.seed, "config": cfg.to_dict(), "rows": rows,
+    result = {"version": __version__, "git_commit": git_commit(), "seed": args.seed, "config": cfg.to_dict(), "rows": rows,
               "mean_anomem_auroc": mean, "mean_knn_auroc": mean_knn}
     atomic_write_text(run / "demo.json", json.dumps(result, indent=2))
     print(f"run directory: {run} (results: {run / 'demo.json'}, detectors: class<k>.ckpt)")
@@ -309,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--device", default=None)
     s.add_argument("--skip-invalid", action="store_true", help="skip unreadable/non-image files instead of failing")
+    s.add_argument("--maps", default=None, metavar="DIR",
+                   help="also write one PNG per image: image, fused heat-map overlay, per-scale maps")
     s.set_defaults(func=cmd_score)
 
     r = sub.add_parser("refit", help="retrain stage 2 only, with new labelled anomalies (seconds)")
@@ -319,6 +489,41 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="output checkpoint (default: overwrite the input, atomically)")
     r.add_argument("--device", default=None)
     r.set_defaults(func=cmd_refit)
+
+    th = sub.add_parser("threshold", help="set the decision threshold stored in a checkpoint (no refitting)")
+    th.add_argument("checkpoint")
+    th.add_argument("--fpr", type=float, default=None, help="target false-positive rate on normals (default: the config's, 0.01)")
+    th.add_argument("--normals", nargs="+", default=None,
+                    help="normal images/folders not used for training (default: the normals held out at fit time)")
+    th.add_argument("--labelled", default=None, metavar="DIR", help="folder with normal/ and anomaly/: threshold from labels")
+    th.add_argument("--method", choices=("fpr", "f1", "recall"), default=None, help="with --labelled: f1 (default) or recall")
+    th.add_argument("--recall", type=float, default=0.95, help="target recall for --method recall")
+    th.add_argument("--value", type=float, default=None, help="set the raw-score threshold by hand")
+    th.add_argument("--out", default=None, help="output checkpoint (default: overwrite the input, atomically)")
+    th.add_argument("--device", default=None)
+    th.set_defaults(func=cmd_threshold)
+
+    ev = sub.add_parser("evaluate", help="metrics and an HTML/Markdown report on a labelled test set")
+    ev.add_argument("checkpoint")
+    ev.add_argument("--data", required=True, help="folder with test/normal, test/anomaly[, test/masks] or a dataset name")
+    ev.add_argument("--data-root", default=None)
+    ev.add_argument("--normal-class", default=None, help="named datasets: the normal class (index or name)")
+    ev.add_argument("--defects", action="store_true",
+                    help="named datasets: test on the normal class's test images plus copies with generated local defects (with masks)")
+    ev.add_argument("--max-images", type=int, default=None, help="evaluate on a seeded random subset of this size")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", required=True, help="report directory")
+    ev.add_argument("--title", default="AnoMem evaluation")
+    ev.add_argument("--batch-size", type=int, default=128)
+    ev.add_argument("--device", default=None)
+    ev.set_defaults(func=cmd_evaluate)
+
+    ex = sub.add_parser("export", help="export the scorer (image -> score, fused heat-map) to ONNX or TorchScript")
+    ex.add_argument("checkpoint")
+    ex.add_argument("--format", choices=("onnx", "torchscript"), required=True)
+    ex.add_argument("--out", required=True, help="output file")
+    ex.add_argument("--sigma", type=float, default=None, help="heat-map smoothing σ in pixels (default: the config's)")
+    ex.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="one-vs-all on the embedded scikit-learn digits, with a kNN baseline")
     d.add_argument("--classes", type=int, nargs="+", default=list(range(10)))

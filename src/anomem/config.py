@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 from anomem.errors import ConfigError
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
-NORMALISATIONS = ("none", "l2", "layernorm")
+NORMALISATIONS = ("none", "l2", "centered-l2", "layernorm")
 OBJECTIVES = ("ntxent", "barlow")
 SCORE_MODES = ("auto", "one-class", "supervised")
 MERGES = ("weighted", "standardized")
@@ -61,10 +63,16 @@ class BackboneConfig:
 class MemoryConfig:
     """One Hopfield memory per tapped scale (Eq. 1) and the spatial sampling of Eq. 7."""
 
+    enabled: bool = True  # False: Mem(z, y) = z, i.e. plain SimCLR on the taps (ablation)
+    init: str = "data"  # data: patterns start as features of random training positions | random
     sizes: tuple[int, ...] = (512, 256)  # N_mem per scale
-    beta: float = 2.0  # inverse temperature β
+    # β and normalisation were chosen by measurement (docs/method.md,
+    # benchmarks/validation_sweep.py): with unit vectors β = 2 makes retrieval uniform and
+    # every image recalls the same prototype; β = 8 keeps it soft without collapsing, and
+    # centring each vector first stops post-ReLU features from all looking alike.
+    beta: float = 8.0  # inverse temperature β
     learn_beta: bool = False
-    normalize: str = "l2"  # none | l2 | layernorm, applied to queries and patterns
+    normalize: str = "centered-l2"  # none | l2 | centered-l2 | layernorm, queries and patterns
     max_steps: int = 3  # retrieval iterations of Eq. 1 at most
     tol: float = 0.0  # stop early when max |Δξ| < tol (0 = always max_steps, no host sync)
     sample_ratios: tuple[float, ...] = (0.3, 1.0)  # r^(s): fraction of positions in Ω^(s)
@@ -73,6 +81,7 @@ class MemoryConfig:
     def __post_init__(self) -> None:
         _check(all(n >= 1 for n in self.sizes), f"memory.sizes must be >= 1, got {self.sizes}")
         _check(self.beta > 0, f"memory.beta must be > 0, got {self.beta}")
+        _check(self.init in ("data", "random"), f"memory.init must be 'data' or 'random', got {self.init!r}")
         _check(self.normalize in NORMALISATIONS, f"memory.normalize must be one of {NORMALISATIONS}, got {self.normalize!r}")
         _check(self.max_steps >= 1, f"memory.max_steps must be >= 1, got {self.max_steps}")
         _check(self.tol >= 0, f"memory.tol must be >= 0, got {self.tol}")
@@ -81,7 +90,10 @@ class MemoryConfig:
             f"memory.sample_ratios must lie in (0, 1], got {self.sample_ratios}",
         )
         if self.scale_weights is not None:
-            _check(all(w > 0 for w in self.scale_weights), f"memory.scale_weights must be > 0, got {self.scale_weights}")
+            _check(
+                all(isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) and w > 0 for w in self.scale_weights),
+                f"memory.scale_weights must be numbers > 0, got {self.scale_weights}",
+            )
 
     def weights(self, n_scales: int) -> tuple[float, ...]:
         """λ^(s) for each scale: the configured ones or 2^(s-1) (paper §4.2)."""
@@ -123,6 +135,8 @@ class AugmentConfig:
     noise_std: float = 0.03
 
     def __post_init__(self) -> None:
+        for name in ("crop_scale", "blur_sigma"):
+            _check(len(getattr(self, name)) == 2, f"augment.{name} must be a pair [lo, hi], got {getattr(self, name)}")
         lo, hi = self.crop_scale
         _check(0 < lo <= hi <= 1, f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
         for name in ("flip_p", "jitter_p", "blur_p", "noise_p"):
@@ -157,7 +171,7 @@ class TrainConfig:
         _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         _check(
-            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device) is not None,
             f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
         )
 
@@ -176,6 +190,10 @@ class ScorerConfig:
     lr: float = 0.05
     weight_decay: float = 1e-4
     normal_bank: int = 4096  # pooled normal deviations kept for refitting without the data
+    calibration_fraction: float = 0.1  # normals held out of training to set the threshold (0 = off)
+    target_fpr: float = 0.01  # false-positive rate the threshold is set for on the held-out normals
+    map_sigma: float = 0.04  # Gaussian smoothing of heat-maps, σ as a fraction of the image side (0 = off)
+    prototype_cache: int = 512  # training normals scanned at fit time for nearest-prototype patches (0 = off)
 
     def __post_init__(self) -> None:
         _check(self.mode in SCORE_MODES, f"scorer.mode must be one of {SCORE_MODES}, got {self.mode!r}")
@@ -187,6 +205,13 @@ class ScorerConfig:
         _check(self.batch_size >= 2, f"scorer.batch_size must be >= 2, got {self.batch_size}")
         _check(self.lr > 0, f"scorer.lr must be > 0, got {self.lr}")
         _check(self.normal_bank >= 1, f"scorer.normal_bank must be >= 1, got {self.normal_bank}")
+        _check(
+            0 <= self.calibration_fraction < 1,
+            f"scorer.calibration_fraction must lie in [0, 1), got {self.calibration_fraction}",
+        )
+        _check(0 <= self.target_fpr < 1, f"scorer.target_fpr must lie in [0, 1), got {self.target_fpr}")
+        _check(0 <= self.map_sigma <= 1, f"scorer.map_sigma must lie in [0, 1] (fraction of the image side), got {self.map_sigma}")
+        _check(self.prototype_cache >= 0, f"scorer.prototype_cache must be >= 0, got {self.prototype_cache}")
 
 
 @dataclass(frozen=True)
@@ -243,8 +268,15 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return int(value)
     if isinstance(default, float):
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key} must be a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):
@@ -264,6 +296,9 @@ def _build(cls: type, d: Any, prefix: str) -> Any:
     if not isinstance(d, dict):
         raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(d).__name__}")
     known = {f.name: f for f in fields(cls)}
+    bad = [k for k in d if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"config key(s) must be names, got {bad[:3]!r} in {prefix or 'the top level'}")
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; expected one of {sorted(known)}")
@@ -297,10 +332,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "memory": {"sizes": [512, 256], "sample_ratios": [0.3, 1.0]},
         "train": {"epochs": 100, "batch_size": 1024, "lr": 0.5},
     },
-    # The paper's setting (§4.2): ResNet-50, taps after stages 3 and 4.
+    # The paper's setting (§4.2): ResNet-50, taps after stages 3 and 4, β = 2 on raw
+    # (unnormalised) features, the literal reading of Eq. 1.
     "paper-r50": {
         "backbone": {"arch": "resnet50", "width": 64, "stem": "small", "taps": ["layer3", "layer4"]},
-        "memory": {"sizes": [512, 256], "sample_ratios": [0.3, 1.0], "beta": 2.0},
+        "memory": {"sizes": [512, 256], "sample_ratios": [0.3, 1.0], "beta": 2.0, "normalize": "none"},
         "loss": {"temperature": 0.1, "variance_weight": 0.05},
         "scorer": {"margin": 2.0},
         "train": {"epochs": 500, "batch_size": 1024, "lr": 0.5},
@@ -340,7 +376,7 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} has an empty key")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: dates like 2020-13-45
             raise ConfigError(f"override {item!r}: cannot parse value: {e}") from None
         node = out
         for p in parts[:-1]:
@@ -370,13 +406,15 @@ def load_config(
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
-            y = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
+            y = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8, bad dates
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
         if not isinstance(y, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping at top level")
         if "preset" in y and preset is None:
             name = y.pop("preset")
+            if not isinstance(name, str):
+                raise ConfigError(f"config file {str(p)!r}: preset must be a name, got {name!r}")
             if name in PRESETS:
                 d = _merge(PRESETS[name], d)
             d["preset"] = name

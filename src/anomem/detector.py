@@ -13,6 +13,7 @@ seconds, leaving every stage-1 weight bit-identical.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from anomem import __version__
-from anomem.checkpoint import load_checkpoint, save_checkpoint
+from anomem.checkpoint import git_commit, load_checkpoint, save_checkpoint
 from anomem.config import AnoMemConfig, load_config
 from anomem.engine import (
     EpochLog,
@@ -32,10 +33,18 @@ from anomem.engine import (
     resolve_device,
     to_float,
 )
-from anomem.errors import CheckpointError, ConfigError, DataError, NotFittedError
+from anomem.errors import AnoMemError, CheckpointError, ConfigError, DataError, NotFittedError
+from anomem.explain import PrototypeCache, build_prototype_cache
 from anomem.inputs import as_images, as_labels, match_geometry
 from anomem.model import AnoMemNet
-from anomem.scoring import Scorer, one_class_scores
+from anomem.scoring import Scorer, merge_scales, one_class_scores
+from anomem.thresholds import (
+    Threshold,
+    normal_spread,
+    threshold_at_fpr,
+    threshold_at_recall,
+    threshold_max_f1,
+)
 
 EpochCallback = Callable[["AnoMem", Stage1Trainer, EpochLog], None]
 
@@ -45,13 +54,26 @@ class AnomalyMaps(NamedTuple):
 
     Attributes:
         fused: (N, H, W) λ-weighted merge of the standardised per-scale maps.
-        per_scale: (N, S, H, W) ‖Δ^(s)_ij‖₂ upsampled (bilinear) to the input size.
+        per_scale: (N, S, H, W) ‖Δ^(s)_ij‖₂ upsampled (bilinear) to the input size,
+            then Gaussian-smoothed (σ = ``scorer.map_sigma`` × the shorter side).
         scores: (N,) image anomaly scores, as :meth:`AnoMem.anomaly_score`.
     """
 
     fused: np.ndarray
     per_scale: np.ndarray
     scores: np.ndarray
+
+
+class ScoreBank(NamedTuple):
+    """Stage-2 inputs of a set of images, enough to score them under any scorer state.
+
+    Attributes:
+        raw: (N, S) one-class scores ‖Δ^(s)‖₂ (Eq. 9), before standardisation.
+        pooled: S x (N, D_s) pooled deviations φ(Δ^(s)) for the heads (Eq. 10).
+    """
+
+    raw: torch.Tensor
+    pooled: list[torch.Tensor]
 
 
 class DeviationSummary(NamedTuple):
@@ -100,7 +122,14 @@ class AnoMem:
         on_epoch_end: EpochCallback | None = None,
         resume: dict[str, Any] | None = None,
     ) -> AnoMem:
-        """Train stage 1 on all images, then stage 2.
+        """Train stage 1, then stage 2, then set the threshold from held-out normals.
+
+        A fraction ``scorer.calibration_fraction`` of the normal images (seeded draw,
+        at least 2 normals stay for training) is held out of stages 1 and 2; their
+        scores set :attr:`threshold_` at ``scorer.target_fpr`` and stay in the
+        checkpoint so the threshold can be re-derived later (see
+        :meth:`calibrate_threshold`). With fewer than ``1 / calibration_fraction``
+        normals nothing is held out and no threshold is set.
 
         Args:
             X: training images (N, H, W) or (N, C, H, W), uint8 or float in [0, 1],
@@ -126,6 +155,12 @@ class AnoMem:
             normal = torch.cat([normal, torch.zeros(a.shape[0], dtype=torch.bool)])
         if int(normal.sum()) < 2:
             raise DataError(f"fit needs at least 2 normal images, got {int(normal.sum())}")
+        cal = _calibration_split(normal, cfg.scorer.calibration_fraction, cfg.train.seed)
+        calibration = x[cal]
+        if cal.numel():
+            train = torch.ones(x.shape[0], dtype=torch.bool)
+            train[cal] = False
+            x, normal = x[train], normal[train]
 
         torch.manual_seed(cfg.train.seed)
         device = resolve_device(cfg.train.device)
@@ -156,6 +191,18 @@ class AnoMem:
             bar.close()
         self.net_ = trainer.net.to(memory_format=torch.contiguous_format)
         self._fit_stage2(x[normal], x[~normal])
+        self.calibration_bank_: ScoreBank | None = None
+        self.threshold_: Threshold | None = None
+        if calibration.shape[0]:
+            summ = self._summarise(calibration)
+            # Capped like the normal bank, so the checkpoint does not grow with the data.
+            keep = torch.randperm(summ.scores.shape[0], generator=torch.Generator().manual_seed(cfg.train.seed))
+            keep = keep[: cfg.scorer.normal_bank]
+            self.calibration_bank_ = ScoreBank(summ.scores[keep], [p[keep.to(p.device)] for p in summ.pooled])
+            self.threshold_ = threshold_at_fpr(self._bank_scores(self.calibration_bank_), cfg.scorer.target_fpr)
+        self.prototype_cache_: PrototypeCache | None = None
+        if cfg.scorer.prototype_cache > 0:
+            self.prototype_cache_ = build_prototype_cache(self.net_, x[normal][: cfg.scorer.prototype_cache], self.device_)
         return self
 
     def _fit_stage2(self, normals: torch.Tensor, anomalies: torch.Tensor) -> None:
@@ -171,7 +218,9 @@ class AnoMem:
         gen = torch.Generator().manual_seed(cfg.train.seed)
         keep = torch.randperm(normals.shape[0], generator=gen)[: cfg.scorer.normal_bank]
         self.normal_bank_ = [p[keep.to(p.device)] for p in summ.pooled]
-        self.anomaly_bank_ = [p[:0] for p in summ.pooled]
+        self.normal_score_bank_ = summ.scores[keep.to(summ.scores.device)]  # (n, S) raw, same rows
+        # Fresh empty tensors: a p[:0] view would keep (and save) every pooled row.
+        self.anomaly_bank_ = [p.new_zeros((0, p.shape[1])) for p in summ.pooled]
         if anomalies.shape[0] > 0 and cfg.scorer.mode != "one-class":
             self.anomaly_bank_ = self._summarise(anomalies).pooled
             self._fit_heads()
@@ -208,6 +257,11 @@ class AnoMem:
         ``normals`` is given. With ``keep_previous`` the anomalies seen before are
         kept and the new ones added.
 
+        The heads change the score scale, so a stored threshold is re-derived from the
+        held-out normals kept at fit time, at its target FPR (at ``scorer.target_fpr``
+        if it was set another way); without held-out normals it is removed
+        (``threshold_`` becomes None) and must be set again.
+
         Returns:
             self
         """
@@ -215,11 +269,17 @@ class AnoMem:
         a = self._prepare(anomalies, "anomalies")
         new = self._summarise(a).pooled
         if normals is not None:
-            self.normal_bank_ = self._summarise(self._prepare(normals, "normals")).pooled
+            summ = self._summarise(self._prepare(normals, "normals"))
+            self.normal_bank_, self.normal_score_bank_ = summ.pooled, summ.scores
         if keep_previous:
             new = [torch.cat([old, n]) for old, n in zip(self.anomaly_bank_, new)]
         self.anomaly_bank_ = new
         self._fit_heads()
+        old = self.threshold_
+        self.threshold_ = None
+        if self.calibration_bank_ is not None:
+            keep_target = old is not None and old.method == "fpr" and old.target is not None
+            self.calibrate_threshold(fpr=old.target if keep_target else self.config_.scorer.target_fpr)
         return self
 
     # -- scoring -------------------------------------------------------------------
@@ -252,19 +312,149 @@ class AnoMem:
         return torch.cat(out).cpu().numpy()
 
     @torch.inference_mode()
-    def anomaly_score(self, X: Any, batch_size: int = 256) -> np.ndarray:
-        """Anomaly score of each image (N,), higher = more anomalous (Eq. 9/10 + 13)."""
+    def anomaly_score(self, X: Any, batch_size: int = 256, normalized: bool = False) -> np.ndarray:
+        """Anomaly score of each image (N,), higher = more anomalous (Eq. 9/10 + 13).
+
+        Args:
+            normalized: return the scores squashed into (0, 1) with the threshold at
+                0.5 (:meth:`anomem.thresholds.Threshold.normalize`: a logistic centred
+                on the threshold, scaled by the spread of normal scores); needs a
+                threshold. The default is the raw score.
+        """
         self._check_fitted()
+        if normalized:
+            self._require_threshold("normalized scores")
         x, sup = self._prepare(X), self._use_heads()
         out = [self.scorer_(d, sup) for d in deviation_batches(self.net_, x, self.device_, batch_size)]
-        return torch.cat(out).float().cpu().numpy()
+        raw = torch.cat(out).float().cpu().numpy()
+        return self.threshold_.normalize(raw) if normalized else raw
+
+    def predict(self, X: Any, batch_size: int = 256) -> np.ndarray:
+        """0/1 label of each image (N,) int64: 1 = anomaly (raw score > threshold)."""
+        self._check_fitted()
+        self._require_threshold("predict")
+        return self.threshold_.predict(self.anomaly_score(X, batch_size))
+
+    # -- thresholds ----------------------------------------------------------------
+    def _require_threshold(self, what: str) -> None:
+        if getattr(self, "threshold_", None) is None:
+            raise NotFittedError(
+                f"{what} needs a threshold and this detector has none; set one with calibrate_threshold() "
+                "or set_threshold() (or `anomem threshold`)"
+            )
 
     @torch.inference_mode()
-    def anomaly_maps(self, X: Any, batch_size: int = 128) -> AnomalyMaps:
-        """Per-scale and fused heat-maps at input resolution (see :class:`AnomalyMaps`)."""
+    def _bank_scores(self, bank: ScoreBank) -> np.ndarray:
+        """Merged scores (N,) of a :class:`ScoreBank` under the current stage 2, as
+        :meth:`anomaly_score` would give for those images (mirrors Scorer.per_scale)."""
+        s = self.scorer_
+        if self._use_heads():
+            per = torch.stack([h.distance(p.to(self.device_)) for h, p in zip(s.heads, bank.pooled)], 1)  # Eq. 10
+            mean, std = s.head_mean, s.head_std
+        else:
+            per, mean, std = bank.raw.to(self.device_), s.score_mean, s.score_std  # Eq. 9
+        if s.standardize:
+            per = (per - mean) / std
+        return merge_scales(per, s.scale_weights).float().cpu().numpy()  # Eq. 13
+
+    def calibrate_threshold(
+        self,
+        normals: Any = None,
+        anomalies: Any = None,
+        *,
+        fpr: float | None = None,
+        method: str | None = None,
+        recall: float = 0.95,
+    ) -> AnoMem:
+        """Set :attr:`threshold_` from data; stage 1 and stage 2 are not touched.
+
+        * normals only (``method="fpr"``, the default without anomalies): the threshold
+          with a false-positive rate of ``fpr`` (default ``scorer.target_fpr``) on
+          ``normals`` — by default the normals held out at fit time. Use normals the
+          detector was not trained on, or the FPR on new data will be higher.
+        * normals and anomalies: ``method="f1"`` (default) maximises F1,
+          ``method="recall"`` keeps the largest threshold flagging at least ``recall``
+          of the anomalies.
+
+        See :mod:`anomem.thresholds` for the exact rules.
+
+        Returns:
+            self
+        """
+        self._check_fitted()
+        method = method or ("fpr" if anomalies is None else "f1")
+        if method not in ("fpr", "f1", "recall"):
+            raise ConfigError(f"threshold method must be 'fpr', 'f1' or 'recall', got {method!r}")
+        if normals is None:
+            if self.calibration_bank_ is None:
+                raise DataError(
+                    "no held-out normals are stored with this detector (scorer.calibration_fraction was 0 or "
+                    "there were too few normals); pass normals"
+                )
+            normal_scores = self._bank_scores(self.calibration_bank_)
+        else:
+            normal_scores = self.anomaly_score(normals)
+        if method == "fpr":
+            if anomalies is not None:
+                raise ConfigError("method 'fpr' sets the threshold from normals only; drop anomalies or use 'f1'/'recall'")
+            target = self.config_.scorer.target_fpr if fpr is None else fpr
+            self.threshold_ = threshold_at_fpr(normal_scores, target)
+            return self
+        if anomalies is None:
+            raise ConfigError(f"method {method!r} needs labelled anomalies")
+        if fpr is not None:
+            raise ConfigError(f"fpr applies to method 'fpr' only, not {method!r}")
+        a_scores = self.anomaly_score(anomalies)
+        scores = np.r_[normal_scores, a_scores]
+        is_anomaly = np.r_[np.zeros(normal_scores.size, bool), np.ones(a_scores.size, bool)]
+        if method == "f1":
+            self.threshold_ = threshold_max_f1(scores, is_anomaly)
+        else:
+            self.threshold_ = threshold_at_recall(scores, is_anomaly, recall)
+        return self
+
+    def set_threshold(self, value: float, scale: float | None = None) -> AnoMem:
+        """Set the threshold by hand (anomaly iff raw score > ``value``).
+
+        ``scale`` (the spread used by normalised scores) defaults to the spread of the
+        held-out normals' scores, else of the training normals kept at fit time.
+
+        Returns:
+            self
+        """
+        self._check_fitted()
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"threshold value must be a number, got {value!r}") from None
+        if scale is None:
+            bank = self.calibration_bank_ or ScoreBank(self.normal_score_bank_, self.normal_bank_)
+            if bank.raw.shape[0] == 0:  # a checkpoint from before thresholds existed
+                raise ConfigError("this detector keeps no normal scores to derive the scale from; pass scale=")
+            scale = normal_spread(self._bank_scores(bank))
+        self.threshold_ = Threshold(value=value, method="manual", scale=float(scale))
+        return self
+
+    # -- heat-maps -----------------------------------------------------------------
+    @torch.inference_mode()
+    def anomaly_maps(self, X: Any, batch_size: int = 128, sigma: float | None = None) -> AnomalyMaps:
+        """Per-scale and fused heat-maps at input resolution (see :class:`AnomalyMaps`).
+
+        Each scale's ‖Δ^(s)_ij‖₂ map is upsampled (bilinear) to the input size and
+        smoothed with a Gaussian of standard deviation ``sigma`` pixels (default
+        ``scorer.map_sigma`` × the shorter image side; 0 = no smoothing); the fused map
+        is the λ-weighted mean of the per-scale maps standardised by their statistics
+        on training normals (Eq. 13 applied per pixel).
+
+        Args:
+            sigma: smoothing σ in pixels; None = the configured default.
+        """
         self._check_fitted()
         x, sup = self._prepare(X), self._use_heads()
         size = self.image_size_
+        sigma = self.map_sigma_pixels if sigma is None else float(sigma)
+        if not (np.isfinite(sigma) and sigma >= 0):
+            raise ConfigError(f"sigma must be a finite number >= 0 (pixels), got {sigma!r}")
         w = self.scorer_.scale_weights
         fused, per, scores = [], [], []
         for devs in deviation_batches(self.net_, x, self.device_, batch_size):
@@ -272,6 +462,7 @@ class AnoMem:
                 [F.interpolate(d.norm(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=False)[:, 0] for d in devs],
                 dim=1,
             )  # (B, S, H, W)
+            maps = smooth_maps(maps, sigma)
             z = (maps - self.scorer_.map_mean[:, None, None]) / self.scorer_.map_std[:, None, None]
             fused.append((z * w[:, None, None]).sum(1) / w.sum())
             per.append(maps)
@@ -279,10 +470,17 @@ class AnoMem:
         cat = lambda t: torch.cat(t).float().cpu().numpy()  # noqa: E731
         return AnomalyMaps(cat(fused), cat(per), cat(scores))
 
+    @property
+    def map_sigma_pixels(self) -> float:
+        """Default heat-map smoothing σ in pixels (``scorer.map_sigma`` × shorter side)."""
+        self._check_fitted()
+        return self.config_.scorer.map_sigma * min(self.image_size_)
+
     # -- persistence ---------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         return {
             "library_version": __version__,
+            "git_commit": git_commit(),
             "config": self.config_.to_json(),
             "seed": self.config_.train.seed,
             "in_channels": self.in_channels_,
@@ -301,7 +499,16 @@ class AnoMem:
     def _restore_stage1(self, ckpt: dict[str, Any], trainer: Stage1Trainer) -> None:
         if "trainer" not in ckpt:
             raise CheckpointError("this checkpoint holds no training state to resume from")
-        if json.loads(ckpt["config"]) != self.config_.to_dict():
+        try:
+            self._restore_stage1_state(ckpt, trainer)
+        except AnoMemError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+            raise CheckpointError(f"cannot resume: malformed training checkpoint: {type(e).__name__}: {e}") from None
+
+    def _restore_stage1_state(self, ckpt: dict[str, Any], trainer: Stage1Trainer) -> None:
+        # Compare through JSON on both sides: to_dict() holds tuples where the file has lists.
+        if json.loads(ckpt["config"]) != json.loads(self.config_.to_json()):
             raise CheckpointError("cannot resume: the checkpoint was made with a different config")
         trainer.net.load_state_dict(ckpt["net"])
         trainer.load_state_dict(ckpt["trainer"])
@@ -314,14 +521,34 @@ class AnoMem:
         state["scorer"] = {k: v.detach().cpu() for k, v in self.scorer_.state_dict().items()}
         state["normal_bank"] = [t.cpu() for t in self.normal_bank_]
         state["anomaly_bank"] = [t.cpu() for t in self.anomaly_bank_]
+        state["normal_score_bank"] = self.normal_score_bank_.cpu()
+        cal = self.calibration_bank_
+        state["calibration_bank"] = {} if cal is None else {"raw": cal.raw.cpu(), "pooled": [t.cpu() for t in cal.pooled]}
+        state["threshold"] = "" if self.threshold_ is None else self.threshold_.to_json()
+        cache = self.prototype_cache_
+        state["prototype_cache"] = {} if cache is None else cache.to_state()
         state["history"] = json.dumps([log.__dict__ for log in self.history_])
         state["meta"] = json.dumps(meta or {})
         save_checkpoint(state, path)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> AnoMem:
-        """Load a detector saved by :meth:`save` (no code in the file is executed)."""
+        """Load a detector saved by :meth:`save` (no code in the file is executed).
+
+        Raises:
+            CheckpointError: the file is missing, corrupt, unsafe, from a newer format,
+                or holds entries of the wrong kind (a clear message, never a traceback).
+        """
         ckpt = load_checkpoint(path)
+        try:
+            return cls._from_checkpoint(ckpt, path, device)
+        except AnoMemError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+            raise CheckpointError(f"{str(path)!r} is a malformed checkpoint: {type(e).__name__}: {e}") from None
+
+    @classmethod
+    def _from_checkpoint(cls, ckpt: dict[str, Any], path: str | Path, device: str) -> AnoMem:
         if "scorer" not in ckpt:
             raise CheckpointError(f"{str(path)!r} is a mid-training checkpoint; resume it with `anomem train --resume`")
         try:
@@ -345,10 +572,47 @@ class AnoMem:
         det.scorer_ = scorer.to(det.device_).eval()
         det.normal_bank_ = [t.to(det.device_) for t in ckpt["normal_bank"]]
         det.anomaly_bank_ = [t.to(det.device_) for t in ckpt["anomaly_bank"]]
+        # Checkpoints from before thresholds/explanations lack these entries.
+        n_scales = len(channels)
+        det.normal_score_bank_ = ckpt.get("normal_score_bank", torch.zeros(0, n_scales)).to(det.device_)
+        cal = ckpt.get("calibration_bank") or None
+        det.calibration_bank_ = None if cal is None else ScoreBank(cal["raw"], list(cal["pooled"]))
+        det.threshold_ = Threshold.from_json(ckpt["threshold"]) if ckpt.get("threshold") else None
+        cache = ckpt.get("prototype_cache") or None
+        det.prototype_cache_ = None if cache is None else PrototypeCache.from_state(cache)
         det.history_ = [EpochLog(**{**d, "retrieval_steps": tuple(d["retrieval_steps"])}) for d in json.loads(ckpt.get("history", "[]"))]
         det.meta_ = json.loads(ckpt.get("meta", "{}"))
         det.library_version_ = ckpt.get("library_version")
         return det
+
+
+def _calibration_split(normal: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Indices of the normals held out to set the threshold: floor(fraction · n) of the
+    n normals, drawn with a generator seeded by ``seed`` (the global RNG is untouched),
+    never leaving fewer than 2 normals to train on. (M,) int64, sorted; M may be 0."""
+    idx = normal.nonzero().flatten()
+    m = min(int(fraction * idx.numel()), idx.numel() - 2)
+    if m <= 0:
+        return idx[:0]
+    gen = torch.Generator().manual_seed(seed + 7919)  # a stream of its own, not the training one
+    return idx[torch.randperm(idx.numel(), generator=gen)[:m]].sort().values
+
+
+def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing of heat-maps, σ in pixels (0 = unchanged), reflect borders.
+
+    The kernel spans ±3σ (odd size ``2·ceil(3σ) + 1``, at least 3).
+
+    Shape:
+        maps (B, S, H, W) -> (B, S, H, W)
+    """
+    if sigma <= 0:
+        return maps
+    from kornia.filters import gaussian_blur2d
+
+    k = max(3, 2 * math.ceil(3 * sigma) + 1)
+    k = min(k, 2 * min(maps.shape[-2:]) - 1)  # reflect padding needs k // 2 < side
+    return gaussian_blur2d(maps, (k, k), (sigma, sigma), border_type="reflect")
 
 
 def _progress(total: int, initial: int, enabled: bool):  # -> tqdm | None
@@ -359,4 +623,4 @@ def _progress(total: int, initial: int, enabled: bool):  # -> tqdm | None
     return tqdm(total=total, initial=initial, desc="stage 1", unit="epoch", leave=False)
 
 
-__all__ = ["AnoMem", "AnomalyMaps"]
+__all__ = ["AnoMem", "AnomalyMaps", "ScoreBank", "smooth_maps"]

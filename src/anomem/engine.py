@@ -100,6 +100,8 @@ class Stage1Trainer:
         if device.type == "cuda" and cfg.train.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.world, self.rank = world_size(), rank()
+        if cfg.memory.init == "data":  # before DDP wraps the net, which broadcasts rank 0's weights
+            self._init_memories(images, normal)
         self.model: nn.Module = self.net
         if is_distributed():
             convert_batchnorm(self.net)
@@ -138,6 +140,14 @@ class Stage1Trainer:
         self.step_fn: Callable[[torch.Tensor, int], tuple[torch.Tensor, ...]] = self._step
         if cfg.train.compile:
             self.step_fn = torch.compile(self._step)
+
+    def _init_memories(self, images: torch.Tensor, normal: torch.Tensor) -> None:
+        """Seed the memories with features of up to 512 random training normals."""
+        g = torch.Generator().manual_seed(self.cfg.train.seed)
+        pool = normal.nonzero().flatten().cpu()
+        pick = pool[torch.randperm(pool.numel(), generator=g)[:512]].to(self.device)
+        gen = torch.Generator(self.device).manual_seed(self.cfg.train.seed)
+        self.net.init_memories_from(to_float(images.to(self.device)[pick]), gen)
 
     def _generator(self, *key: int) -> torch.Generator:
         """A generator seeded by (seed, *key): equal on every rank, independent of history."""
@@ -209,13 +219,20 @@ class Stage1Trainer:
         )
 
     def state_dict(self) -> dict:
-        """Optimizer, schedule, epoch and RNG state, for resuming."""
+        """Optimizer, schedule, epoch and RNG state, for resuming.
+
+        Call it at an epoch boundary (after :meth:`run_epoch`): the global RNG state
+        captured here is what the next epoch's augmentations (kornia) draw from, so a
+        resumed run repeats the uninterrupted one exactly on CPU. The data order and Ω
+        come from generators seeded by (seed, epoch, step) and need no state.
+        """
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            # This process's device only: a resume may see a different number of GPUs.
+            "rng_cuda": [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else [],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -224,7 +241,11 @@ class Stage1Trainer:
         self.epoch = int(state["epoch"])
         torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and state["rng_cuda"]:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+            torch.cuda.set_rng_state(state["rng_cuda"][0], self.device)
+        if self.rank > 0:
+            # The checkpoint holds rank 0's generators; other ranks need streams of their own
+            # (as at the start), so their augmentations are not copies of rank 0's.
+            torch.manual_seed(self.cfg.train.seed + 1000 * self.rank + 7919 * self.epoch)
 
 
 @torch.inference_mode()

@@ -21,7 +21,7 @@ from torch import nn
 
 from anomem.errors import ConfigError
 
-NORMALISATIONS = ("none", "l2", "layernorm")
+NORMALISATIONS = ("none", "l2", "centered-l2", "layernorm")
 
 
 class Retrieval(NamedTuple):
@@ -92,8 +92,11 @@ class HopfieldMemory(nn.Module):
     """A Hopfield layer HF of size K holding learnable normal prototypes.
 
     Queries and stored patterns are mapped into a common space before retrieval:
-    ``none`` (raw features), ``l2`` (unit vectors, so β scales cosine similarities)
-    or ``layernorm`` (zero mean, unit variance per vector, no affine). The output lives
+    ``none`` (raw features), ``l2`` (unit vectors, so β scales cosine similarities),
+    ``centered-l2`` (each vector minus its channel mean, then unit length: β scales
+    Pearson correlations; post-ReLU features all lie in the positive orthant, where
+    every pair has a high cosine and the softmax cannot single out a pattern) or
+    ``layernorm`` (zero mean, unit variance per vector, no affine). The output lives
     in that space, and so does the deviation Δ = norm(z) - HF(norm(z)) (Eq. 8).
 
     Args:
@@ -144,6 +147,8 @@ class HopfieldMemory(nn.Module):
         """Map vectors (…, C) into the memory's space."""
         if self.normalize == "l2":
             return F.normalize(x, dim=-1)
+        if self.normalize == "centered-l2":
+            return F.normalize(x - x.mean(-1, keepdim=True), dim=-1)
         if self.normalize == "layernorm":
             return F.layer_norm(x, x.shape[-1:])
         return x

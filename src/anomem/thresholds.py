@@ -1,0 +1,243 @@
+"""Decision thresholds on anomaly scores, and scores normalised to [0, 1].
+
+A :class:`Threshold` turns a raw anomaly score s (higher = more anomalous) into a
+decision: **anomaly iff s > t**. It is chosen from data by one of:
+
+* :func:`threshold_at_fpr` — from normal images only: the largest t with at most a
+  fraction ``fpr`` of the given normals above it (a target false-positive rate);
+* :func:`threshold_max_f1` — from labelled normals and anomalies: the t maximising F1
+  (anomalies as positives);
+* :func:`threshold_at_recall` — from labelled anomalies: the largest t that still flags
+  at least a fraction ``recall`` of them.
+
+**Normalised scores.** ``p = 1 / (1 + exp(-(s - t) / scale))``: a logistic squash
+centred on the threshold, so p > 0.5 exactly when the raw score is above t, p lies in
+(0, 1) and the ranking of images is unchanged. ``scale`` is the standard deviation of
+the normal scores the threshold was set from (or of the training normals for a manual
+threshold): an image one normal-spread above t gets p ≈ 0.73, three spreads above
+p ≈ 0.95. p is a monotone rescaling, not a calibrated probability of being anomalous.
+
+Everything here works on NumPy arrays of scores; :class:`anomem.AnoMem` keeps a
+:class:`Threshold` in ``threshold_`` and in its checkpoint (as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from anomem.errors import CheckpointError, ConfigError, DataError
+
+__all__ = [
+    "METHODS",
+    "Threshold",
+    "normal_spread",
+    "threshold_at_fpr",
+    "threshold_at_recall",
+    "threshold_max_f1",
+]
+
+#: How a threshold was chosen.
+METHODS = ("fpr", "f1", "recall", "manual")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A decision threshold on raw anomaly scores (anomaly iff score > ``value``).
+
+    Attributes:
+        value: t.
+        method: one of :data:`METHODS`.
+        target: the requested FPR (``fpr``) or recall (``recall``); None otherwise.
+        scale: spread of normal scores used by :meth:`normalize` (> 0).
+        n_normal, n_anomaly: how many scores of each class it was set from.
+        fpr: the false-positive rate it achieves on those normals (None if none).
+        recall: the recall it achieves on those anomalies (None if none).
+    """
+
+    value: float
+    method: str
+    scale: float
+    target: float | None = None
+    n_normal: int = 0
+    n_anomaly: int = 0
+    fpr: float | None = None
+    recall: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"threshold method must be one of {METHODS}, got {self.method!r}")
+        if not math.isfinite(self.value):
+            raise ConfigError(f"threshold value must be a finite number, got {self.value!r}")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ConfigError(f"threshold scale must be a finite number > 0, got {self.scale!r}")
+
+    def predict(self, scores: Any) -> np.ndarray:
+        """0/1 labels (1 = anomaly) for raw scores (N,) -> int64 (N,)."""
+        return (np.asarray(scores, dtype=np.float64) > self.value).astype(np.int64)
+
+    def normalize(self, scores: Any) -> np.ndarray:
+        """Logistic squash of raw scores into (0, 1) with the threshold at 0.5 -> (N,)."""
+        z = (np.asarray(scores, dtype=np.float64) - self.value) / self.scale
+        return 0.5 * (1.0 + np.tanh(0.5 * z))  # = 1 / (1 + e^-z), without overflow
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Threshold:
+        try:
+            d = json.loads(text)
+            return cls(**d)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"stored threshold is not readable: {e}") from None
+
+    def describe(self) -> str:
+        """One line for people: value, how it was set, what it achieves."""
+        if self.method == "fpr":
+            how = f"target FPR {self.target:g} on {self.n_normal} normals"
+        elif self.method == "recall":
+            how = f"target recall {self.target:g} on {self.n_anomaly} anomalies"
+        elif self.method == "f1":
+            how = f"max F1 on {self.n_normal} normals / {self.n_anomaly} anomalies"
+        else:
+            how = "set by hand"
+        got = []
+        if self.fpr is not None:
+            got.append(f"FPR {self.fpr:.4f}")
+        if self.recall is not None:
+            got.append(f"recall {self.recall:.4f}")
+        return f"threshold {self.value:.6g} ({how}" + (f"; achieves {', '.join(got)})" if got else ")")
+
+
+def _as_scores(scores: Any, name: str) -> np.ndarray:
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if s.size == 0:
+        raise DataError(f"{name}: no scores given")
+    if not np.isfinite(s).all():
+        raise DataError(f"{name}: scores contain NaN or infinite values")
+    return s
+
+
+def normal_spread(normal_scores: Any) -> float:
+    """The ``scale`` of :meth:`Threshold.normalize`: std of normal scores (1.0 if they are all equal)."""
+    s = _as_scores(normal_scores, "normal scores")
+    std = float(s.std())
+    return std if std > 0 else 1.0
+
+
+def _below(x: float) -> float:
+    """The largest float64 strictly below ``x`` (so that ``x > result`` holds)."""
+    return float(np.nextafter(x, -np.inf))
+
+
+def threshold_at_fpr(normal_scores: Any, fpr: float = 0.01, scale: float | None = None) -> Threshold:
+    """Largest t with at most ``floor(fpr * n)`` of the n normal scores above it.
+
+    With k = floor(fpr · n) false positives allowed, t is the (k+1)-th largest normal
+    score, so the achieved FPR on these normals is at most ``fpr`` (ties can make it
+    lower). ``fpr`` below 1/n gives t = the largest normal score. Expect the FPR on new
+    normals to scatter around the target by about sqrt(fpr (1 - fpr) / n).
+
+    Args:
+        normal_scores: raw scores (n,) of normal images not used for training.
+        fpr: target false-positive rate in [0, 1).
+        scale: spread for normalised scores; default :func:`normal_spread` of these scores.
+    """
+    s = _as_scores(normal_scores, "normal scores")
+    if not (isinstance(fpr, (int, float)) and 0.0 <= fpr < 1.0):
+        raise ConfigError(f"target FPR must lie in [0, 1), got {fpr!r}")
+    k = int(math.floor(fpr * s.size + 1e-9))
+    t = float(np.sort(s)[::-1][k])
+    return Threshold(
+        value=t,
+        method="fpr",
+        scale=normal_spread(s) if scale is None else float(scale),
+        target=float(fpr),
+        n_normal=int(s.size),
+        fpr=float((s > t).mean()),
+    )
+
+
+def _split(scores: Any, is_anomaly: Any) -> tuple[np.ndarray, np.ndarray]:
+    s = _as_scores(scores, "scores")
+    y = np.asarray(is_anomaly).reshape(-1)
+    if y.shape[0] != s.size:
+        raise DataError(f"is_anomaly has {y.shape[0]} entries for {s.size} scores")
+    if not np.isin(y, (0, 1)).all():
+        raise DataError("is_anomaly must hold 0/1 or booleans (1 = anomaly)")
+    y = y.astype(bool)
+    if not y.any() or y.all():
+        raise DataError("a threshold from labels needs both normal and anomalous images")
+    return s, y
+
+
+def threshold_max_f1(scores: Any, is_anomaly: Any, scale: float | None = None) -> Threshold:
+    """The t maximising F1 of "score > t" against the labels (anomaly = positive).
+
+    Candidates are every distinct score (flag what lies strictly above it) and one value
+    just below the smallest (flag everything); ties in F1 go to the highest t.
+
+    Args:
+        scores: raw scores (n,).
+        is_anomaly: (n,) 1/True for anomalies.
+        scale: spread for normalised scores; default :func:`normal_spread` of the normals.
+    """
+    s, y = _split(scores, is_anomaly)
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    tp = np.cumsum(y_sorted)  # flagging the top i+1 scores
+    fp = np.cumsum(~y_sorted)
+    last = np.r_[s_sorted[1:] != s_sorted[:-1], True]  # cut only between distinct values
+    tp, fp = tp[last], fp[last]
+    f1 = 2 * tp / (tp + fp + y.sum())  # 2TP / (2TP + FP + FN) with FN = P - TP
+    # Flagging the top group ending at position j means t = the next distinct value.
+    groups = s_sorted[last]
+    thresholds = np.r_[groups[1:], _below(groups[-1])]
+    f1 = np.r_[0.0, f1]  # flag nothing: t = max score
+    thresholds = np.r_[groups[0], thresholds]
+    best = int(np.argmax(f1))  # first maximum = highest threshold
+    t = float(thresholds[best])
+    return Threshold(
+        value=t,
+        method="f1",
+        scale=normal_spread(s[~y]) if scale is None else float(scale),
+        n_normal=int((~y).sum()),
+        n_anomaly=int(y.sum()),
+        fpr=float((s[~y] > t).mean()),
+        recall=float((s[y] > t).mean()),
+    )
+
+
+def threshold_at_recall(scores: Any, is_anomaly: Any, recall: float = 0.95, scale: float | None = None) -> Threshold:
+    """Largest t flagging at least a fraction ``recall`` of the anomalies (score > t).
+
+    With m anomalies, r = ceil(recall · m) of them must lie above t, so t sits just
+    below the r-th largest anomaly score; the FPR that costs is read off the normals.
+
+    Args:
+        scores: raw scores (n,).
+        is_anomaly: (n,) 1/True for anomalies (normals are used for ``scale`` and FPR).
+        recall: target recall in (0, 1].
+        scale: spread for normalised scores; default :func:`normal_spread` of the normals.
+    """
+    s, y = _split(scores, is_anomaly)
+    if not (isinstance(recall, (int, float)) and 0.0 < recall <= 1.0):
+        raise ConfigError(f"target recall must lie in (0, 1], got {recall!r}")
+    a = np.sort(s[y])[::-1]
+    r = max(1, int(math.ceil(recall * a.size - 1e-9)))
+    t = _below(float(a[r - 1]))
+    return Threshold(
+        value=t,
+        method="recall",
+        scale=normal_spread(s[~y]) if scale is None else float(scale),
+        target=float(recall),
+        n_normal=int((~y).sum()),
+        n_anomaly=int(y.sum()),
+        fpr=float((s[~y] > t).mean()),
+        recall=float((s[y] > t).mean()),
+    )

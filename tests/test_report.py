@@ -1,0 +1,118 @@
+"""Heat-map PNGs, `anomem evaluate` reports (HTML self-contained, Markdown) on a folder
+with test/masks and on a named dataset with generated defects."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anomem import AnoMem, load_config
+from anomem.cli import main
+from anomem.data.defects import add_defects
+from anomem.metrics import aupro, image_auroc, pixel_auroc
+from anomem.report import evaluate
+
+from synthetic import stripes
+
+CFG = load_config("tiny", None, ["train.epochs=2", "train.batch_size=64", "scorer.steps=20"])
+
+
+def _save_png(path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode="L").save(path)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds")
+    normals = stripes(96, False, seed=0)
+    for i, im in enumerate(normals[:16]):
+        _save_png(root / "train" / "normal" / f"n{i:02d}.png", im[0].numpy())
+    test_normal = stripes(6, False, seed=1)
+    bad = add_defects(stripes(6, False, seed=2), seed=0)
+    for i in range(6):
+        _save_png(root / "test" / "normal" / f"n{i}.png", test_normal[i, 0].numpy())
+        _save_png(root / "test" / "anomaly" / f"a{i}.png", bad.images[i, 0].numpy())
+        _save_png(root / "test" / "masks" / f"a{i}.png", bad.masks[i, 0].numpy())
+    det = AnoMem(CFG, progress=False).fit(normals)
+    ckpt = root / "m.ckpt"
+    det.save(ckpt)
+    return root, det, ckpt
+
+
+def test_score_maps_writes_one_png_per_image(setup, tmp_path, capsys):
+    root, det, ckpt = setup
+    out = tmp_path / "maps"
+    assert main(["score", str(ckpt), str(root / "test" / "anomaly"), "--maps", str(out)]) == 0
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == [f"a{i}.png" for i in range(6)]
+    w, h = Image.open(pngs[0]).size
+    assert w > 2.5 * h  # image | overlay | 2 scales, side by side
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 6 and rows[0].endswith(("normal", "anomaly"))  # the checkpoint has a threshold
+
+
+def test_evaluate_matches_metrics_module(setup):
+    root, det, _ = setup
+    from anomem.data.folder import load_folder
+
+    test = load_folder(root, "test")
+    ev = evaluate(det, test.images, test.anomaly, test.masks)
+    y = test.anomaly.numpy()
+    assert ev.metrics["image_auroc"] == pytest.approx(image_auroc(y, det.anomaly_score(test.images)))
+    maps = det.anomaly_maps(test.images).fused
+    gt = test.masks[:, 0].numpy() > 0
+    assert ev.metrics["pixel_auroc"] == pytest.approx(pixel_auroc(gt, maps))
+    assert ev.metrics["aupro"] == pytest.approx(aupro(gt, maps))
+    m = ev.metrics
+    assert m["tp"] + m["fp"] + m["tn"] + m["fn"] == 12 and m["n_anomaly"] == 6
+    assert np.array_equal(ev.predicted, det.predict(test.images))
+
+
+def test_evaluate_command_writes_self_contained_html_and_markdown(setup, tmp_path, capsys):
+    root, _, ckpt = setup
+    out = tmp_path / "report"
+    assert main(["evaluate", str(ckpt), "--data", str(root), "--out", str(out)]) == 0
+    assert "pixel_auroc" in capsys.readouterr().out
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4  # curves, histogram, two grids
+    for needle in ("Image AUROC", "Pixel AUROC", "AUPRO", "predicted anomaly", "most anomalous"):
+        assert needle in page
+    # nothing is loaded from elsewhere: no scripts, stylesheets or remote/relative images
+    assert "<script" not in page and "<link" not in page
+    assert not re.search(r'src="(?!data:)', page)
+    md = (out / "report.md").read_text()
+    figures = re.findall(r"\]\((figures/[^)]+\.png)\)", md)
+    assert len(figures) == 4 and all((out / f).is_file() for f in figures)
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert 0 <= metrics["aupro"] <= 1 and 0 <= metrics["image_auroc"] <= 1
+
+
+def test_evaluate_named_dataset_with_generated_defects(setup, tmp_path, capsys):
+    _, _, ckpt = setup
+    out = tmp_path / "digits"
+    argv = ["evaluate", str(ckpt), "--data", "digits", "--normal-class", "3", "--defects", "--max-images", "20",
+            "--out", str(out)]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["n_normal"] == metrics["n_anomaly"] == 10 and "aupro" in metrics
+    assert main(["evaluate", str(ckpt), "--data", "digits", "--out", str(out)]) == 2  # no --normal-class
+    assert "--normal-class" in capsys.readouterr().err
+
+
+def test_report_without_threshold_says_so(setup, tmp_path):
+    from anomem.report import write_report
+
+    _, det, _ = setup
+    x = torch.cat([stripes(4, False, seed=3), stripes(4, True, seed=4)])
+    saved, det.threshold_ = det.threshold_, None
+    try:
+        ev = evaluate(det, x, np.r_[np.zeros(4), np.ones(4)])
+    finally:
+        det.threshold_ = saved
+    assert ev.predicted is None and "pixel_auroc" not in ev.metrics
+    files = write_report(ev, x, tmp_path / "r", grid_size=3)
+    assert "No threshold is stored" in files.html.read_text()
