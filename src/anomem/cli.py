@@ -416,7 +416,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run = _prepare_run_dir(args.out)
     # Settings chosen on a validation split of the digits training data (docs/method.md):
     # digits are not flip-invariant, and heavy crops erase what tells them apart.
-    demo = ["backbone.width=16", "train.epochs=100", "train.batch_size=32", "memory.normalize=l2",
+    demo = ["backbone.width=16", "train.epochs=100", "train.batch_size=32", "memory.normalize=l2", "memory.beta=8",
             "augment.flip_p=0", "augment.crop_scale=[0.85,1]"]
     cfg = load_config("tiny", None, [*demo, f"train.seed={args.seed}", *(args.set or [])])
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
