@@ -51,7 +51,7 @@ def test_tol_stops_early_and_reports_steps():
     assert hopfield_retrieve(q, x, beta=10.0, max_steps=4, tol=0.0).steps == 4
 
 
-@pytest.mark.parametrize("norm", ["none", "l2", "layernorm"])
+@pytest.mark.parametrize("norm", ["none", "l2", "centered-l2", "layernorm"])
 def test_memory_module_normalisation_and_map_batching(norm):
     torch.manual_seed(0)
     mem = HopfieldMemory(12, 6, beta=2.0, normalize=norm, max_steps=2)
@@ -62,8 +62,12 @@ def test_memory_module_normalisation_and_map_batching(norm):
     i, j = 2, 3
     single = mem(fmap[:, :, i, j]).recollection
     torch.testing.assert_close(rec[:, :, i, j], single)
-    if norm == "l2":
+    if norm in ("l2", "centered-l2"):
         torch.testing.assert_close(q.norm(dim=1), torch.ones(3, 4, 5))
+    if norm == "centered-l2":  # cosine of centred vectors = Pearson correlation
+        torch.testing.assert_close(q.mean(dim=1), torch.zeros(3, 4, 5), atol=1e-6, rtol=0)
+        a, b = fmap[0, :, 0, 0], fmap[1, :, 0, 0]
+        torch.testing.assert_close((q[0, :, 0, 0] * q[1, :, 0, 0]).sum(), torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
 def test_gradients_reach_patterns_and_beta():
