@@ -27,6 +27,7 @@ Symbols: B batch, C channels, H W input size, h w feature size, K stored pattern
 from __future__ import annotations
 
 import copy
+import io
 import math
 import warnings
 from pathlib import Path
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomem.checkpoint import atomic_write_bytes
 from anomem.errors import ConfigError, DataError
 from anomem.memory import hopfield_retrieve
 
@@ -171,24 +173,26 @@ def export_scorer(det: AnoMem, path: str | Path, format: str = "onnx", sigma: fl
     if format == "torchscript":
         with torch.no_grad(), _quiet_tracing():
             traced = torch.jit.trace(module, example, check_trace=False)
-        traced.save(str(path))
+        atomic_write_bytes(path, lambda f: torch.jit.save(traced, f))
         return path
     try:
         import onnx
     except ImportError:
         raise ConfigError("ONNX export needs the 'onnx' package: pip install 'anomem[export]'") from None
+    buf = io.BytesIO()  # exported and checked in memory, then written atomically
     with torch.no_grad(), _quiet_tracing():
         torch.onnx.export(
             module,
             (example,),
-            str(path),
+            buf,
             input_names=["image"],
             output_names=["score", "fused_map"],
             dynamic_axes={"image": {0: "batch"}, "score": {0: "batch"}, "fused_map": {0: "batch"}},
             opset_version=ONNX_OPSET,
             dynamo=False,  # the TorchScript-based exporter: no onnxscript dependency
         )
-    onnx.checker.check_model(onnx.load(str(path)))
+    onnx.checker.check_model(onnx.load_from_string(buf.getvalue()))
+    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
     return path
 
 

@@ -246,9 +246,8 @@ ALLOWED_DIRECT_WRITES = {
     ("cli.py", 'probe.write_text("")'): "empty probe that the output directory is writable",
     ("data/idx.py", "partial.write_bytes(content)"): "download written to .part, then renamed",
     ("report.py", 'fig.savefig(buf, format="png"'): "into an in-memory buffer",
-    # Exported scorers are build products, not checkpoints or results; still worth making atomic.
-    ("export.py", "traced.save(str(path))"): "TorchScript export",
-    ("export.py", "torch.onnx.export("): "ONNX export",
+    ("export.py", "atomic_write_bytes(path, lambda f: torch.jit.save("): "inside the atomic writer",
+    ("export.py", "torch.onnx.export("): "into an in-memory buffer, then written atomically",
 }
 DIRECT_WRITE = re.compile(
     r"\.write_text\(|\.write_bytes\(|\bopen\([^)]*['\"][wax]b?\+?['\"]|torch\.save\(|jit\.save\(|\.savefig\("
