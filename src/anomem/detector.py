@@ -208,7 +208,7 @@ class AnoMem:
     def _fit_stage2(self, normals: torch.Tensor, anomalies: torch.Tensor) -> None:
         cfg = self.config_
         channels = self.net_.backbone.tap_channels
-        scorer = Scorer(channels, cfg.memory.weights(len(channels)), cfg.scorer.pool_size, cfg.scorer.hidden, cfg.scorer.merge == "standardized")
+        scorer = _new_scorer(cfg, channels)
         self.scorer_ = scorer.to(self.device_)
         summ = self._summarise(normals)
         scorer.score_mean.copy_(summ.scores.mean(0))
@@ -512,7 +512,7 @@ class AnoMem:
             raise CheckpointError("cannot resume: the checkpoint was made with a different config")
         trainer.net.load_state_dict(ckpt["net"])
         trainer.load_state_dict(ckpt["trainer"])
-        self.history_ = [EpochLog(**{**d, "retrieval_steps": tuple(d["retrieval_steps"])}) for d in json.loads(ckpt.get("history", "[]"))]
+        self.history_ = _history_from_json(ckpt.get("history", "[]"))
 
     def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> None:
         """Write the fitted detector to one file (atomically)."""
@@ -562,7 +562,7 @@ class AnoMem:
         det.device_ = resolve_device(device)
         net = AnoMemNet.from_config(cfg, det.in_channels_)
         channels = net.backbone.tap_channels
-        scorer = Scorer(channels, cfg.memory.weights(len(channels)), cfg.scorer.pool_size, cfg.scorer.hidden, cfg.scorer.merge == "standardized")
+        scorer = _new_scorer(cfg, channels)
         try:
             net.load_state_dict(ckpt["net"])
             scorer.load_state_dict(ckpt["scorer"])
@@ -580,7 +580,7 @@ class AnoMem:
         det.threshold_ = Threshold.from_json(ckpt["threshold"]) if ckpt.get("threshold") else None
         cache = ckpt.get("prototype_cache") or None
         det.prototype_cache_ = None if cache is None else PrototypeCache.from_state(cache)
-        det.history_ = [EpochLog(**{**d, "retrieval_steps": tuple(d["retrieval_steps"])}) for d in json.loads(ckpt.get("history", "[]"))]
+        det.history_ = _history_from_json(ckpt.get("history", "[]"))
         det.meta_ = json.loads(ckpt.get("meta", "{}"))
         det.library_version_ = ckpt.get("library_version")
         return det
@@ -613,6 +613,17 @@ def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     k = max(3, 2 * math.ceil(3 * sigma) + 1)
     k = min(k, 2 * min(maps.shape[-2:]) - 1)  # reflect padding needs k // 2 < side
     return gaussian_blur2d(maps, (k, k), (sigma, sigma), border_type="reflect")
+
+
+def _new_scorer(cfg: AnoMemConfig, channels: tuple[int, ...]) -> Scorer:
+    """An untrained stage-2 scorer for taps with ``channels`` (fit and load build the same)."""
+    s = cfg.scorer
+    return Scorer(channels, cfg.memory.weights(len(channels)), s.pool_size, s.hidden, s.merge == "standardized")
+
+
+def _history_from_json(text: str) -> list[EpochLog]:
+    """Stage-1 epoch logs as saved in a checkpoint's ``history`` entry."""
+    return [EpochLog(**{**d, "retrieval_steps": tuple(d["retrieval_steps"])}) for d in json.loads(text)]
 
 
 def _progress(total: int, initial: int, enabled: bool):  # -> tqdm | None

@@ -158,7 +158,10 @@ class HopfieldMemory(nn.Module):
         return self.project(self.patterns)
 
     def forward(self, z: torch.Tensor) -> Retrieval:
-        query = self.project(z)  # ξ⁽⁰⁾: (N, C)
+        return self.recall(self.project(z))
+
+    def recall(self, query: torch.Tensor) -> Retrieval:
+        """Retrieve from an already projected query ξ⁽⁰⁾ = project(z), shape (N, C)."""
         patterns = self.stored_patterns().to(query.dtype)  # (K, C)
         out = hopfield_retrieve(query, patterns, self.beta.to(query.dtype), self.max_steps, self.tol)
         self.last_steps = out.steps
@@ -178,7 +181,7 @@ def retrieve_map(memory: HopfieldMemory, fmap: torch.Tensor) -> tuple[torch.Tens
     b, c, h, w = fmap.shape
     flat = fmap.permute(0, 2, 3, 1).reshape(b * h * w, c)  # (B·H·W, C)
     query = memory.project(flat)
-    rec = memory(flat).recollection  # (B·H·W, C)
+    rec = memory.recall(query).recollection  # (B·H·W, C)
     to_map = lambda t: t.reshape(b, h, w, c).permute(0, 3, 1, 2)  # noqa: E731  (B, C, H, W)
     return to_map(query), to_map(rec)
 

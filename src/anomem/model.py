@@ -89,7 +89,7 @@ class AnoMemNet(nn.Module):
             z, z2 = vec[:, :bsz], vec[:, bsz:]  # (P, B, C) each
             q = mem.project(z)
             if self.use_memory:
-                rec = mem(z.reshape(-1, c)).recollection.view_as(z)  # HF(z): (P, B, C)
+                rec = mem.recall(q.reshape(-1, c)).recollection.view_as(q)  # HF(z): (P, B, C)
                 q = torch.where(normal[None, :, None], rec, q)  # Mem(z, y), Eq. 3
             out.append(ScalePairs(q, mem.project(z2)))
         return out
