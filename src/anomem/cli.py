@@ -145,10 +145,18 @@ def _check_same_config(path: Path, cfg: AnoMemConfig) -> None:
 
 # -- commands -----------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from anomem.detector import AnoMem
-    from anomem.distributed import init_from_env, is_main_process
+    from anomem.distributed import init_from_env, shutdown
 
     init_from_env()  # under torchrun: join the process group; only rank 0 writes below
+    try:
+        return _train(args)
+    finally:
+        shutdown()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from anomem.detector import AnoMem
+    from anomem.distributed import is_main_process
 
     if args.resume:
         run = Path(args.resume)

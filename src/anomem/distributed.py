@@ -54,6 +54,17 @@ def init_from_env() -> torch.device | None:
     return torch.device("cpu")
 
 
+def shutdown() -> None:
+    """Leave the process group, if one is up (every rank, once communication is over).
+
+    Release DDP wrappers first (``Stage1Trainer.close``): a group still referenced
+    keeps its worker threads alive into interpreter shutdown, where gloo can abort.
+    """
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:  # type: ignore[override]
@@ -175,5 +186,6 @@ __all__ = [
     "is_distributed",
     "is_main_process",
     "rank",
+    "shutdown",
     "world_size",
 ]

@@ -218,6 +218,16 @@ class Stage1Trainer:
             retrieval_steps=tuple(m.last_steps for m in self.net.memories),
         )
 
+    def close(self) -> None:
+        """Drop the DistributedDataParallel wrapper once training is over.
+
+        DDP holds a reference to the process group; while it lives, the group's gloo
+        worker threads stay up, and if they are still releasing a finished collective
+        when the interpreter shuts down the process aborts ("terminate called without an
+        active exception"). Call this before ``torch.distributed.destroy_process_group``.
+        """
+        self.model = self.net
+
     def state_dict(self) -> dict:
         """Optimizer, schedule, epoch and RNG state, for resuming.
 
