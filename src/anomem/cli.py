@@ -414,6 +414,27 @@ def cmd_refit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """Protocol x classes x ratios x seeds, AnoMem beside every baseline; resumable."""
+    from anomem.benchmark import GROUPS, BenchmarkSettings, run_benchmark
+    from anomem.config import load_config as _check
+
+    groups = tuple(GROUPS) if "all" in args.methods else tuple(dict.fromkeys(args.methods))
+    overrides = tuple(args.set or ()) + ((f"train.epochs={args.epochs}",) if args.epochs is not None else ())
+    _check(args.preset, None, list(overrides))  # a bad --set fails now, not in a worker
+    s = BenchmarkSettings(
+        protocol=args.protocol, data=args.data, data_root=args.data_root, ood=args.ood,
+        classes=tuple(args.classes), ratios=tuple(args.ratios), seeds=args.seeds, groups=groups,
+        preset=args.preset, overrides=overrides, max_train=args.max_train, max_test=args.max_test,
+        pollution=args.pollution,
+    )
+    t0 = time.time()
+    out = run_benchmark(s, args.out, jobs=args.jobs, threads=args.threads, progress=args.progress)
+    print((out / "results.md").read_text())
+    print(f"benchmark finished in {time.time() - t0:.0f} s: {out / 'results.md'}, results.json, results.csv, plots")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """One-vs-all on scikit-learn's embedded digits: AnoMem vs raw-pixel kNN."""
     from anomem.baselines import make_baseline
@@ -532,6 +553,29 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="output file")
     ex.add_argument("--sigma", type=float, default=None, help="heat-map smoothing σ in pixels (default: the config's)")
     ex.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("benchmark", help="run a protocol with AnoMem and the baselines side by side (resumable)")
+    b.add_argument("--protocol", default="one-vs-all", choices=("one-vs-all", "deep-sad", "cross-type", "ood"))
+    b.add_argument("--data", default="fashion-mnist", help="a named dataset with train and test splits")
+    b.add_argument("--data-root", default=None)
+    b.add_argument("--ood", default=None, metavar="DATASET", help="protocol ood: the out-of-distribution test set")
+    b.add_argument("--classes", type=int, nargs="+", default=[0], help="normal classes (one cell each)")
+    b.add_argument("--ratios", type=float, nargs="+", default=[0.0],
+                   help="γ: labelled anomalies as a fraction of the training set (deep-sad: γ_l)")
+    b.add_argument("--pollution", type=float, default=0.0, help="deep-sad: γ_p, unlabelled anomalies in the training set")
+    b.add_argument("--seeds", type=int, default=1, help="seeded draws per class and ratio (0..N-1)")
+    b.add_argument("--methods", "--baselines", nargs="+", default=["all"], metavar="M",
+                   help="method groups: all, anomem, anomem-single-scale, simclr, deepsad, knn, ocsvm, iforest")
+    b.add_argument("--preset", default="cpu-small")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for the AnoMem-based methods")
+    b.add_argument("--epochs", type=int, default=None, help="shortcut for --set train.epochs=N")
+    b.add_argument("--max-train", type=int, default=None, help="cap the training normals per cell (seeded subsample)")
+    b.add_argument("--max-test", type=int, default=None, help="cap the test images (one fixed stratified subsample)")
+    b.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes")
+    b.add_argument("--threads", type=int, default=None, help="torch threads per job (default: cores / jobs)")
+    b.add_argument("--out", required=True, help="results directory (rerun with the same settings to resume)")
+    b.add_argument("--no-progress", dest="progress", action="store_false")
+    b.set_defaults(func=cmd_benchmark)
 
     d = sub.add_parser("demo", help="one-vs-all on the embedded scikit-learn digits, with a kNN baseline")
     # Three classes keep `make demo` (install included) under 5 minutes on 2 cores.

@@ -179,16 +179,19 @@ class AnoMem:
         if resume is not None:
             self._restore_stage1(resume, trainer)
         bar = _progress(cfg.train.epochs, trainer.epoch, self.progress)
-        while trainer.epoch < cfg.train.epochs:
-            log = trainer.run_epoch()
-            self.history_.append(log)
+        try:
+            while trainer.epoch < cfg.train.epochs:
+                log = trainer.run_epoch()
+                self.history_.append(log)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{log.loss:.4f}", img_s=f"{log.images_per_s:.0f}")
+                if on_epoch_end is not None:
+                    on_epoch_end(self, trainer, log)
+        finally:
+            trainer.close()
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{log.loss:.4f}", img_s=f"{log.images_per_s:.0f}")
-            if on_epoch_end is not None:
-                on_epoch_end(self, trainer, log)
-        if bar is not None:
-            bar.close()
+                bar.close()
         self.net_ = trainer.net.to(memory_format=torch.contiguous_format)
         self._fit_stage2(x[normal], x[~normal])
         self.calibration_bank_: ScoreBank | None = None
@@ -328,6 +331,20 @@ class AnoMem:
         out = [self.scorer_(d, sup) for d in deviation_batches(self.net_, x, self.device_, batch_size)]
         raw = torch.cat(out).float().cpu().numpy()
         return self.threshold_.normalize(raw) if normalized else raw
+
+    def embed(self, X: Any, batch_size: int = 256, scale: int = -1) -> np.ndarray:
+        """Frozen-encoder features (N, C_s): tap ``scale`` (default: the deepest),
+        average-pooled over positions, before any memory. For linear evaluation and for
+        feature-space baselines (SimCLR + kNN / k-means)."""
+        self._check_fitted()
+        x = self._prepare(X)
+        self.net_.eval()
+        out = []
+        with torch.inference_mode():
+            for i in range(0, x.shape[0], batch_size):
+                feats = self.net_.features(to_float(x[i : i + batch_size].to(self.device_)))
+                out.append(feats[scale].float().mean((2, 3)).cpu())
+        return torch.cat(out).numpy().astype(np.float64)
 
     def predict(self, X: Any, batch_size: int = 256) -> np.ndarray:
         """0/1 label of each image (N,) int64: 1 = anomaly (raw score > threshold)."""

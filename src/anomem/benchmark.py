@@ -1,0 +1,546 @@
+"""The ``anomem benchmark`` runner: protocols x classes x ratios x seeds x methods.
+
+Every (protocol, class, ratio, seed, method group) is one *cell*. A cell builds its
+split (:mod:`anomem.protocols`, seeded), trains one model, scores the test set and
+writes ``cells/<key>.json`` (metrics, wall time) and ``cells/<key>.npz`` (test scores
+and labels, for plots) atomically. A rerun into the same directory skips finished
+cells, so an interrupted benchmark resumes where it stopped; a rerun with different
+settings is refused rather than mixing results. :func:`summarise` then writes
+``results.json``, ``results.csv``, ``results.md`` and the plots from the cells on disk.
+
+Method groups share one training where the paper's baselines do:
+
+=====================  ==================================================================
+group                  methods (columns of the table)
+=====================  ==================================================================
+anomem                 ``anomem``: the detector with the chosen preset
+anomem-single-scale    ``anomem-single-scale``: the same, deepest tap only (paper Tab. 5)
+simclr                 ``simclr-knn``, ``simclr-kmeans``: the same encoder trained with the
+                       memory disabled (plain multi-scale SimCLR), scored by kNN distance
+                       or distance to k-means centroids of the normal features (paper's
+                       "contrastive + k-means" ablation); labelled anomalies unused
+deepsad                ``deepsad``: Deep SAD (Ruff et al. 2020), uses labelled anomalies
+knn, ocsvm, iforest    raw-pixel scikit-learn baselines (normals only)
+=====================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anomem.checkpoint import atomic_write_bytes, atomic_write_text
+from anomem.errors import ConfigError, DataError
+
+__all__ = [
+    "GROUPS",
+    "METHODS",
+    "PROTOCOLS",
+    "BenchmarkSettings",
+    "Cell",
+    "plan_cells",
+    "run_benchmark",
+    "summarise",
+]
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "anomem": ("anomem",),
+    "anomem-single-scale": ("anomem-single-scale",),
+    "simclr": ("simclr-knn", "simclr-kmeans"),
+    "deepsad": ("deepsad",),
+    "knn": ("knn",),
+    "ocsvm": ("ocsvm",),
+    "iforest": ("iforest",),
+}
+#: Groups that never see labelled anomalies: under one-vs-all their training set (the
+#: normals) is the same at every γ, so γ > 0 cells copy the γ = 0 result instead of
+#: training again.
+LABEL_FREE = frozenset({"simclr", "knn", "ocsvm", "iforest"})
+#: Table columns, in order.
+METHODS: tuple[str, ...] = tuple(m for ms in GROUPS.values() for m in ms)
+PROTOCOLS = ("one-vs-all", "deep-sad", "cross-type", "ood")
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """Everything that decides a cell's result; saved as ``benchmark.json``."""
+
+    protocol: str = "one-vs-all"
+    data: str = "fashion-mnist"
+    data_root: str | None = None
+    ood: str | None = None  # OoD dataset (protocol "ood")
+    classes: tuple[int, ...] = (0,)
+    ratios: tuple[float, ...] = (0.0,)
+    seeds: int = 1
+    groups: tuple[str, ...] = tuple(GROUPS)
+    preset: str = "cpu-small"
+    overrides: tuple[str, ...] = ()
+    max_train: int | None = None  # cap on training normals per cell (seeded subsample)
+    max_test: int | None = None  # cap on test images per cell (seeded, stratified by class)
+    pollution: float = 0.0  # γ_p of the Deep SAD protocol
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: a split (protocol, class, ratio, seed, other) and a method group.
+
+    ``other`` is the known anomaly class (deep-sad) or the held-out type (cross-type).
+    """
+
+    protocol: str
+    normal_class: int
+    ratio: float
+    seed: int
+    group: str
+    other: int | None = None
+
+    @property
+    def source(self) -> Cell:
+        """The cell whose result this one shares (itself unless label-free at γ > 0)."""
+        if self.protocol == "one-vs-all" and self.group in LABEL_FREE and self.ratio > 0:
+            return Cell(self.protocol, self.normal_class, 0.0, self.seed, self.group, self.other)
+        return self
+
+    @property
+    def key(self) -> str:
+        o = "" if self.other is None else f"_o{self.other}"
+        return f"{self.protocol}_c{self.normal_class}_r{self.ratio:g}_s{self.seed}{o}_{self.group}"
+
+
+# -- planning -------------------------------------------------------------------------
+def _validate(s: BenchmarkSettings, n_classes: int) -> None:
+    if s.protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {s.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    bad = sorted(set(s.groups) - set(GROUPS))
+    if bad:
+        raise ConfigError(f"unknown method(s) {', '.join(map(repr, bad))}; choose from {', '.join(GROUPS)} or 'all'")
+    if s.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {s.seeds}")
+    for c in s.classes:
+        if not 0 <= c < n_classes:
+            raise DataError(f"class {c} does not exist; {s.data} has classes 0..{n_classes - 1}")
+    for r in s.ratios:
+        if not 0.0 <= r < 1.0:
+            raise ConfigError(f"anomaly ratio γ must lie in [0, 1), got {r}")
+    if s.protocol in ("deep-sad", "cross-type") and n_classes < 3:
+        raise DataError(f"the {s.protocol} protocol needs at least 3 classes, {s.data} has {n_classes}")
+    if s.protocol == "cross-type" and 0.0 in s.ratios:
+        raise ConfigError("the cross-type protocol trains on labelled anomalies: every ratio must be > 0")
+    if s.protocol == "ood" and not s.ood:
+        raise ConfigError("the ood protocol needs --ood DATASET (the out-of-distribution test set)")
+    if s.max_train is not None and s.max_train < 4:
+        raise ConfigError(f"--max-train must be at least 4, got {s.max_train}")
+
+
+def plan_cells(s: BenchmarkSettings, n_classes: int) -> list[Cell]:
+    """All cells of a benchmark, in run order (cheap groups of a split together).
+
+    deep-sad and cross-type need a second class per split (the known anomaly class, the
+    held-out type); seed ``i`` of normal class ``c`` takes the ``i``-th other class in
+    turn, so ``--seeds 9`` covers every pair once (as Ruff et al. average over them).
+    """
+    _validate(s, n_classes)
+    if s.protocol == "ood":
+        return [Cell("ood", -1, 0.0, seed, g) for seed in range(s.seeds) for g in s.groups]
+    cells = []
+    for r in s.ratios:
+        for c in s.classes:
+            others = [k for k in range(n_classes) if k != c]
+            for seed in range(s.seeds):
+                other = others[seed % len(others)] if s.protocol in ("deep-sad", "cross-type") else None
+                cells += [Cell(s.protocol, c, r, seed, g, other) for g in s.groups]
+    return cells
+
+
+# -- splits -----------------------------------------------------------------------------
+@dataclass
+class Split:
+    normals: torch.Tensor
+    anomalies: torch.Tensor
+    test_images: torch.Tensor
+    test_is_anomaly: np.ndarray
+    test_class: np.ndarray  # class (or -1 for OoD) of each test image, for per-type metrics
+    description: str = ""
+
+
+_DATA_CACHE: dict[tuple[str, str | None, str], Any] = {}
+
+
+def _load(name: str, root: str | None, split: str):
+    from anomem.data.registry import load_dataset
+
+    key = (name, root, split)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = load_dataset(name, split, root=root)
+    return _DATA_CACHE[key]
+
+
+def _cap_test(images: torch.Tensor, classes: np.ndarray, is_anomaly: np.ndarray, cap: int | None):
+    if cap is None or cap >= images.shape[0]:
+        return images, classes, is_anomaly
+    # the same subset for every seed and method, stratified by class
+    rng = np.random.default_rng(0)
+    keep = []
+    for c in np.unique(classes):
+        idx = np.flatnonzero(classes == c)
+        keep.append(rng.choice(idx, size=max(1, round(cap * idx.size / classes.size)), replace=False))
+    keep = np.sort(np.concatenate(keep))
+    return images[torch.from_numpy(keep)], classes[keep], is_anomaly[keep]
+
+
+def build_split(s: BenchmarkSettings, cell: Cell) -> Split:
+    """The seeded training/test split of ``cell`` (identical for every method group)."""
+    from anomem import protocols
+
+    train, test = _load(s.data, s.data_root, "train"), _load(s.data, s.data_root, "test")
+    test_cls = test.targets.numpy()
+    if cell.protocol == "ood":
+        from anomem.inputs import match_geometry
+
+        ood = _load(s.ood, None, "test")
+        c, size = train.images.shape[1], tuple(train.images.shape[2:])
+        ood_x = (match_geometry(ood.images, c, size, "OoD images") * 255).round().to(torch.uint8) \
+            if ood.images.shape[1:] != train.images.shape[1:] else ood.images
+        normals = train.images
+        if s.max_train is not None and s.max_train < normals.shape[0]:
+            g = torch.Generator().manual_seed(cell.seed)
+            normals = normals[torch.randperm(normals.shape[0], generator=g)[: s.max_train].sort().values]
+        x = torch.cat([test.images, ood_x])
+        cls = np.concatenate([test_cls, np.full(ood_x.shape[0], -1)])
+        x, cls, an = _cap_test(x, cls, cls == -1, s.max_test)
+        return Split(normals, normals[:0], x, an, cls, f"{s.data} (all classes) vs {s.ood}")
+    if cell.protocol == "one-vs-all" or cell.protocol == "cross-type":
+        exclude = () if cell.protocol == "one-vs-all" else (cell.other,)
+        sp = protocols.one_vs_all(train, test, cell.normal_class, cell.ratio, cell.seed,
+                                  max_normals=s.max_train, exclude_classes=exclude)
+        an = sp.test_is_anomaly.numpy()
+        x, cls = sp.test_images, test_cls
+        if cell.protocol == "cross-type":  # test: normals vs the held-out type only
+            keep = torch.from_numpy((test_cls == cell.normal_class) | (test_cls == cell.other))
+            x, cls, an = x[keep], test_cls[keep.numpy()], an[keep.numpy()]
+        x, cls, an = _cap_test(x, cls, an, s.max_test)
+        return Split(sp.normals, sp.anomalies, x, an, cls)
+    sp = protocols.deep_sad_split(train, test, cell.normal_class, cell.other, cell.ratio, s.pollution, cell.seed,
+                                  max_normals=s.max_train)
+    x, cls, an = _cap_test(sp.test_images, test_cls, sp.test_is_anomaly.numpy(), s.max_test)
+    return Split(sp.normals, sp.anomalies, x, an, cls)
+
+
+# -- methods ----------------------------------------------------------------------------
+def _anomem_config(s: BenchmarkSettings, seed: int, extra: Sequence[str] = ()):
+    from anomem.config import load_config
+
+    return load_config(s.preset, None, [*s.overrides, f"train.seed={seed}", *extra])
+
+
+def _single_scale(s: BenchmarkSettings, seed: int) -> list[str]:
+    cfg = _anomem_config(s, seed)
+    b, m = cfg.backbone, cfg.memory
+    return [f"backbone.taps=[{b.taps[-1]}]", f"memory.sizes=[{m.sizes[-1]}]",
+            f"memory.sample_ratios=[{m.sample_ratios[-1]}]", "memory.scale_weights=null"]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def feature_knn_scores(train_feats: np.ndarray, test_feats: np.ndarray, k: int = 2) -> np.ndarray:
+    """Mean cosine distance of each test feature to its k nearest training features."""
+    from sklearn.neighbors import NearestNeighbors
+
+    nn_ = NearestNeighbors(n_neighbors=min(k, len(train_feats))).fit(_unit(train_feats))
+    d, _ = nn_.kneighbors(_unit(test_feats))
+    return (d**2 / 2).mean(1)  # squared chordal distance / 2 = cosine distance
+
+
+def feature_kmeans_scores(train_feats: np.ndarray, test_feats: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Cosine distance of each test feature to the nearest of k centroids of the training features."""
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=min(k, len(train_feats)), n_init=3, random_state=seed).fit(_unit(train_feats))
+    cent = _unit(km.cluster_centers_)
+    return 1.0 - (_unit(test_feats) @ cent.T).max(1)
+
+
+def run_group(s: BenchmarkSettings, cell: Cell, split: Split) -> dict[str, np.ndarray]:
+    """Train ``cell.group`` on the split; the test scores of each method of the group."""
+    from anomem.baselines import make_baseline
+    from anomem.detector import AnoMem
+
+    has_anom = split.anomalies.shape[0] > 0
+    g = cell.group
+    if g in ("anomem", "anomem-single-scale"):
+        cfg = _anomem_config(s, cell.seed, _single_scale(s, cell.seed) if g == "anomem-single-scale" else ())
+        det = AnoMem(cfg, progress=False).fit(split.normals, split.anomalies if has_anom else None)
+        return {g: det.anomaly_score(split.test_images)}
+    if g == "simclr":
+        cfg = _anomem_config(s, cell.seed, ["memory.enabled=false"])
+        det = AnoMem(cfg, progress=False).fit(split.normals)
+        tr, te = det.embed(split.normals), det.embed(split.test_images)
+        return {"simclr-knn": feature_knn_scores(tr, te),
+                "simclr-kmeans": feature_kmeans_scores(tr, te, cfg.memory.sizes[-1], cell.seed)}
+    x = torch.cat([split.normals, split.anomalies])
+    y = np.r_[np.ones(split.normals.shape[0]), np.zeros(split.anomalies.shape[0])].astype(int)
+    det = make_baseline(g, random_state=cell.seed).fit(x, y)
+    return {g: det.anomaly_score(split.test_images)}
+
+
+def run_cell(s: BenchmarkSettings, cell: Cell, threads: int | None = None) -> dict[str, Any]:
+    """Build the split, train and score one cell; its record (metrics per method) and scores."""
+    from anomem.metrics import average_precision, image_auroc
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(cell.seed)
+    split = build_split(s, cell)
+    t0 = time.perf_counter()
+    scores = run_group(s, cell, split)
+    seconds = time.perf_counter() - t0
+    rows = []
+    for method, sc in scores.items():
+        sc = np.asarray(sc, np.float64)
+        if not np.isfinite(sc).all():
+            raise RuntimeError(f"{method} returned non-finite scores on {cell.key}")
+        rows.append({**asdict(cell), "method": method, "auroc": image_auroc(split.test_is_anomaly, sc),
+                     "ap": average_precision(split.test_is_anomaly, sc), "seconds": round(seconds, 2),
+                     "n_train_normals": int(split.normals.shape[0]),
+                     "n_train_anomalies": int(split.anomalies.shape[0]),
+                     "n_test": int(split.test_images.shape[0])})
+    return {"rows": rows, "scores": {k: np.asarray(v, np.float32) for k, v in scores.items()},
+            "is_anomaly": split.test_is_anomaly.astype(bool), "test_class": split.test_class.astype(np.int16)}
+
+
+def _cell_worker(s_dict: dict, cell_dict: dict, threads: int) -> tuple[dict, dict[str, Any]]:
+    s = BenchmarkSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in s_dict.items()})
+    cell = Cell(**cell_dict)
+    return cell_dict, run_cell(s, cell, threads)
+
+
+def _save_cell(out: Path, cell: Cell, result: dict[str, Any]) -> None:
+    cells = out / "cells"
+    buf = io.BytesIO()
+    np.savez_compressed(buf, is_anomaly=result["is_anomaly"], test_class=result["test_class"],
+                        **{f"score__{k}": v for k, v in result["scores"].items()})
+    atomic_write_bytes(cells / f"{cell.key}.npz", lambda f: f.write(buf.getvalue()))
+    # the json last: its presence marks the cell finished
+    atomic_write_text(cells / f"{cell.key}.json", json.dumps(result["rows"], indent=1))
+
+
+def _prepare_out(out: Path, s: BenchmarkSettings) -> None:
+    meta = out / "benchmark.json"
+    if meta.is_file():
+        try:
+            old = json.loads(meta.read_text())
+        except ValueError as e:
+            raise DataError(f"{str(meta)!r} is unreadable ({e}); use a new --out directory") from None
+        if old.get("fingerprint") != s.fingerprint():
+            diff = sorted(k for k, v in asdict(s).items() if json.dumps(old.get("settings", {}).get(k)) != json.dumps(v))
+            raise ConfigError(f"{str(out)!r} holds a benchmark with other settings (differs in {', '.join(diff)}); "
+                              "use a new --out directory, or the same settings to resume")
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(meta, json.dumps({"fingerprint": s.fingerprint(), "settings": asdict(s)}, indent=2))
+
+
+def run_benchmark(
+    s: BenchmarkSettings, out: str | Path, jobs: int = 1, threads: int | None = None, progress: bool = True,
+    on_cell: Callable[[Cell, dict], None] | None = None,
+) -> Path:
+    """Run every unfinished cell (``jobs`` processes with ``threads`` torch threads each),
+    then :func:`summarise`. Returns the output directory."""
+    out = Path(out)
+    n_classes = len(_load(s.data, s.data_root, "train").class_names)
+    cells = plan_cells(s, n_classes)
+    _prepare_out(out, s)
+    todo = [c for c in cells if not (out / "cells" / f"{c.key}.json").is_file()]
+    finished = len(cells) - len(todo)
+    copies: dict[Cell, list[Cell]] = {}
+    for c in todo:
+        copies.setdefault(c.source, []).append(c)
+    todo = list(copies)  # each source once, in plan order
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(cells), initial=finished, desc="benchmark cells", unit="cell")
+    sd = asdict(s)
+    if jobs <= 1:
+        for cell in todo:
+            _finish(out, copies[cell], run_cell(s, cell, threads), bar, on_cell)
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            pending = {pool.submit(_cell_worker, sd, asdict(c), threads) for c in todo}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    cell_dict, result = fut.result()
+                    _finish(out, copies[Cell(**cell_dict)], result, bar, on_cell)
+    if bar is not None:
+        bar.close()
+    summarise(out)
+    return out
+
+
+def _finish(out: Path, cells: list[Cell], result: dict, bar, on_cell) -> None:
+    """Save ``result`` under every cell that shares it, and report progress."""
+    for cell in cells:
+        res = {**result, "rows": [{**r, "ratio": cell.ratio} for r in result["rows"]]}
+        _save_cell(out, cell, res)
+        if on_cell is not None:
+            on_cell(cell, res)
+    if bar is not None:
+        bar.update(len(cells))
+        bar.set_postfix_str(", ".join(f"{r['method']} {r['auroc']:.3f}" for r in result["rows"]))
+
+
+# -- summary ------------------------------------------------------------------------------
+def load_rows(out: str | Path) -> list[dict]:
+    out = Path(out)
+    rows = []
+    for p in sorted((out / "cells").glob("*.json")):
+        rows += json.loads(p.read_text())
+    return rows
+
+
+def _fmt(vals: Iterable[float]) -> str:
+    v = np.asarray(list(vals), float)
+    if v.size == 0:
+        return "–"
+    return f"{100 * v.mean():.1f}" if v.size == 1 else f"{100 * v.mean():.1f} ± {100 * v.std(ddof=1):.1f}"
+
+
+def markdown_table(rows: list[dict], settings: dict) -> str:
+    """Per ratio: rows = normal classes (mean ± std over seeds), one column per method, AUROC %."""
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    lines = []
+    for ratio in sorted({r["ratio"] for r in rows}):
+        rr = [r for r in rows if r["ratio"] == ratio]
+        classes = sorted({r["normal_class"] for r in rr})
+        seeds = sorted({r["seed"] for r in rr})
+        lines += [f"### γ = {ratio:g}  (AUROC %, {len(seeds)} seed{'s' * (len(seeds) > 1)})", "",
+                  "| class | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+        for c in classes:
+            cells = [_fmt(r["auroc"] for r in rr if r["normal_class"] == c and r["method"] == m) for m in methods]
+            lines.append(f"| {'all' if c < 0 else c} | " + " | ".join(cells) + " |")
+        # mean over classes of the per-seed class means; ± = std over seeds of the class-averaged AUROC
+        means = []
+        for m in methods:
+            per_seed = [np.mean([r["auroc"] for r in rr if r["method"] == m and r["seed"] == sd]) for sd in seeds
+                        if any(r["method"] == m and r["seed"] == sd for r in rr)]
+            means.append(_fmt(per_seed))
+        best = max(range(len(methods)), key=lambda i: float(means[i].split()[0]) if means[i] != "–" else -1)
+        means = [f"**{v}**" if i == best else v for i, v in enumerate(means)]
+        lines.append("| **mean** | " + " | ".join(means) + " |")
+        secs = [f"{np.mean([r['seconds'] for r in rr if r['method'] == m]):.0f}" for m in methods]
+        lines += ["| s / cell | " + " | ".join(secs) + " |", ""]
+    return "\n".join(lines)
+
+
+def summarise(out: str | Path) -> dict[str, Path]:
+    """Write results.json / .csv / .md and the plots from the finished cells in ``out``."""
+    out = Path(out)
+    meta = json.loads((out / "benchmark.json").read_text())
+    rows = load_rows(out)
+    files = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "results.md"}
+    atomic_write_text(files["json"], json.dumps({**meta, "rows": rows}, indent=1))
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    atomic_write_text(files["csv"], buf.getvalue())
+    st = meta["settings"]
+    head = [f"# AnoMem benchmark: {st['protocol']} on {st['data']}", "",
+            f"preset `{st['preset']}`" + (f" with `{' '.join(st['overrides'])}`" if st["overrides"] else "")
+            + (f"; training normals capped at {st['max_train']}" if st["max_train"] else "")
+            + (f"; test capped at {st['max_test']}" if st["max_test"] else "") + ".", "",
+            "Label-free methods (simclr-*, knn, ocsvm, iforest) ignore the labelled anomalies: under "
+            "one-vs-all their γ > 0 cells repeat the γ = 0 result.", ""]
+    atomic_write_text(files["md"], "\n".join(head) + markdown_table(rows, st) + "\n")
+    if rows:
+        files.update(_plots(out, rows))
+    return files
+
+
+def _plots(out: Path, rows: list[dict]) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    files = {}
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    ratios = sorted({r["ratio"] for r in rows})
+    if len(ratios) > 1:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m in methods:
+            ax.plot(ratios, [100 * np.mean([r["auroc"] for r in rows if r["method"] == m and r["ratio"] == g])
+                             for g in ratios], marker="o", label=m)
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.set_xlabel("anomaly ratio γ")
+        ax.set_ylabel("mean AUROC (%)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        files["auroc_vs_ratio"] = _savefig(fig, out / "auroc_vs_ratio.png")
+    # ROC curves and AnoMem score histograms of seed 0, per normal class, for each ratio
+    for ratio in ratios:
+        classes = sorted({r["normal_class"] for r in rows if r["ratio"] == ratio})
+        ncol = min(5, len(classes))
+        nrow = math.ceil(len(classes) / ncol)
+        fr, axr = plt.subplots(nrow, ncol, figsize=(3 * ncol, 3 * nrow), squeeze=False)
+        fh, axh = plt.subplots(nrow, ncol, figsize=(3 * ncol, 2.4 * nrow), squeeze=False)
+        for i, c in enumerate(classes):
+            a, b = axr[i // ncol][i % ncol], axh[i // ncol][i % ncol]
+            for r in rows:
+                if r["normal_class"] != c or r["ratio"] != ratio or r["seed"] != 0:
+                    continue
+                z = np.load(out / "cells" / f"{Cell(**{k: r[k] for k in Cell.__dataclass_fields__}).key}.npz")
+                sc, lab = z[f"score__{r['method']}"], z["is_anomaly"]
+                fpr, tpr, _ = roc_curve(lab, sc)
+                a.plot(fpr, tpr, lw=1, label=r["method"])
+                if r["method"] == "anomem":
+                    bins = np.linspace(sc.min(), sc.max(), 40)
+                    b.hist(sc[~lab], bins, alpha=0.6, density=True, label="normal")
+                    b.hist(sc[lab], bins, alpha=0.6, density=True, label="anomaly")
+            a.set_title(f"class {c}", fontsize=8)
+            b.set_title(f"AnoMem scores, class {c}", fontsize=8)
+            a.plot([0, 1], [0, 1], "k:", lw=0.5)
+        for ax, size in ((axr[0][0], 5), (axh[0][0], 6)):
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=size)
+        fr.suptitle(f"ROC curves, γ = {ratio:g}, seed 0")
+        fh.suptitle(f"AnoMem score histograms, γ = {ratio:g}, seed 0")
+        files[f"roc_{ratio:g}"] = _savefig(fr, out / f"roc_gamma{ratio:g}.png")
+        files[f"hist_{ratio:g}"] = _savefig(fh, out / f"hist_gamma{ratio:g}.png")
+    return files
+
+
+def _savefig(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+    return path

@@ -1,0 +1,146 @@
+"""The `anomem benchmark` runner on embedded digits: cells, resume, tables, protocols."""
+
+import json
+
+import numpy as np
+import pytest
+
+from anomem.benchmark import (
+    BenchmarkSettings,
+    Cell,
+    feature_kmeans_scores,
+    feature_knn_scores,
+    plan_cells,
+    run_benchmark,
+)
+from anomem.cli import main
+from anomem.errors import ConfigError, DataError
+
+FAST = ("train.epochs=1", "train.batch_size=32", "backbone.width=8", "memory.sizes=[16,8]")
+
+
+def _settings(**kw) -> BenchmarkSettings:
+    base = {"data": "digits", "classes": (0,), "ratios": (0.0,), "groups": ("knn",), "preset": "tiny",
+            "overrides": FAST, "max_train": 60}
+    return BenchmarkSettings(**(base | kw))
+
+
+def test_plan_shares_label_free_cells_and_cycles_known_classes():
+    s = _settings(classes=(0, 1), ratios=(0.0, 0.1), seeds=2, groups=("anomem", "knn"))
+    cells = plan_cells(s, 10)
+    assert len(cells) == 2 * 2 * 2 * 2
+    knn = [c for c in cells if c.group == "knn" and c.ratio == 0.1]
+    assert all(c.source == Cell("one-vs-all", c.normal_class, 0.0, c.seed, "knn") for c in knn)
+    assert all(c.source == c for c in cells if c.group == "anomem")  # uses labels: never shared
+    sad = plan_cells(_settings(protocol="deep-sad", classes=(2,), ratios=(0.05,), seeds=9), 10)
+    assert sorted(c.other for c in sad) == [0, 1, 3, 4, 5, 6, 7, 8, 9]  # 9 seeds: every known class once
+    assert all(c.source == c for c in sad)
+
+
+@pytest.mark.parametrize(
+    "kw, err, message",
+    [
+        ({"protocol": "nope"}, ConfigError, "unknown protocol"),
+        ({"groups": ("anomem", "lof")}, ConfigError, "'lof'"),
+        ({"classes": (10,)}, DataError, "class 10 does not exist"),
+        ({"ratios": (1.0,)}, ConfigError, r"\[0, 1\)"),
+        ({"protocol": "cross-type", "ratios": (0.0,)}, ConfigError, "must be > 0"),
+        ({"protocol": "ood"}, ConfigError, "--ood"),
+        ({"seeds": 0}, ConfigError, "--seeds"),
+    ],
+)
+def test_bad_settings_are_named(kw, err, message):
+    with pytest.raises(err, match=message):
+        plan_cells(_settings(**kw), 10)
+
+
+def test_feature_scores_closed_forms():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(50, 8))
+    # a test point equal to a training point has cosine distance 0 to it; with k=1 that is its score
+    s = feature_knn_scores(train, np.vstack([train[:3], -train[:1]]), k=1)
+    np.testing.assert_allclose(s[:3], 0, atol=1e-9)
+    u = train / np.linalg.norm(train, axis=1, keepdims=True)
+    np.testing.assert_allclose(s[3], 1 - (-u[0] @ u.T).max())  # reference: 1 - best cosine
+    # scale does not matter (cosine): features are compared as directions
+    np.testing.assert_allclose(feature_knn_scores(3 * train, train[:5], k=2), feature_knn_scores(train, train[:5], k=2))
+    two = np.array([[1.0, 0], [1, 0.01], [0, 1], [0.01, 1]])
+    km = feature_kmeans_scores(two, np.array([[1.0, 0.005], [-1, -1]]), k=2, seed=0)
+    assert km[0] < 1e-4  # on a centroid
+    assert km[1] == pytest.approx(1 + np.sqrt(0.5), abs=0.01)  # 135° from both centroids
+
+
+def test_run_resume_summary_and_refusal(tmp_path):
+    out = tmp_path / "bench"
+    s = _settings(ratios=(0.0, 0.2), groups=("knn", "anomem", "deepsad"))
+    seen = []
+    run_benchmark(s, out, progress=False, on_cell=lambda c, r: seen.append(c.key))
+    assert len(seen) == 6  # knn at γ=0.2 copied from γ=0, not recomputed
+    res = json.loads((out / "results.json").read_text())
+    rows = {(r["method"], r["ratio"]): r for r in res["rows"]}
+    assert set(rows) == {(m, g) for m in ("knn", "anomem", "deepsad") for g in (0.0, 0.2)}
+    assert rows["knn", 0.0]["auroc"] == rows["knn", 0.2]["auroc"] > 0.95  # digits 0 is easy for raw kNN
+    assert rows["deepsad", 0.2]["n_train_anomalies"] == round(0.2 * 60 / 0.8)
+    # the labelled anomalies reach AnoMem's supervised heads (Eq. 10): far better than chance
+    assert rows["anomem", 0.2]["auroc"] > 0.9
+    md = (out / "results.md").read_text()
+    assert "| class | anomem | deepsad | knn |" in md and "### γ = 0.2" in md
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + 6 and csv_lines[0].startswith("protocol,")
+    for f in ("roc_gamma0.png", "hist_gamma0.2.png", "auroc_vs_ratio.png"):
+        assert (out / f).stat().st_size > 1000
+    z = np.load(out / "cells" / "one-vs-all_c0_r0.2_s0_anomem.npz")
+    assert z["score__anomem"].shape == z["is_anomaly"].shape == (719,)
+
+    # interrupted: one finished cell lost -> only that cell runs again
+    (out / "cells" / "one-vs-all_c0_r0_s0_deepsad.json").unlink()
+    again = []
+    run_benchmark(s, out, progress=False, on_cell=lambda c, r: again.append(c.key))
+    assert again == ["one-vs-all_c0_r0_s0_deepsad"]
+    # other settings into the same directory: refused, nothing touched
+    before = (out / "results.json").read_bytes()
+    with pytest.raises(ConfigError, match="max_train"):
+        run_benchmark(_settings(ratios=(0.0, 0.2), groups=("knn", "anomem", "deepsad"), max_train=50), out,
+                      progress=False)
+    assert (out / "results.json").read_bytes() == before
+
+
+def test_cross_type_and_deep_sad_protocols(tmp_path):
+    s = _settings(protocol="cross-type", classes=(1,), ratios=(0.1,), seeds=2, groups=("knn", "deepsad"))
+    run_benchmark(s, tmp_path / "ct", progress=False)
+    rows = json.loads((tmp_path / "ct" / "results.json").read_text())["rows"]
+    assert {r["other"] for r in rows} == {0, 2}
+    for r in rows:  # test set: class-1 normals and the held-out type only (digits: ~72 each)
+        assert 120 < r["n_test"] < 170
+    s = _settings(protocol="deep-sad", classes=(1,), ratios=(0.05,), pollution=0.1, groups=("knn", "deepsad"))
+    run_benchmark(s, tmp_path / "sad", progress=False)
+    rows = {r["method"]: r for r in json.loads((tmp_path / "sad" / "results.json").read_text())["rows"]}
+    for r in rows.values():
+        assert r["n_train_normals"] == 60 + round(0.1 * 60 / 0.9)  # normals plus unlabelled pollution
+        assert r["n_train_anomalies"] == round(0.05 * 67 / 0.95) and r["n_test"] == 719
+    assert rows["knn"]["auroc"] > 0.8  # 10% pollution costs raw kNN little on digits
+
+
+def test_ood_protocol_resizes_the_ood_set(tmp_path, require_realdata):
+    require_realdata("/usr/share/datasets/fashion-mnist", "Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+    s = _settings(protocol="ood", ood="fashion-mnist", classes=(0,), groups=("knn",), max_test=1000)
+    run_benchmark(s, tmp_path / "ood", progress=False)
+    (r,) = json.loads((tmp_path / "ood" / "results.json").read_text())["rows"]
+    assert r["normal_class"] == -1 and r["n_train_normals"] == 60
+    assert 990 <= r["n_test"] <= 1010
+    assert r["auroc"] > 0.9  # clothes at 16x16 look nothing like handwritten digits
+
+
+def test_cli_benchmark(tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["benchmark", "--data", "digits", "--classes", "3", "--methods", "knn", "iforest", "--max-train", "50",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| class | knn | iforest |" in printed and "benchmark finished" in printed
+    assert main([*args[:-3], "--max-train", "40", "--out", str(out), "--no-progress"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert main(["benchmark", "--data", "digits", "--classes", "12", "--methods", "knn", "--out", str(tmp_path / "x"),
+                 "--no-progress"]) == 2
+    assert "class 12 does not exist" in capsys.readouterr().err
+    assert main(["benchmark", "--data", "digits", "--set", "memory.beta=-1", "--out", str(tmp_path / "y")]) == 2
