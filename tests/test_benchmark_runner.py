@@ -144,3 +144,22 @@ def test_cli_benchmark(tmp_path, capsys):
                  "--no-progress"]) == 2
     assert "class 12 does not exist" in capsys.readouterr().err
     assert main(["benchmark", "--data", "digits", "--set", "memory.beta=-1", "--out", str(tmp_path / "y")]) == 2
+
+
+def test_linear_evaluation_of_a_trained_encoder(tmp_path, capsys):
+    from anomem import AnoMem, load_config
+    from anomem.data.registry import load_dataset
+
+    train = load_dataset("digits", "train")
+    cfg = load_config("tiny", None, ["train.epochs=3", "train.batch_size=64", "backbone.width=8", "train.seed=0"])
+    det = AnoMem(cfg, progress=False).fit(train.images[train.targets == 0])
+    ckpt = tmp_path / "m.ckpt"
+    det.save(ckpt)
+    out = tmp_path / "lin.json"
+    assert main(["linear-eval", str(ckpt), "--data", "digits", "--max-train", "500", "--out", str(out)]) == 0
+    assert "frozen encoder" in capsys.readouterr().out
+    acc = json.loads(out.read_text())
+    assert acc["raw_pixels"] > 0.9  # digits are linearly separable from pixels
+    # an encoder trained on zeros alone still carries class information: far above chance (10%)
+    assert 0.4 < acc["encoder"] <= 1.0
+    assert main(["linear-eval", str(ckpt), "--data", "digits", "--max-train", "1"]) == 2  # one class only

@@ -412,6 +412,39 @@ def _finish(out: Path, cells: list[Cell], result: dict, bar, on_cell) -> None:
         bar.set_postfix_str(", ".join(f"{r['method']} {r['auroc']:.3f}" for r in result["rows"]))
 
 
+# -- linear evaluation ------------------------------------------------------------------
+def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
+                 test_labels: np.ndarray, seed: int = 0) -> float:
+    """Test accuracy of a multinomial logistic regression on standardised frozen features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(np.unique(train_labels)) < 2:
+        raise DataError("linear evaluation needs at least two classes in the training labels")
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    clf.fit(train_feats, train_labels)
+    return float((clf.predict(test_feats) == np.asarray(test_labels)).mean())
+
+
+def linear_evaluation(det, train, test, max_train: int | None = None, seed: int = 0) -> dict[str, float]:
+    """Linear evaluation of ``det``'s frozen encoder on a labelled dataset, beside raw pixels.
+
+    ``train``/``test`` are :class:`anomem.data.ImageSet`; ``max_train`` subsamples the
+    probe's training images (seeded). Returns ``{"encoder": acc, "raw_pixels": acc}``.
+    """
+    from anomem.inputs import match_geometry
+
+    idx = np.arange(len(train))
+    if max_train is not None and max_train < idx.size:
+        idx = np.sort(np.random.default_rng(seed).permutation(idx.size)[:max_train])
+    xtr, ytr = train.images[torch.from_numpy(idx)], train.targets.numpy()[idx]
+    xte, yte = test.images, test.targets.numpy()
+    flat = lambda x: match_geometry(x, det.in_channels_, det.image_size_, "images").flatten(1).numpy()  # noqa: E731
+    return {"encoder": linear_probe(det.embed(xtr), ytr, det.embed(xte), yte, seed),
+            "raw_pixels": linear_probe(flat(xtr), ytr, flat(xte), yte, seed)}
+
+
 # -- summary ------------------------------------------------------------------------------
 def load_rows(out: str | Path) -> list[dict]:
     out = Path(out)
