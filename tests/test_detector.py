@@ -87,11 +87,15 @@ def test_inputs_resized_and_channel_mismatch_refused(fitted):
     det, test, _ = fitted
     big = torch.nn.functional.interpolate(test[:4].float(), size=24).to(torch.uint8)
     assert det.anomaly_score(big).shape == (4,)
+    # int64 pixel values 0..255 (e.g. from np.asarray of a PIL image list) are pixels, not floats
+    np.testing.assert_array_equal(det.anomaly_score(test[:4].long()), det.anomaly_score(test[:4]))
+    with pytest.raises(DataError, match=r"0\.\.255"):
+        det.anomaly_score(test[:4].long() + 300)
     with pytest.raises(DataError, match="trained on 1-channel"):
         det.anomaly_score(test[:4].expand(4, 3, 16, 16))
     with pytest.raises(DataError, match="NaN"):
         det.anomaly_score(torch.full((2, 1, 16, 16), float("nan")))
-    with pytest.raises(DataError, match=r"must lie in \[0, 1\]"):
+    with pytest.raises(DataError, match=r"must be scaled to \[0, 1\]"):
         det.anomaly_score(torch.full((2, 1, 16, 16), 3.0))
 
 

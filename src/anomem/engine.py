@@ -30,6 +30,7 @@ from anomem.distributed import (
     world_size,
 )
 from anomem.errors import AnoMemError, ConfigError
+from anomem.inputs import to_float
 from anomem.losses import ContrastedMemoryLoss, LossTerms, ScalePairs, double_hinge, make_objective
 from anomem.model import AnoMemNet
 
@@ -46,13 +47,6 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r} but no CUDA device is available; use 'cpu' or 'auto'")
     return dev
-
-
-def to_float(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] or float [0, 1] images -> float32 [0, 1]."""
-    if batch.dtype == torch.uint8:
-        return batch.float().div_(255.0)
-    return batch.float()
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:

@@ -11,6 +11,8 @@ Shape:
 
 from __future__ import annotations
 
+import warnings
+from os import PathLike
 from typing import Any
 
 import numpy as np
@@ -22,38 +24,65 @@ from anomem.errors import DataError
 
 
 def as_images(x: Any, name: str = "images") -> torch.Tensor:
-    """Validate and convert ``x`` to an (N, C, H, W) uint8 or float32 tensor."""
+    """Validate and convert ``x`` to an (N, C, H, W) uint8 or float32 tensor.
+
+    Integer pixels must lie in 0..255 (returned as uint8), floating-point pixels in
+    [0, 1] (returned as float32); nested lists and read-only arrays are accepted.
+    Every failure is a :class:`DataError` that names ``name`` and what was wrong.
+    """
     if isinstance(x, ImageSet):
         return x.images
+    if isinstance(x, (str, bytes, PathLike)):
+        raise DataError(f"{name}: expected an array, tensor, Dataset or ImageSet, got {type(x).__name__} {str(x)!r} "
+                        "(load files with anomem.data.load_images)")
     if isinstance(x, torch.utils.data.Dataset) and not isinstance(x, torch.Tensor):
         x = _from_dataset(x, name)
+    if isinstance(x, (list, tuple)):
+        try:
+            x = np.asarray(x)
+        except ValueError as e:  # ragged nesting
+            raise DataError(f"{name}: a nested list of images must be rectangular ({e})") from None
     if isinstance(x, np.ndarray):
         if x.dtype == object:
             raise DataError(f"{name}: object arrays are not images; pass a numeric array")
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        if x.dtype.kind not in "buifc":
+            raise DataError(f"{name}: unsupported dtype {x.dtype}; use uint8 or float in [0, 1]")
+        with warnings.catch_warnings():  # read-only arrays are fine: they are never written to
+            warnings.simplefilter("ignore", UserWarning)
+            x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
         raise DataError(f"{name}: expected an array, tensor, Dataset or ImageSet, got {type(x).__name__}")
+    x = x.detach()
     if x.ndim == 3:
         x = x[:, None]  # (N, H, W) -> (N, 1, H, W)
     if x.ndim != 4:
         raise DataError(f"{name}: expected shape (N, H, W) or (N, C, H, W), got {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise DataError(f"{name}: no images (empty array)")
     if x.shape[1] not in (1, 3):
         if x.shape[3] in (1, 3):
-            raise DataError(f"{name}: got channels-last shape {tuple(x.shape)}; transpose to (N, C, H, W)")
+            raise DataError(f"{name}: got channels-last shape {tuple(x.shape)}; transpose to (N, C, H, W), "
+                            "e.g. x.permute(0, 3, 1, 2)")
         raise DataError(f"{name}: expected 1 or 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+        raise DataError(f"{name}: no images (shape {tuple(x.shape)})")
     if x.dtype == torch.uint8:
         return x
-    if x.dtype == torch.bool or not (x.is_floating_point() or x.dtype in (torch.int16, torch.int32, torch.int64)):
-        raise DataError(f"{name}: unsupported dtype {x.dtype}; use uint8 or float in [0, 1]")
+    if x.dtype == torch.bool or x.is_complex():
+        raise DataError(f"{name}: unsupported dtype {str(x.dtype).removeprefix('torch.')}; use uint8 or float in [0, 1]")
+    if not x.is_floating_point():  # other integer types: pixel values 0..255
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise DataError(f"{name}: integer images must hold pixel values 0..255, got values in [{lo}, {hi}]")
+        return x.to(torch.uint8)
     x = x.float()
-    if not torch.isfinite(x).all():
-        bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten()[:5].tolist()
-        raise DataError(f"{name}: contains NaN or infinite values (first bad images: {bad})")
+    finite = torch.isfinite(x).flatten(1).all(1)
+    if not finite.all():
+        bad = (~finite).nonzero().flatten()
+        raise DataError(f"{name}: contains NaN or infinite values (in {bad.numel()} of {x.shape[0]} images; "
+                        f"first: {bad[:5].tolist()})")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0 or hi > 1:
-        raise DataError(f"{name}: float images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; pass uint8 or rescale")
+        raise DataError(f"{name}: float images must be scaled to [0, 1], got values in [{lo:.3g}, {hi:.3g}]; "
+                        "pass uint8 images or divide by 255")
     return x
 
 
@@ -75,6 +104,13 @@ def _from_dataset(ds: torch.utils.data.Dataset, name: str) -> torch.Tensor:
     if len(shapes) != 1:
         raise DataError(f"{name}: the Dataset yields images of different shapes {sorted(shapes)[:3]}")
     return torch.stack(items)
+
+
+def to_float(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] or float [0, 1] images -> float32 [0, 1]."""
+    if batch.dtype == torch.uint8:
+        return batch.float().div_(255.0)
+    return batch.float()
 
 
 def match_geometry(x: torch.Tensor, channels: int, size: tuple[int, int], name: str = "images") -> torch.Tensor:

@@ -27,90 +27,27 @@ means every training image is normal (the one-class setting).
 from __future__ import annotations
 
 import inspect
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
 from anomem.errors import ConfigError, DataError, NotFittedError
+from anomem.inputs import as_images, to_float
 
 __all__ = ["BaseDetector", "check_images", "check_labels", "check_random_state_seed"]
-
-
-def _to_numpy_or_tensor(X: Any, name: str) -> np.ndarray | torch.Tensor:
-    if isinstance(X, torch.Tensor):
-        return X.detach().cpu()
-    if isinstance(X, np.ndarray):
-        return X
-    try:
-        return np.asarray(X)
-    except Exception as exc:  # ragged lists and the like
-        raise DataError(
-            f"{name} must be an array or tensor of images, got {type(X).__name__}"
-        ) from exc
 
 
 def check_images(X: Any, *, name: str = "X") -> torch.Tensor:
     """Validate images and return them as a float32 CPU tensor (N, C, H, W) in [0, 1].
 
-    Args:
-        X: array or tensor, (N, H, W) or (N, C, H, W) with C in {1, 3}; integer pixels
-            0..255 or floating-point pixels in [0, 1].
-        name: the argument's name, used in error messages.
+    The same checks as the detector (:func:`anomem.inputs.as_images`): (N, H, W) or
+    (N, C, H, W) with C in {1, 3}; integer pixels 0..255 or floats in [0, 1].
 
     Raises:
         DataError: wrong type, shape, dtype or value range, NaN/inf, or no images.
     """
-    arr = _to_numpy_or_tensor(X, name)
-    if isinstance(arr, np.ndarray) and arr.dtype.kind not in "uif":
-        raise DataError(
-            f"{name} must hold uint8 pixels (0..255) or floats in [0, 1], got dtype {arr.dtype}"
-        )
-    if isinstance(arr, np.ndarray):
-        with warnings.catch_warnings():  # read-only arrays are fine: we never write to them
-            warnings.simplefilter("ignore", UserWarning)
-            t = torch.from_numpy(np.ascontiguousarray(arr))
-    else:
-        t = arr
-    if t.dtype == torch.bool or t.is_complex():
-        raise DataError(
-            f"{name} must hold uint8 pixels (0..255) or floats in [0, 1], got dtype {t.dtype}"
-        )
-    if t.ndim == 3:
-        t = t.unsqueeze(1)
-    elif t.ndim != 4:
-        raise DataError(
-            f"{name} must have shape (N, H, W) or (N, C, H, W), got shape {tuple(t.shape)}"
-        )
-    n, c, h, w = t.shape
-    if c not in (1, 3):
-        hint = (
-            " (it looks channels-last: move the channel axis with X.permute(0, 3, 1, 2) "
-            "or np.transpose(X, (0, 3, 1, 2)))"
-            if w in (1, 3)
-            else ""
-        )
-        raise DataError(
-            f"{name} must have 1 or 3 channels in axis 1, got shape {tuple(t.shape)}{hint}"
-        )
-    if n == 0 or h == 0 or w == 0:
-        raise DataError(f"{name} holds no images (shape {tuple(t.shape)})")
-    if t.is_floating_point():
-        if not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).flatten(1).any(1).sum())
-            raise DataError(f"{name} contains NaN or infinite values (in {bad} of {n} images)")
-        lo, hi = float(t.min()), float(t.max())
-        if lo < 0.0 or hi > 1.0:
-            raise DataError(
-                f"float {name} must be scaled to [0, 1], got values in [{lo:g}, {hi:g}]; "
-                "pass uint8 images or divide by 255"
-            )
-        return t.to(torch.float32).contiguous()
-    lo, hi = int(t.min()), int(t.max())
-    if lo < 0 or hi > 255:
-        raise DataError(f"integer {name} must hold pixel values 0..255, got values in [{lo}, {hi}]")
-    return t.to(torch.float32).div_(255.0).contiguous()
+    return to_float(as_images(X, name).cpu()).contiguous()
 
 
 def check_labels(y: Any, n: int, *, name: str = "y") -> np.ndarray:
