@@ -9,7 +9,9 @@ uniform (every image recalls the mean prototype: collapse). This script trains t
 setting, the one-class AUROC on a VALIDATION split carved out of the training data
 (the test split is never used), the retrieval entropy (as a fraction of log K) and the
 per-dimension spread of recalled prototypes relative to that of the queries (near 0 =
-every image recalls the same prototype). Variants are ';'-separated config overrides.
+every image recalls the same prototype), and the validation AUROC of each scale's
+score alone (shallow/deep, from the same model). Variants are ';'-separated config
+overrides.
 
     python benchmarks/validation_sweep.py --classes 0 3 8 --seed 0
     python benchmarks/validation_sweep.py --variants "augment.flip_p=0;augment.crop_scale=[0.6,1]"
@@ -71,10 +73,10 @@ def main() -> None:
         for c in args.classes
     ]
     print(f"raw-pixel kNN (k=2) val AUROC: {np.mean(knn):.3f}")
-    print(f"{'val AUROC':>9} {'entropy/logK':>12} {'proto std':>9} {'s':>5}  variant")
+    print(f"{'val AUROC':>9} {'per scale':>13} {'entropy/logK':>12} {'proto std':>9} {'s':>5}  variant")
     for variant in args.variants:
         overrides = [o for o in variant.split(";") if o]
-        aucs, ents, stds, t0 = [], [], [], time.time()
+        aucs, scale_aucs, ents, stds, t0 = [], [], [], [], time.time()
         for cls in args.classes:
             cfg = load_config(
                 args.preset,
@@ -85,6 +87,9 @@ def main() -> None:
             )
             det = AnoMem(cfg, progress=False).fit(x_fit[y_fit == cls])
             aucs.append(roc_auc_score((y_val != cls).numpy(), det.anomaly_score(x_val)))
+            # each scale's score alone (same model): which scale carries the signal
+            per = det.score_per_scale(x_val)
+            scale_aucs.append([roc_auc_score((y_val != cls).numpy(), per[:, k]) for k in range(per.shape[1])])
             with torch.inference_mode():
                 feats = det.net_.features(x_val[y_val == cls].float() / 255)
                 for f, mem in zip(feats, det.net_.memories):
@@ -93,7 +98,8 @@ def main() -> None:
                     w = r.weights.clamp_min(1e-12)
                     ents.append(float((-(w * w.log()).sum(1)).mean() / np.log(w.shape[1])))
                     stds.append(float(r.recollection.std(0).mean() / mem.project(q).std(0).mean()))
-        print(f"{np.mean(aucs):9.3f} {np.mean(ents):12.3f} {np.mean(stds):9.3f} {time.time() - t0:5.0f}  {variant}", flush=True)
+        per_scale = "/".join(f"{a:.3f}" for a in np.mean(scale_aucs, 0))
+        print(f"{np.mean(aucs):9.3f} {per_scale:>13} {np.mean(ents):12.3f} {np.mean(stds):9.3f} {time.time() - t0:5.0f}  {variant}", flush=True)
 
 
 if __name__ == "__main__":

@@ -121,3 +121,20 @@ def test_chunked_knn_score_matches_the_brute_force_one(scripts):
     torch.testing.assert_close(
         scaling.knn_scores(queries, bank, k=3, chunk=2), expected
     )  # chunk < k
+
+
+def test_validation_sweep_reports_merged_and_per_scale_auroc(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sweep = importlib.import_module("validation_sweep")
+    try:
+        monkeypatch.setattr(sys, "argv", ["validation_sweep.py", "--classes", "0", "--epochs", "1",
+                                          "--max-train", "300", "--variants", "memory.beta=8"])
+        sweep.main()
+    finally:
+        sys.modules.pop("validation_sweep", None)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("raw-pixel kNN") and "per scale" in lines[1]
+    merged, per_scale, entropy = lines[2].split()[:3]
+    aucs = [float(merged), *map(float, per_scale.split("/"))]
+    assert len(aucs) == 3 and all(0.0 <= a <= 1.0 for a in aucs)  # merged + the tiny preset's 2 scales
+    assert 0.0 < float(entropy) <= 1.0
