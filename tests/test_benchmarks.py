@@ -138,3 +138,19 @@ def test_validation_sweep_reports_merged_and_per_scale_auroc(monkeypatch, capsys
     aucs = [float(merged), *map(float, per_scale.split("/"))]
     assert len(aucs) == 3 and all(0.0 <= a <= 1.0 for a in aucs)  # merged + the tiny preset's 2 scales
     assert 0.0 < float(entropy) <= 1.0
+
+
+def test_score_ablation_scores_one_model_five_ways(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    ablation = importlib.import_module("score_ablation")
+    try:
+        monkeypatch.setattr(sys, "argv", ["score_ablation.py", "--classes", "0", "--epochs", "1",
+                                          "--max-train", "300", "--set", "backbone.width=8"])
+        ablation.main()
+    finally:
+        sys.modules.pop("score_ablation", None)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["class", "eq9", "merged"] and lines[-1].startswith(" mean")
+    aucs = [float(v) for v in lines[1].split()[1:6]]
+    assert all(0.0 <= a <= 1.0 for a in aucs)
+    assert aucs[4] > 0.95  # raw-pixel kNN on digit 0: the reference column is computed, not copied
