@@ -9,6 +9,8 @@ is never used) in several ways from the same trained model:
 * ``nearest pat``  per position, 1 - best cosine between the projected query and the
                    stored patterns (deepest scale), averaged over positions: distance to
                    the nearest prototype instead of to the soft recollection;
+* ``feat norm``    the mean norm of the deepest raw features over positions, before the
+                   memory's projection (which discards it);
 * ``enc kNN``      kNN (k=2, cosine) on the encoder's pooled deepest features against
                    the fit normals: the encoder with a feature bank instead of a memory;
 
@@ -37,17 +39,20 @@ from anomem.inputs import to_float
 
 
 @torch.inference_mode()
-def nearest_pattern_scores(det: AnoMem, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """Mean over positions of 1 - max cosine to the deepest memory's patterns."""
+def deep_feature_scores(det: AnoMem, images: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, over the deepest map's positions: the mean of 1 - max cosine between the
+    projected query and the memory's patterns, and the mean raw feature norm."""
     net, mem = det.net_.eval(), det.net_.memories[-1]
     pats = torch.nn.functional.normalize(mem.stored_patterns(), dim=1)
-    out = []
+    near, norm = [], []
     for i in range(0, images.shape[0], batch_size):
         f = net.features(to_float(images[i : i + batch_size]).to(det.device_))[-1]
         b, c, h, w = f.shape
-        q = torch.nn.functional.normalize(mem.project(f.permute(0, 2, 3, 1).reshape(-1, c)), dim=1)
-        out.append((1 - (q @ pats.T).max(1).values).reshape(b, h * w).mean(1).cpu())
-    return torch.cat(out).numpy()
+        z = f.permute(0, 2, 3, 1).reshape(-1, c)
+        q = torch.nn.functional.normalize(mem.project(z), dim=1)
+        near.append((1 - (q @ pats.T).max(1).values).reshape(b, h * w).mean(1).cpu())
+        norm.append(z.norm(dim=1).reshape(b, h * w).mean(1).cpu())
+    return torch.cat(near).numpy(), torch.cat(norm).numpy()
 
 
 def main() -> None:
@@ -72,7 +77,7 @@ def main() -> None:
     x_fit, y_fit = train.images[torch.from_numpy(fit)], train.targets[torch.from_numpy(fit)]
     x_val, y_val = train.images[torch.from_numpy(~fit)], train.targets[torch.from_numpy(~fit)]
 
-    cols = ("eq9 merged", "eq9 deep", "nearest pat", "enc kNN", "pixel kNN")
+    cols = ("eq9 merged", "eq9 deep", "nearest pat", "feat norm", "enc kNN", "pixel kNN")
     print(f"{'class':>5} " + " ".join(f"{c:>11}" for c in cols) + f" {'s':>5}")
     rows = []
     for cls in args.classes:
@@ -82,10 +87,12 @@ def main() -> None:
         normals = x_fit[y_fit == cls]
         det = AnoMem(cfg, progress=False).fit(normals)
         lab = (y_val != cls).numpy()
+        near, norm = deep_feature_scores(det, x_val)
         scores = [
             det.anomaly_score(x_val),
             det.score_per_scale(x_val)[:, -1],
-            nearest_pattern_scores(det, x_val),
+            near,
+            norm,
             feature_knn_scores(det.embed(normals), det.embed(x_val)),
             make_baseline("knn").fit(normals).anomaly_score(x_val),
         ]
