@@ -163,3 +163,46 @@ def test_linear_evaluation_of_a_trained_encoder(tmp_path, capsys):
     # an encoder trained on zeros alone still carries class information: far above chance (10%)
     assert 0.4 < acc["encoder"] <= 1.0
     assert main(["linear-eval", str(ckpt), "--data", "digits", "--max-train", "1"]) == 2  # one class only
+
+
+def _png_dir(directory, images):
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images):
+        Image.fromarray(im[0].numpy(), mode="L").save(directory / f"{i:03d}.png")
+
+
+def test_user_folder_one_vs_all_and_cross_type(tmp_path):
+    import torch
+
+    from synthetic import stripes
+
+    root = tmp_path / "ds"
+    noise = lambda n, seed: torch.randint(0, 256, (n, 1, 16, 16), generator=torch.Generator().manual_seed(seed),  # noqa: E731
+                                          dtype=torch.uint8)
+    _png_dir(root / "train" / "normal", stripes(40, False, seed=0))
+    _png_dir(root / "train" / "anomaly" / "vertical", stripes(6, True, seed=1))
+    _png_dir(root / "train" / "anomaly" / "noise", noise(6, 2))
+    _png_dir(root / "test" / "normal", stripes(10, False, seed=3))
+    _png_dir(root / "test" / "anomaly" / "vertical", stripes(4, True, seed=4))
+    _png_dir(root / "test" / "anomaly" / "noise", noise(7, 5))
+    data = f"folder:{root}"
+
+    s = _settings(data=data, ratios=(0.1,), groups=("knn", "deepsad"), max_train=None)
+    run_benchmark(s, tmp_path / "ova", progress=False)
+    rows = json.loads((tmp_path / "ova" / "results.json").read_text())["rows"]
+    by = {r["method"]: r for r in rows}
+    assert by["deepsad"]["n_train_anomalies"] == round(0.1 * 40 / 0.9)
+    assert by["knn"]["n_train_anomalies"] == 0  # label-free: the γ = 0 cell, labels never seen
+    assert by["knn"]["n_test"] == by["deepsad"]["n_test"] == 21 and by["knn"]["auroc"] > 0.9
+
+    s = _settings(data=data, protocol="cross-type", ratios=(0.1,), seeds=2, groups=("knn",), max_train=None)
+    run_benchmark(s, tmp_path / "ct", progress=False)
+    rows = {r["other"]: r for r in json.loads((tmp_path / "ct" / "results.json").read_text())["rows"]}
+    assert rows[0]["n_test"] == 10 + 7 and rows[1]["n_test"] == 10 + 4  # types sorted: noise, vertical
+    with pytest.raises(ConfigError, match="--classes 0"):
+        run_benchmark(_settings(data=data, classes=(1,)), tmp_path / "bad", progress=False)
+    with pytest.raises(DataError, match="train/anomaly holds 6 besides the held-out type"):
+        run_benchmark(_settings(data=data, protocol="cross-type", ratios=(0.5,), groups=("knn",)), tmp_path / "b2",
+                      progress=False)

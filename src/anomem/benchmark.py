@@ -51,6 +51,7 @@ __all__ = [
     "PROTOCOLS",
     "BenchmarkSettings",
     "Cell",
+    "anomaly_types",
     "plan_cells",
     "run_benchmark",
     "summarise",
@@ -124,7 +125,17 @@ class Cell:
 
 
 # -- planning -------------------------------------------------------------------------
-def _validate(s: BenchmarkSettings, n_classes: int) -> None:
+def _is_folder(ds) -> bool:
+    """User folders label images normal/anomaly (with anomaly types), not by class."""
+    return ds.anomaly is not None
+
+
+def anomaly_types(test) -> list[str]:
+    """The anomaly types of a folder's test split, sorted (the cross-type protocol's units)."""
+    return sorted({t for t, a in zip(test.anomaly_types or (), test.anomaly.tolist()) if a})
+
+
+def _validate(s: BenchmarkSettings, n_classes: int, folder: bool = False) -> None:
     if s.protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {s.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     bad = sorted(set(s.groups) - set(GROUPS))
@@ -138,7 +149,7 @@ def _validate(s: BenchmarkSettings, n_classes: int) -> None:
     for r in s.ratios:
         if not 0.0 <= r < 1.0:
             raise ConfigError(f"anomaly ratio γ must lie in [0, 1), got {r}")
-    if s.protocol in ("deep-sad", "cross-type") and n_classes < 3:
+    if s.protocol in ("deep-sad", "cross-type") and n_classes < 3 and not folder:
         raise DataError(f"the {s.protocol} protocol needs at least 3 classes, {s.data} has {n_classes}")
     if s.protocol == "cross-type" and 0.0 in s.ratios:
         raise ConfigError("the cross-type protocol trains on labelled anomalies: every ratio must be > 0")
@@ -148,20 +159,29 @@ def _validate(s: BenchmarkSettings, n_classes: int) -> None:
         raise ConfigError(f"--max-train must be at least 4, got {s.max_train}")
 
 
-def plan_cells(s: BenchmarkSettings, n_classes: int) -> list[Cell]:
+def plan_cells(s: BenchmarkSettings, n_classes: int, types: Sequence[str] | None = None) -> list[Cell]:
     """All cells of a benchmark, in run order (cheap groups of a split together).
 
     deep-sad and cross-type need a second class per split (the known anomaly class, the
     held-out type); seed ``i`` of normal class ``c`` takes the ``i``-th other class in
     turn, so ``--seeds 9`` covers every pair once (as Ruff et al. average over them).
+    For a user folder (``types`` = its test anomaly types) the only normal class is 0
+    and cross-type holds out type ``types[i]`` in turn.
     """
-    _validate(s, n_classes)
+    if types is not None:
+        if s.protocol not in ("one-vs-all", "cross-type"):
+            raise ConfigError(f"a user folder supports the one-vs-all and cross-type protocols, not {s.protocol!r}")
+        if tuple(s.classes) != (0,):
+            raise ConfigError("a user folder has one normal class: use --classes 0")
+        if s.protocol == "cross-type" and len(types) < 2:
+            raise DataError(f"cross-type needs at least 2 anomaly types under test/anomaly/<type>, found {list(types)}")
+    _validate(s, n_classes, folder=types is not None)
     if s.protocol == "ood":
         return [Cell("ood", -1, 0.0, seed, g) for seed in range(s.seeds) for g in s.groups]
     cells = []
     for r in s.ratios:
         for c in s.classes:
-            others = [k for k in range(n_classes) if k != c]
+            others = list(range(len(types))) if types is not None else [k for k in range(n_classes) if k != c]
             for seed in range(s.seeds):
                 other = others[seed % len(others)] if s.protocol in ("deep-sad", "cross-type") else None
                 cells += [Cell(s.protocol, c, r, seed, g, other) for g in s.groups]
@@ -209,6 +229,8 @@ def build_split(s: BenchmarkSettings, cell: Cell) -> Split:
     from anomem import protocols
 
     train, test = _load(s.data, s.data_root, "train"), _load(s.data, s.data_root, "test")
+    if _is_folder(train):
+        return _folder_split(s, cell, train, test)
     test_cls = test.targets.numpy()
     if cell.protocol == "ood":
         from anomem.inputs import match_geometry
@@ -240,6 +262,32 @@ def build_split(s: BenchmarkSettings, cell: Cell) -> Split:
                                   max_normals=s.max_train)
     x, cls, an = _cap_test(sp.test_images, test_cls, sp.test_is_anomaly.numpy(), s.max_test)
     return Split(sp.normals, sp.anomalies, x, an, cls)
+
+
+def _folder_split(s: BenchmarkSettings, cell: Cell, train, test) -> Split:
+    """A user folder: normals = train/normal; γ of the training set drawn from
+    train/anomaly (cross-type: minus the held-out type); test = test/ (cross-type:
+    normals and the held-out type only). ``test_class``: 0 normal, 1 + type index."""
+    types = anomaly_types(test)
+    gen = torch.Generator().manual_seed(cell.seed)
+    normal_idx = (~train.anomaly).nonzero().flatten()
+    if s.max_train is not None and s.max_train < normal_idx.numel():
+        normal_idx = normal_idx[torch.randperm(normal_idx.numel(), generator=gen)[: s.max_train].sort().values]
+    held = types[cell.other] if cell.protocol == "cross-type" else None
+    pool = [i for i, (a, t) in enumerate(zip(train.anomaly.tolist(), train.anomaly_types)) if a and t != held]
+    m = round(cell.ratio * normal_idx.numel() / (1.0 - cell.ratio))
+    if m > len(pool):
+        raise DataError(f"γ={cell.ratio} needs {m} labelled anomalies but train/anomaly holds {len(pool)}"
+                        + (f" besides the held-out type {held!r}" if held else ""))
+    pick = torch.tensor(pool, dtype=torch.long)[torch.randperm(len(pool), generator=gen)[:m]].sort().values
+    an = test.anomaly.numpy()
+    cls = np.array([0 if not a else 1 + types.index(t) for a, t in zip(an, test.anomaly_types)])
+    keep = np.ones(an.size, bool) if held is None else (~an) | (cls == 1 + types.index(held))
+    if not an[keep].any() or an[keep].all():
+        raise DataError(f"{s.data}: the test split needs both normal and anomalous images")
+    k = torch.from_numpy(keep)
+    return Split(train.images[normal_idx], train.images[pick], test.images[k], an[keep], cls[keep],
+                 f"{s.data}" + (f", held-out type {held!r}" if held else ""))
 
 
 # -- methods ----------------------------------------------------------------------------
@@ -364,8 +412,9 @@ def run_benchmark(
     """Run every unfinished cell (``jobs`` processes with ``threads`` torch threads each),
     then :func:`summarise`. Returns the output directory."""
     out = Path(out)
-    n_classes = len(_load(s.data, s.data_root, "train").class_names)
-    cells = plan_cells(s, n_classes)
+    train = _load(s.data, s.data_root, "train")
+    types = anomaly_types(_load(s.data, s.data_root, "test")) if _is_folder(train) else None
+    cells = plan_cells(s, len(train.class_names), types)
     _prepare_out(out, s)
     todo = [c for c in cells if not (out / "cells" / f"{c.key}.json").is_file()]
     finished = len(cells) - len(todo)
