@@ -382,10 +382,9 @@ def _cell_worker(s_dict: dict, cell_dict: dict, threads: int) -> tuple[dict, dic
 
 def _save_cell(out: Path, cell: Cell, result: dict[str, Any]) -> None:
     cells = out / "cells"
-    buf = io.BytesIO()
-    np.savez_compressed(buf, is_anomaly=result["is_anomaly"], test_class=result["test_class"],
-                        **{f"score__{k}": v for k, v in result["scores"].items()})
-    atomic_write_bytes(cells / f"{cell.key}.npz", lambda f: f.write(buf.getvalue()))
+    arrays = {"is_anomaly": result["is_anomaly"], "test_class": result["test_class"],
+              **{f"score__{k}": v for k, v in result["scores"].items()}}
+    atomic_write_bytes(cells / f"{cell.key}.npz", lambda f: np.savez_compressed(f, **arrays))
     # the json last: its presence marks the cell finished
     atomic_write_text(cells / f"{cell.key}.json", json.dumps(result["rows"], indent=1))
 
@@ -618,11 +617,9 @@ def _plots(out: Path, rows: list[dict]) -> dict[str, Path]:
 
 
 def _savefig(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+    from anomem.report import _fig_to_png
 
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+    png = _fig_to_png(fig)
+    atomic_write_bytes(path, lambda f: f.write(png))
     return path
