@@ -555,7 +555,7 @@ def summarise(out: str | Path) -> dict[str, Path]:
             + (f"; training normals capped at {st['max_train']}" if st["max_train"] else "")
             + (f"; test capped at {st['max_test']}" if st["max_test"] else "") + ".", "",
             "Label-free methods (simclr-*, knn, ocsvm, iforest) ignore the labelled anomalies: under "
-            "one-vs-all their γ > 0 cells repeat the γ = 0 result.", ""]
+            "one-vs-all their γ > 0 cells repeat the γ = 0 result.", "", ""]
     atomic_write_text(files["md"], "\n".join(head) + markdown_table(rows, st) + "\n")
     if rows:
         files.update(_plots(out, rows))
