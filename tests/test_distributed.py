@@ -84,3 +84,16 @@ def test_two_ranks_match_one_process():
         # relative to the tensor's scale: elementwise rtol is meaningless near zero
         err = ((res["grads"][name] - g).abs().max() / g.abs().max()).item()
         assert err < 1e-3, (name, err)  # float reduction order differs with thread count
+
+
+def test_shutdown_after_a_failure_leaves_the_group_without_a_barrier(tmp_path):
+    from anomem.distributed import is_distributed
+
+    shutdown()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        shutdown(ok=False)  # gloo: the local teardown runs, no collective is entered
+        assert not is_distributed()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -149,9 +149,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     init_from_env()  # under torchrun: join the process group; only rank 0 writes below
     try:
-        return _train(args)
-    finally:
-        shutdown()
+        code = _train(args)
+    except BaseException:
+        shutdown(ok=False)  # no barrier: the other ranks may be inside a collective
+        raise
+    shutdown()
+    return code
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -54,15 +54,22 @@ def init_from_env() -> torch.device | None:
     return torch.device("cpu")
 
 
-def shutdown() -> None:
-    """Leave the process group, if one is up (every rank, once communication is over).
+def shutdown(ok: bool = True) -> None:
+    """Leave the process group, if one is up.
 
     Release DDP wrappers first (``Stage1Trainer.close``): a group still referenced
     keeps its worker threads alive into interpreter shutdown, where gloo can abort.
+    ``ok=False`` (this rank failed): no barrier, since the other ranks may be waiting
+    in a training collective; gloo's teardown is local and still runs, NCCL's may
+    block on those peers and is left to the launcher, which ends the job.
     """
-    if is_distributed():
+    if not is_distributed():
+        return
+    if ok:
         dist.barrier()
-        dist.destroy_process_group()
+    elif dist.get_backend() != "gloo":
+        return
+    dist.destroy_process_group()
 
 
 class _GatherWithGrad(torch.autograd.Function):
