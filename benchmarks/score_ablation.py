@@ -36,6 +36,7 @@ from anomem.baselines import make_baseline
 from anomem.benchmark import feature_knn_scores
 from anomem.data.registry import load_dataset
 from anomem.inputs import to_float
+from anomem.protocols import validation_split
 
 
 @torch.inference_mode()
@@ -67,15 +68,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
 
-    train = load_dataset(args.data, "train")
-    rng = np.random.default_rng(args.seed)
-    if args.max_train is not None and args.max_train < len(train):
-        train = train.subset(torch.from_numpy(np.sort(rng.permutation(len(train))[: args.max_train])))
-    n = len(train)
-    fit = np.ones(n, bool)
-    fit[rng.permutation(n)[: n // 3]] = False
-    x_fit, y_fit = train.images[torch.from_numpy(fit)], train.targets[torch.from_numpy(fit)]
-    x_val, y_val = train.images[torch.from_numpy(~fit)], train.targets[torch.from_numpy(~fit)]
+    fit, val = validation_split(load_dataset(args.data, "train"), args.max_train, args.seed)
+    x_fit, y_fit, x_val, y_val = fit.images, fit.targets, val.images, val.targets
 
     cols = ("eq9 merged", "eq9 deep", "nearest pat", "feat norm", "enc kNN", "pixel kNN")
     print(f"{'class':>5} " + " ".join(f"{c:>11}" for c in cols) + f" {'s':>5}")

@@ -30,6 +30,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomem import AnoMem, load_config
 from anomem.data.registry import load_dataset
+from anomem.protocols import validation_split
 
 
 def main() -> None:
@@ -55,16 +56,8 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    train = load_dataset(args.data, "train")
-    rng = np.random.default_rng(args.seed)
-    if args.max_train is not None and args.max_train < len(train):
-        train = train.subset(torch.from_numpy(np.sort(rng.permutation(len(train))[: args.max_train])))
-    n = len(train)
-    val_idx = rng.permutation(n)[: n // 3]
-    fit_mask = np.ones(n, bool)
-    fit_mask[val_idx] = False
-    x_fit, y_fit = train.images[torch.from_numpy(fit_mask)], train.targets[torch.from_numpy(fit_mask)]
-    x_val, y_val = train.images[torch.from_numpy(~fit_mask)], train.targets[torch.from_numpy(~fit_mask)]
+    fit, val = validation_split(load_dataset(args.data, "train"), args.max_train, args.seed)
+    x_fit, y_fit, x_val, y_val = fit.images, fit.targets, val.images, val.targets
 
     from anomem.baselines import make_baseline
 

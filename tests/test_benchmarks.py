@@ -123,16 +123,21 @@ def test_chunked_knn_score_matches_the_brute_force_one(scripts):
     )  # chunk < k
 
 
-def test_validation_sweep_reports_merged_and_per_scale_auroc(monkeypatch, capsys):
+def _run_script(monkeypatch, capsys, name: str, *argv: str) -> list[str]:
+    """Run ``benchmarks/<name>.py``'s main() with ``argv``; its printed lines."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    sweep = importlib.import_module("validation_sweep")
+    module = importlib.import_module(name)
     try:
-        monkeypatch.setattr(sys, "argv", ["validation_sweep.py", "--classes", "0", "--epochs", "1",
-                                          "--max-train", "300", "--variants", "memory.beta=8"])
-        sweep.main()
+        monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
+        module.main()
     finally:
-        sys.modules.pop("validation_sweep", None)
-    lines = capsys.readouterr().out.splitlines()
+        sys.modules.pop(name, None)
+    return capsys.readouterr().out.splitlines()
+
+
+def test_validation_sweep_reports_merged_and_per_scale_auroc(monkeypatch, capsys):
+    lines = _run_script(monkeypatch, capsys, "validation_sweep", "--classes", "0", "--epochs", "1",
+                        "--max-train", "300", "--variants", "memory.beta=8")
     assert lines[0].startswith("raw-pixel kNN") and "per scale" in lines[1]
     merged, per_scale, entropy = lines[2].split()[:3]
     aucs = [float(merged), *map(float, per_scale.split("/"))]
@@ -141,15 +146,8 @@ def test_validation_sweep_reports_merged_and_per_scale_auroc(monkeypatch, capsys
 
 
 def test_score_ablation_scores_one_model_six_ways(monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    ablation = importlib.import_module("score_ablation")
-    try:
-        monkeypatch.setattr(sys, "argv", ["score_ablation.py", "--classes", "0", "--epochs", "1",
-                                          "--max-train", "300", "--set", "backbone.width=8"])
-        ablation.main()
-    finally:
-        sys.modules.pop("score_ablation", None)
-    lines = capsys.readouterr().out.splitlines()
+    lines = _run_script(monkeypatch, capsys, "score_ablation", "--classes", "0", "--epochs", "1",
+                        "--max-train", "300", "--set", "backbone.width=8")
     assert lines[0].split()[:3] == ["class", "eq9", "merged"] and lines[-1].startswith(" mean")
     aucs = [float(v) for v in lines[1].split()[1:7]]
     assert all(0.0 <= a <= 1.0 for a in aucs)

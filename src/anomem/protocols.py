@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from anomem.data import ImageSet
@@ -116,3 +117,19 @@ def deep_sad_split(
     pool = pool[~torch.isin(pool, polluted)]
     pick = _draw(pool, m, gen, f"γ_l={labelled_ratio} of class {known_class}")
     return OneVsAllSplit(train.images[unlabelled], train.images[pick], test.images, test.targets != normal_class, pick)
+
+
+def validation_split(train: ImageSet, max_train: int | None = None, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """(fit, validation) parts of a training split, for choosing settings without the test split.
+
+    ``max_train`` first subsamples the split; a third of what remains becomes the
+    validation part. One NumPy generator seeded by ``seed`` draws both, so a benchmark
+    script's split is reproduced exactly by its seed.
+    """
+    rng = np.random.default_rng(seed)
+    if max_train is not None and max_train < len(train):
+        train = train.subset(torch.from_numpy(np.sort(rng.permutation(len(train))[:max_train])))
+    n = len(train)
+    fit = np.ones(n, bool)
+    fit[rng.permutation(n)[: n // 3]] = False
+    return train.subset(torch.from_numpy(fit)), train.subset(torch.from_numpy(~fit))
