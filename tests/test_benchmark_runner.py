@@ -206,3 +206,14 @@ def test_user_folder_one_vs_all_and_cross_type(tmp_path):
     with pytest.raises(DataError, match="train/anomaly holds 6 besides the held-out type"):
         run_benchmark(_settings(data=data, protocol="cross-type", ratios=(0.5,), groups=("knn",)), tmp_path / "b2",
                       progress=False)
+
+
+def test_parallel_jobs_give_the_same_cells(tmp_path):
+    s = _settings(classes=(0, 1), ratios=(0.0, 0.1), groups=("knn", "iforest"))
+    key = lambda r: (r["normal_class"], r["ratio"], r["method"])  # noqa: E731
+    runs = []
+    for jobs in (1, 2):
+        run_benchmark(s, tmp_path / f"j{jobs}", jobs=jobs, threads=1, progress=False)
+        rows = json.loads((tmp_path / f"j{jobs}" / "results.json").read_text())["rows"]
+        runs.append({key(r): r["auroc"] for r in rows})
+    assert len(runs[0]) == 8 and runs[0] == runs[1]

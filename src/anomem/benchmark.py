@@ -374,12 +374,6 @@ def run_cell(s: BenchmarkSettings, cell: Cell, threads: int | None = None) -> di
             "is_anomaly": split.test_is_anomaly.astype(bool), "test_class": split.test_class.astype(np.int16)}
 
 
-def _cell_worker(s_dict: dict, cell_dict: dict, threads: int) -> tuple[dict, dict[str, Any]]:
-    s = BenchmarkSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in s_dict.items()})
-    cell = Cell(**cell_dict)
-    return cell_dict, run_cell(s, cell, threads)
-
-
 def _save_cell(out: Path, cell: Cell, result: dict[str, Any]) -> None:
     cells = out / "cells"
     arrays = {"is_anomaly": result["is_anomaly"], "test_class": result["test_class"],
@@ -428,7 +422,6 @@ def run_benchmark(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(cells), initial=finished, desc="benchmark cells", unit="cell")
-    sd = asdict(s)
     if jobs <= 1:
         for cell in todo:
             _finish(out, copies[cell], run_cell(s, cell, threads), bar, on_cell)
@@ -436,12 +429,13 @@ def run_benchmark(
         import multiprocessing as mp
 
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            pending = {pool.submit(_cell_worker, sd, asdict(c), threads) for c in todo}
+            # settings and cells are frozen dataclasses: they pickle to the workers as they are
+            cell_of = {pool.submit(run_cell, s, c, threads): c for c in todo}
+            pending = set(cell_of)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    cell_dict, result = fut.result()
-                    _finish(out, copies[Cell(**cell_dict)], result, bar, on_cell)
+                    _finish(out, copies[cell_of[fut]], fut.result(), bar, on_cell)
     if bar is not None:
         bar.close()
     summarise(out)
@@ -523,13 +517,10 @@ def markdown_table(rows: list[dict], settings: dict) -> str:
             cells = [_fmt(r["auroc"] for r in rr if r["normal_class"] == c and r["method"] == m) for m in methods]
             lines.append(f"| {'all' if c < 0 else c} | " + " | ".join(cells) + " |")
         # mean over classes of the per-seed class means; ± = std over seeds of the class-averaged AUROC
-        means = []
-        for m in methods:
-            per_seed = [np.mean([r["auroc"] for r in rr if r["method"] == m and r["seed"] == sd]) for sd in seeds
-                        if any(r["method"] == m and r["seed"] == sd for r in rr)]
-            means.append(_fmt(per_seed))
-        best = max(range(len(methods)), key=lambda i: float(means[i].split()[0]) if means[i] != "–" else -1)
-        means = [f"**{v}**" if i == best else v for i, v in enumerate(means)]
+        per_seed = [[np.mean([r["auroc"] for r in rr if r["method"] == m and r["seed"] == sd]) for sd in seeds
+                     if any(r["method"] == m and r["seed"] == sd for r in rr)] for m in methods]
+        best = max(range(len(methods)), key=lambda i: np.mean(per_seed[i]) if per_seed[i] else -1.0)
+        means = [f"**{_fmt(v)}**" if i == best else _fmt(v) for i, v in enumerate(per_seed)]
         lines.append("| **mean** | " + " | ".join(means) + " |")
         secs = [f"{np.mean([r['seconds'] for r in rr if r['method'] == m]):.0f}" for m in methods]
         lines += ["| s / cell | " + " | ".join(secs) + " |", ""]

@@ -420,11 +420,10 @@ def cmd_refit(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """Protocol x classes x ratios x seeds, AnoMem beside every baseline; resumable."""
     from anomem.benchmark import GROUPS, BenchmarkSettings, run_benchmark
-    from anomem.config import load_config as _check
 
     groups = tuple(GROUPS) if "all" in args.methods else tuple(dict.fromkeys(args.methods))
     overrides = tuple(args.set or ()) + ((f"train.epochs={args.epochs}",) if args.epochs is not None else ())
-    _check(args.preset, None, list(overrides))  # a bad --set fails now, not in a worker
+    load_config(args.preset, None, list(overrides))  # a bad --set fails now, not in a worker
     s = BenchmarkSettings(
         protocol=args.protocol, data=args.data, data_root=args.data_root, ood=args.ood,
         classes=tuple(args.classes), ratios=tuple(args.ratios), seeds=args.seeds, groups=groups,
