@@ -144,6 +144,10 @@ def test_cli_benchmark(tmp_path, capsys):
                  "--no-progress"]) == 2
     assert "class 12 does not exist" in capsys.readouterr().err
     assert main(["benchmark", "--data", "digits", "--set", "memory.beta=-1", "--out", str(tmp_path / "y")]) == 2
+    (tmp_path / "a_file").write_text("x")
+    assert main(["benchmark", "--data", "digits", "--methods", "knn", "--out", str(tmp_path / "a_file"),
+                 "--no-progress"]) == 2
+    assert "cannot write to output directory" in capsys.readouterr().err
 
 
 def test_linear_evaluation_of_a_trained_encoder(tmp_path, capsys):

@@ -394,7 +394,10 @@ def _prepare_out(out: Path, s: BenchmarkSettings) -> None:
             diff = sorted(k for k, v in asdict(s).items() if json.dumps(old.get("settings", {}).get(k)) != json.dumps(v))
             raise ConfigError(f"{str(out)!r} holds a benchmark with other settings (differs in {', '.join(diff)}); "
                               "use a new --out directory, or the same settings to resume")
-    (out / "cells").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "cells").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot write to output directory {str(out)!r}: {e.strerror or e}") from None
     atomic_write_text(meta, json.dumps({"fingerprint": s.fingerprint(), "settings": asdict(s)}, indent=2))
 
 
