@@ -196,7 +196,6 @@ class Split:
     test_images: torch.Tensor
     test_is_anomaly: np.ndarray
     test_class: np.ndarray  # class (or -1 for OoD) of each test image, for per-type metrics
-    description: str = ""
 
 
 _DATA_CACHE: dict[tuple[str, str | None, str], Any] = {}
@@ -246,7 +245,7 @@ def build_split(s: BenchmarkSettings, cell: Cell) -> Split:
         x = torch.cat([test.images, ood_x])
         cls = np.concatenate([test_cls, np.full(ood_x.shape[0], -1)])
         x, cls, an = _cap_test(x, cls, cls == -1, s.max_test)
-        return Split(normals, normals[:0], x, an, cls, f"{s.data} (all classes) vs {s.ood}")
+        return Split(normals, normals[:0], x, an, cls)
     if cell.protocol == "one-vs-all" or cell.protocol == "cross-type":
         exclude = () if cell.protocol == "one-vs-all" else (cell.other,)
         sp = protocols.one_vs_all(train, test, cell.normal_class, cell.ratio, cell.seed,
@@ -286,8 +285,7 @@ def _folder_split(s: BenchmarkSettings, cell: Cell, train, test) -> Split:
     if not an[keep].any() or an[keep].all():
         raise DataError(f"{s.data}: the test split needs both normal and anomalous images")
     k = torch.from_numpy(keep)
-    return Split(train.images[normal_idx], train.images[pick], test.images[k], an[keep], cls[keep],
-                 f"{s.data}" + (f", held-out type {held!r}" if held else ""))
+    return Split(train.images[normal_idx], train.images[pick], test.images[k], an[keep], cls[keep])
 
 
 # -- methods ----------------------------------------------------------------------------
