@@ -16,7 +16,8 @@ training set has 60k images; one class has 6k).
   ``topk`` against the bank in chunks, mean of the k smallest distances.
 * The fitted detector's checkpoint: besides the network it stores banks of pooled
   deviations (a normal bank and the held-out calibration normals, both capped at
-  ``scorer.normal_bank`` rows, and the prototype cache). Their size is predicted for every N from their shapes as the code builds them,
+  ``scorer.normal_bank`` rows, and the prototype cache) and the normal feature bank
+  (pooled tap features of up to ``scorer.bank`` training normals). Their size is predicted for every N from their shapes as the code builds them,
   and checked against real checkpoints written by ``AnoMem.fit(...).save`` at
   ``--fit-sizes`` (1-epoch fits on random images; training quality is not the point).
 
@@ -109,6 +110,8 @@ class CheckpointModel:
     scales: int  # S
     normal_bank_cap: int  # scorer.normal_bank
     calibration_fraction: float
+    feature_floats: int = 0  # Σ_s C_s: one row of the normal feature bank (scorer.bank)
+    feature_bank_cap: int = 0  # scorer.bank (0 = no feature bank)
 
     def split(self, n: int) -> tuple[int, int]:
         """(calibration normals, training normals) out of n, as ``_calibration_split``."""
@@ -119,9 +122,11 @@ class CheckpointModel:
         cal, train = self.split(n)
         kept = min(train, self.normal_bank_cap)
         row = self.row_floats * FLOAT_BYTES
+        bank_scores = self.scales * FLOAT_BYTES if self.feature_bank_cap else 0  # per-scale bank distances
         return {
             "normal bank (capped)": kept * (row + self.scales * FLOAT_BYTES),  # pooled + raw scores
-            "calibration bank (capped)": min(cal, self.normal_bank_cap) * (row + self.scales * FLOAT_BYTES),
+            "calibration bank (capped)": min(cal, self.normal_bank_cap) * (row + self.scales * FLOAT_BYTES + bank_scores),
+            "feature bank (capped)": min(train, self.feature_bank_cap) * self.feature_floats * FLOAT_BYTES,
         }
 
     def total(self, n: int) -> int:
@@ -188,8 +193,10 @@ def measure(args: argparse.Namespace) -> ScalingReport:
     # Checkpoint size: fit for real at a few small N, take the N-independent part from the
     # first and check the shape model's prediction against the others.
     row_floats = sum(c * cfg.scorer.pool_size**2 for c in net.backbone.tap_channels)
+    feature_floats = sum(net.backbone.tap_channels)
     shape_model = CheckpointModel(
-        0, row_floats, len(net.memories), cfg.scorer.normal_bank, cfg.scorer.calibration_fraction
+        0, row_floats, len(net.memories), cfg.scorer.normal_bank, cfg.scorer.calibration_fraction,
+        feature_floats, cfg.scorer.bank,
     )
     fits: dict[int, int] = {}
     for n in args.fit_sizes:
@@ -209,6 +216,8 @@ def measure(args: argparse.Namespace) -> ScalingReport:
         len(net.memories),
         cfg.scorer.normal_bank,
         cfg.scorer.calibration_fraction,
+        feature_floats,
+        cfg.scorer.bank,
     )
 
     gen = torch.Generator().manual_seed(args.seed)

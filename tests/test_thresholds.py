@@ -93,7 +93,7 @@ def fitted():
     seen = {}
 
     def grab(det, trainer, log):
-        seen["train_images"] = trainer.images.clone()
+        seen["train_images"] = trainer.images[trainer.normal].clone()  # the normals (pseudo-anomalies join them)
 
     det = AnoMem(CFG, progress=False).fit(normals, on_epoch_end=grab)
     return det, normals, seen["train_images"]

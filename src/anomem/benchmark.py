@@ -14,6 +14,8 @@ Method groups share one training where the paper's baselines do:
 group                  methods (columns of the table)
 =====================  ==================================================================
 anomem                 ``anomem``: the detector with the chosen preset
+anomem-paper           ``anomem-paper``: the paper's method exactly on the same preset and
+                       budget: no pseudo-anomalies, no normal bank (Eq. 9 / Eq. 10 only)
 anomem-single-scale    ``anomem-single-scale``: the same, deepest tap only (paper Tab. 5)
 simclr                 ``simclr-knn``, ``simclr-kmeans``: the same encoder trained with the
                        memory disabled (plain multi-scale SimCLR), scored by kNN distance
@@ -59,6 +61,7 @@ __all__ = [
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "anomem": ("anomem",),
+    "anomem-paper": ("anomem-paper",),
     "anomem-single-scale": ("anomem-single-scale",),
     "simclr": ("simclr-knn", "simclr-kmeans"),
     "deepsad": ("deepsad",),
@@ -295,6 +298,10 @@ def _anomem_config(s: BenchmarkSettings, seed: int, extra: Sequence[str] = ()):
     return load_config(s.preset, None, [*s.overrides, f"train.seed={seed}", *extra])
 
 
+#: Overrides that turn the detector back into the paper's method (no pseudo-anomalies, no bank).
+PAPER = ("pseudo.enabled=false", "scorer.bank=0")
+
+
 def _single_scale(s: BenchmarkSettings, seed: int) -> list[str]:
     cfg = _anomem_config(s, seed)
     b, m = cfg.backbone, cfg.memory
@@ -331,8 +338,9 @@ def run_group(s: BenchmarkSettings, cell: Cell, split: Split) -> dict[str, np.nd
 
     has_anom = split.anomalies.shape[0] > 0
     g = cell.group
-    if g in ("anomem", "anomem-single-scale"):
-        cfg = _anomem_config(s, cell.seed, _single_scale(s, cell.seed) if g == "anomem-single-scale" else ())
+    if g in ("anomem", "anomem-paper", "anomem-single-scale"):
+        extra = {"anomem": [], "anomem-paper": list(PAPER), "anomem-single-scale": _single_scale(s, cell.seed)}[g]
+        cfg = _anomem_config(s, cell.seed, extra)
         det = AnoMem(cfg, progress=False).fit(split.normals, split.anomalies if has_anom else None)
         return {g: det.anomaly_score(split.test_images)}
     if g == "simclr":
@@ -450,6 +458,14 @@ def _finish(out: Path, cells: list[Cell], result: dict, bar, on_cell) -> None:
         _save_cell(out, cell, res)
         if on_cell is not None:
             on_cell(cell, res)
+    from anomem.metrics import inverted_warning
+
+    for r in result["rows"]:
+        msg = inverted_warning(r["auroc"], f"{r['method']} AUROC on {cells[0].key}")
+        if msg:
+            import sys
+
+            (bar.write if bar is not None else print)(msg, file=sys.stderr)
     if bar is not None:
         bar.update(len(cells))
         bar.set_postfix_str(", ".join(f"{r['method']} {r['auroc']:.3f}" for r in result["rows"]))

@@ -91,6 +91,14 @@ def _auroc(is_anomaly: torch.Tensor, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(y, scores))
 
 
+def _warn_inverted(auroc: float | None, what: str) -> None:
+    from anomem.metrics import inverted_warning
+
+    msg = inverted_warning(auroc, what)
+    if msg:
+        print(msg, file=sys.stderr)
+
+
 # -- run directory ------------------------------------------------------------------
 def _prepare_run_dir(out: str) -> Path:
     run = Path(out)
@@ -224,6 +232,7 @@ def _train(args: argparse.Namespace) -> int:
     log.info("done: %s", json.dumps(metrics))
     auc = metrics.get("test_auroc")
     print(f"trained in {train_s:.1f} s" + (f"; test AUROC {auc:.4f}" if auc is not None else ""))
+    _warn_inverted(auc, "test AUROC")
     print(f"run directory: {run}  (model: {run / 'model.ckpt'})")
     return 0
 
@@ -384,6 +393,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     files = write_report(ev, images, out, title=args.title, details=details)
     shown = ", ".join(f"{k} {ev.metrics[k]:.4f}" for k in ("image_auroc", "pixel_auroc", "aupro") if k in ev.metrics)
     print(f"{desc}: {shown or 'no ranking metric (one class only)'}")
+    for key in ("image_auroc", "pixel_auroc"):
+        _warn_inverted(ev.metrics.get(key), key.replace("_", " "))
     print(f"report: {files.html} (and {files.markdown.name}, {files.metrics.name})")
     return 0
 
@@ -586,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--pollution", type=float, default=0.0, help="deep-sad: γ_p, unlabelled anomalies in the training set")
     b.add_argument("--seeds", type=int, default=1, help="seeded draws per class and ratio (0..N-1)")
     b.add_argument("--methods", "--baselines", nargs="+", default=["all"], metavar="M",
-                   help="method groups: all, anomem, anomem-single-scale, simclr, deepsad, knn, ocsvm, iforest")
+                   help="method groups: all, anomem, anomem-paper, anomem-single-scale, simclr, deepsad, knn, ocsvm, iforest")
     b.add_argument("--preset", default="cpu-small")
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for the AnoMem-based methods")
     b.add_argument("--epochs", type=int, default=None, help="shortcut for --set train.epochs=N")

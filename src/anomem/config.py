@@ -160,7 +160,7 @@ class TrainConfig:
     warmup_epochs: int = 2
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
-    channels_last: bool = True  # on CUDA only
+    channels_last: bool = True  # NHWC convolutions in stage 1 (CUDA and CPU)
     compile: bool = False
     seed: int = 0
 
@@ -194,6 +194,9 @@ class ScorerConfig:
     calibration_fraction: float = 0.1  # normals held out of training to set the threshold (0 = off)
     target_fpr: float = 0.01  # false-positive rate the threshold is set for on the held-out normals
     map_sigma: float = 0.04  # Gaussian smoothing of heat-maps, σ as a fraction of the image side (0 = off)
+    bank: int = 2048  # training normals whose pooled tap features are kept as a kNN bank (0 = off)
+    bank_k: int = 2  # neighbours averaged by the bank distance
+    bank_weight: float = 0.5  # share of the bank distance in each scale's score (needs merge=standardized)
     prototype_cache: int = 512  # training normals scanned at fit time for nearest-prototype patches (0 = off)
 
     def __post_init__(self) -> None:
@@ -212,7 +215,40 @@ class ScorerConfig:
         )
         _check(0 <= self.target_fpr < 1, f"scorer.target_fpr must lie in [0, 1), got {self.target_fpr}")
         _check(0 <= self.map_sigma <= 1, f"scorer.map_sigma must lie in [0, 1] (fraction of the image side), got {self.map_sigma}")
+        _check(self.bank >= 0, f"scorer.bank must be >= 0, got {self.bank}")
+        _check(self.bank_k >= 1, f"scorer.bank_k must be >= 1, got {self.bank_k}")
+        _check(0 <= self.bank_weight <= 1, f"scorer.bank_weight must lie in [0, 1], got {self.bank_weight}")
         _check(self.prototype_cache >= 0, f"scorer.prototype_cache must be >= 0, got {self.prototype_cache}")
+
+
+@dataclass(frozen=True)
+class PseudoConfig:
+    """Pseudo-anomalies made from the training normals (:mod:`anomem.pseudo`).
+
+    They join stage 1 as y = 0 samples (Eq. 3: no memory, hard negatives) and stage 2
+    as the anomalies the heads learn from (Eq. 10-12), beside any real labelled
+    anomalies. ``enabled=false`` gives the paper's method exactly.
+    """
+
+    enabled: bool = True
+    ratio: float = 1.0  # pseudo-anomalies per training normal
+    shifts: tuple[str, ...] = ("rot90", "rot180", "rot270")  # distribution shifts (semantic)
+    defects: tuple[str, ...] = ("cutpaste", "scar", "noise")  # synthetic local defects
+    defect_fraction: float = 0.0  # share of the pseudo-anomalies that are local defects
+    defect_size: tuple[float, float] = (0.1, 0.25)  # box side as a fraction of the image side
+    heads: bool = False  # without real anomalies, also train the stage-2 heads on pseudo-anomalies alone
+
+    def __post_init__(self) -> None:
+        from anomem.pseudo import DEFECTS, SHIFTS
+
+        _check(self.ratio > 0, f"pseudo.ratio must be > 0, got {self.ratio}")
+        for k in self.shifts:
+            _check(k in SHIFTS, f"pseudo.shifts: unknown shift {k!r}; expected names from {SHIFTS}")
+        for k in self.defects:
+            _check(k in DEFECTS, f"pseudo.defects: unknown defect {k!r}; expected names from {DEFECTS}")
+        _check(bool(self.shifts) or bool(self.defects), "pseudo needs at least one shift or defect kind")
+        _check(0 <= self.defect_fraction <= 1, f"pseudo.defect_fraction must lie in [0, 1], got {self.defect_fraction}")
+        _check(len(self.defect_size) == 2 and 0 < self.defect_size[0] <= self.defect_size[1] < 1, f"pseudo.defect_size must be a pair 0 < lo <= hi < 1, got {self.defect_size}")
 
 
 @dataclass(frozen=True)
@@ -226,6 +262,7 @@ class AnoMemConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
 
     def __post_init__(self) -> None:
         s = len(self.backbone.taps)
@@ -436,6 +473,7 @@ __all__ = [
     "LossConfig",
     "MemoryConfig",
     "PRESETS",
+    "PseudoConfig",
     "ScorerConfig",
     "TrainConfig",
     "load_config",

@@ -37,6 +37,7 @@ from anomem.errors import AnoMemError, CheckpointError, ConfigError, DataError, 
 from anomem.explain import PrototypeCache, build_prototype_cache
 from anomem.inputs import as_images, as_labels, match_geometry
 from anomem.model import AnoMemNet
+from anomem.pseudo import make_pseudo_anomalies
 from anomem.scoring import Scorer, merge_scales, one_class_scores
 from anomem.thresholds import (
     Threshold,
@@ -70,10 +71,13 @@ class ScoreBank(NamedTuple):
     Attributes:
         raw: (N, S) one-class scores ‖Δ^(s)‖₂ (Eq. 9), before standardisation.
         pooled: S x (N, D_s) pooled deviations φ(Δ^(s)) for the heads (Eq. 10).
+        bank: (N, S) standardised normal-bank distances, or (N, 0) when the detector
+            keeps no bank (the banks never change after fit, so these stay valid).
     """
 
     raw: torch.Tensor
     pooled: list[torch.Tensor]
+    bank: torch.Tensor | None = None
 
 
 class DeviationSummary(NamedTuple):
@@ -81,6 +85,7 @@ class DeviationSummary(NamedTuple):
 
     scores: torch.Tensor  # (N, S) one-class scores ‖Δ^(s)‖₂ (Eq. 9)
     pooled: list[torch.Tensor]  # S x (N, D_s) pooled deviations φ(Δ^(s))
+    embeddings: list[torch.Tensor]  # S x (N, C_s) tap features averaged over positions
     map_mean: torch.Tensor  # (S,) mean of per-position ‖Δ_ij‖ over all images
     map_sq: torch.Tensor  # (S,) mean of per-position ‖Δ_ij‖²
 
@@ -162,6 +167,14 @@ class AnoMem:
             train[cal] = False
             x, normal = x[train], normal[train]
 
+        real_anomalies = bool((~normal).any())
+        if cfg.pseudo.enabled:  # pseudo-anomalies join both stages as y = 0 (Eq. 3)
+            fake = _pseudo_anomalies(x[normal], cfg)
+            if x.dtype == torch.uint8:  # keep the dataset compact: shifts and cut-paste are exact in uint8
+                fake = fake.mul(255).round_().to(torch.uint8)
+            x = torch.cat([x if x.dtype == fake.dtype else to_float(x), fake])
+            normal = torch.cat([normal, torch.zeros(fake.shape[0], dtype=torch.bool)])
+
         torch.manual_seed(cfg.train.seed)
         device = resolve_device(cfg.train.device)
         self.config_ = cfg
@@ -193,7 +206,8 @@ class AnoMem:
             if bar is not None:
                 bar.close()
         self.net_ = trainer.net.to(memory_format=torch.contiguous_format)
-        self._fit_stage2(x[normal], x[~normal])
+        heads = real_anomalies or cfg.pseudo.heads  # pseudo-anomalies alone make unstable heads (docs/method.md)
+        self._fit_stage2(x[normal], x[~normal] if heads else x[:0])
         self.calibration_bank_: ScoreBank | None = None
         self.threshold_: Threshold | None = None
         if calibration.shape[0]:
@@ -201,7 +215,8 @@ class AnoMem:
             # Capped like the normal bank, so the checkpoint does not grow with the data.
             keep = torch.randperm(summ.scores.shape[0], generator=torch.Generator().manual_seed(cfg.train.seed))
             keep = keep[: cfg.scorer.normal_bank]
-            self.calibration_bank_ = ScoreBank(summ.scores[keep], [p[keep.to(p.device)] for p in summ.pooled])
+            bank = self.scorer_.bank_scores([e[keep] for e in summ.embeddings]) if self.scorer_.has_banks else None
+            self.calibration_bank_ = ScoreBank(summ.scores[keep], [p[keep.to(p.device)] for p in summ.pooled], bank)
             self.threshold_ = threshold_at_fpr(self._bank_scores(self.calibration_bank_), cfg.scorer.target_fpr)
         self.prototype_cache_: PrototypeCache | None = None
         if cfg.scorer.prototype_cache > 0:
@@ -218,6 +233,10 @@ class AnoMem:
         scorer.score_std.copy_(summ.scores.std(0, unbiased=False).clamp_min(1e-8))
         scorer.map_mean.copy_(summ.map_mean)
         scorer.map_std.copy_((summ.map_sq - summ.map_mean**2).clamp_min(1e-12).sqrt())
+        if cfg.scorer.bank > 0 and scorer.standardize and normals.shape[0] > 2:
+            pick = torch.randperm(normals.shape[0], generator=torch.Generator().manual_seed(cfg.train.seed + 31))
+            pick = pick[: cfg.scorer.bank]
+            scorer.set_banks([e[pick.to(e.device)] for e in summ.embeddings])
         gen = torch.Generator().manual_seed(cfg.train.seed)
         keep = torch.randperm(normals.shape[0], generator=gen)[: cfg.scorer.normal_bank]
         self.normal_bank_ = [p[keep.to(p.device)] for p in summ.pooled]
@@ -239,8 +258,10 @@ class AnoMem:
 
     @torch.inference_mode()
     def _summarise(self, images: torch.Tensor, batch_size: int = 256) -> DeviationSummary:
-        scores, pooled, msum, msq, count = [], None, None, None, 0
-        for devs in deviation_batches(self.net_, images, self.device_, batch_size):
+        scores, pooled, embs, msum, msq, count = [], None, [], None, None, 0
+        for ev in deviation_batches(self.net_, images, self.device_, batch_size):
+            devs = ev.deviations
+            embs.append(ev.embeddings)
             scores.append(one_class_scores(devs))
             p = [h.pool_features(d) for h, d in zip(self.scorer_.heads, devs)]
             pooled = [[t] for t in p] if pooled is None else [acc + [t] for acc, t in zip(pooled, p)]
@@ -250,7 +271,8 @@ class AnoMem:
             msum = m if msum is None else msum + m
             msq = q if msq is None else msq + q
             count += devs[0].shape[0]
-        return DeviationSummary(torch.cat(scores), [torch.cat(p) for p in pooled], msum / count, msq / count)
+        embeddings = [torch.cat(e) for e in zip(*embs)]
+        return DeviationSummary(torch.cat(scores), [torch.cat(p) for p in pooled], embeddings, msum / count, msq / count)
 
     def refit_scorer(self, anomalies: Any, normals: Any = None, keep_previous: bool = True) -> AnoMem:
         """Retrain only stage 2 (the heads g^(s)) with labelled anomalies.
@@ -372,6 +394,8 @@ class AnoMem:
             per, mean, std = bank.raw.to(self.device_), s.score_mean, s.score_std  # Eq. 9
         if s.standardize:
             per = (per - mean) / std
+            if s.has_banks and bank.bank is not None and bank.bank.numel():
+                per = (1 - s.bank_weight) * per + s.bank_weight * bank.bank.to(self.device_)
         return merge_scales(per, s.scale_weights).float().cpu().numpy()  # Eq. 13
 
     def calibrate_threshold(
@@ -474,7 +498,8 @@ class AnoMem:
             raise ConfigError(f"sigma must be a finite number >= 0 (pixels), got {sigma!r}")
         w = self.scorer_.scale_weights
         fused, per, scores = [], [], []
-        for devs in deviation_batches(self.net_, x, self.device_, batch_size):
+        for ev in deviation_batches(self.net_, x, self.device_, batch_size):
+            devs = ev.deviations
             maps = torch.stack(
                 [F.interpolate(d.norm(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=False)[:, 0] for d in devs],
                 dim=1,
@@ -483,7 +508,7 @@ class AnoMem:
             z = (maps - self.scorer_.map_mean[:, None, None]) / self.scorer_.map_std[:, None, None]
             fused.append((z * w[:, None, None]).sum(1) / w.sum())
             per.append(maps)
-            scores.append(self.scorer_(devs, sup))
+            scores.append(self.scorer_(ev, sup))
         cat = lambda t: torch.cat(t).float().cpu().numpy()  # noqa: E731
         return AnomalyMaps(cat(fused), cat(per), cat(scores))
 
@@ -540,7 +565,9 @@ class AnoMem:
         state["anomaly_bank"] = [t.cpu() for t in self.anomaly_bank_]
         state["normal_score_bank"] = self.normal_score_bank_.cpu()
         cal = self.calibration_bank_
-        state["calibration_bank"] = {} if cal is None else {"raw": cal.raw.cpu(), "pooled": [t.cpu() for t in cal.pooled]}
+        state["calibration_bank"] = {} if cal is None else {
+            "raw": cal.raw.cpu(), "pooled": [t.cpu() for t in cal.pooled],
+            "bank": torch.zeros(cal.raw.shape[0], 0) if cal.bank is None else cal.bank.cpu()}
         state["threshold"] = "" if self.threshold_ is None else self.threshold_.to_json()
         cache = self.prototype_cache_
         state["prototype_cache"] = {} if cache is None else cache.to_state()
@@ -582,6 +609,7 @@ class AnoMem:
         scorer = _new_scorer(cfg, channels)
         try:
             net.load_state_dict(ckpt["net"])
+            scorer.resize_banks(ckpt["scorer"])
             scorer.load_state_dict(ckpt["scorer"])
         except (RuntimeError, KeyError) as e:
             raise CheckpointError(f"{str(path)!r}: weights do not match its config: {str(e).splitlines()[0]}") from None
@@ -593,7 +621,7 @@ class AnoMem:
         n_scales = len(channels)
         det.normal_score_bank_ = ckpt.get("normal_score_bank", torch.zeros(0, n_scales)).to(det.device_)
         cal = ckpt.get("calibration_bank") or None
-        det.calibration_bank_ = None if cal is None else ScoreBank(cal["raw"], list(cal["pooled"]))
+        det.calibration_bank_ = None if cal is None else ScoreBank(cal["raw"], list(cal["pooled"]), cal.get("bank"))
         det.threshold_ = Threshold.from_json(ckpt["threshold"]) if ckpt.get("threshold") else None
         cache = ckpt.get("prototype_cache") or None
         det.prototype_cache_ = None if cache is None else PrototypeCache.from_state(cache)
@@ -613,6 +641,21 @@ def _calibration_split(normal: torch.Tensor, fraction: float, seed: int) -> torc
         return idx[:0]
     gen = torch.Generator().manual_seed(seed + 7919)  # a stream of its own, not the training one
     return idx[torch.randperm(idx.numel(), generator=gen)[:m]].sort().values
+
+
+def _pseudo_anomalies(normals: torch.Tensor, cfg: AnoMemConfig) -> torch.Tensor:
+    """``pseudo.ratio`` x N pseudo-anomalies of the training normals (float, CPU), seeded
+    by ``train.seed`` on a stream of their own (:mod:`anomem.pseudo`)."""
+    p = cfg.pseudo
+    count = max(1, round(p.ratio * normals.shape[0]))
+    gen = torch.Generator().manual_seed(cfg.train.seed + 104729)
+    shifts = p.shifts
+    if normals.shape[-1] != normals.shape[-2]:  # quarter turns need square images
+        shifts = tuple(k for k in shifts if k not in ("rot90", "rot270"))
+        if not shifts and not p.defects:
+            raise ConfigError("pseudo.shifts holds only quarter turns, which need square images; add rot180 or vflip")
+    made = make_pseudo_anomalies(to_float(normals), count, shifts, p.defects, p.defect_fraction, p.defect_size, gen)
+    return made.images
 
 
 def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -635,7 +678,8 @@ def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 def _new_scorer(cfg: AnoMemConfig, channels: tuple[int, ...]) -> Scorer:
     """An untrained stage-2 scorer for taps with ``channels`` (fit and load build the same)."""
     s = cfg.scorer
-    return Scorer(channels, cfg.memory.weights(len(channels)), s.pool_size, s.hidden, s.merge == "standardized")
+    return Scorer(channels, cfg.memory.weights(len(channels)), s.pool_size, s.hidden, s.merge == "standardized",
+                  s.bank_k, s.bank_weight)
 
 
 def _history_from_json(text: str) -> list[EpochLog]:

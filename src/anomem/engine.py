@@ -32,7 +32,7 @@ from anomem.distributed import (
 from anomem.errors import AnoMemError, ConfigError
 from anomem.inputs import to_float
 from anomem.losses import ContrastedMemoryLoss, LossTerms, ScalePairs, double_hinge, make_objective
-from anomem.model import AnoMemNet
+from anomem.model import AnoMemNet, Evidence
 
 
 class TrainingDivergedError(AnoMemError, RuntimeError):
@@ -91,7 +91,7 @@ class Stage1Trainer:
     def __init__(self, net: AnoMemNet, cfg: AnoMemConfig, images: torch.Tensor, normal: torch.Tensor, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.net = net.to(device)
-        if device.type == "cuda" and cfg.train.channels_last:
+        if cfg.train.channels_last:  # faster convolutions on CUDA and on CPU (benchmarks/cpu_budget.py)
             self.net = self.net.to(memory_format=torch.channels_last)
         self.world, self.rank = world_size(), rank()
         if cfg.memory.init == "data":  # before DDP wraps the net, which broadcasts rank 0's weights
@@ -157,7 +157,7 @@ class Stage1Trainer:
         Shape:
             x1, x2 (b, C, H, W) float, normal (b,) bool -> scalar terms
         """
-        if self.device.type == "cuda" and self.cfg.train.channels_last:
+        if self.cfg.train.channels_last:
             x1 = x1.contiguous(memory_format=torch.channels_last)
             x2 = x2.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -255,10 +255,11 @@ class Stage1Trainer:
 @torch.inference_mode()
 def deviation_batches(
     net: AnoMemNet, images: torch.Tensor, device: torch.device, batch_size: int = 256
-) -> list[list[torch.Tensor]]:
-    """Δ^(s) for all images, computed in batches on ``device`` (eval mode).
+) -> list[Evidence]:
+    """Stage-2 evidence (Δ^(s), Eq. 8, and pooled tap features) for all images, computed
+    in batches on ``device`` (eval mode).
 
-    Returns one list per batch of S maps (B, C_s, H_s, W_s), on ``device``.
+    Returns one :class:`~anomem.model.Evidence` per batch, float32, on ``device``.
     """
     net.eval()
     amp = device.type == "cuda"
@@ -266,7 +267,8 @@ def deviation_batches(
     for i in range(0, images.shape[0], batch_size):
         x = to_float(images[i : i + batch_size].to(device))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out.append([d.float() for d in net.deviation_maps(x)])
+            ev = net.evidence(x)
+        out.append(Evidence([d.float() for d in ev.deviations], [e.float() for e in ev.embeddings]))
     return out
 
 

@@ -40,6 +40,7 @@ from torch import nn
 from anomem.checkpoint import atomic_write_bytes
 from anomem.errors import ConfigError, DataError
 from anomem.memory import hopfield_retrieve
+from anomem.scoring import bank_distances
 
 if TYPE_CHECKING:  # pragma: no cover
     from anomem.detector import AnoMem
@@ -96,6 +97,13 @@ class ExportableScorer(nn.Module):
         self.register_buffer("scale_weights", scorer.scale_weights.clone())
         self.register_buffer("map_mean", scorer.map_mean.clone())
         self.register_buffer("map_std", scorer.map_std.clone())
+        self.use_banks = bool(scorer.has_banks and scorer.standardize)
+        self.bank_k, self.bank_weight = int(scorer.bank_k), float(scorer.bank_weight)
+        self.banks = nn.ParameterList(
+            nn.Parameter(b.clone(), requires_grad=False) for b in (scorer.banks if self.use_banks else [])
+        )
+        self.register_buffer("bank_mean", scorer.bank_mean.clone())
+        self.register_buffer("bank_std", scorer.bank_std.clone())
         with torch.no_grad():
             probe = torch.zeros(1, self.in_channels, *self.image_size)
             self.feature_sizes = [tuple(f.shape[2:]) for f in net.features(probe)]
@@ -123,7 +131,7 @@ class ExportableScorer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = (x - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
-        per_scale, maps = [], []
+        per_scale, maps, near = [], [], []
         for s, (fmap, mem) in enumerate(zip(self.backbone(x), self.memories)):
             c, h, w = fmap.shape[1], self.feature_sizes[s][0], self.feature_sizes[s][1]
             query = mem.project(fmap.permute(0, 2, 3, 1).reshape(-1, c))  # ξ: (B·h·w, C)
@@ -135,9 +143,14 @@ class ExportableScorer(nn.Module):
             else:
                 per_scale.append(delta.flatten(1).norm(dim=1))  # Eq. 9
             maps.append(delta.norm(dim=2).reshape(-1, 1, h, w))  # ‖Δ_ij‖: (B, 1, h, w)
+            if self.use_banks:
+                near.append(bank_distances(fmap.mean((2, 3)), self.banks[s], self.bank_k))
         scores = torch.stack(per_scale, 1)  # (B, S)
         if self.standardize:
             scores = (scores - self.score_mean) / self.score_std
+            if self.use_banks:
+                bank = (torch.stack(near, 1) - self.bank_mean) / self.bank_std
+                scores = (1 - self.bank_weight) * scores + self.bank_weight * bank
         weights = self.scale_weights
         score = (scores * weights).sum(1) / weights.sum()  # Eq. 13
         up = torch.cat(

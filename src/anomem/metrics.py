@@ -33,6 +33,7 @@ __all__ = [
     "aupro",
     "average_precision",
     "image_auroc",
+    "inverted_warning",
     "localisation_metrics",
     "pixel_auroc",
     "pro_curve",
@@ -96,6 +97,21 @@ def image_auroc(is_anomaly: Any, scores: Any) -> float:
     """Area under the ROC curve of image scores (1 = anomaly in ``is_anomaly``)."""
     s = _scores(scores)
     return float(roc_auc_score(_labels(is_anomaly, s.shape[0]), s))
+
+
+def inverted_warning(auroc: float | None, what: str = "AUROC") -> str | None:
+    """The warning a user needs when an AUROC below 0.5 was measured, else None.
+
+    Below 0.5 the scores rank anomalies as *more normal* than the normals: the detector
+    is worse than a coin, not merely weak.
+    """
+    if auroc is None or not np.isfinite(auroc) or auroc >= 0.5:
+        return None
+    return (
+        f"warning: {what} {auroc:.3f} is below 0.5: the scores rank anomalies as more normal than the normals. "
+        "Check that the normal and anomaly folders are not swapped; otherwise train longer (train.epochs), keep "
+        "pseudo-anomalies on (pseudo.enabled=true) and use milder crops (augment.crop_scale=[0.6,1])"
+    )
 
 
 def average_precision(is_anomaly: Any, scores: Any) -> float:

@@ -11,6 +11,7 @@ S scales.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -131,8 +132,30 @@ class AnoMemNet(nn.Module):
         Shape:
             x (B, C_in, H, W) -> S maps (B, C_s, H_s, W_s)
         """
-        out = []
+        return self.evidence(x).deviations
+
+    def evidence(self, x: torch.Tensor) -> Evidence:
+        """Everything stage 2 scores from, in one encoder pass: Δ^(s) (Eq. 8) and the
+        average-pooled tap features z^(s) (for the normal feature bank).
+
+        Shape:
+            x (B, C_in, H, W) -> deviations S x (B, C_s, H_s, W_s), embeddings S x (B, C_s)
+        """
+        devs, embs = [], []
         for fmap, mem in zip(self.features(x), self.memories):
             q, rec = retrieve_map(mem, fmap)
-            out.append(q - rec)
-        return out
+            devs.append(q - rec)
+            embs.append(fmap.mean((2, 3)))
+        return Evidence(devs, embs)
+
+
+class Evidence(NamedTuple):
+    """Stage-2 inputs of a batch of images (:meth:`AnoMemNet.evidence`).
+
+    Attributes:
+        deviations: S maps Δ^(s) (B, C_s, H_s, W_s), Eq. 8.
+        embeddings: S tensors (B, C_s), tap features z^(s) averaged over positions.
+    """
+
+    deviations: list[torch.Tensor]
+    embeddings: list[torch.Tensor]

@@ -73,22 +73,50 @@ class DeviationHead(nn.Module):
         return self.distance(self.pool_features(delta))
 
 
+def bank_distances(embeddings: torch.Tensor, bank: torch.Tensor, k: int, exclude_self: bool = False) -> torch.Tensor:
+    """Mean cosine distance of each embedding to its k nearest rows of a normal bank.
+
+    The bank is a memory that keeps every stored normal: Hopfield retrieval (Eq. 1) with
+    β → ∞ recalls the nearest stored pattern, and this is the distance to it (averaged
+    over the k nearest, as kNN anomaly detectors do). ``exclude_self`` skips the i-th
+    bank row for the i-th query (leave-one-out statistics of the bank itself).
+
+    Shape:
+        embeddings (B, C), bank (K, C) unit rows -> (B,)
+    """
+    q = F.normalize(embeddings.float(), dim=1)
+    sim = q @ bank.T  # (B, K)
+    if exclude_self:
+        sim = sim - 4.0 * torch.eye(*sim.shape, device=sim.device, dtype=sim.dtype)  # cosine >= -1: never picked
+    k = min(k, bank.shape[0] - int(exclude_self))
+    return 1.0 - sim.topk(k, dim=1).values.mean(1)
+
+
 class Scorer(nn.Module):
-    """Everything stage 2 learns: per-scale statistics and the optional heads.
+    """Everything stage 2 learns: per-scale statistics, the optional heads and banks.
 
     Buffers ``score_mean``/``score_std`` hold each scale's one-class score statistics
     on training normals; ``head_mean``/``head_std`` the same for head distances;
-    ``map_mean``/``map_std`` those of per-position deviation norms (for heat-maps).
+    ``map_mean``/``map_std`` those of per-position deviation norms (for heat-maps);
+    ``bank<s>`` the unit pooled tap features of up to ``scorer.bank`` training normals
+    and ``bank_mean``/``bank_std`` their leave-one-out kNN-distance statistics.
     ``supervised`` (a 0-d bool buffer) says whether the heads were trained.
 
+    Each scale's score mixes its standardised signals — the memory's (Eq. 9, or the
+    heads' Eq. 10 once trained) with weight 1 - ``bank_weight`` and, when banks are
+    stored, the bank distance with weight ``bank_weight`` — and scales merge by Eq. 13.
+
     Shape:
-        S deviation maps (B, C_s, H_s, W_s) -> per-scale scores (B, S)
+        Evidence of B images -> per-scale scores (B, S)
     """
 
-    def __init__(self, channels: Sequence[int], scale_weights: Sequence[float], pool: int, hidden: int, standardize: bool) -> None:
+    def __init__(self, channels: Sequence[int], scale_weights: Sequence[float], pool: int, hidden: int,
+                 standardize: bool, bank_k: int = 2, bank_weight: float = 0.5) -> None:
         super().__init__()
         s = len(channels)
         self.standardize = standardize
+        self.bank_k = bank_k
+        self.bank_weight = bank_weight
         self.register_buffer("scale_weights", torch.tensor([float(w) for w in scale_weights]))
         self.register_buffer("score_mean", torch.zeros(s))
         self.register_buffer("score_std", torch.ones(s))
@@ -97,18 +125,58 @@ class Scorer(nn.Module):
         self.register_buffer("map_mean", torch.zeros(s))  # per-position ‖Δ_ij‖ stats, for heat-maps
         self.register_buffer("map_std", torch.ones(s))
         self.register_buffer("supervised", torch.tensor(False))
+        self.register_buffer("bank_mean", torch.zeros(s))
+        self.register_buffer("bank_std", torch.ones(s))
+        for i, c in enumerate(channels):
+            self.register_buffer(f"bank{i}", torch.zeros(0, c))
         self.heads = nn.ModuleList(DeviationHead(c, pool, hidden) for c in channels)
 
-    def per_scale(self, deviations: Sequence[torch.Tensor], supervised: bool) -> torch.Tensor:
+    @property
+    def banks(self) -> list[torch.Tensor]:
+        return [getattr(self, f"bank{i}") for i in range(len(self.heads))]
+
+    @property
+    def has_banks(self) -> bool:
+        return self.bank0.shape[0] > 1
+
+    def set_banks(self, embeddings: Sequence[torch.Tensor]) -> None:
+        """Store unit training-normal embeddings per scale and their leave-one-out stats."""
+        for i, e in enumerate(embeddings):
+            setattr(self, f"bank{i}", F.normalize(e.float(), dim=1).contiguous())
+        if self.has_banks:
+            d = torch.stack([bank_distances(b, b, self.bank_k, exclude_self=True) for b in self.banks], 1)
+            self.bank_mean.copy_(d.mean(0))
+            self.bank_std.copy_(d.std(0, unbiased=False).clamp_min(1e-8))
+
+    def resize_banks(self, state: dict) -> None:
+        """Give the bank buffers the shapes a saved state holds, before load_state_dict."""
+        for i in range(len(self.heads)):
+            t = state.get(f"bank{i}")
+            if t is not None:
+                setattr(self, f"bank{i}", torch.zeros_like(t))
+
+    def bank_scores(self, embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Standardised bank distances (B, S)."""
+        d = torch.stack([bank_distances(e, b, self.bank_k) for e, b in zip(embeddings, self.banks)], 1)
+        return (d - self.bank_mean) / self.bank_std
+
+    def per_scale(self, evidence, supervised: bool) -> torch.Tensor:
         """Per-scale anomaly scores, standardised if configured. (B, S)"""
+        deviations = evidence.deviations
         if supervised:
             raw = torch.stack([h(d) for h, d in zip(self.heads, deviations)], dim=1)  # Eq. 10
             mean, std = self.head_mean, self.head_std
         else:
             raw = one_class_scores(deviations)  # Eq. 9
             mean, std = self.score_mean, self.score_std
-        return (raw - mean) / std if self.standardize else raw
+        if not self.standardize:
+            return raw
+        per = (raw - mean) / std
+        if self.has_banks:
+            w = self.bank_weight
+            per = (1 - w) * per + w * self.bank_scores(evidence.embeddings)
+        return per
 
-    def forward(self, deviations: Sequence[torch.Tensor], supervised: bool) -> torch.Tensor:
+    def forward(self, evidence, supervised: bool) -> torch.Tensor:
         """Merged anomaly score (B,), higher = more anomalous (Eq. 13)."""
-        return merge_scales(self.per_scale(deviations, supervised), self.scale_weights)
+        return merge_scales(self.per_scale(evidence, supervised), self.scale_weights)

@@ -1,0 +1,158 @@
+"""Pseudo-anomalies (anomem.pseudo), the normal bank and how both enter the detector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anomem import AnoMem, load_config
+from anomem.errors import ConfigError
+from anomem.metrics import inverted_warning
+from anomem.pseudo import DEFECTS, SHIFTS, cutpaste, make_pseudo_anomalies, noise_patch, scar, shift
+from anomem.scoring import Scorer, bank_distances
+
+
+def _images(n=32, c=1, h=16, w=16, seed=0):
+    return torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def test_shifts_match_numpy():
+    x = _images(4, 2, 8, 8)
+    a = x.numpy()
+    assert np.array_equal(shift(x, "rot90").numpy(), np.rot90(a, 1, axes=(2, 3)))
+    assert np.array_equal(shift(x, "rot270").numpy(), np.rot90(a, 3, axes=(2, 3)))
+    assert np.array_equal(shift(x, "vflip").numpy(), a[:, :, ::-1])
+    assert np.array_equal(shift(x, "hflip").numpy(), a[:, :, :, ::-1])
+    p = shift(x, "permute").numpy()
+    assert np.array_equal(p[..., :4, :4], a[..., 4:, 4:]) and np.array_equal(p[..., :4, 4:], a[..., 4:, :4])
+    with pytest.raises(ValueError, match="square"):
+        shift(torch.zeros(1, 1, 4, 6), "rot90")
+
+
+@pytest.mark.parametrize("fn", [cutpaste, scar, noise_patch])
+def test_defects_change_pixels_only_inside_their_mask(fn):
+    x = _images(64)
+    out, mask = fn(x, (0.15, 0.3), torch.Generator().manual_seed(3))
+    assert out.shape == x.shape and mask.shape == (64, 1, 16, 16) and mask.dtype == torch.bool
+    assert torch.equal(out[~mask.expand_as(x)], x[~mask.expand_as(x)])
+    area = mask.float().mean((1, 2, 3))
+    assert (area > 0).all() and (area < 0.5).all()
+    changed = ((out - x).abs() * mask).sum() / mask.sum()
+    assert changed > 0.15  # a visible change on average over the defect pixels
+
+
+def test_cutpaste_pastes_a_region_of_another_image():
+    x = torch.arange(4, dtype=torch.float32)[:, None, None, None].expand(4, 1, 12, 12) / 4  # flat images 0, .25, .5, .75
+    out, mask = cutpaste(x, (0.2, 0.4), torch.Generator().manual_seed(0))
+    for i in range(4):
+        inside = out[i][mask[i]]
+        assert inside.unique().numel() == 1 and inside[0] != x[i, 0, 0, 0]  # one other flat image's value
+
+
+def test_scar_contrasts_with_its_ground():
+    dark, bright = torch.zeros(8, 1, 16, 16), torch.ones(8, 1, 16, 16)
+    g = torch.Generator().manual_seed(1)
+    assert (scar(dark, (0.2, 0.3), g)[0][scar(dark, (0.2, 0.3), torch.Generator().manual_seed(1))[1]] >= 0.75).all()
+    out, mask = scar(bright, (0.2, 0.3), g)
+    assert (out[mask] <= 0.25).all()
+
+
+def test_make_pseudo_anomalies_is_seeded_and_mixes_families():
+    x = _images(40)
+    a = make_pseudo_anomalies(x, 100, defect_fraction=0.3, generator=torch.Generator().manual_seed(5))
+    b = make_pseudo_anomalies(x, 100, defect_fraction=0.3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.images, b.images) and torch.equal(a.kinds, b.kinds)
+    is_defect = a.kinds >= len(SHIFTS)
+    assert int(is_defect.sum()) == 30
+    assert a.masks[~is_defect].all() and not a.masks[is_defect].all()
+    assert set(a.kinds[is_defect].tolist()) <= {len(SHIFTS) + i for i in range(len(DEFECTS))}
+    only_shifts = make_pseudo_anomalies(x, 20, defects=(), generator=torch.Generator().manual_seed(0))
+    assert (only_shifts.kinds < len(SHIFTS)).all()
+    for bad in ({"shifts": ("spin",)}, {"defects": ("stain",)}, {"shifts": (), "defects": ()},
+                {"defect_fraction": 1.5}, {"defect_size": (0.3, 0.1)}):
+        with pytest.raises(ValueError):
+            make_pseudo_anomalies(x, 4, **bad)
+
+
+def test_pseudo_config_is_validated():
+    for bad in ("pseudo.shifts=[spin]", "pseudo.defects=[stain]", "pseudo.ratio=0", "pseudo.defect_fraction=2",
+                "pseudo.defect_size=[0.5,0.2]", "scorer.bank=-1", "scorer.bank_weight=1.5"):
+        with pytest.raises(ConfigError):
+            load_config("tiny", overrides=[bad])
+
+
+def test_bank_distances_match_sklearn_knn():
+    from anomem.benchmark import feature_knn_scores
+
+    rng = np.random.default_rng(0)
+    bank, q = rng.normal(size=(50, 8)), rng.normal(size=(20, 8))
+    ours = bank_distances(torch.tensor(q), torch.nn.functional.normalize(torch.tensor(bank).float(), dim=1), k=3)
+    assert np.allclose(ours.numpy(), feature_knn_scores(bank, q, k=3), atol=1e-5)
+
+
+def test_bank_statistics_are_leave_one_out():
+    scorer = Scorer((4,), (1.0,), pool=1, hidden=2, standardize=True, bank_k=1)
+    pts = torch.tensor([[1.0, 0, 0, 0], [1.0, 0.1, 0, 0], [0, 1.0, 0, 0]])
+    scorer.set_banks([pts])
+    # with itself excluded, each point's nearest neighbour is another point, so the mean distance is > 0
+    unit = torch.nn.functional.normalize(pts, dim=1)
+    d = 1 - (unit @ unit.T - 4 * torch.eye(3)).max(1).values
+    assert torch.allclose(scorer.bank_mean, d.mean()[None]) and scorer.bank_mean.item() > 0
+
+
+def test_inverted_auroc_warning():
+    assert inverted_warning(0.7) is None and inverted_warning(None) is None
+    msg = inverted_warning(0.31, "test AUROC")
+    assert "0.310" in msg and "below 0.5" in msg and "swapped" in msg
+
+
+def _fit_tiny(x, *overrides):
+    cfg = load_config("tiny", overrides=["train.epochs=1", "train.batch_size=16", "scorer.steps=5",
+                                         "scorer.prototype_cache=0", *overrides])
+    return AnoMem(cfg, progress=False).fit(x)
+
+
+def test_pseudo_anomalies_enter_stage_one_as_negatives(monkeypatch):
+    from anomem import detector
+
+    seen = {}
+    real = detector.Stage1Trainer.__init__
+
+    def spy(self, net, cfg, images, normal, device):
+        seen["n"], seen["normals"] = images.shape[0], int(normal.sum())
+        real(self, net, cfg, images, normal, device)
+
+    monkeypatch.setattr(detector.Stage1Trainer, "__init__", spy)
+    x = (_images(40) * 255).to(torch.uint8)
+    det = _fit_tiny(x, "pseudo.ratio=0.5", "scorer.calibration_fraction=0")
+    assert seen == {"n": 60, "normals": 40}
+    assert not det.is_supervised and det.scorer_.has_banks  # one-class: Eq. 9 + bank, no heads on pseudo alone
+    _fit_tiny(x, "pseudo.enabled=false", "scorer.calibration_fraction=0")
+    assert seen == {"n": 40, "normals": 40}
+
+
+def test_paper_switch_gives_the_paper_score_exactly():
+    """pseudo.enabled=false, scorer.bank=0: the score is Eq. 9 merged by Eq. 13, nothing else."""
+    from anomem.scoring import merge_scales, one_class_scores
+
+    x = (_images(40) * 255).to(torch.uint8)
+    det = _fit_tiny(x, "pseudo.enabled=false", "scorer.bank=0")
+    assert not det.scorer_.has_banks
+    with torch.inference_mode():
+        devs = det.net_.eval().deviation_maps(x.float() / 255)
+        raw = one_class_scores(devs)
+        ref = merge_scales((raw - det.scorer_.score_mean) / det.scorer_.score_std, det.scorer_.scale_weights)
+    assert np.allclose(det.anomaly_score(x), ref.numpy(), atol=1e-5)
+
+
+def test_bank_survives_save_load_and_threshold(tmp_path):
+    x = (_images(60) * 255).to(torch.uint8)
+    det = _fit_tiny(x)
+    assert det.scorer_.has_banks and det.calibration_bank_.bank.shape == (6, 2)
+    det.save(tmp_path / "m.ckpt")
+    back = AnoMem.load(tmp_path / "m.ckpt")
+    assert torch.equal(back.scorer_.bank0, det.scorer_.bank0)
+    assert np.array_equal(back.anomaly_score(x), det.anomaly_score(x))
+    # the stored threshold is reproduced from the saved held-out bank
+    assert back.calibrate_threshold().threshold_.value == pytest.approx(det.threshold_.value)
