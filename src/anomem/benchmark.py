@@ -591,6 +591,22 @@ def _plots(out: Path, rows: list[dict]) -> dict[str, Path]:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         files["auroc_vs_ratio"] = _savefig(fig, out / "auroc_vs_ratio.png")
+    # where each method sits on the cost/quality frontier: mean AUROC against mean CPU
+    # seconds per cell (the wall time of one cell's training and scoring), one panel per γ
+    fig, axes = plt.subplots(1, len(ratios), figsize=(4.5 * len(ratios), 4), squeeze=False)
+    for ax, g in zip(axes[0], ratios):
+        for i, m in enumerate(methods):
+            sel = [r for r in rows if r["method"] == m and r["ratio"] == g]
+            if sel:
+                ax.scatter(np.mean([r["seconds"] for r in sel]), 100 * np.mean([r["auroc"] for r in sel]),
+                           color=f"C{i % 10}", label=m)
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds per cell (train + score)")
+        ax.set_ylabel("mean AUROC (%)")
+        ax.set_title(f"γ = {g:g}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    files["cost_quality"] = _savefig(fig, out / "cost_quality.png")
     # ROC curves and AnoMem score histograms of seed 0, per normal class, for each ratio
     for ratio in ratios:
         classes = sorted({r["normal_class"] for r in rows if r["ratio"] == ratio})

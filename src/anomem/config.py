@@ -359,9 +359,12 @@ def _build(cls: type, d: Any, prefix: str) -> Any:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Narrow ResNet-18 for 2 CPU cores: a few minutes per Fashion-MNIST class.
+    # Milder crops than SimCLR's (0.2-1): on 28-px images a small crop no longer shows the
+    # object's shape (Fashion-MNIST validation, docs/method.md, Decision 5).
     "cpu-small": {
         "backbone": {"arch": "resnet18", "width": 16, "stem": "small", "taps": ["layer3", "layer4"]},
         "memory": {"sizes": [128, 64], "sample_ratios": [0.3, 1.0]},
+        "augment": {"crop_scale": [0.6, 1.0]},
         "train": {"epochs": 15, "batch_size": 256, "lr": 0.3, "warmup_epochs": 1},
     },
     # torchvision-sized ResNet-18 on one GPU.
