@@ -167,13 +167,14 @@ class AnoMem:
             train[cal] = False
             x, normal = x[train], normal[train]
 
-        real_anomalies = bool((~normal).any())
+        real = ~normal  # labelled anomalies; pseudo-anomalies are appended after them
         if cfg.pseudo.enabled:  # pseudo-anomalies join both stages as y = 0 (Eq. 3)
             fake = _pseudo_anomalies(x[normal], cfg)
             if x.dtype == torch.uint8:  # keep the dataset compact: shifts and cut-paste are exact in uint8
                 fake = fake.mul(255).round_().to(torch.uint8)
             x = torch.cat([x if x.dtype == fake.dtype else to_float(x), fake])
             normal = torch.cat([normal, torch.zeros(fake.shape[0], dtype=torch.bool)])
+            real = torch.cat([real, torch.zeros(fake.shape[0], dtype=torch.bool)])
 
         torch.manual_seed(cfg.train.seed)
         device = resolve_device(cfg.train.device)
@@ -206,8 +207,7 @@ class AnoMem:
             if bar is not None:
                 bar.close()
         self.net_ = trainer.net.to(memory_format=torch.contiguous_format)
-        heads = real_anomalies or cfg.pseudo.heads  # pseudo-anomalies alone make unstable heads (docs/method.md)
-        self._fit_stage2(x[normal], x[~normal] if heads else x[:0])
+        self._fit_stage2(x[normal], x[real], x[~normal & ~real])
         self.calibration_bank_: ScoreBank | None = None
         self.threshold_: Threshold | None = None
         if calibration.shape[0]:
@@ -223,7 +223,14 @@ class AnoMem:
             self.prototype_cache_ = build_prototype_cache(self.net_, x[normal][: cfg.scorer.prototype_cache], self.device_)
         return self
 
-    def _fit_stage2(self, normals: torch.Tensor, anomalies: torch.Tensor) -> None:
+    def _fit_stage2(self, normals: torch.Tensor, anomalies: torch.Tensor, pseudo: torch.Tensor) -> None:
+        """Statistics, banks and (with labelled anomalies) the heads, on a trained stage 1.
+
+        The heads learn from the labelled anomalies and the pseudo-anomalies together;
+        pseudo-anomalies alone train them only with ``pseudo.heads`` (alone they make
+        unstable heads, docs/method.md), but their pooled deviations are kept so that a
+        later :meth:`refit_scorer` uses them beside the new anomalies.
+        """
         cfg = self.config_
         channels = self.net_.backbone.tap_channels
         scorer = _new_scorer(cfg, channels)
@@ -243,13 +250,21 @@ class AnoMem:
         self.normal_score_bank_ = summ.scores[keep.to(summ.scores.device)]  # (n, S) raw, same rows
         # Fresh empty tensors: a p[:0] view would keep (and save) every pooled row.
         self.anomaly_bank_ = [p.new_zeros((0, p.shape[1])) for p in summ.pooled]
-        if anomalies.shape[0] > 0 and cfg.scorer.mode != "one-class":
+        self.pseudo_bank_ = [p.new_zeros((0, p.shape[1])) for p in summ.pooled]
+        if pseudo.shape[0] > 0:
+            keep = torch.randperm(pseudo.shape[0], generator=gen)[: cfg.scorer.normal_bank]
+            self.pseudo_bank_ = self._summarise(pseudo[keep]).pooled
+        if cfg.scorer.mode == "one-class":
+            return
+        if anomalies.shape[0] > 0:
             self.anomaly_bank_ = self._summarise(anomalies).pooled
+        if anomalies.shape[0] > 0 or (cfg.pseudo.heads and pseudo.shape[0] > 0):
             self._fit_heads()
 
     def _fit_heads(self) -> None:
         s = self.scorer_
-        fit_heads(s.heads, self.normal_bank_, self.anomaly_bank_, self.config_.scorer, self.config_.train.seed)
+        anomalies = [torch.cat([a, p]) for a, p in zip(self.anomaly_bank_, self.pseudo_bank_)]
+        fit_heads(s.heads, self.normal_bank_, anomalies, self.config_.scorer, self.config_.train.seed)
         with torch.no_grad():
             d = torch.stack([h.distance(f) for h, f in zip(s.heads, self.normal_bank_)], 1)  # (N, S)
             s.head_mean.copy_(d.mean(0))
@@ -280,7 +295,9 @@ class AnoMem:
         Encoder and memories are not touched. Normals come from the bank of pooled
         training-normal deviations kept at fit time (and in the checkpoint) unless
         ``normals`` is given. With ``keep_previous`` the anomalies seen before are
-        kept and the new ones added.
+        kept and the new ones added. The pseudo-anomalies made at fit time
+        (``pseudo.enabled``; their pooled deviations are in the checkpoint) always join
+        them, as they do in :meth:`fit` with labelled anomalies.
 
         The heads change the score scale, so a stored threshold is re-derived from the
         held-out normals kept at fit time, at its target FPR (at ``scorer.target_fpr``
@@ -563,6 +580,7 @@ class AnoMem:
         state["scorer"] = {k: v.detach().cpu() for k, v in self.scorer_.state_dict().items()}
         state["normal_bank"] = [t.cpu() for t in self.normal_bank_]
         state["anomaly_bank"] = [t.cpu() for t in self.anomaly_bank_]
+        state["pseudo_bank"] = [t.cpu() for t in self.pseudo_bank_]
         state["normal_score_bank"] = self.normal_score_bank_.cpu()
         cal = self.calibration_bank_
         state["calibration_bank"] = {} if cal is None else {
@@ -617,6 +635,8 @@ class AnoMem:
         det.scorer_ = scorer.to(det.device_).eval()
         det.normal_bank_ = [t.to(det.device_) for t in ckpt["normal_bank"]]
         det.anomaly_bank_ = [t.to(det.device_) for t in ckpt["anomaly_bank"]]
+        # checkpoints from before pseudo-anomalies keep none
+        det.pseudo_bank_ = [t.to(det.device_) for t in ckpt.get("pseudo_bank", [a[:0].clone() for a in ckpt["anomaly_bank"]])]
         # Checkpoints from before thresholds/explanations lack these entries.
         n_scales = len(channels)
         det.normal_score_bank_ = ckpt.get("normal_score_bank", torch.zeros(0, n_scales)).to(det.device_)
