@@ -221,3 +221,24 @@ def test_parallel_jobs_give_the_same_cells(tmp_path):
         rows = json.loads((tmp_path / f"j{jobs}" / "results.json").read_text())["rows"]
         runs.append({key(r): r["auroc"] for r in rows})
     assert len(runs[0]) == 8 and runs[0] == runs[1]
+
+
+def test_paper_column_trains_the_paper_method(monkeypatch):
+    """anomem-paper: same preset and budget, no pseudo-anomalies, no bank; anomem: both on."""
+    from anomem import benchmark
+    from anomem.detector import AnoMem
+
+    seen = {}
+    real_fit = AnoMem.fit
+
+    def spy(self, X, anomalies=None, **kw):
+        seen[self.config.pseudo.enabled] = self.config.scorer.bank
+        return real_fit(self, X, anomalies, **kw)
+
+    monkeypatch.setattr(AnoMem, "fit", spy)
+    s = _settings(groups=("anomem", "anomem-paper"))
+    for g in s.groups:
+        cell = Cell("one-vs-all", 0, 0.0, 0, g)
+        out = benchmark.run_group(s, cell, benchmark.build_split(s, cell))
+        assert set(out) == {g} and np.isfinite(out[g]).all()
+    assert seen == {True: 2048, False: 0}
