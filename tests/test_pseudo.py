@@ -125,7 +125,8 @@ def test_pseudo_anomalies_enter_stage_one_as_negatives(monkeypatch):
 
     monkeypatch.setattr(detector.Stage1Trainer, "__init__", spy)
     x = (_images(40) * 255).to(torch.uint8)
-    det = _fit_tiny(x, "pseudo.ratio=0.5", "scorer.calibration_fraction=0")
+    # random images are invariant to rotations: keep the shifts anyway (min_separability=0)
+    det = _fit_tiny(x, "pseudo.ratio=0.5", "scorer.calibration_fraction=0", "pseudo.min_separability=0")
     assert seen == {"n": 60, "normals": 40}
     assert not det.is_supervised and det.scorer_.has_banks  # one-class: Eq. 9 + bank, no heads on pseudo alone
     _fit_tiny(x, "pseudo.enabled=false", "scorer.calibration_fraction=0")
@@ -162,7 +163,7 @@ def test_refit_uses_the_pseudo_anomalies_beside_the_new_ones(monkeypatch):
     from anomem import detector
 
     x = (_images(40) * 255).to(torch.uint8)
-    det = _fit_tiny(x, "pseudo.ratio=0.5", "scorer.calibration_fraction=0")
+    det = _fit_tiny(x, "pseudo.ratio=0.5", "scorer.calibration_fraction=0", "pseudo.min_separability=0")
     assert not det.is_supervised and det.pseudo_bank_[0].shape[0] == 20
     seen = {}
     real = detector.fit_heads
@@ -174,3 +175,37 @@ def test_refit_uses_the_pseudo_anomalies_beside_the_new_ones(monkeypatch):
     monkeypatch.setattr(detector, "fit_heads", spy)
     det.refit_scorer((_images(3, seed=9) * 255).to(torch.uint8))
     assert det.is_supervised and seen["m"] == 3 + 20
+
+
+def test_shift_separability_tells_invariant_shifts_from_real_ones():
+    from anomem.pseudo import shift_separability
+
+    from synthetic import stripes
+
+    x = stripes(64, vertical=False, seed=0).float() / 255  # horizontal stripes: mirror-symmetric left-right
+    x = x if x.ndim == 4 else x[:, None]
+    sep = shift_separability(x, ("hflip", "rot90"), generator=torch.Generator().manual_seed(0))
+    assert sep["rot90"] > 0.9  # vertical stripes are far from every horizontal one
+    assert sep["hflip"] < 0.7
+
+
+def test_fit_drops_shifts_the_class_is_invariant_to(monkeypatch):
+    from anomem import detector
+
+    from synthetic import stripes
+
+    seen = {}
+    real = detector.Stage1Trainer.__init__
+
+    def spy(self, net, cfg, images, normal, device):
+        seen["n"] = images.shape[0]
+        real(self, net, cfg, images, normal, device)
+
+    monkeypatch.setattr(detector.Stage1Trainer, "__init__", spy)
+    x = stripes(40, vertical=False, seed=0)
+    _fit_tiny(x, "pseudo.shifts=[hflip]", "pseudo.defect_fraction=0", "scorer.calibration_fraction=0")
+    assert seen["n"] == 40  # the mirror images look normal: none is made
+    _fit_tiny(x, "pseudo.shifts=[hflip,rot90]", "scorer.calibration_fraction=0")
+    assert seen["n"] == 80
+    _fit_tiny(x, "pseudo.shifts=[hflip]", "pseudo.min_separability=0", "scorer.calibration_fraction=0")
+    assert seen["n"] == 80

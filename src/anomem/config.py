@@ -237,6 +237,9 @@ class PseudoConfig:
     defect_fraction: float = 0.0  # share of the pseudo-anomalies that are local defects
     defect_size: tuple[float, float] = (0.1, 0.25)  # box side as a fraction of the image side
     heads: bool = False  # without real anomalies, also train the stage-2 heads on pseudo-anomalies alone
+    # keep only the shifts that move this class's normals off their distribution: pixel-kNN
+    # AUROC of shifted vs unshifted normals at least this (0 = keep all; anomem.pseudo.shift_separability)
+    min_separability: float = 0.7
 
     def __post_init__(self) -> None:
         from anomem.pseudo import DEFECTS, SHIFTS
@@ -247,6 +250,7 @@ class PseudoConfig:
         for k in self.defects:
             _check(k in DEFECTS, f"pseudo.defects: unknown defect {k!r}; expected names from {DEFECTS}")
         _check(bool(self.shifts) or bool(self.defects), "pseudo needs at least one shift or defect kind")
+        _check(0 <= self.min_separability <= 1, f"pseudo.min_separability must lie in [0, 1], got {self.min_separability}")
         _check(0 <= self.defect_fraction <= 1, f"pseudo.defect_fraction must lie in [0, 1], got {self.defect_fraction}")
         _check(len(self.defect_size) == 2 and 0 < self.defect_size[0] <= self.defect_size[1] < 1, f"pseudo.defect_size must be a pair 0 < lo <= hi < 1, got {self.defect_size}")
 

@@ -37,7 +37,7 @@ from anomem.errors import AnoMemError, CheckpointError, ConfigError, DataError, 
 from anomem.explain import PrototypeCache, build_prototype_cache
 from anomem.inputs import as_images, as_labels, match_geometry
 from anomem.model import AnoMemNet
-from anomem.pseudo import make_pseudo_anomalies
+from anomem.pseudo import make_pseudo_anomalies, shift_separability
 from anomem.scoring import Scorer, merge_scales, one_class_scores
 from anomem.thresholds import (
     Threshold,
@@ -674,7 +674,14 @@ def _pseudo_anomalies(normals: torch.Tensor, cfg: AnoMemConfig) -> torch.Tensor:
         shifts = tuple(k for k in shifts if k not in ("rot90", "rot270"))
         if not shifts and not p.defects:
             raise ConfigError("pseudo.shifts holds only quarter turns, which need square images; add rot180 or vflip")
-    made = make_pseudo_anomalies(to_float(normals), count, shifts, p.defects, p.defect_fraction, p.defect_size, gen)
+    x = to_float(normals)
+    if shifts and p.min_separability > 0 and x.shape[0] >= 4:
+        # a shift this class is (nearly) invariant to makes pseudo-anomalies that look normal
+        sep = shift_separability(x, shifts, generator=torch.Generator().manual_seed(cfg.train.seed + 7))
+        shifts = tuple(k for k in shifts if sep[k] >= p.min_separability)
+    if not shifts and (p.defect_fraction == 0 or not p.defects):
+        return x[:0]  # nothing left that makes an anomaly: the paper's stage 1
+    made = make_pseudo_anomalies(x, count, shifts, p.defects, p.defect_fraction, p.defect_size, gen)
     return made.images
 
 
