@@ -242,3 +242,13 @@ def test_paper_column_trains_the_paper_method(monkeypatch):
         out = benchmark.run_group(s, cell, benchmark.build_split(s, cell))
         assert set(out) == {g} and np.isfinite(out[g]).all()
     assert seen == {True: 2048, False: 0}
+
+
+def test_in_process_cells_restore_the_thread_count():
+    import torch
+
+    from anomem.benchmark import run_cell
+
+    before = torch.get_num_threads()
+    run_cell(_settings(), Cell("one-vs-all", 0, 0.0, 0, "knn"), threads=before + 1)
+    assert torch.get_num_threads() == before

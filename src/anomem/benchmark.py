@@ -359,13 +359,17 @@ def run_cell(s: BenchmarkSettings, cell: Cell, threads: int | None = None) -> di
     """Build the split, train and score one cell; its record (metrics per method) and scores."""
     from anomem.metrics import average_precision, image_auroc
 
+    before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    torch.manual_seed(cell.seed)
-    split = build_split(s, cell)
-    t0 = time.perf_counter()
-    scores = run_group(s, cell, split)
-    seconds = time.perf_counter() - t0
+    try:
+        torch.manual_seed(cell.seed)
+        split = build_split(s, cell)
+        t0 = time.perf_counter()
+        scores = run_group(s, cell, split)
+        seconds = time.perf_counter() - t0
+    finally:  # in-process cells (jobs=1) must not leave the caller's thread count changed
+        torch.set_num_threads(before)
     rows = []
     for method, sc in scores.items():
         sc = np.asarray(sc, np.float64)
