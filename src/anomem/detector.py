@@ -38,7 +38,7 @@ from anomem.explain import PrototypeCache, build_prototype_cache
 from anomem.inputs import as_images, as_labels, match_geometry
 from anomem.model import AnoMemNet
 from anomem.pseudo import make_pseudo_anomalies, shift_separability
-from anomem.scoring import Scorer, merge_scales, one_class_scores
+from anomem.scoring import Scorer, merge_scales, mix_bank, one_class_scores
 from anomem.thresholds import (
     Threshold,
     normal_spread,
@@ -412,7 +412,7 @@ class AnoMem:
         if s.standardize:
             per = (per - mean) / std
             if s.has_banks and bank.bank is not None and bank.bank.numel():
-                per = (1 - s.bank_weight) * per + s.bank_weight * bank.bank.to(self.device_)
+                per = mix_bank(per, bank.bank.to(self.device_), s.bank_weight)
         return merge_scales(per, s.scale_weights).float().cpu().numpy()  # Eq. 13
 
     def calibrate_threshold(

@@ -40,7 +40,7 @@ from torch import nn
 from anomem.checkpoint import atomic_write_bytes
 from anomem.errors import ConfigError, DataError
 from anomem.memory import hopfield_retrieve
-from anomem.scoring import bank_distances
+from anomem.scoring import bank_distances, mix_bank
 
 if TYPE_CHECKING:  # pragma: no cover
     from anomem.detector import AnoMem
@@ -150,7 +150,7 @@ class ExportableScorer(nn.Module):
             scores = (scores - self.score_mean) / self.score_std
             if self.use_banks:
                 bank = (torch.stack(near, 1) - self.bank_mean) / self.bank_std
-                scores = (1 - self.bank_weight) * scores + self.bank_weight * bank
+                scores = mix_bank(scores, bank, self.bank_weight)
         weights = self.scale_weights
         score = (scores * weights).sum(1) / weights.sum()  # Eq. 13
         up = torch.cat(

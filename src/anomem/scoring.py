@@ -92,6 +92,16 @@ def bank_distances(embeddings: torch.Tensor, bank: torch.Tensor, k: int, exclude
     return 1.0 - sim.topk(k, dim=1).values.mean(1)
 
 
+def mix_bank(per_scale: torch.Tensor, bank: torch.Tensor, weight: float) -> torch.Tensor:
+    """Each scale's score from its standardised memory signal and bank distance:
+    (1 - w) · memory + w · bank. The one place the two signals meet.
+
+    Shape:
+        per_scale (B, S), bank (B, S) -> (B, S)
+    """
+    return (1 - weight) * per_scale + weight * bank
+
+
 class Scorer(nn.Module):
     """Everything stage 2 learns: per-scale statistics, the optional heads and banks.
 
@@ -173,8 +183,7 @@ class Scorer(nn.Module):
             return raw
         per = (raw - mean) / std
         if self.has_banks:
-            w = self.bank_weight
-            per = (1 - w) * per + w * self.bank_scores(evidence.embeddings)
+            per = mix_bank(per, self.bank_scores(evidence.embeddings), self.bank_weight)
         return per
 
     def forward(self, evidence, supervised: bool) -> torch.Tensor:
