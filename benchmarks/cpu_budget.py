@@ -20,7 +20,7 @@ import torch
 
 from anomem import load_config
 from anomem.engine import Stage1Trainer
-from anomem.model import AnoMemNet
+from anomem.factory import build_net
 
 
 def make_trainer(preset: str, batch: int, channels_last: bool, n: int) -> Stage1Trainer:
@@ -29,7 +29,7 @@ def make_trainer(preset: str, batch: int, channels_last: bool, n: int) -> Stage1
     normal = torch.ones(n, dtype=torch.bool)
     normal[n // 2 :] = False
     torch.manual_seed(0)
-    return Stage1Trainer(AnoMemNet.from_config(cfg, 1), cfg, x, normal, torch.device("cpu"))
+    return Stage1Trainer(build_net(cfg, 1), cfg, x, normal, torch.device("cpu"))
 
 
 def main() -> None:

@@ -34,21 +34,44 @@ from anomem.baselines import make_baseline
 from anomem.data.registry import load_dataset
 from anomem.protocols import validation_split
 
-READINGS = ("eq9", "heads", "bank", "eq9+bank", "heads+bank")
+READINGS = ("eq9", "heads", "bank", "eq9+bank", "heads+bank", "bank s0", "bank s-1", "eq9+bank s-1",
+            "eq9+bank+pix", "bank+pix")
+
+
+def pixel_signal(normals: torch.Tensor, x: torch.Tensor, k: int = 2) -> np.ndarray:
+    """Raw-pixel kNN distance (k nearest training normals, Euclidean), standardised by the
+    leave-one-out distances of the normals themselves: a scale-0 'bank' on the input."""
+    def flat(t):
+        t = t.float()
+        return (t / 255.0 if t.max() > 1.5 else t).flatten(1)
+    n, q = flat(normals), flat(x)
+    loo = torch.cdist(n, n)
+    loo.fill_diagonal_(float("inf"))
+    ref = loo.topk(k, dim=1, largest=False).values.mean(1)
+    d = torch.cat([torch.cdist(b, n).topk(k, dim=1, largest=False).values.mean(1) for b in q.split(1024)])
+    return ((d - ref.mean()) / ref.std()).numpy()
 
 
 def readings(det: AnoMem, x: torch.Tensor) -> dict[str, np.ndarray]:
     """The stage-2 readings of one fitted detector on images ``x`` (scorer restored after)."""
     s = det.scorer_
     trained, weight = bool(s.supervised), s.bank_weight
+    lam = s.scale_weights.clone()
     out = {}
     for name in READINGS:
-        heads = "heads" in name
-        if (heads and not trained) or ("bank" in name and not s.has_banks):
+        base = name.replace("+pix", "").split(" ")[0]
+        heads = "heads" in base
+        if (heads and not trained) or ("bank" in base and not s.has_banks) or "+pix" in name:
             continue
         s.supervised.fill_(heads)
-        s.bank_weight = 1.0 if name == "bank" else 0.5 if "+" in name else 0.0
+        s.bank_weight = 1.0 if base == "bank" else 0.5 if "+" in base else 0.0
+        if name.endswith(" s0") or name.endswith(" s-1"):
+            one = torch.zeros_like(lam)
+            one[0 if name.endswith(" s0") else -1] = 1.0
+            s.scale_weights.copy_(one)
+        # merged Eq. 13 score is a mean of standardised per-scale scores: comparable to pixel z
         out[name] = det.anomaly_score(x)
+        s.scale_weights.copy_(lam)
     s.supervised.fill_(trained)
     s.bank_weight = weight
     return out
@@ -85,7 +108,12 @@ def main() -> None:
             det = AnoMem(cfg, progress=False).fit(normals)
             secs = time.time() - t0
             lab = (y_val != cls).numpy()
-            res = {k: roc_auc_score(lab, v) for k, v in readings(det, x_val).items()}
+            raw = readings(det, x_val)
+            pix = pixel_signal(normals, x_val)
+            for name in ("eq9+bank", "bank"):
+                if name in raw:
+                    raw[name + "+pix"] = (raw[name] * det.scorer_.scale_weights.numel() + pix)
+            res = {k: roc_auc_score(lab, v) for k, v in raw.items()}
             res["pixel kNN"] = roc_auc_score(lab, make_baseline("knn").fit(normals).anomaly_score(x_val))
             rows.append(res)
             cells = " ".join(f"{res[c]:10.3f}" if c in res else f"{'-':>10}" for c in (*READINGS, "pixel kNN"))

@@ -63,7 +63,7 @@ from throughput import (  # noqa: E402
 from anomem import AnoMem  # noqa: E402
 from anomem.config import AnoMemConfig, load_config, with_overrides  # noqa: E402
 from anomem.engine import resolve_device  # noqa: E402
-from anomem.model import AnoMemNet  # noqa: E402
+from anomem.factory import build_net
 from anomem.scoring import Scorer  # noqa: E402
 
 FLOAT_BYTES = 4  # banks are stored in fp32
@@ -183,7 +183,7 @@ def measure(args: argparse.Namespace) -> ScalingReport:
     preset = args.preset or ("gpu-r18" if meter.cuda else "cpu-small")
     cfg = load_config(preset, None, [f"train.device={device}"])
     torch.manual_seed(args.seed)
-    net = AnoMemNet.from_config(cfg, IMAGE_SHAPE[0]).to(device).eval()
+    net = build_net(cfg, IMAGE_SHAPE[0]).to(device).eval()
     scorer: Scorer = make_scorer(net, cfg, device)
     memory_bytes = sum(module_bytes(m) for m in net.memories)
     model_bytes = module_bytes(net) + module_bytes(scorer)

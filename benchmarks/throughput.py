@@ -13,7 +13,7 @@ is present, on random uint8 images of 32x32x3 that already sit on the device:
   overhead is the median of the per-pair time ratios AnoMem / SimCLR, so background
   load hits both alike. Target (issue 4): <= 1.15x.
 * **score img/s** — inference-mode deviation maps and one-class score, as
-  ``AnoMem.anomaly_score`` computes them (``engine.deviation_batches`` + ``Scorer``),
+  ``AnoMem.anomaly_score`` computes them (``inference.AnoMemModel``),
   timed alternately with the encoder alone (pooled last-tap features, what a kNN
   baseline's forward costs).
 * **peak memory**, read around the last timed repetition — CUDA:
@@ -57,7 +57,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from anomem.config import AnoMemConfig, load_config
-from anomem.engine import Stage1Trainer, deviation_batches, resolve_device, to_float
+from anomem.engine import Stage1Trainer, resolve_device
+from anomem.factory import build_net, build_scorer
+from anomem.inference import AnoMemModel
+from anomem.inputs import to_float
 from anomem.model import AnoMemNet
 from anomem.scoring import Scorer
 
@@ -259,17 +262,13 @@ def make_trainer(
     cfg: AnoMemConfig, images: torch.Tensor, device: torch.device, seed: int
 ) -> Stage1Trainer:
     torch.manual_seed(seed)  # same initial weights and augmentation stream for A and B
-    net = AnoMemNet.from_config(cfg, images.shape[1])
+    net = build_net(cfg, images.shape[1])
     return Stage1Trainer(net, cfg, images, torch.ones(images.shape[0], dtype=torch.bool), device)
 
 
 def make_scorer(net: AnoMemNet, cfg: AnoMemConfig, device: torch.device) -> Scorer:
     """A stage-2 scorer of the preset's shape (untrained: its cost does not depend on training)."""
-    ch = net.backbone.tap_channels
-    s = cfg.scorer
-    return Scorer(
-        ch, cfg.memory.weights(len(ch)), s.pool_size, s.hidden, s.merge == "standardized"
-    ).to(device)
+    return build_scorer(cfg, net.backbone.tap_channels).to(device)
 
 
 @torch.inference_mode()
@@ -277,7 +276,8 @@ def anomem_scores(
     net: AnoMemNet, scorer: Scorer, images: torch.Tensor, device: torch.device, batch: int
 ) -> torch.Tensor:
     """One-class anomaly scores (N,) on the host, the path of ``AnoMem.anomaly_score``."""
-    out = [scorer(d, False) for d in deviation_batches(net, images, device, batch)]  # Eq. 9 + 13
+    model = AnoMemModel(net, scorer, tuple(images.shape[2:]), 0.0, "one-class").to(device)
+    out = [model.merged_score(ev) for ev in model.evidence_batches(images, batch)]  # Eq. 9 + 13
     return torch.cat(out).float().cpu()
 
 

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from anomem.config import load_config
 from anomem.distributed import gather_with_grad, shutdown
 from anomem.engine import Stage1Trainer
-from anomem.model import AnoMemNet
+from anomem.factory import build_net
 
 from synthetic import stripes
 
@@ -35,7 +35,7 @@ def _one_step(trainer, x1, x2, normal):
 
 def _make_trainer():
     torch.manual_seed(CFG.train.seed)
-    net = AnoMemNet.from_config(CFG, 1)
+    net = build_net(CFG, 1)
     return Stage1Trainer(net, CFG, stripes(16, False), torch.ones(16, dtype=torch.bool), torch.device("cpu"))
 
 

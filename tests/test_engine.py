@@ -4,8 +4,8 @@ import torch
 
 from anomem.config import load_config
 from anomem.engine import Stage1Trainer, cosine_with_warmup, fit_heads
+from anomem.factory import build_net
 from anomem.losses import ContrastedMemoryLoss, NTXent
-from anomem.model import AnoMemNet
 from anomem.scoring import DeviationHead, merge_scales, one_class_scores
 
 from synthetic import stripes
@@ -13,7 +13,7 @@ from synthetic import stripes
 
 def _net(cfg):
     torch.manual_seed(0)
-    return AnoMemNet.from_config(cfg, in_channels=1)
+    return build_net(cfg, in_channels=1)
 
 
 def test_gradients_reach_memories_and_encoder_but_not_through_anomalies_memory():
@@ -52,7 +52,7 @@ def test_mem_is_memory_for_normals_and_identity_for_anomalies():
 def test_loss_goes_down_over_20_steps():
     cfg = load_config("tiny", None, ["train.epochs=20", "train.batch_size=32", "train.warmup_epochs=0", "train.lr=0.1"])
     torch.manual_seed(0)
-    net = AnoMemNet.from_config(cfg, 1)
+    net = build_net(cfg, 1)
     tr = Stage1Trainer(net, cfg, stripes(32, False), torch.ones(32, dtype=torch.bool), torch.device("cpu"))
     logs = [tr.run_epoch() for _ in range(20)]
     first, last = sum(lg.loss for lg in logs[:3]) / 3, sum(lg.loss for lg in logs[-3:]) / 3

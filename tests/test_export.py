@@ -10,7 +10,7 @@ import torch
 import anomem
 from anomem import AnoMem, load_config
 from anomem.cli import main
-from anomem.export import ExportableScorer, export_scorer
+from anomem.export import export_scorer, exportable_model
 
 from synthetic import stripes
 
@@ -40,11 +40,11 @@ def _check(det, score, fused, x):
 def test_module_matches_python_model(det):
     x = _inputs()
     with torch.no_grad():
-        score, fused = ExportableScorer(det)(x)
+        score, fused = exportable_model(det)(x)
     assert score.shape == (7,) and fused.shape == (7, 16, 16)
     _check(det, score, fused, x)
     with torch.no_grad():  # no smoothing
-        score, fused = ExportableScorer(det, sigma=0)(x)
+        score, fused = exportable_model(det, sigma=0)(x)
     np.testing.assert_allclose(fused.numpy(), det.anomaly_maps(x, sigma=0).fused, rtol=RTOL, atol=ATOL)
 
 

@@ -56,7 +56,7 @@ def test_memory_module_normalisation_and_map_batching(norm):
     torch.manual_seed(0)
     mem = HopfieldMemory(12, 6, beta=2.0, normalize=norm, max_steps=2)
     fmap = torch.randn(3, 6, 4, 5)
-    q, rec = retrieve_map(mem, fmap)
+    q, rec, _ = retrieve_map(mem, fmap)
     assert q.shape == rec.shape == fmap.shape
     # position-by-position retrieval equals the batched one
     i, j = 2, 3

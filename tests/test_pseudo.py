@@ -160,19 +160,19 @@ def test_bank_survives_save_load_and_threshold(tmp_path):
 
 
 def test_refit_uses_the_pseudo_anomalies_beside_the_new_ones(monkeypatch):
-    from anomem import detector
+    from anomem import stage2
 
     x = (_images(40) * 255).to(torch.uint8)
     det = _fit_tiny(x, "pseudo.ratio=0.5", "scorer.calibration_fraction=0", "pseudo.min_separability=0")
     assert not det.is_supervised and det.pseudo_bank_[0].shape[0] == 20
     seen = {}
-    real = detector.fit_heads
+    real = stage2.fit_heads
 
     def spy(heads, normal_feats, anomaly_feats, cfg, seed):
         seen["m"] = anomaly_feats[0].shape[0]
         return real(heads, normal_feats, anomaly_feats, cfg, seed)
 
-    monkeypatch.setattr(detector, "fit_heads", spy)
+    monkeypatch.setattr(stage2, "fit_heads", spy)
     det.refit_scorer((_images(3, seed=9) * 255).to(torch.uint8))
     assert det.is_supervised and seen["m"] == 3 + 20
 

@@ -11,6 +11,7 @@ from PIL import Image
 from anomem import AnoMem, load_config
 from anomem.cli import main
 from anomem.errors import ConfigError, DataError, NotFittedError
+from anomem.stage2 import bank_scores
 from anomem.thresholds import (
     Threshold,
     threshold_at_fpr,
@@ -107,7 +108,7 @@ def test_held_out_normals_not_used_for_training(fitted):
     held_out = normals[~in_train]
     assert held_out.shape[0] == m
     # the calibration bank holds exactly the held-out images' scores
-    bank = np.sort(det._bank_scores(det.calibration_bank_))
+    bank = np.sort(bank_scores(det.model_, det.calibration_bank_))
     np.testing.assert_allclose(bank, np.sort(det.anomaly_score(held_out)), rtol=1e-5)
     t = det.threshold_
     assert t.method == "fpr" and t.target == CFG.scorer.target_fpr and t.n_normal == m
@@ -162,7 +163,7 @@ def test_threshold_saved_and_refit_recalibrates(fitted, tmp_path):
     loaded.refit_scorer(stripes(12, True, seed=4))
     new = loaded.threshold_
     assert loaded.is_supervised and new.method == "fpr" and new.target == 0.05 and new.value != old.value
-    assert new.value == threshold_at_fpr(loaded._bank_scores(loaded.calibration_bank_), 0.05).value
+    assert new.value == threshold_at_fpr(bank_scores(loaded.model_, loaded.calibration_bank_), 0.05).value
 
 
 def test_no_calibration_split(tmp_path):

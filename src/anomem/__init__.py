@@ -6,11 +6,10 @@ prototypes with a contrastive loss; stage 2 scores images by their deviation fro
 the recalled prototypes, one-class or with a few labelled anomalies.
 """
 
-__version__ = "0.1.0"
-
-from anomem.config import AnoMemConfig, load_config  # noqa: E402
-from anomem.detector import AnomalyMaps, AnoMem  # noqa: E402
-from anomem.errors import AnoMemError, CheckpointError, ConfigError, DataError, NotFittedError  # noqa: E402
+from anomem._version import __version__
+from anomem.config import AnoMemConfig, load_config
+from anomem.detector import AnomalyMaps, AnoMem
+from anomem.errors import AnoMemError, CheckpointError, ConfigError, DataError, NotFittedError
 
 __all__ = [
     "AnoMem",

@@ -28,14 +28,10 @@ knn, ocsvm, iforest    raw-pixel scikit-learn baselines (normals only)
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
-import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,11 +40,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from anomem.benchmark_plan import GROUPS, LABEL_FREE, METHODS, PROTOCOLS, BenchmarkSettings, Cell
+from anomem.benchmark_report import load_rows, markdown_table, summarise
 from anomem.checkpoint import atomic_write_bytes, atomic_write_text
 from anomem.errors import ConfigError, DataError
+from anomem.feature_eval import (
+    feature_kmeans_scores,
+    feature_knn_scores,
+    linear_evaluation,
+    linear_probe,
+)
 
 __all__ = [
     "GROUPS",
+    "LABEL_FREE",
+    "feature_kmeans_scores",
+    "feature_knn_scores",
+    "linear_evaluation",
+    "linear_probe",
+    "load_rows",
+    "markdown_table",
     "METHODS",
     "PROTOCOLS",
     "BenchmarkSettings",
@@ -58,74 +69,6 @@ __all__ = [
     "run_benchmark",
     "summarise",
 ]
-
-GROUPS: dict[str, tuple[str, ...]] = {
-    "anomem": ("anomem",),
-    "anomem-paper": ("anomem-paper",),
-    "anomem-single-scale": ("anomem-single-scale",),
-    "simclr": ("simclr-knn", "simclr-kmeans"),
-    "deepsad": ("deepsad",),
-    "knn": ("knn",),
-    "ocsvm": ("ocsvm",),
-    "iforest": ("iforest",),
-}
-#: Groups that never see labelled anomalies: under one-vs-all their training set (the
-#: normals) is the same at every γ, so γ > 0 cells copy the γ = 0 result instead of
-#: training again.
-LABEL_FREE = frozenset({"simclr", "knn", "ocsvm", "iforest"})
-#: Table columns, in order.
-METHODS: tuple[str, ...] = tuple(m for ms in GROUPS.values() for m in ms)
-PROTOCOLS = ("one-vs-all", "deep-sad", "cross-type", "ood")
-
-
-@dataclass(frozen=True)
-class BenchmarkSettings:
-    """Everything that decides a cell's result; saved as ``benchmark.json``."""
-
-    protocol: str = "one-vs-all"
-    data: str = "fashion-mnist"
-    data_root: str | None = None
-    ood: str | None = None  # OoD dataset (protocol "ood")
-    classes: tuple[int, ...] = (0,)
-    ratios: tuple[float, ...] = (0.0,)
-    seeds: int = 1
-    groups: tuple[str, ...] = tuple(GROUPS)
-    preset: str = "cpu-small"
-    overrides: tuple[str, ...] = ()
-    max_train: int | None = None  # cap on training normals per cell (seeded subsample)
-    max_test: int | None = None  # cap on test images per cell (seeded, stratified by class)
-    pollution: float = 0.0  # γ_p of the Deep SAD protocol
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One unit of work: a split (protocol, class, ratio, seed, other) and a method group.
-
-    ``other`` is the known anomaly class (deep-sad) or the held-out type (cross-type).
-    """
-
-    protocol: str
-    normal_class: int
-    ratio: float
-    seed: int
-    group: str
-    other: int | None = None
-
-    @property
-    def source(self) -> Cell:
-        """The cell whose result this one shares (itself unless label-free at γ > 0)."""
-        if self.protocol == "one-vs-all" and self.group in LABEL_FREE and self.ratio > 0:
-            return Cell(self.protocol, self.normal_class, 0.0, self.seed, self.group, self.other)
-        return self
-
-    @property
-    def key(self) -> str:
-        o = "" if self.other is None else f"_o{self.other}"
-        return f"{self.protocol}_c{self.normal_class}_r{self.ratio:g}_s{self.seed}{o}_{self.group}"
-
 
 # -- planning -------------------------------------------------------------------------
 def _is_folder(ds) -> bool:
@@ -309,28 +252,6 @@ def _single_scale(s: BenchmarkSettings, seed: int) -> list[str]:
             f"memory.sample_ratios=[{m.sample_ratios[-1]}]", "memory.scale_weights=null"]
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def feature_knn_scores(train_feats: np.ndarray, test_feats: np.ndarray, k: int = 2) -> np.ndarray:
-    """Mean cosine distance of each test feature to its k nearest training features."""
-    from sklearn.neighbors import NearestNeighbors
-
-    nn_ = NearestNeighbors(n_neighbors=min(k, len(train_feats))).fit(_unit(train_feats))
-    d, _ = nn_.kneighbors(_unit(test_feats))
-    return (d**2 / 2).mean(1)  # squared chordal distance / 2 = cosine distance
-
-
-def feature_kmeans_scores(train_feats: np.ndarray, test_feats: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Cosine distance of each test feature to the nearest of k centroids of the training features."""
-    from sklearn.cluster import KMeans
-
-    km = KMeans(n_clusters=min(k, len(train_feats)), n_init=3, random_state=seed).fit(_unit(train_feats))
-    cent = _unit(km.cluster_centers_)
-    return 1.0 - (_unit(test_feats) @ cent.T).max(1)
-
-
 def run_group(s: BenchmarkSettings, cell: Cell, split: Split) -> dict[str, np.ndarray]:
     """Train ``cell.group`` on the split; the test scores of each method of the group."""
     from anomem.baselines import make_baseline
@@ -473,181 +394,3 @@ def _finish(out: Path, cells: list[Cell], result: dict, bar, on_cell) -> None:
     if bar is not None:
         bar.update(len(cells))
         bar.set_postfix_str(", ".join(f"{r['method']} {r['auroc']:.3f}" for r in result["rows"]))
-
-
-# -- linear evaluation ------------------------------------------------------------------
-def linear_probe(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
-                 test_labels: np.ndarray, seed: int = 0) -> float:
-    """Test accuracy of a multinomial logistic regression on standardised frozen features."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    if len(np.unique(train_labels)) < 2:
-        raise DataError("linear evaluation needs at least two classes in the training labels")
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    clf.fit(train_feats, train_labels)
-    return float((clf.predict(test_feats) == np.asarray(test_labels)).mean())
-
-
-def linear_evaluation(det, train, test, max_train: int | None = None, seed: int = 0) -> dict[str, float]:
-    """Linear evaluation of ``det``'s frozen encoder on a labelled dataset, beside raw pixels.
-
-    ``train``/``test`` are :class:`anomem.data.ImageSet`; ``max_train`` subsamples the
-    probe's training images (seeded). Returns ``{"encoder": acc, "raw_pixels": acc}``.
-    """
-    from anomem.inputs import match_geometry
-
-    idx = np.arange(len(train))
-    if max_train is not None and max_train < idx.size:
-        idx = np.sort(np.random.default_rng(seed).permutation(idx.size)[:max_train])
-    xtr, ytr = train.images[torch.from_numpy(idx)], train.targets.numpy()[idx]
-    xte, yte = test.images, test.targets.numpy()
-    flat = lambda x: match_geometry(x, det.in_channels_, det.image_size_, "images").flatten(1).numpy()  # noqa: E731
-    return {"encoder": linear_probe(det.embed(xtr), ytr, det.embed(xte), yte, seed),
-            "raw_pixels": linear_probe(flat(xtr), ytr, flat(xte), yte, seed)}
-
-
-# -- summary ------------------------------------------------------------------------------
-def load_rows(out: str | Path) -> list[dict]:
-    out = Path(out)
-    rows = []
-    for p in sorted((out / "cells").glob("*.json")):
-        rows += json.loads(p.read_text())
-    return rows
-
-
-def _fmt(vals: Iterable[float]) -> str:
-    v = np.asarray(list(vals), float)
-    if v.size == 0:
-        return "–"
-    return f"{100 * v.mean():.1f}" if v.size == 1 else f"{100 * v.mean():.1f} ± {100 * v.std(ddof=1):.1f}"
-
-
-def markdown_table(rows: list[dict], settings: dict) -> str:
-    """Per ratio: rows = normal classes (mean ± std over seeds), one column per method, AUROC %."""
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    lines = []
-    for ratio in sorted({r["ratio"] for r in rows}):
-        rr = [r for r in rows if r["ratio"] == ratio]
-        classes = sorted({r["normal_class"] for r in rr})
-        seeds = sorted({r["seed"] for r in rr})
-        lines += [f"### γ = {ratio:g}  (AUROC %, {len(seeds)} seed{'s' * (len(seeds) > 1)})", "",
-                  "| class | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-        for c in classes:
-            cells = [_fmt(r["auroc"] for r in rr if r["normal_class"] == c and r["method"] == m) for m in methods]
-            lines.append(f"| {'all' if c < 0 else c} | " + " | ".join(cells) + " |")
-        # mean over classes of the per-seed class means; ± = std over seeds of the class-averaged AUROC
-        per_seed = [[np.mean([r["auroc"] for r in rr if r["method"] == m and r["seed"] == sd]) for sd in seeds
-                     if any(r["method"] == m and r["seed"] == sd for r in rr)] for m in methods]
-        best = max(range(len(methods)), key=lambda i: np.mean(per_seed[i]) if per_seed[i] else -1.0)
-        means = [f"**{_fmt(v)}**" if i == best else _fmt(v) for i, v in enumerate(per_seed)]
-        lines.append("| **mean** | " + " | ".join(means) + " |")
-        secs = [f"{np.mean([r['seconds'] for r in rr if r['method'] == m]):.0f}" for m in methods]
-        lines += ["| s / cell | " + " | ".join(secs) + " |", ""]
-    return "\n".join(lines)
-
-
-def summarise(out: str | Path) -> dict[str, Path]:
-    """Write results.json / .csv / .md and the plots from the finished cells in ``out``."""
-    out = Path(out)
-    meta = json.loads((out / "benchmark.json").read_text())
-    rows = load_rows(out)
-    files = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "results.md"}
-    atomic_write_text(files["json"], json.dumps({**meta, "rows": rows}, indent=1))
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    atomic_write_text(files["csv"], buf.getvalue())
-    st = meta["settings"]
-    head = [f"# AnoMem benchmark: {st['protocol']} on {st['data']}", "",
-            f"preset `{st['preset']}`" + (f" with `{' '.join(st['overrides'])}`" if st["overrides"] else "")
-            + (f"; training normals capped at {st['max_train']}" if st["max_train"] else "")
-            + (f"; test capped at {st['max_test']}" if st["max_test"] else "") + ".", "",
-            "Label-free methods (simclr-*, knn, ocsvm, iforest) ignore the labelled anomalies: under "
-            "one-vs-all their γ > 0 cells repeat the γ = 0 result.", "", ""]
-    atomic_write_text(files["md"], "\n".join(head) + markdown_table(rows, st) + "\n")
-    if rows:
-        files.update(_plots(out, rows))
-    return files
-
-
-def _plots(out: Path, rows: list[dict]) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
-
-    files = {}
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    ratios = sorted({r["ratio"] for r in rows})
-    if len(ratios) > 1:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for m in methods:
-            ax.plot(ratios, [100 * np.mean([r["auroc"] for r in rows if r["method"] == m and r["ratio"] == g])
-                             for g in ratios], marker="o", label=m)
-        ax.set_xscale("symlog", linthresh=0.01)
-        ax.set_xlabel("anomaly ratio γ")
-        ax.set_ylabel("mean AUROC (%)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        files["auroc_vs_ratio"] = _savefig(fig, out / "auroc_vs_ratio.png")
-    # where each method sits on the cost/quality frontier: mean AUROC against mean CPU
-    # seconds per cell (the wall time of one cell's training and scoring), one panel per γ
-    fig, axes = plt.subplots(1, len(ratios), figsize=(4.5 * len(ratios), 4), squeeze=False)
-    for ax, g in zip(axes[0], ratios):
-        for i, m in enumerate(methods):
-            sel = [r for r in rows if r["method"] == m and r["ratio"] == g]
-            if sel:
-                ax.scatter(np.mean([r["seconds"] for r in sel]), 100 * np.mean([r["auroc"] for r in sel]),
-                           color=f"C{i % 10}", label=m)
-        ax.set_xscale("log")
-        ax.set_xlabel("seconds per cell (train + score)")
-        ax.set_ylabel("mean AUROC (%)")
-        ax.set_title(f"γ = {g:g}", fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    files["cost_quality"] = _savefig(fig, out / "cost_quality.png")
-    # ROC curves and AnoMem score histograms of seed 0, per normal class, for each ratio
-    for ratio in ratios:
-        classes = sorted({r["normal_class"] for r in rows if r["ratio"] == ratio})
-        ncol = min(5, len(classes))
-        nrow = math.ceil(len(classes) / ncol)
-        fr, axr = plt.subplots(nrow, ncol, figsize=(3 * ncol, 3 * nrow), squeeze=False)
-        fh, axh = plt.subplots(nrow, ncol, figsize=(3 * ncol, 2.4 * nrow), squeeze=False)
-        for i, c in enumerate(classes):
-            a, b = axr[i // ncol][i % ncol], axh[i // ncol][i % ncol]
-            for r in rows:
-                if r["normal_class"] != c or r["ratio"] != ratio or r["seed"] != 0:
-                    continue
-                z = np.load(out / "cells" / f"{Cell(**{k: r[k] for k in Cell.__dataclass_fields__}).key}.npz")
-                sc, lab = z[f"score__{r['method']}"], z["is_anomaly"]
-                fpr, tpr, _ = roc_curve(lab, sc)
-                a.plot(fpr, tpr, lw=1, label=r["method"])
-                if r["method"] == "anomem":
-                    bins = np.linspace(sc.min(), sc.max(), 40)
-                    b.hist(sc[~lab], bins, alpha=0.6, density=True, label="normal")
-                    b.hist(sc[lab], bins, alpha=0.6, density=True, label="anomaly")
-            a.set_title(f"class {c}", fontsize=8)
-            b.set_title(f"AnoMem scores, class {c}", fontsize=8)
-            a.plot([0, 1], [0, 1], "k:", lw=0.5)
-        for ax, size in ((axr[0][0], 5), (axh[0][0], 6)):
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=size)
-        fr.suptitle(f"ROC curves, γ = {ratio:g}, seed 0")
-        fh.suptitle(f"AnoMem score histograms, γ = {ratio:g}, seed 0")
-        files[f"roc_{ratio:g}"] = _savefig(fr, out / f"roc_gamma{ratio:g}.png")
-        files[f"hist_{ratio:g}"] = _savefig(fh, out / f"hist_gamma{ratio:g}.png")
-    return files
-
-
-def _savefig(fig, path: Path) -> Path:
-    from anomem.report import _fig_to_png
-
-    fig.tight_layout()
-    png = _fig_to_png(fig)
-    atomic_write_bytes(path, lambda f: f.write(png))
-    return path

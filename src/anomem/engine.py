@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from anomem.augment import SimCLRViews
 from anomem.config import AnoMemConfig, ScorerConfig
 from anomem.distributed import (
     convert_batchnorm,
@@ -30,9 +29,10 @@ from anomem.distributed import (
     world_size,
 )
 from anomem.errors import AnoMemError, ConfigError
+from anomem.factory import build_views
 from anomem.inputs import to_float
 from anomem.losses import ContrastedMemoryLoss, LossTerms, ScalePairs, double_hinge, make_objective
-from anomem.model import AnoMemNet, Evidence
+from anomem.model import AnoMemNet
 
 
 class TrainingDivergedError(AnoMemError, RuntimeError):
@@ -112,7 +112,7 @@ class Stage1Trainer:
         self.local_batch = self.batch_size // self.world
         self.steps_per_epoch = max(1, n // self.batch_size)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
-        self.views = SimCLRViews(cfg.augment, tuple(images.shape[2:]), images.shape[1]).to(device)
+        self.views = build_views(cfg, tuple(images.shape[2:]), images.shape[1]).to(device)
         self.loss_fn = ContrastedMemoryLoss(
             make_objective(cfg.loss.objective, cfg.loss.temperature, cfg.loss.barlow_lambda),
             cfg.memory.weights(net.num_scales),
@@ -252,26 +252,6 @@ class Stage1Trainer:
             torch.manual_seed(self.cfg.train.seed + 1000 * self.rank + 7919 * self.epoch)
 
 
-@torch.inference_mode()
-def deviation_batches(
-    net: AnoMemNet, images: torch.Tensor, device: torch.device, batch_size: int = 256
-) -> list[Evidence]:
-    """Stage-2 evidence (Δ^(s), Eq. 8, and pooled tap features) for all images, computed
-    in batches on ``device`` (eval mode).
-
-    Returns one :class:`~anomem.model.Evidence` per batch, float32, on ``device``.
-    """
-    net.eval()
-    amp = device.type == "cuda"
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        x = to_float(images[i : i + batch_size].to(device))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            ev = net.evidence(x)
-        out.append(Evidence([d.float() for d in ev.deviations], [e.float() for e in ev.embeddings]))
-    return out
-
-
 def fit_heads(
     heads: nn.ModuleList,
     normal_feats: list[torch.Tensor],
@@ -338,8 +318,6 @@ __all__ = [
     "Stage1Trainer",
     "TrainingDivergedError",
     "cosine_with_warmup",
-    "deviation_batches",
     "fit_heads",
     "resolve_device",
-    "to_float",
 ]

@@ -172,18 +172,32 @@ class HopfieldMemory(nn.Module):
         return f"K={k}, C={c}, normalize={self.normalize}, max_steps={self.max_steps}, tol={self.tol}"
 
 
-def retrieve_map(memory: HopfieldMemory, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+class MapRetrieval(NamedTuple):
+    """A memory applied at every position of a feature map (:func:`retrieve_map`).
+
+    Attributes:
+        query: projected features ξ = project(z), (B, C, H, W).
+        recollection: HF(z) at every position, (B, C, H, W); Δ = query - recollection.
+        weights: association weights of the last retrieval step, (B, H, W, K).
+    """
+
+    query: torch.Tensor
+    recollection: torch.Tensor
+    weights: torch.Tensor
+
+
+def retrieve_map(memory: HopfieldMemory, fmap: torch.Tensor) -> MapRetrieval:
     """Apply a memory at every position of a feature map: (HF(z))_ij = HF(z_ij).
 
-    Returns the projected query map and its recollection, both (B, C, H, W), so that
-    the deviation of Eq. 8 is their difference.
+    Shape:
+        fmap (B, C, H, W) -> query, recollection (B, C, H, W), weights (B, H, W, K)
     """
     b, c, h, w = fmap.shape
     flat = fmap.permute(0, 2, 3, 1).reshape(b * h * w, c)  # (B·H·W, C)
     query = memory.project(flat)
-    rec = memory.recall(query).recollection  # (B·H·W, C)
+    out = memory.recall(query)  # recollection (B·H·W, C), weights (B·H·W, K)
     to_map = lambda t: t.reshape(b, h, w, c).permute(0, 3, 1, 2)  # noqa: E731  (B, C, H, W)
-    return to_map(query), to_map(rec)
+    return MapRetrieval(to_map(query), to_map(out.recollection), out.weights.reshape(b, h, w, -1))
 
 
-__all__ = ["HopfieldMemory", "Retrieval", "hopfield_energy", "hopfield_retrieve", "retrieve_map"]
+__all__ = ["HopfieldMemory", "MapRetrieval", "Retrieval", "hopfield_energy", "hopfield_retrieve", "retrieve_map"]

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from anomem.backbone import TappedResNet
-from anomem.config import AnoMemConfig
 from anomem.losses import ScalePairs
 from anomem.memory import HopfieldMemory, retrieve_map
 
@@ -44,16 +43,6 @@ class AnoMemNet(nn.Module):
         self.register_buffer("pixel_mean", torch.full((in_channels,), 0.5))
         self.register_buffer("pixel_std", torch.full((in_channels,), 0.25))
 
-    @classmethod
-    def from_config(cls, cfg: AnoMemConfig, in_channels: int) -> AnoMemNet:
-        b, m = cfg.backbone, cfg.memory
-        backbone = TappedResNet.build(b.arch, b.taps, in_channels=in_channels, width=b.width, stem=b.stem)
-        memories = [
-            HopfieldMemory(k, c, m.beta, m.learn_beta, m.normalize, m.max_steps, m.tol)
-            for k, c in zip(m.sizes, backbone.tap_channels)
-        ]
-        return cls(backbone, memories, in_channels, use_memory=m.enabled)
-
     @property
     def num_scales(self) -> int:
         return len(self.memories)
@@ -74,7 +63,7 @@ class AnoMemNet(nn.Module):
         """Both branches of Eq. 4 at the positions Ω^(s) sampled for this batch.
 
         Ω^(s) holds ⌊H_s W_s r^(s)⌋ positions drawn without replacement, the same for
-        every image and both views (SPEC §1). The first branch is Mem(z, y) (Eq. 3):
+        every image and both views (paper Eq. 7). The first branch is Mem(z, y) (Eq. 3):
         the memory's recollection for normals, the (projected) feature for anomalies.
         Both views are encoded in one pass so BatchNorm sees the whole 2B batch.
         ``generator`` draws Ω (all ranks of a distributed run pass equal ones).
@@ -134,19 +123,36 @@ class AnoMemNet(nn.Module):
         """
         return self.evidence(x).deviations
 
-    def evidence(self, x: torch.Tensor) -> Evidence:
-        """Everything stage 2 scores from, in one encoder pass: Δ^(s) (Eq. 8) and the
-        average-pooled tap features z^(s) (for the normal feature bank).
+    def evidence(self, x: torch.Tensor, associations: bool = False) -> Evidence:
+        """Everything stage 2 reads, from one encoder pass: Δ^(s) (Eq. 8, the only place
+        it is computed), the average-pooled tap features z^(s) (for the normal bank) and,
+        with ``associations``, which stored pattern each position recalled.
 
         Shape:
-            x (B, C_in, H, W) -> deviations S x (B, C_s, H_s, W_s), embeddings S x (B, C_s)
+            x (B, C_in, H, W) -> deviations S x (B, C_s, H_s, W_s), embeddings S x (B, C_s),
+            recalled S x Recall of (B, H_s, W_s) tensors (or None)
         """
-        devs, embs = [], []
+        devs, embs, recalled = [], [], []
         for fmap, mem in zip(self.features(x), self.memories):
-            q, rec = retrieve_map(mem, fmap)
-            devs.append(q - rec)
+            r = retrieve_map(mem, fmap)
+            devs.append(r.query - r.recollection)  # Eq. 8
             embs.append(fmap.mean((2, 3)))
-        return Evidence(devs, embs)
+            if associations:
+                weight, pattern = r.weights.max(-1)  # argmax_k of softmax(β ξ Xᵀ)
+                recalled.append(Recall(pattern, weight))
+        return Evidence(devs, embs, recalled if associations else None)
+
+
+class Recall(NamedTuple):
+    """Which stored pattern each position of one scale recalled.
+
+    Attributes:
+        pattern: (B, H, W) int64, argmax_k of the association weights of the last step.
+        weight: (B, H, W), that weight (near 1: one prototype; near 1/K: a blend).
+    """
+
+    pattern: torch.Tensor
+    weight: torch.Tensor
 
 
 class Evidence(NamedTuple):
@@ -155,7 +161,9 @@ class Evidence(NamedTuple):
     Attributes:
         deviations: S maps Δ^(s) (B, C_s, H_s, W_s), Eq. 8.
         embeddings: S tensors (B, C_s), tap features z^(s) averaged over positions.
+        recalled: S :class:`Recall`, only when asked for (explanations).
     """
 
     deviations: list[torch.Tensor]
     embeddings: list[torch.Tensor]
+    recalled: list[Recall] | None = None

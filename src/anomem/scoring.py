@@ -13,6 +13,7 @@ Symbols: B batch, C channels, H W spatial, S scales.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -29,12 +30,33 @@ def one_class_scores(deviations: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def merge_scales(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """s_a = Σ_s λ^(s) s^(s) / Σ_s λ^(s) (Eq. 13).
+    """s_a = Σ_s λ^(s) s^(s) / Σ_s λ^(s) (Eq. 13), for image scores or, position by
+    position, for heat-maps.
 
     Shape:
-        scores (B, S), weights (S,) -> (B,)
+        scores (B, S, *) , weights (S,) -> (B, *)
     """
-    return (scores * weights).sum(1) / weights.sum()
+    w = weights.reshape(-1, *([1] * (scores.dim() - 2)))  # (S, 1, ...) against (B, S, ...)
+    return (scores * w).sum(1) / weights.sum()
+
+
+@lru_cache(maxsize=32)
+def adaptive_pool_matrix(h: int, w: int, pool: int) -> torch.Tensor:
+    """The linear map of ``adaptive_avg_pool2d(·, pool)`` on an h×w grid, (h·w, pool²).
+
+    Bin i along a side of n cells covers cells floor(i·n/p) .. ceil((i+1)·n/p) - 1, as
+    in torch. Built from Python numbers, so a traced or exported graph holds it as a
+    constant (ONNX has no adaptive pooling for sizes that do not divide evenly).
+    """
+    def bins(n: int) -> list[tuple[int, int]]:
+        return [((i * n) // pool, -((-(i + 1) * n) // pool)) for i in range(pool)]
+
+    m = torch.zeros(h * w, pool * pool)
+    for a, (y0, y1) in enumerate(bins(h)):
+        for b, (x0, x1) in enumerate(bins(w)):
+            cells = [y * w + x for y in range(y0, y1) for x in range(x0, x1)]
+            m[cells, a * pool + b] = 1.0 / len(cells)
+    return m
 
 
 class DeviationHead(nn.Module):
@@ -58,8 +80,10 @@ class DeviationHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def pool_features(self, delta: torch.Tensor) -> torch.Tensor:
-        """φ(Δ): (B, C, H, W) -> (B, C·pool·pool)."""
-        return F.adaptive_avg_pool2d(delta, self.pool).flatten(1)
+        """φ(Δ), adaptive average pooling: (B, C, H, W) -> (B, C·pool·pool)."""
+        h, w = int(delta.shape[2]), int(delta.shape[3])
+        m = adaptive_pool_matrix(h, w, self.pool).to(device=delta.device, dtype=delta.dtype)
+        return (delta.flatten(2) @ m).flatten(1)
 
     def set_input_stats(self, pooled_normals: torch.Tensor) -> None:
         self.in_mean.copy_(pooled_normals.mean(0))
@@ -170,21 +194,41 @@ class Scorer(nn.Module):
         d = torch.stack([bank_distances(e, b, self.bank_k) for e, b in zip(embeddings, self.banks)], 1)
         return (d - self.bank_mean) / self.bank_std
 
-    def per_scale(self, evidence, supervised: bool) -> torch.Tensor:
-        """Per-scale anomaly scores, standardised if configured. (B, S)"""
-        deviations = evidence.deviations
+    def head_distances(self, pooled: Sequence[torch.Tensor]) -> torch.Tensor:
+        """g^(s)(φ(Δ^(s))) of every scale from pooled deviations (Eq. 10): S x (B, D_s) -> (B, S)."""
+        return torch.stack([h.distance(p) for h, p in zip(self.heads, pooled)], dim=1)
+
+    def memory_scores(self, deviations: Sequence[torch.Tensor], supervised: bool) -> torch.Tensor:
+        """Raw per-scale scores from Δ: the heads' distances (Eq. 10) or ‖Δ‖ (Eq. 9). (B, S)"""
         if supervised:
-            raw = torch.stack([h(d) for h, d in zip(self.heads, deviations)], dim=1)  # Eq. 10
-            mean, std = self.head_mean, self.head_std
-        else:
-            raw = one_class_scores(deviations)  # Eq. 9
-            mean, std = self.score_mean, self.score_std
+            return self.head_distances([h.pool_features(d) for h, d in zip(self.heads, deviations)])
+        return one_class_scores(deviations)
+
+    def standardise(self, raw: torch.Tensor, supervised: bool, bank: torch.Tensor | None) -> torch.Tensor:
+        """Per-scale scores from raw memory scores (B, S) and standardised bank distances
+        (B, S) or None: each standardised by its training-normal statistics, then mixed
+        (:func:`mix_bank`). Unchanged when ``scorer.merge`` is ``mean``."""
         if not self.standardize:
             return raw
+        mean, std = (self.head_mean, self.head_std) if supervised else (self.score_mean, self.score_std)
         per = (raw - mean) / std
-        if self.has_banks:
-            per = mix_bank(per, self.bank_scores(evidence.embeddings), self.bank_weight)
+        if self.has_banks and bank is not None and bank.numel():
+            per = mix_bank(per, bank, self.bank_weight)
         return per
+
+    def per_scale(self, evidence, supervised: bool) -> torch.Tensor:
+        """Per-scale anomaly scores of a batch's evidence, standardised if configured. (B, S)"""
+        bank = self.bank_scores(evidence.embeddings) if self.has_banks and self.standardize else None
+        return self.standardise(self.memory_scores(evidence.deviations, supervised), supervised, bank)
+
+    def map_scores(self, maps: torch.Tensor) -> torch.Tensor:
+        """Per-position deviation norms standardised by their training-normal statistics:
+        (B, S, H, W) -> (B, S, H, W)."""
+        return (maps - self.map_mean[:, None, None]) / self.map_std[:, None, None]
+
+    def merge(self, per_scale: torch.Tensor) -> torch.Tensor:
+        """Eq. 13 with this scorer's λ: (B, S, *) -> (B, *)."""
+        return merge_scales(per_scale, self.scale_weights)
 
     def forward(self, evidence, supervised: bool) -> torch.Tensor:
         """Merged anomaly score (B,), higher = more anomalous (Eq. 13)."""

@@ -4,7 +4,7 @@
 
 with sim the cosine similarity and p ranging over the 2B vectors of the two-view batch.
 The symmetrised mean (1/2B) Σ_k [ℓ(a_k, b_k) + ℓ(b_k, a_k)] is Eq. 4 once ``a`` holds
-Mem(z_k, y_k). Every position gets its own 2B x 2B similarity matrix (SPEC §1): the
+Mem(z_k, y_k). Every position gets its own 2B x 2B similarity matrix (paper Eq. 7, sum over Ω): the
 batch of P positions is one ``bmm``, never a (2B·P)² matrix.
 
 Reference: [0] Chen et al., "A Simple Framework for Contrastive Learning of Visual

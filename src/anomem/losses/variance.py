@@ -1,4 +1,4 @@
-"""Variance regulariser against prototype collapse (paper Eq. 6, read as in SPEC §1).
+"""Variance regulariser against prototype collapse (paper Eq. 6; the variance is over the batch, see below).
 
 Var is taken ACROSS the normal samples of the batch, per feature dimension, so that
 all retrieved prototypes collapsing onto one point drives it to zero:

@@ -1,0 +1,80 @@
+"""What a benchmark runs: method groups, table columns, protocols, settings and cells.
+
+Shared by the runner (:mod:`anomem.benchmark`) and the summary
+(:mod:`anomem.benchmark_report`); see :mod:`anomem.benchmark` for what each group is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+__all__ = ["GROUPS", "LABEL_FREE", "METHODS", "PROTOCOLS", "BenchmarkSettings", "Cell"]
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "anomem": ("anomem",),
+    "anomem-paper": ("anomem-paper",),
+    "anomem-single-scale": ("anomem-single-scale",),
+    "simclr": ("simclr-knn", "simclr-kmeans"),
+    "deepsad": ("deepsad",),
+    "knn": ("knn",),
+    "ocsvm": ("ocsvm",),
+    "iforest": ("iforest",),
+}
+#: Groups that never see labelled anomalies: under one-vs-all their training set (the
+#: normals) is the same at every γ, so γ > 0 cells copy the γ = 0 result instead of
+#: training again.
+LABEL_FREE = frozenset({"simclr", "knn", "ocsvm", "iforest"})
+#: Table columns, in order.
+METHODS: tuple[str, ...] = tuple(m for ms in GROUPS.values() for m in ms)
+PROTOCOLS = ("one-vs-all", "deep-sad", "cross-type", "ood")
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """Everything that decides a cell's result; saved as ``benchmark.json``."""
+
+    protocol: str = "one-vs-all"
+    data: str = "fashion-mnist"
+    data_root: str | None = None
+    ood: str | None = None  # OoD dataset (protocol "ood")
+    classes: tuple[int, ...] = (0,)
+    ratios: tuple[float, ...] = (0.0,)
+    seeds: int = 1
+    groups: tuple[str, ...] = tuple(GROUPS)
+    preset: str = "cpu-small"
+    overrides: tuple[str, ...] = ()
+    max_train: int | None = None  # cap on training normals per cell (seeded subsample)
+    max_test: int | None = None  # cap on test images per cell (seeded, stratified by class)
+    pollution: float = 0.0  # γ_p of the Deep SAD protocol
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: a split (protocol, class, ratio, seed, other) and a method group.
+
+    ``other`` is the known anomaly class (deep-sad) or the held-out type (cross-type).
+    """
+
+    protocol: str
+    normal_class: int
+    ratio: float
+    seed: int
+    group: str
+    other: int | None = None
+
+    @property
+    def source(self) -> Cell:
+        """The cell whose result this one shares (itself unless label-free at γ > 0)."""
+        if self.protocol == "one-vs-all" and self.group in LABEL_FREE and self.ratio > 0:
+            return Cell(self.protocol, self.normal_class, 0.0, self.seed, self.group, self.other)
+        return self
+
+    @property
+    def key(self) -> str:
+        o = "" if self.other is None else f"_o{self.other}"
+        return f"{self.protocol}_c{self.normal_class}_r{self.ratio:g}_s{self.seed}{o}_{self.group}"

@@ -1,0 +1,44 @@
+"""Build the pure-torch parts from a config: the one place config meets model code.
+
+:mod:`anomem.model`, :mod:`anomem.memory`, :mod:`anomem.backbone`, :mod:`anomem.losses`
+and :mod:`anomem.augment` take plain arguments and know nothing of
+:class:`~anomem.config.AnoMemConfig`; the estimator, the training engine, benchmarks and
+tests build them through these functions, so fit and load always build the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from anomem.augment import SimCLRViews
+from anomem.backbone import TappedResNet
+from anomem.config import AnoMemConfig
+from anomem.memory import HopfieldMemory
+from anomem.model import AnoMemNet
+from anomem.scoring import Scorer
+
+
+def build_net(cfg: AnoMemConfig, in_channels: int) -> AnoMemNet:
+    """Encoder with the configured taps and one Hopfield memory per tap (untrained)."""
+    b, m = cfg.backbone, cfg.memory
+    backbone = TappedResNet.build(b.arch, b.taps, in_channels=in_channels, width=b.width, stem=b.stem)
+    memories = [
+        HopfieldMemory(k, c, m.beta, m.learn_beta, m.normalize, m.max_steps, m.tol)
+        for k, c in zip(m.sizes, backbone.tap_channels)
+    ]
+    return AnoMemNet(backbone, memories, in_channels, use_memory=m.enabled)
+
+
+def build_scorer(cfg: AnoMemConfig, channels: tuple[int, ...]) -> Scorer:
+    """An untrained stage-2 scorer for taps with ``channels``."""
+    s = cfg.scorer
+    return Scorer(channels, cfg.memory.weights(len(channels)), s.pool_size, s.hidden, s.merge == "standardized",
+                  s.bank_k, s.bank_weight)
+
+
+def build_views(cfg: AnoMemConfig, image_size: tuple[int, int], channels: int) -> SimCLRViews:
+    """The stage-1 augmentation pipeline for images of this size and channel count."""
+    return SimCLRViews(image_size, channels, **asdict(cfg.augment))
+
+
+__all__ = ["build_net", "build_scorer", "build_views"]

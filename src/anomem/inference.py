@@ -1,0 +1,148 @@
+"""The whole path from image to score and heat-map, as one pure-torch ``nn.Module``.
+
+:class:`AnoMemModel` holds the trained network (encoder taps + Hopfield memories) and
+the stage-2 scorer, and reads them in one straight line:
+
+    images in [0, 1]
+      -> feature maps z^(s)                    (AnoMemNet.features)
+      -> Δ^(s) = z^(s) - HF^(s)(z^(s))         (Eq. 8, AnoMemNet.evidence)
+      -> per-scale scores                      (Eq. 9 or the heads' Eq. 10, Scorer.per_scale)
+      -> merged score s_a                      (Eq. 13, scoring.merge_scales)
+      -> fused heat-map                        (Eq. 13 position by position)
+
+Every equation is computed by exactly one function; the estimator
+(:class:`anomem.AnoMem`), the export (:mod:`anomem.export` traces this module) and the
+explanations (:mod:`anomem.explain`) all go through it. Nothing here knows about
+configs, files, thresholds or training.
+
+Symbols: B batch, C channels, H W input size, S scales.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomem.inputs import to_float
+from anomem.model import AnoMemNet, Evidence
+from anomem.scoring import Scorer
+
+MODES = ("auto", "one-class", "supervised")
+
+
+class Heatmaps(NamedTuple):
+    """Heat-maps of a batch at input resolution.
+
+    Attributes:
+        per_scale: (B, S, H, W) ‖Δ^(s)_ij‖₂ upsampled (bilinear), then smoothed.
+        fused: (B, H, W) λ-weighted mean of the per-scale maps, each standardised by
+            its training-normal statistics.
+    """
+
+    per_scale: torch.Tensor
+    fused: torch.Tensor
+
+
+def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing of heat-maps, σ in pixels (0 = unchanged), reflect borders.
+
+    The kernel spans ±3σ (odd size ``2·ceil(3σ) + 1``, at least 3, and below twice the
+    shorter side, which reflect padding needs).
+
+    Shape:
+        maps (B, S, H, W) -> (B, S, H, W)
+    """
+    if sigma <= 0:
+        return maps
+    from kornia.filters import gaussian_blur2d
+
+    k = max(3, 2 * math.ceil(3 * sigma) + 1)
+    k = min(k, 2 * min(maps.shape[-2:]) - 1)
+    return gaussian_blur2d(maps, (k, k), (sigma, sigma), border_type="reflect")
+
+
+class AnoMemModel(nn.Module):
+    """Images -> (score, fused heat-map) for one trained detector (anomalib's
+    ``torch_model`` pattern: the estimator around it fits, calibrates and saves).
+
+    Args:
+        net: the trained encoder and memories.
+        scorer: the fitted stage 2 (statistics, banks, heads).
+        image_size: (H, W) the detector was trained on; maps come out at this size.
+        map_sigma: heat-map smoothing σ in pixels (0 = none).
+        mode: ``auto`` (heads when trained, else Eq. 9), ``one-class`` or
+            ``supervised`` (heads; the estimator checks they exist).
+
+    Shape:
+        x (B, C, H, W) float in [0, 1] -> score (B,), fused map (B, H, W)
+    """
+
+    def __init__(self, net: AnoMemNet, scorer: Scorer, image_size: tuple[int, int], map_sigma: float,
+                 mode: str = "auto") -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not (math.isfinite(map_sigma) and map_sigma >= 0):
+            raise ValueError(f"map_sigma must be a finite number >= 0 (pixels), got {map_sigma!r}")
+        self.net = net
+        self.scorer = scorer
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.map_sigma = float(map_sigma)
+        self.mode = mode
+
+    @property
+    def use_heads(self) -> bool:
+        """Whether per-scale scores come from the heads (Eq. 10) rather than Eq. 9."""
+        return bool(self.scorer.supervised) and self.mode != "one-class"
+
+    # -- the straight line -------------------------------------------------------------
+    def evidence(self, x: torch.Tensor, associations: bool = False) -> Evidence:
+        """Δ^(s) (Eq. 8) and pooled tap features of a batch (see :meth:`AnoMemNet.evidence`)."""
+        return self.net.evidence(x, associations)
+
+    def scale_scores(self, evidence: Evidence) -> torch.Tensor:
+        """Per-scale scores (B, S): Eq. 9 or 10, standardised and mixed with the bank."""
+        return self.scorer.per_scale(evidence, self.use_heads)
+
+    def merged_score(self, evidence: Evidence) -> torch.Tensor:
+        """Image anomaly score s_a (B,), higher = more anomalous (Eq. 13)."""
+        return self.scorer.merge(self.scale_scores(evidence))
+
+    def heatmaps(self, evidence: Evidence, sigma: float | None = None) -> Heatmaps:
+        """Per-scale and fused maps at input size; ``sigma`` pixels (None = ``map_sigma``)."""
+        sigma = self.map_sigma if sigma is None else sigma
+        norms = torch.stack(
+            [F.interpolate(d.norm(dim=1, keepdim=True), size=self.image_size, mode="bilinear",
+                           align_corners=False)[:, 0] for d in evidence.deviations],
+            dim=1,
+        )  # (B, S, H, W)
+        maps = smooth_maps(norms, sigma)
+        return Heatmaps(maps, self.scorer.merge(self.scorer.map_scores(maps)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score (B,), fused map (B, H, W)) — a plain tuple, as tracing and ONNX need."""
+        ev = self.evidence(x)
+        return self.merged_score(ev), self.heatmaps(ev).fused
+
+    # -- batching ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def evidence_batches(self, images: torch.Tensor, batch_size: int = 256,
+                         associations: bool = False) -> Iterator[Evidence]:
+        """Evidence of many images (uint8 or float), ``batch_size`` at a time, on the
+        model's device in eval mode; bfloat16 autocast on CUDA, float32 out."""
+        self.eval()
+        device = self.net.pixel_mean.device
+        amp = device.type == "cuda"
+        for i in range(0, images.shape[0], batch_size):
+            x = to_float(images[i : i + batch_size].to(device))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                ev = self.evidence(x, associations)
+            yield Evidence([d.float() for d in ev.deviations], [e.float() for e in ev.embeddings], ev.recalled)
+
+
+__all__ = ["AnoMemModel", "Heatmaps", "MODES", "smooth_maps"]
