@@ -209,3 +209,50 @@ def test_fit_drops_shifts_the_class_is_invariant_to(monkeypatch):
     assert seen["n"] == 80
     _fit_tiny(x, "pseudo.shifts=[hflip]", "pseudo.min_separability=0", "scorer.calibration_fraction=0")
     assert seen["n"] == 80
+
+
+def test_euclidean_bank_distance_matches_scikit_learn():
+    from sklearn.neighbors import NearestNeighbors
+
+    g = torch.Generator().manual_seed(4)
+    bank, q = torch.rand(50, 12, generator=g), torch.rand(9, 12, generator=g)
+    ref, _ = NearestNeighbors(n_neighbors=3).fit(bank.numpy()).kneighbors(q.numpy())
+    got = bank_distances(q, bank, 3, metric="euclidean")
+    np.testing.assert_allclose(got.numpy(), ref.mean(1), rtol=1e-4, atol=1e-5)
+    # leave-one-out: each bank row's distance to its 3 nearest OTHER rows
+    ref_loo, _ = NearestNeighbors(n_neighbors=4).fit(bank.numpy()).kneighbors(bank.numpy())
+    loo = bank_distances(bank, bank, 3, exclude_self=True, metric="euclidean")
+    np.testing.assert_allclose(loo.numpy(), ref_loo[:, 1:].mean(1), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="metric"):
+        bank_distances(q, bank, 3, metric="manhattan")
+
+
+def test_pixel_bank_mixes_into_the_image_score_and_survives_save_load(tmp_path):
+    """score = (1 - w) · Eq. 13 + w · z_pixel, z standardised by the bank's leave-one-out stats."""
+    x = (_images(60) * 255).to(torch.uint8)
+    det = _fit_tiny(x, "scorer.pixel_weight=0.25")
+    s = det.scorer_
+    assert s.has_pixel_bank and s.pixel_bank.shape[1] == 16 * 16
+    y = (_images(7, seed=8) * 255).to(torch.uint8)
+    merged = s.merge(torch.from_numpy(det.score_per_scale(y)))
+    z = (bank_distances(y.flatten(1).float() / 255, s.pixel_bank, s.bank_k, metric="euclidean") - s.pixel_mean) / s.pixel_std
+    np.testing.assert_allclose(det.anomaly_score(y), (0.75 * merged + 0.25 * z).numpy(), atol=1e-5)
+    det.save(tmp_path / "m.ckpt")
+    back = AnoMem.load(tmp_path / "m.ckpt")
+    assert np.array_equal(back.anomaly_score(y), det.anomaly_score(y))
+    assert back.calibrate_threshold().threshold_.value == pytest.approx(det.threshold_.value)
+    # a file from before the pixel bank (no pixel_* entries) loads and scores without it
+    from anomem.checkpoint import load_checkpoint, save_checkpoint
+
+    old = load_checkpoint(tmp_path / "m.ckpt")
+    old["scorer"] = {k: v for k, v in old["scorer"].items() if not k.startswith("pixel_")}
+    save_checkpoint(old, tmp_path / "old.ckpt")
+    legacy = AnoMem.load(tmp_path / "old.ckpt")
+    assert not legacy.scorer_.has_pixel_bank
+    np.testing.assert_allclose(legacy.anomaly_score(y), merged.numpy(), atol=1e-5)
+
+
+def test_pixel_bank_downsamples_large_images():
+    s = Scorer((4,), (1.0,), 1, 4, True, pixel_weight=0.5, pixel_side=8)
+    assert s.pixel_features(torch.rand(2, 3, 32, 16)).shape == (2, 3 * 8 * 4)
+    assert s.pixel_features(torch.rand(2, 1, 6, 6)).shape == (2, 36)  # small images stay as they are

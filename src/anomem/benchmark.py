@@ -242,7 +242,7 @@ def _anomem_config(s: BenchmarkSettings, seed: int, extra: Sequence[str] = ()):
 
 
 #: Overrides that turn the detector back into the paper's method (no pseudo-anomalies, no bank).
-PAPER = ("pseudo.enabled=false", "scorer.bank=0")
+PAPER = ("pseudo.enabled=false", "scorer.bank=0", "scorer.pixel_weight=0")
 
 
 def _single_scale(s: BenchmarkSettings, seed: int) -> list[str]:

@@ -198,6 +198,10 @@ class ScorerConfig:
     bank: int = 2048  # training normals whose pooled tap features are kept as a kNN bank (0 = off)
     bank_k: int = 2  # neighbours averaged by the bank distance
     bank_weight: float = 0.5  # share of the bank distance in each scale's score (needs merge=standardized)
+    # Share of a raw-pixel kNN score (the input as the finest scale, same normals as the
+    # bank) in the image score, after Eq. 13 (0 = off; docs/method.md, Decision 6).
+    pixel_weight: float = 1 / 3
+    pixel_side: int = 32  # the pixel bank keeps images with the longer side at most this
     prototype_cache: int = 512  # training normals scanned at fit time for nearest-prototype patches (0 = off)
 
     def __post_init__(self) -> None:
@@ -219,6 +223,8 @@ class ScorerConfig:
         _check(self.bank >= 0, f"scorer.bank must be >= 0, got {self.bank}")
         _check(self.bank_k >= 1, f"scorer.bank_k must be >= 1, got {self.bank_k}")
         _check(0 <= self.bank_weight <= 1, f"scorer.bank_weight must lie in [0, 1], got {self.bank_weight}")
+        _check(0 <= self.pixel_weight < 1, f"scorer.pixel_weight must lie in [0, 1), got {self.pixel_weight}")
+        _check(1 <= self.pixel_side <= 512, f"scorer.pixel_side must lie in [1, 512], got {self.pixel_side}")
         _check(self.prototype_cache >= 0, f"scorer.prototype_cache must be >= 0, got {self.prototype_cache}")
 
 

@@ -23,8 +23,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def feature_knn_scores(train_feats: np.ndarray, test_feats: np.ndarray, k: int = 2) -> np.ndarray:
     """Mean cosine distance of each test feature to its k nearest training features
     (the normal bank's distance, in chunks of 4096 test rows)."""
-    bank = torch.nn.functional.normalize(torch.as_tensor(np.asarray(train_feats)).float(), dim=1)
-    test = torch.as_tensor(np.asarray(test_feats)).float()
+    bank = torch.nn.functional.normalize(torch.as_tensor(np.asarray(train_feats, np.float64)), dim=1)
+    test = torch.as_tensor(np.asarray(test_feats, np.float64))
     return torch.cat([bank_distances(t, bank, k) for t in test.split(4096)]).double().numpy()
 
 

@@ -7,7 +7,8 @@ the stage-2 scorer, and reads them in one straight line:
       -> feature maps z^(s)                    (AnoMemNet.features)
       -> Δ^(s) = z^(s) - HF^(s)(z^(s))         (Eq. 8, AnoMemNet.evidence)
       -> per-scale scores                      (Eq. 9 or the heads' Eq. 10, Scorer.per_scale)
-      -> merged score s_a                      (Eq. 13, scoring.merge_scales)
+      -> merged score s_a                      (Eq. 13, scoring.merge_scales; then the
+                                               raw-pixel bank, Scorer.image_score)
       -> fused heat-map                        (Eq. 13 position by position)
 
 Every equation is computed by exactly one function; the estimator
@@ -102,16 +103,19 @@ class AnoMemModel(nn.Module):
 
     # -- the straight line -------------------------------------------------------------
     def evidence(self, x: torch.Tensor, associations: bool = False) -> Evidence:
-        """Δ^(s) (Eq. 8) and pooled tap features of a batch (see :meth:`AnoMemNet.evidence`)."""
-        return self.net.evidence(x, associations)
+        """Δ^(s) (Eq. 8) and pooled tap features of a batch (see :meth:`AnoMemNet.evidence`),
+        and the input's pixel vectors when the scorer keeps a pixel bank."""
+        ev = self.net.evidence(x, associations)
+        return ev._replace(pixels=self.scorer.pixel_features(x)) if self.scorer.has_pixel_bank else ev
 
     def scale_scores(self, evidence: Evidence) -> torch.Tensor:
         """Per-scale scores (B, S): Eq. 9 or 10, standardised and mixed with the bank."""
         return self.scorer.per_scale(evidence, self.use_heads)
 
     def merged_score(self, evidence: Evidence) -> torch.Tensor:
-        """Image anomaly score s_a (B,), higher = more anomalous (Eq. 13)."""
-        return self.scorer.merge(self.scale_scores(evidence))
+        """Image anomaly score s_a (B,), higher = more anomalous: Eq. 13, mixed with the
+        pixel bank's score when one is kept (:meth:`Scorer.image_score`)."""
+        return self.scorer(evidence, self.use_heads)
 
     def heatmaps(self, evidence: Evidence, sigma: float | None = None) -> Heatmaps:
         """Per-scale and fused maps at input size; ``sigma`` pixels (None = ``map_sigma``)."""
@@ -142,7 +146,8 @@ class AnoMemModel(nn.Module):
             x = to_float(images[i : i + batch_size].to(device))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 ev = self.evidence(x, associations)
-            yield Evidence([d.float() for d in ev.deviations], [e.float() for e in ev.embeddings], ev.recalled)
+            yield Evidence([d.float() for d in ev.deviations], [e.float() for e in ev.embeddings], ev.recalled,
+                           None if ev.pixels is None else ev.pixels.float())
 
 
 __all__ = ["AnoMemModel", "Heatmaps", "MODES", "smooth_maps"]

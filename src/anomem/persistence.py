@@ -94,7 +94,8 @@ def save_detector(det: AnoMem, path: str | Path, meta: dict[str, Any] | None = N
     cal = det.calibration_bank_
     state["calibration_bank"] = {} if cal is None else {
         "raw": cal.raw.cpu(), "pooled": _cpu(cal.pooled),
-        "bank": torch.zeros(cal.raw.shape[0], 0) if cal.bank is None else cal.bank.cpu()}
+        "bank": torch.zeros(cal.raw.shape[0], 0) if cal.bank is None else cal.bank.cpu(),
+        "pixel": torch.zeros(0) if cal.pixel is None else cal.pixel.cpu()}
     state["threshold"] = "" if det.threshold_ is None else det.threshold_.to_json()
     cache = det.prototype_cache_
     state["prototype_cache"] = {} if cache is None else cache.to_state()
@@ -134,10 +135,12 @@ def _from_checkpoint(cls: type[AnoMem], ckpt: dict[str, Any], path: str | Path, 
     net = build_net(cfg, det.in_channels_)
     channels = net.backbone.tap_channels
     scorer = build_scorer(cfg, channels)
+    # Files from before the pixel bank lack its (empty) buffers: take the fresh ones.
+    state = {**{k: v for k, v in scorer.state_dict().items() if k.startswith("pixel_")}, **ckpt["scorer"]}
     try:
         net.load_state_dict(ckpt["net"])
-        scorer.resize_banks(ckpt["scorer"])
-        scorer.load_state_dict(ckpt["scorer"])
+        scorer.resize_banks(state)
+        scorer.load_state_dict(state)
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"{str(path)!r}: weights do not match its config: {str(e).splitlines()[0]}") from None
     det.model_ = det.new_model(net, scorer).to(det.device_).eval()
@@ -152,7 +155,8 @@ def _from_checkpoint(cls: type[AnoMem], ckpt: dict[str, Any], path: str | Path, 
         to(ckpt["pseudo_bank"]) if "pseudo_bank" in ckpt else [a[:0].clone() for a in anomaly],
     )
     cal = ckpt.get("calibration_bank") or None
-    det.calibration_bank_ = None if cal is None else ScoreBank(cal["raw"], list(cal["pooled"]), cal.get("bank"))
+    det.calibration_bank_ = None if cal is None else ScoreBank(cal["raw"], list(cal["pooled"]), cal.get("bank"),
+                                                               cal.get("pixel"))
     det.threshold_ = Threshold.from_json(ckpt["threshold"]) if ckpt.get("threshold") else None
     cache = ckpt.get("prototype_cache") or None
     det.prototype_cache_ = None if cache is None else PrototypeCache.from_state(cache)

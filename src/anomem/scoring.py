@@ -97,23 +97,32 @@ class DeviationHead(nn.Module):
         return self.distance(self.pool_features(delta))
 
 
-def bank_distances(embeddings: torch.Tensor, bank: torch.Tensor, k: int, exclude_self: bool = False) -> torch.Tensor:
-    """Mean cosine distance of each embedding to its k nearest rows of a normal bank.
+def bank_distances(embeddings: torch.Tensor, bank: torch.Tensor, k: int, exclude_self: bool = False,
+                   metric: str = "cosine") -> torch.Tensor:
+    """Mean distance of each embedding to its k nearest rows of a normal bank.
 
     The bank is a memory that keeps every stored normal: Hopfield retrieval (Eq. 1) with
     β → ∞ recalls the nearest stored pattern, and this is the distance to it (averaged
-    over the k nearest, as kNN anomaly detectors do). ``exclude_self`` skips the i-th
-    bank row for the i-th query (leave-one-out statistics of the bank itself).
+    over the k nearest, as kNN anomaly detectors do). ``metric`` is ``cosine`` (the
+    bank holds unit rows) or ``euclidean``. ``exclude_self`` skips the i-th bank row for
+    the i-th query (leave-one-out statistics of the bank itself).
 
     Shape:
-        embeddings (B, C), bank (K, C) unit rows -> (B,)
+        embeddings (B, D), bank (K, D) -> (B,)
     """
-    q = F.normalize(embeddings.float(), dim=1)
-    sim = q @ bank.T  # (B, K)
+    q = embeddings.to(bank.dtype)  # the bank's precision (float32 in the scorer)
+    if metric == "cosine":
+        dist = 1.0 - F.normalize(q, dim=1) @ bank.T  # (B, K)
+    elif metric == "euclidean":  # |q|² + |b|² - 2 q·b: one matmul, and ONNX-exportable
+        sq = (q * q).sum(1, keepdim=True) + (bank * bank).sum(1)[None] - 2.0 * q @ bank.T
+        dist = sq.clamp_min(0.0).sqrt()
+    else:
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
     if exclude_self:
-        sim = sim - 4.0 * torch.eye(*sim.shape, device=sim.device, dtype=sim.dtype)  # cosine >= -1: never picked
+        far = 4.0 if metric == "cosine" else float(dist.max()) * 2 + 1.0  # never picked
+        dist = dist + far * torch.eye(*dist.shape, device=dist.device, dtype=dist.dtype)
     k = min(k, bank.shape[0] - int(exclude_self))
-    return 1.0 - sim.topk(k, dim=1).values.mean(1)
+    return dist.topk(k, dim=1, largest=False).values.mean(1)
 
 
 def mix_bank(per_scale: torch.Tensor, bank: torch.Tensor, weight: float) -> torch.Tensor:
@@ -145,12 +154,18 @@ class Scorer(nn.Module):
     """
 
     def __init__(self, channels: Sequence[int], scale_weights: Sequence[float], pool: int, hidden: int,
-                 standardize: bool, bank_k: int = 2, bank_weight: float = 0.5) -> None:
+                 standardize: bool, bank_k: int = 2, bank_weight: float = 0.5, pixel_weight: float = 0.0,
+                 pixel_side: int = 32) -> None:
         super().__init__()
         s = len(channels)
         self.standardize = standardize
         self.bank_k = bank_k
         self.bank_weight = bank_weight
+        self.pixel_weight = pixel_weight
+        self.pixel_side = pixel_side
+        self.register_buffer("pixel_bank", torch.zeros(0, 0))
+        self.register_buffer("pixel_mean", torch.zeros(()))
+        self.register_buffer("pixel_std", torch.ones(()))
         self.register_buffer("scale_weights", torch.tensor([float(w) for w in scale_weights]))
         self.register_buffer("score_mean", torch.zeros(s))
         self.register_buffer("score_std", torch.ones(s))
@@ -184,10 +199,46 @@ class Scorer(nn.Module):
 
     def resize_banks(self, state: dict) -> None:
         """Give the bank buffers the shapes a saved state holds, before load_state_dict."""
-        for i in range(len(self.heads)):
-            t = state.get(f"bank{i}")
+        for name in [f"bank{i}" for i in range(len(self.heads))] + ["pixel_bank"]:
+            t = state.get(name)
             if t is not None:
-                setattr(self, f"bank{i}", torch.zeros_like(t))
+                setattr(self, name, torch.zeros_like(t))
+
+    # -- the input itself as the finest scale: a raw-pixel normal bank ------------------
+    @property
+    def has_pixel_bank(self) -> bool:
+        return self.pixel_weight > 0 and self.pixel_bank.shape[0] > 1 and self.standardize
+
+    def pixel_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (B, C, H, W) as flat pixel vectors, the longer side brought
+        down to at most ``pixel_side`` (bilinear): (B, C·h·w)."""
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if max(h, w) > self.pixel_side:
+            f = self.pixel_side / max(h, w)
+            x = F.interpolate(x.float(), size=(max(1, round(h * f)), max(1, round(w * f))), mode="bilinear",
+                              align_corners=False)
+        return x.float().flatten(1)
+
+    def set_pixel_bank(self, pixels: torch.Tensor) -> None:
+        """Store training-normal pixel vectors (N, D) and their leave-one-out statistics."""
+        self.pixel_bank = pixels.float().contiguous()
+        if self.pixel_bank.shape[0] > 1:
+            d = bank_distances(self.pixel_bank, self.pixel_bank, self.bank_k, exclude_self=True, metric="euclidean")
+            self.pixel_mean.copy_(d.mean())
+            self.pixel_std.copy_(d.std(unbiased=False).clamp_min(1e-8))
+
+    def pixel_scores(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Standardised raw-pixel kNN distances (B,)."""
+        d = bank_distances(pixels, self.pixel_bank, self.bank_k, metric="euclidean")
+        return (d - self.pixel_mean) / self.pixel_std
+
+    def image_score(self, per_scale: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
+        """The image score: Eq. 13 over the scales, then, when a pixel bank is kept, mixed
+        with the standardised pixel-kNN score ``pixels`` (B,) with weight ``pixel_weight``."""
+        merged = self.merge(per_scale)
+        if self.has_pixel_bank and pixels is not None and pixels.numel():
+            merged = (1 - self.pixel_weight) * merged + self.pixel_weight * pixels
+        return merged
 
     def bank_scores(self, embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
         """Standardised bank distances (B, S)."""
@@ -231,5 +282,6 @@ class Scorer(nn.Module):
         return merge_scales(per_scale, self.scale_weights)
 
     def forward(self, evidence, supervised: bool) -> torch.Tensor:
-        """Merged anomaly score (B,), higher = more anomalous (Eq. 13)."""
-        return merge_scales(self.per_scale(evidence, supervised), self.scale_weights)
+        """Image anomaly score (B,), higher = more anomalous (Eq. 13, then the pixel bank)."""
+        pixels = self.pixel_scores(evidence.pixels) if self.has_pixel_bank and evidence.pixels is not None else None
+        return self.image_score(self.per_scale(evidence, supervised), pixels)

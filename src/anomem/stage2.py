@@ -44,11 +44,13 @@ class ScoreBank(NamedTuple):
         pooled: S x (N, D_s) pooled deviations φ(Δ^(s)) for the heads (Eq. 10).
         bank: (N, S) standardised normal-bank distances, or (N, 0) / None when the
             detector keeps no bank (the banks never change after fit, so these stay valid).
+        pixel: (N,) standardised pixel-bank distances, or None / empty without a pixel bank.
     """
 
     raw: torch.Tensor
     pooled: list[torch.Tensor]
     bank: torch.Tensor | None = None
+    pixel: torch.Tensor | None = None
 
 
 class Stage2Banks(NamedTuple):
@@ -93,7 +95,8 @@ def bank_scores(model: AnoMemModel, bank: ScoreBank) -> np.ndarray:
     sup = model.use_heads
     raw = s.head_distances([p.to(device) for p in bank.pooled]) if sup else bank.raw.to(device)  # Eq. 10 / 9
     near = None if bank.bank is None else bank.bank.to(device)
-    return s.merge(s.standardise(raw, sup, near)).float().cpu().numpy()  # Eq. 13
+    pixels = None if bank.pixel is None else bank.pixel.to(device)
+    return s.image_score(s.standardise(raw, sup, near), pixels).float().cpu().numpy()  # Eq. 13 (+ pixel bank)
 
 
 def fit_scorer(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, anomalies: torch.Tensor,
@@ -114,6 +117,9 @@ def fit_scorer(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, ano
     if cfg.scorer.bank > 0 and scorer.standardize and normals.shape[0] > 2:
         pick = torch.randperm(normals.shape[0], generator=torch.Generator().manual_seed(cfg.train.seed + 31))
         scorer.set_banks([e[pick[: cfg.scorer.bank].to(e.device)] for e in summ.embeddings])
+        if cfg.scorer.pixel_weight > 0:
+            rows = pick[: cfg.scorer.bank]
+            scorer.set_pixel_bank(scorer.pixel_features(to_float(normals[rows]).to(scorer.score_mean.device)))
     gen = torch.Generator().manual_seed(cfg.train.seed)
     keep = torch.randperm(normals.shape[0], generator=gen)[: cfg.scorer.normal_bank]
     empty = [p.new_zeros((0, p.shape[1])) for p in summ.pooled]  # fresh: a p[:0] view would keep every row
@@ -151,7 +157,10 @@ def calibration_bank(model: AnoMemModel, images: torch.Tensor, cap: int, seed: i
     keep = torch.randperm(summ.scores.shape[0], generator=torch.Generator().manual_seed(seed))[:cap]
     s = model.scorer
     near = s.bank_scores([e[keep] for e in summ.embeddings]) if s.has_banks else None
-    return ScoreBank(summ.scores[keep], [p[keep.to(p.device)] for p in summ.pooled], near)
+    pixels = None
+    if s.has_pixel_bank:
+        pixels = s.pixel_scores(s.pixel_features(to_float(images[keep]).to(s.score_mean.device)))
+    return ScoreBank(summ.scores[keep], [p[keep.to(p.device)] for p in summ.pooled], near, pixels)
 
 
 def calibration_split(normal: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
