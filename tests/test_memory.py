@@ -71,7 +71,7 @@ def test_memory_module_normalisation_and_map_batching(norm):
 
 
 def test_gradients_reach_patterns_and_beta():
-    mem = HopfieldMemory(5, 4, learn_beta=True, normalize="l2", max_steps=3)
+    mem = HopfieldMemory(5, 4, beta=2.0, learn_beta=True, normalize="l2", max_steps=3)
     z = torch.randn(10, 4, requires_grad=True)
     mem(z).recollection.square().sum().backward()
     assert mem.patterns.grad is not None and mem.patterns.grad.abs().sum() > 0

@@ -126,3 +126,20 @@ def test_image_metrics_and_errors():
         pixel_auroc(np.zeros((2, 4, 4)), np.zeros((2, 4, 5)))
     with pytest.raises(DataError, match="max_fpr"):
         aupro(MASKS, MAPS, max_fpr=0.0)
+
+
+def test_confusion_metrics_match_hand_counts_and_handle_empty_denominators():
+    from anomem.metrics import confusion_metrics
+
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 0])
+    p = np.array([0, 1, 0, 1, 1, 0, 1, 0])
+    m = confusion_metrics(y, p)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (3, 1, 3, 1)
+    assert m["accuracy"] == 6 / 8 and m["precision"] == 3 / 4 and m["recall"] == 3 / 4
+    assert m["f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1)) and m["fpr"] == 1 / 4
+    none = confusion_metrics(np.array([0, 0, 1]), np.array([0, 0, 0]))  # nothing flagged
+    assert none["precision"] is None and none["recall"] == 0.0 and none["fpr"] == 0.0
+    only_normals = confusion_metrics(np.zeros(4, int), np.zeros(4, int))
+    assert only_normals["recall"] is None and only_normals["f1"] is None and only_normals["accuracy"] == 1.0
+    with pytest.raises(DataError, match="0/1"):
+        confusion_metrics(y, p[:3])

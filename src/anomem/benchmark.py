@@ -33,9 +33,9 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ from anomem.feature_eval import (
     linear_evaluation,
     linear_probe,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anomem.config import AnoMemConfig
 
 __all__ = [
     "GROUPS",
@@ -235,21 +238,21 @@ def _folder_split(s: BenchmarkSettings, cell: Cell, train, test) -> Split:
 
 
 # -- methods ----------------------------------------------------------------------------
-def _anomem_config(s: BenchmarkSettings, seed: int, extra: Sequence[str] = ()):
+def _anomem_config(s: BenchmarkSettings, seed: int, group: str = "anomem") -> AnoMemConfig:
+    """The config a group trains with: the preset with the settings' overrides and the
+    cell's seed, then the group's variant as a config edit (never re-parsed strings)."""
     from anomem.config import load_config
 
-    return load_config(s.preset, None, [*s.overrides, f"train.seed={seed}", *extra])
-
-
-#: Overrides that turn the detector back into the paper's method (no pseudo-anomalies, no bank).
-PAPER = ("pseudo.enabled=false", "scorer.bank=0", "scorer.pixel_weight=0")
-
-
-def _single_scale(s: BenchmarkSettings, seed: int) -> list[str]:
-    cfg = _anomem_config(s, seed)
-    b, m = cfg.backbone, cfg.memory
-    return [f"backbone.taps=[{b.taps[-1]}]", f"memory.sizes=[{m.sizes[-1]}]",
-            f"memory.sample_ratios=[{m.sample_ratios[-1]}]", "memory.scale_weights=null"]
+    cfg = load_config(s.preset, None, [*s.overrides, f"train.seed={seed}"])
+    b, m, sc = cfg.backbone, cfg.memory, cfg.scorer
+    if group == "anomem-paper":  # the paper's method: no pseudo-anomalies, no normal or pixel bank
+        return replace(cfg, pseudo=replace(cfg.pseudo, enabled=False), scorer=replace(sc, bank=0, pixel_weight=0.0))
+    if group == "anomem-single-scale":  # the deepest tap only (paper Tab. 5)
+        return replace(cfg, backbone=replace(b, taps=b.taps[-1:]),
+                       memory=replace(m, sizes=m.sizes[-1:], sample_ratios=m.sample_ratios[-1:], scale_weights=None))
+    if group == "simclr":  # the same encoder and training with the memory disabled
+        return replace(cfg, memory=replace(m, enabled=False))
+    return cfg
 
 
 def run_group(s: BenchmarkSettings, cell: Cell, split: Split) -> dict[str, np.ndarray]:
@@ -260,12 +263,11 @@ def run_group(s: BenchmarkSettings, cell: Cell, split: Split) -> dict[str, np.nd
     has_anom = split.anomalies.shape[0] > 0
     g = cell.group
     if g in ("anomem", "anomem-paper", "anomem-single-scale"):
-        extra = {"anomem": [], "anomem-paper": list(PAPER), "anomem-single-scale": _single_scale(s, cell.seed)}[g]
-        cfg = _anomem_config(s, cell.seed, extra)
+        cfg = _anomem_config(s, cell.seed, g)
         det = AnoMem(cfg, progress=False).fit(split.normals, split.anomalies if has_anom else None)
         return {g: det.anomaly_score(split.test_images)}
     if g == "simclr":
-        cfg = _anomem_config(s, cell.seed, ["memory.enabled=false"])
+        cfg = _anomem_config(s, cell.seed, g)
         det = AnoMem(cfg, progress=False).fit(split.normals)
         tr, te = det.embed(split.normals), det.embed(split.test_images)
         return {"simclr-knn": feature_knn_scores(tr, te),

@@ -131,7 +131,7 @@ class Stage1Trainer:
         )
         self.epoch = 0
         self.amp = device.type == "cuda" and cfg.train.amp
-        self.step_fn: Callable[[torch.Tensor, int], tuple[torch.Tensor, ...]] = self._step
+        self.step_fn: Callable[[torch.Tensor, int], LossTerms] = self._step
         if cfg.train.compile:
             self.step_fn = torch.compile(self._step)
 
@@ -166,7 +166,8 @@ class Stage1Trainer:
         pairs = [ScalePairs(gather_with_grad(p.mem.float(), 1), gather_with_grad(p.other.float(), 1)) for p in pairs]
         return self.loss_fn(pairs, gather_no_grad(normal.to(torch.uint8)).bool())
 
-    def _step(self, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _step(self, idx: torch.Tensor, step: int) -> LossTerms:
+        """One optimiser step on the images ``idx``; the loss terms, detached."""
         x = to_float(self.images[idx])  # (b, C, H, W)
         with torch.no_grad():
             x1, x2 = self.views(x), self.views(x)  # t(X), t'(X): independent per-sample draws
@@ -175,7 +176,7 @@ class Stage1Trainer:
         terms.total.backward()
         self.optimizer.step()
         self.scheduler.step()
-        return terms.total.detach(), terms.contrastive, terms.variance
+        return LossTerms(terms.total.detach(), terms.contrastive.detach(), terms.variance.detach())
 
     def run_epoch(self) -> EpochLog:
         """One pass over a fresh random permutation of the data."""

@@ -23,7 +23,7 @@ def build_net(cfg: AnoMemConfig, in_channels: int) -> AnoMemNet:
     b, m = cfg.backbone, cfg.memory
     backbone = TappedResNet.build(b.arch, b.taps, in_channels=in_channels, width=b.width, stem=b.stem)
     memories = [
-        HopfieldMemory(k, c, m.beta, m.learn_beta, m.normalize, m.max_steps, m.tol)
+        HopfieldMemory(k, c, beta=m.beta, normalize=m.normalize, max_steps=m.max_steps, learn_beta=m.learn_beta, tol=m.tol)
         for k, c in zip(m.sizes, backbone.tap_channels)
     ]
     return AnoMemNet(backbone, memories, in_channels, use_memory=m.enabled)

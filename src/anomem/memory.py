@@ -102,10 +102,13 @@ class HopfieldMemory(nn.Module):
     Args:
         num_patterns: K (N_mem in the paper).
         dim: C, the channel count of the scale it serves.
-        beta: inverse temperature β (paper: 2).
-        learn_beta: make log β a parameter.
-        normalize: one of ``none | l2 | layernorm``.
+        beta: inverse temperature β (paper: 2; the library's default is in the config).
+        normalize: one of :data:`NORMALISATIONS`.
         max_steps, tol: see :func:`hopfield_retrieve`.
+        learn_beta: make log β a parameter.
+
+    The defaults that matter (β, normalisation, steps) have none here: they live once,
+    in :class:`anomem.config.MemoryConfig`, and :func:`anomem.factory.build_net` passes them.
 
     Shape:
         input (N, C) -> Retrieval with recollection (N, C), weights (N, K)
@@ -115,10 +118,11 @@ class HopfieldMemory(nn.Module):
         self,
         num_patterns: int,
         dim: int,
-        beta: float = 2.0,
+        *,
+        beta: float,
+        normalize: str,
+        max_steps: int,
         learn_beta: bool = False,
-        normalize: str = "l2",
-        max_steps: int = 3,
         tol: float = 0.0,
     ) -> None:
         super().__init__()

@@ -22,7 +22,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 from anomem.errors import DataError
 
@@ -32,6 +37,7 @@ __all__ = [
     "ProCurve",
     "aupro",
     "average_precision",
+    "confusion_metrics",
     "image_auroc",
     "inverted_warning",
     "localisation_metrics",
@@ -91,6 +97,22 @@ def _scores(scores: Any, name: str = "scores") -> np.ndarray:
     if not np.isfinite(s).all():
         raise DataError(f"{name} contain NaN or infinite values")
     return s
+
+
+def confusion_metrics(is_anomaly: Any, predicted: Any) -> dict[str, Any]:
+    """Counts and rates of 0/1 predictions against the truth, anomalies as positives:
+    ``tp fp tn fn`` (scikit-learn's confusion matrix), ``accuracy``, ``precision``,
+    ``recall``, ``f1`` and ``fpr``; a rate whose denominator is 0 is None."""
+    y, p = (np.asarray(v).reshape(-1) for v in (is_anomaly, predicted))
+    if y.shape != p.shape or not (np.isin(y, (0, 1)).all() and np.isin(p, (0, 1)).all()):
+        raise DataError(f"truth and predictions must be 0/1 arrays of one length, got {y.shape} and {p.shape}")
+    y, p = y.astype(bool), p.astype(bool)
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, p, labels=[False, True]).ravel())
+    prec, rec, f1, _ = precision_recall_fscore_support(y, p, average="binary", pos_label=True, zero_division=np.nan)
+    rate = lambda v: None if v is None or np.isnan(v) else float(v)  # noqa: E731
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "accuracy": (tp + tn) / y.shape[0],
+            "precision": rate(prec), "recall": rate(rec), "f1": rate(f1) if tp + fp + fn else None,
+            "fpr": fp / (fp + tn) if fp + tn else None}
 
 
 def image_auroc(is_anomaly: Any, scores: Any) -> float:

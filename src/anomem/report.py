@@ -14,7 +14,6 @@ Matplotlib runs on the non-interactive Agg backend; figures are closed after sav
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import time
@@ -27,7 +26,7 @@ import torch
 
 from anomem.checkpoint import atomic_write_bytes, atomic_write_text
 from anomem.errors import DataError
-from anomem.metrics import aupro, average_precision, image_auroc, pixel_auroc
+from anomem.metrics import aupro, average_precision, confusion_metrics, image_auroc, pixel_auroc
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -198,14 +197,7 @@ def evaluate(
     if det.threshold_ is not None:
         predicted = det.threshold_.predict(maps.scores)
         p = predicted.astype(bool)
-        tp, fp = int((p & y).sum()), int((p & ~y).sum())
-        tn, fn = int((~p & ~y).sum()), int((~p & y).sum())
-        m.update(threshold=det.threshold_.value, threshold_method=det.threshold_.method, tp=tp, fp=fp, tn=tn, fn=fn)
-        m["accuracy"] = (tp + tn) / n
-        m["precision"] = tp / (tp + fp) if tp + fp else None
-        m["recall"] = tp / (tp + fn) if tp + fn else None
-        m["fpr"] = fp / (fp + tn) if fp + tn else None
-        m["f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
+        m.update(threshold=det.threshold_.value, threshold_method=det.threshold_.method, **confusion_metrics(y, p))
     labels = list(names) if names is not None else [f"#{i}" for i in range(n)]
     return Evaluation(maps.scores, y, maps.fused, maps.per_scale, gt, predicted, m, labels)
 
@@ -305,6 +297,15 @@ def _grid_png(ev: Evaluation, images: torch.Tensor, idx: Sequence[int], title: s
     return _fig_to_png(fig)
 
 
+def _template(name: str):
+    """A template of ``anomem/templates`` (HTML ones auto-escaped)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("anomem", "templates"),
+                             autoescape=jinja2.select_autoescape(["html"]), keep_trailing_newline=True)
+    return env.get_template(name)
+
+
 def write_report(
     ev: Evaluation,
     images: Any,
@@ -353,58 +354,15 @@ def write_report(
     info["generated"] = time.strftime("%Y-%m-%d %H:%M:%S")
     confusion = None
     if "tp" in m:
-        confusion = [["", "predicted normal", "predicted anomaly"],
-                     ["actual normal", str(m["tn"]), str(m["fp"])],
-                     ["actual anomaly", str(m["fn"]), str(m["tp"])]]
-
-    # -- Markdown -------------------------------------------------------------------
-    md = [f"# {title}", ""]
-    md += [f"- **{key}**: {value}" for key, value in info.items()] + [""]
-    md += ["## Metrics", "", "| metric | value |", "| --- | ---: |"] + [f"| {a} | {b} |" for a, b in rows] + [""]
-    md += ["## Confusion matrix at the threshold", ""]
-    if confusion is None:
-        md += ["No threshold is stored with this detector (set one with `anomem threshold`).", ""]
-    else:
-        md += ["| | predicted normal | predicted anomaly |", "| --- | ---: | ---: |"]
-        md += [f"| {r[0]} | {r[1]} | {r[2]} |" for r in confusion[1:]] + [""]
-    for stem, caption, png in figures:
+        confusion = [("actual normal", m["tn"], m["fp"]), ("actual anomaly", m["fn"], m["tp"])]
+    for stem, _, png in figures:
         atomic_write_bytes(out / "figures" / f"{stem}.png", lambda f, png=png: f.write(png))
-        md += [f"## {caption}", "", f"![{stem}](figures/{stem}.png)", ""]
-    md_path = out / "report.md"
-    atomic_write_text(md_path, "\n".join(md))
-
-    # -- HTML -----------------------------------------------------------------------
-    esc = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{esc(title)}</title>",
-        "<style>body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;"
-        "max-width:1100px;color:#222;padding:0 16px}h1{font-size:24px}h2{font-size:18px;margin-top:28px;"
-        "border-bottom:1px solid #ddd;padding-bottom:4px}table{border-collapse:collapse;margin:8px 0}"
-        "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}"
-        "th{background:#f3f3f3}img{max-width:100%;height:auto}.meta{color:#555;font-size:13px}"
-        ".grid{display:flex;gap:24px;flex-wrap:wrap;align-items:flex-start}</style></head><body>",
-        f"<h1>{esc(title)}</h1>",
-        '<div class="meta">' + "<br>".join(f"<b>{esc(str(a))}</b>: {esc(str(b))}" for a, b in info.items()) + "</div>",
-        '<div class="grid"><div><h2>Metrics</h2><table><tr><th>metric</th><th>value</th></tr>',
-        *[f"<tr><td>{esc(a)}</td><td>{esc(b)}</td></tr>" for a, b in rows],
-        "</table></div><div><h2>Confusion matrix at the threshold</h2>",
-    ]
-    if confusion is None:
-        parts.append("<p>No threshold is stored with this detector (set one with <code>anomem threshold</code>).</p>")
-    else:
-        parts.append("<table>" + "".join(
-            "<tr>" + "".join(f"<{'th' if r == 0 or c == 0 else 'td'}>{esc(v)}</{'th' if r == 0 or c == 0 else 'td'}>"
-                             for c, v in enumerate(row)) + "</tr>"
-            for r, row in enumerate(confusion)) + "</table>")
-    parts.append("</div></div>")
-    for stem, caption, png in figures:
-        b64 = base64.b64encode(png).decode("ascii")
-        parts.append(f"<h2>{esc(caption)}</h2><img alt=\"{stem}\" src=\"data:image/png;base64,{b64}\">")
-    parts.append("</body></html>")
-    html_path = out / "report.html"
-    atomic_write_text(html_path, "\n".join(parts))
+    figs = [{"stem": stem, "caption": caption, "b64": base64.b64encode(png).decode("ascii")}
+            for stem, caption, png in figures]
+    page = {"title": title, "info": info, "rows": rows, "confusion": confusion, "figures": figs}
+    md_path, html_path = out / "report.md", out / "report.html"
+    atomic_write_text(md_path, _template("report.md.j2").render(page))
+    atomic_write_text(html_path, _template("report.html.j2").render(page))
 
     metrics_path = out / "metrics.json"
     atomic_write_text(metrics_path, json.dumps({"metrics": m, "details": info}, indent=2, default=str))
