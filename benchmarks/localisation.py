@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/localisation")
     ap.add_argument("--heatmap", default="docs/heatmap_example.png")
+    ap.add_argument("--split", choices=("test", "val"), default="test",
+                    help="val: the clean images are held-out TRAINING normals (for decisions); test: the test split")
+    ap.add_argument("--multi-only", action="store_true", help="skip the single-scale AnoMem run")
+    ap.add_argument("--grid", nargs="*", default=[], metavar="WG,WL,WM",
+                    help="also read the multi-scale model with scorer.pixel_weight,local_weight,map_pixel_weight "
+                         "set to each triple (same trained model)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for both AnoMem runs, e.g. augment.crop_scale=[0.85,1]")
     args = ap.parse_args(argv)
@@ -84,20 +90,24 @@ def main(argv: list[str] | None = None) -> dict:
     c = args.normal_class
     gen = torch.Generator().manual_seed(args.seed)
     normals = train.images[train.targets == c]
-    normals = normals[torch.randperm(normals.shape[0], generator=gen)[: args.train_size]]
-    clean = test.images[test.targets == c][: args.test_size]
+    normals = normals[torch.randperm(normals.shape[0], generator=gen)]
+    normals, held_out = normals[: args.train_size], normals[args.train_size :]
+    clean = (held_out if args.split == "val" else test.images[test.targets == c])[: args.test_size]
     bad = add_defects(clean, seed=args.seed)
     images = torch.cat([clean, bad.images])  # (2T, 1, 28, 28)
     is_anomaly = np.r_[np.zeros(clean.shape[0], bool), np.ones(clean.shape[0], bool)]
     masks = torch.cat([torch.zeros_like(bad.masks), bad.masks])[:, 0].numpy() > 0  # (2T, 28, 28)
     print(f"Fashion-MNIST class {c} ({train.class_names[c]}): {normals.shape[0]} training normals; "
-          f"test {clean.shape[0]} normal + {clean.shape[0]} with generated defects "
+          f"{args.split} {clean.shape[0]} normal + {clean.shape[0]} with generated defects "
           f"({', '.join(f'{k} {bad.kinds.count(k)}' for k in sorted(set(bad.kinds)))}); seed {args.seed}", flush=True)
 
     rows: dict[str, dict] = {}
     configs: dict[str, dict] = {}
     base = [f"train.epochs={args.epochs}", f"train.seed={args.seed}", "train.device=cpu", *args.set]
-    for name, extra in (("AnoMem multi-scale (layer3+layer4)", []), ("AnoMem single-scale (layer4)", SINGLE)):
+    variants = [("AnoMem multi-scale (layer3+layer4)", [])]
+    if not args.multi_only:
+        variants.append(("AnoMem single-scale (layer4)", SINGLE))
+    for name, extra in variants:
         cfg = load_config("cpu-small", None, base + extra)
         configs[name] = cfg.to_dict()
         t0 = time.time()
@@ -107,6 +117,15 @@ def main(argv: list[str] | None = None) -> dict:
         rows[name] = evaluate_maps(is_anomaly, masks, maps.scores, maps.fused) | {
             "seconds": round(time.time() - t0, 1), "fit_seconds": round(fit_s, 1)}
         print(f"{name}: {rows[name]}", flush=True)
+        sc = det.scorer_
+        for triple in [] if extra else args.grid:
+            sc.pixel_weight, sc.local_weight, sc.map_pixel_weight = (float(v) for v in triple.split(","))
+            m2 = det.anomaly_maps(images)
+            rows[f"{name} w={triple}"] = evaluate_maps(is_anomaly, masks, m2.scores, m2.fused)
+            print(f"{name} w={triple}: {rows[f'{name} w={triple}']}", flush=True)
+        if args.grid and not extra:
+            sc.pixel_weight, sc.local_weight, sc.map_pixel_weight = (cfg.scorer.pixel_weight, cfg.scorer.local_weight,
+                                                                     cfg.scorer.map_pixel_weight)
         if not extra:
             det.save(out / "multi_scale.ckpt", meta={"benchmark": "localisation", "normal_class": c})
             first = clean.shape[0]  # the first defective image, not a chosen one

@@ -91,3 +91,20 @@ def test_onnx_imported_only_inside_export_code():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.split(".")[0] in ("onnx", "onnxruntime") for n in names), path
+
+
+def test_onnx_parity_with_the_local_pixel_map_in_score_and_heat_map(tmp_path):
+    """The pixel bank's local signal (top-k gather, min over neighbours, blur) exports too."""
+    cfg = load_config("tiny", None, ["train.epochs=1", "train.batch_size=64", "scorer.steps=5",
+                                     "scorer.local_weight=0.2", "scorer.map_pixel_weight=0.5", "scorer.local_k=4"])
+    d = AnoMem(cfg, progress=False).fit(stripes(64, False, seed=1))
+    assert d.scorer_.pixels.ready
+    x = _inputs()
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(export_scorer(d, tmp_path / "m.onnx", "onnx")), providers=["CPUExecutionProvider"])
+    score, fused = sess.run(None, {"image": x.numpy()})
+    _check(d, score, fused, x)
+    plain = d.anomaly_maps(x)
+    d.scorer_.map_pixel_weight = 0.0  # the local map really enters the fused map
+    assert not np.allclose(d.anomaly_maps(x).fused, plain.fused)

@@ -232,27 +232,52 @@ def test_pixel_bank_mixes_into_the_image_score_and_survives_save_load(tmp_path):
     x = (_images(60) * 255).to(torch.uint8)
     det = _fit_tiny(x, "scorer.pixel_weight=0.25")
     s = det.scorer_
-    assert s.has_pixel_bank and s.pixel_bank.shape[1] == 16 * 16
+    assert s.pixels.ready and s.pixels.bank.shape[1] == 16 * 16
     y = (_images(7, seed=8) * 255).to(torch.uint8)
     merged = s.merge(torch.from_numpy(det.score_per_scale(y)))
-    z = (bank_distances(y.flatten(1).float() / 255, s.pixel_bank, s.bank_k, metric="euclidean") - s.pixel_mean) / s.pixel_std
+    p = s.pixels
+    z = (bank_distances(y.flatten(1).float() / 255, p.bank, s.bank_k, metric="euclidean") - p.global_mean) / p.global_std
     np.testing.assert_allclose(det.anomaly_score(y), (0.75 * merged + 0.25 * z).numpy(), atol=1e-5)
     det.save(tmp_path / "m.ckpt")
     back = AnoMem.load(tmp_path / "m.ckpt")
     assert np.array_equal(back.anomaly_score(y), det.anomaly_score(y))
     assert back.calibrate_threshold().threshold_.value == pytest.approx(det.threshold_.value)
-    # a file from before the pixel bank (no pixel_* entries) loads and scores without it
+    # a file from before the pixel bank (no pixels.* entries) loads and scores without it
     from anomem.checkpoint import load_checkpoint, save_checkpoint
 
     old = load_checkpoint(tmp_path / "m.ckpt")
-    old["scorer"] = {k: v for k, v in old["scorer"].items() if not k.startswith("pixel_")}
+    old["scorer"] = {k: v for k, v in old["scorer"].items() if not k.startswith("pixels.")}
     save_checkpoint(old, tmp_path / "old.ckpt")
     legacy = AnoMem.load(tmp_path / "old.ckpt")
-    assert not legacy.scorer_.has_pixel_bank
+    assert not legacy.scorer_.pixels.ready
     np.testing.assert_allclose(legacy.anomaly_score(y), merged.numpy(), atol=1e-5)
 
 
 def test_pixel_bank_downsamples_large_images():
-    s = Scorer((4,), (1.0,), 1, 4, True, pixel_weight=0.5, pixel_side=8)
-    assert s.pixel_features(torch.rand(2, 3, 32, 16)).shape == (2, 3 * 8 * 4)
-    assert s.pixel_features(torch.rand(2, 1, 6, 6)).shape == (2, 36)  # small images stay as they are
+    from anomem.pixel_bank import PixelBank
+
+    p = PixelBank(side=8)
+    assert p.features(torch.rand(2, 3, 32, 16)).shape == (2, 3 * 8 * 4)
+    assert p.features(torch.rand(2, 1, 6, 6)).shape == (2, 36)  # small images stay as they are
+    p.fit(torch.rand(10, 3, 32, 16))
+    assert p.grid.tolist() == [3, 8, 4] and p.scores(p.features(torch.rand(4, 3, 32, 16)))[2].shape == (4, 8, 4)
+
+
+def test_local_map_is_the_per_position_minimum_over_the_nearest_normals_and_finds_a_defect():
+    from anomem.pixel_bank import PixelBank
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(1, 1, 12, 12, generator=g)
+    normals = (base + 0.02 * torch.randn(40, 1, 12, 12, generator=g)).clamp(0, 1)
+    p = PixelBank(side=32, k=2, local_k=5, sigma=0.0)
+    p.fit(normals)
+    q = normals[:3].clone() + 0.01
+    q[2, :, 3:6, 7:10] = 1.0 - q[2, :, 3:6, 7:10]  # a local defect
+    glob, maps = p.signals(p.features(q))
+    d = torch.cdist(q.flatten(1), normals.flatten(1))
+    idx = d.topk(5, largest=False).indices
+    ref = torch.stack([(q[i, 0][None] - normals[idx[i], 0]).abs().amin(0) for i in range(3)])
+    torch.testing.assert_close(maps, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(glob, d.topk(2, largest=False).values.mean(1), atol=1e-4, rtol=0)  # |q|²+|b|²-2q·b in float32
+    z_glob, z_local, z_map = p.scores(p.features(q))
+    assert z_local[2] > 5 * z_local[:2].abs().max() and z_map[2, 3:6, 7:10].min() > z_map[2].median()

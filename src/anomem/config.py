@@ -202,6 +202,13 @@ class ScorerConfig:
     # bank) in the image score, after Eq. 13 (0 = off; docs/method.md, Decision 6).
     pixel_weight: float = 1 / 3
     pixel_side: int = 32  # the pixel bank keeps images with the longer side at most this
+    # Local evidence from the same pixel bank: per position, the smallest difference to any
+    # of the local_k nearest normals (docs/method.md, Decision 7). Its maximum joins the
+    # image score with local_weight (local defects), its map the fused heat-map with
+    # map_pixel_weight.
+    local_weight: float = 0.0
+    map_pixel_weight: float = 0.0
+    local_k: int = 20
     prototype_cache: int = 512  # training normals scanned at fit time for nearest-prototype patches (0 = off)
 
     def __post_init__(self) -> None:
@@ -225,6 +232,10 @@ class ScorerConfig:
         _check(0 <= self.bank_weight <= 1, f"scorer.bank_weight must lie in [0, 1], got {self.bank_weight}")
         _check(0 <= self.pixel_weight < 1, f"scorer.pixel_weight must lie in [0, 1), got {self.pixel_weight}")
         _check(1 <= self.pixel_side <= 512, f"scorer.pixel_side must lie in [1, 512], got {self.pixel_side}")
+        _check(0 <= self.local_weight < 1 and self.pixel_weight + self.local_weight < 1,
+               f"scorer.local_weight must lie in [0, 1) with pixel_weight + local_weight < 1, got {self.local_weight}")
+        _check(0 <= self.map_pixel_weight <= 1, f"scorer.map_pixel_weight must lie in [0, 1], got {self.map_pixel_weight}")
+        _check(1 <= self.local_k <= 1024, f"scorer.local_k must lie in [1, 1024], got {self.local_k}")
         _check(self.prototype_cache >= 0, f"scorer.prototype_cache must be >= 0, got {self.prototype_cache}")
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomem.inputs import to_float
+from anomem.maps import smooth_maps
 from anomem.model import AnoMemNet, Evidence
 from anomem.scoring import Scorer
 
@@ -47,24 +48,6 @@ class Heatmaps(NamedTuple):
 
     per_scale: torch.Tensor
     fused: torch.Tensor
-
-
-def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian smoothing of heat-maps, σ in pixels (0 = unchanged), reflect borders.
-
-    The kernel spans ±3σ (odd size ``2·ceil(3σ) + 1``, at least 3, and below twice the
-    shorter side, which reflect padding needs).
-
-    Shape:
-        maps (B, S, H, W) -> (B, S, H, W)
-    """
-    if sigma <= 0:
-        return maps
-    from kornia.filters import gaussian_blur2d
-
-    k = max(3, 2 * math.ceil(3 * sigma) + 1)
-    k = min(k, 2 * min(maps.shape[-2:]) - 1)
-    return gaussian_blur2d(maps, (k, k), (sigma, sigma), border_type="reflect")
 
 
 class AnoMemModel(nn.Module):
@@ -106,7 +89,10 @@ class AnoMemModel(nn.Module):
         """Δ^(s) (Eq. 8) and pooled tap features of a batch (see :meth:`AnoMemNet.evidence`),
         and the input's pixel vectors when the scorer keeps a pixel bank."""
         ev = self.net.evidence(x, associations)
-        return ev._replace(pixels=self.scorer.pixel_features(x)) if self.scorer.has_pixel_bank else ev
+        if not self.scorer.pixels.ready:
+            return ev
+        scores, z_map = self.scorer.pixel_scores(self.scorer.pixels.features(x))
+        return ev._replace(pixel_scores=scores, pixel_map=z_map)
 
     def scale_scores(self, evidence: Evidence) -> torch.Tensor:
         """Per-scale scores (B, S): Eq. 9 or 10, standardised and mixed with the bank."""
@@ -126,7 +112,13 @@ class AnoMemModel(nn.Module):
             dim=1,
         )  # (B, S, H, W)
         maps = smooth_maps(norms, sigma)
-        return Heatmaps(maps, self.scorer.merge(self.scorer.map_scores(maps)))
+        fused = self.scorer.merge(self.scorer.map_scores(maps))
+        w = self.scorer.map_pixel_weight
+        if w > 0 and evidence.pixel_map is not None:  # the pixel bank's local map, at input size
+            local = F.interpolate(evidence.pixel_map[:, None], size=self.image_size, mode="bilinear",
+                                  align_corners=False)[:, 0]
+            fused = (1 - w) * fused + w * local
+        return Heatmaps(maps, fused)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(score (B,), fused map (B, H, W)) — a plain tuple, as tracing and ONNX need."""
@@ -146,8 +138,9 @@ class AnoMemModel(nn.Module):
             x = to_float(images[i : i + batch_size].to(device))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 ev = self.evidence(x, associations)
+            f = lambda t: None if t is None else t.float()  # noqa: E731
             yield Evidence([d.float() for d in ev.deviations], [e.float() for e in ev.embeddings], ev.recalled,
-                           None if ev.pixels is None else ev.pixels.float())
+                           f(ev.pixel_scores), f(ev.pixel_map))
 
 
 __all__ = ["AnoMemModel", "Heatmaps", "MODES", "smooth_maps"]

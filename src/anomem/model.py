@@ -162,11 +162,13 @@ class Evidence(NamedTuple):
         deviations: S maps Δ^(s) (B, C_s, H_s, W_s), Eq. 8.
         embeddings: S tensors (B, C_s), tap features z^(s) averaged over positions.
         recalled: S :class:`Recall`, only when asked for (explanations).
-        pixels: (B, D) the input as pixel vectors, when the scorer keeps a pixel bank
-            (set by :class:`anomem.inference.AnoMemModel`).
+        pixel_scores: (B, 2) standardised global and local pixel-bank scores, and
+        pixel_map: (B, h, w) the standardised local map, when the scorer keeps a pixel
+            bank (set by :class:`anomem.inference.AnoMemModel`).
     """
 
     deviations: list[torch.Tensor]
     embeddings: list[torch.Tensor]
     recalled: list[Recall] | None = None
-    pixels: torch.Tensor | None = None
+    pixel_scores: torch.Tensor | None = None
+    pixel_map: torch.Tensor | None = None

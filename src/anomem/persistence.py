@@ -136,7 +136,7 @@ def _from_checkpoint(cls: type[AnoMem], ckpt: dict[str, Any], path: str | Path, 
     channels = net.backbone.tap_channels
     scorer = build_scorer(cfg, channels)
     # Files from before the pixel bank lack its (empty) buffers: take the fresh ones.
-    state = {**{k: v for k, v in scorer.state_dict().items() if k.startswith("pixel_")}, **ckpt["scorer"]}
+    state = {**{k: v for k, v in scorer.state_dict().items() if k.startswith("pixels.")}, **ckpt["scorer"]}
     try:
         net.load_state_dict(ckpt["net"])
         scorer.resize_banks(state)

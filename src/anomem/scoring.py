@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomem.pixel_bank import PixelBank
+
 
 def one_class_scores(deviations: Sequence[torch.Tensor]) -> torch.Tensor:
     """s^(s) = ‖Δ^(s)‖₂ over the whole map (Eq. 9).
@@ -155,17 +157,16 @@ class Scorer(nn.Module):
 
     def __init__(self, channels: Sequence[int], scale_weights: Sequence[float], pool: int, hidden: int,
                  standardize: bool, bank_k: int = 2, bank_weight: float = 0.5, pixel_weight: float = 0.0,
-                 pixel_side: int = 32) -> None:
+                 pixel_side: int = 32, local_weight: float = 0.0, map_pixel_weight: float = 0.0,
+                 local_k: int = 20, map_sigma: float = 0.04) -> None:
         super().__init__()
         s = len(channels)
         self.standardize = standardize
         self.bank_k = bank_k
         self.bank_weight = bank_weight
-        self.pixel_weight = pixel_weight
-        self.pixel_side = pixel_side
-        self.register_buffer("pixel_bank", torch.zeros(0, 0))
-        self.register_buffer("pixel_mean", torch.zeros(()))
-        self.register_buffer("pixel_std", torch.ones(()))
+        self.pixel_weight, self.local_weight, self.map_pixel_weight = pixel_weight, local_weight, map_pixel_weight
+        active = standardize and max(pixel_weight, local_weight, map_pixel_weight) > 0
+        self.pixels = PixelBank(pixel_side, bank_k, local_k, map_sigma, active)
         self.register_buffer("scale_weights", torch.tensor([float(w) for w in scale_weights]))
         self.register_buffer("score_mean", torch.zeros(s))
         self.register_buffer("score_std", torch.ones(s))
@@ -199,46 +200,27 @@ class Scorer(nn.Module):
 
     def resize_banks(self, state: dict) -> None:
         """Give the bank buffers the shapes a saved state holds, before load_state_dict."""
-        for name in [f"bank{i}" for i in range(len(self.heads))] + ["pixel_bank"]:
-            t = state.get(name)
+        for i in range(len(self.heads)):
+            t = state.get(f"bank{i}")
             if t is not None:
-                setattr(self, name, torch.zeros_like(t))
-
-    # -- the input itself as the finest scale: a raw-pixel normal bank ------------------
-    @property
-    def has_pixel_bank(self) -> bool:
-        return self.pixel_weight > 0 and self.pixel_bank.shape[0] > 1 and self.standardize
-
-    def pixel_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] (B, C, H, W) as flat pixel vectors, the longer side brought
-        down to at most ``pixel_side`` (bilinear): (B, C·h·w)."""
-        h, w = int(x.shape[-2]), int(x.shape[-1])
-        if max(h, w) > self.pixel_side:
-            f = self.pixel_side / max(h, w)
-            x = F.interpolate(x.float(), size=(max(1, round(h * f)), max(1, round(w * f))), mode="bilinear",
-                              align_corners=False)
-        return x.float().flatten(1)
-
-    def set_pixel_bank(self, pixels: torch.Tensor) -> None:
-        """Store training-normal pixel vectors (N, D) and their leave-one-out statistics."""
-        self.pixel_bank = pixels.float().contiguous()
-        if self.pixel_bank.shape[0] > 1:
-            d = bank_distances(self.pixel_bank, self.pixel_bank, self.bank_k, exclude_self=True, metric="euclidean")
-            self.pixel_mean.copy_(d.mean())
-            self.pixel_std.copy_(d.std(unbiased=False).clamp_min(1e-8))
-
-    def pixel_scores(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Standardised raw-pixel kNN distances (B,)."""
-        d = bank_distances(pixels, self.pixel_bank, self.bank_k, metric="euclidean")
-        return (d - self.pixel_mean) / self.pixel_std
+                setattr(self, f"bank{i}", torch.zeros_like(t))
+        if "pixels.bank" in state:
+            self.pixels.bank = torch.zeros_like(state["pixels.bank"])
 
     def image_score(self, per_scale: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
-        """The image score: Eq. 13 over the scales, then, when a pixel bank is kept, mixed
-        with the standardised pixel-kNN score ``pixels`` (B,) with weight ``pixel_weight``."""
+        """The image score: Eq. 13 over the scales, then, when the pixel bank is kept,
+        mixed with its standardised global and local scores ``pixels`` (B, 2):
+        (1 - w_g - w_l) · Eq. 13 + w_g · global + w_l · local."""
         merged = self.merge(per_scale)
-        if self.has_pixel_bank and pixels is not None and pixels.numel():
-            merged = (1 - self.pixel_weight) * merged + self.pixel_weight * pixels
+        if self.pixels.ready and pixels is not None and pixels.numel():
+            wg, wl = self.pixel_weight, self.local_weight
+            merged = (1 - wg - wl) * merged + wg * pixels[:, 0] + wl * pixels[:, 1]
         return merged
+
+    def pixel_scores(self, pixel_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pixel bank's standardised (global, local) scores (B, 2) and local map (B, h, w)."""
+        glob, local, z_map = self.pixels.scores(pixel_features)
+        return torch.stack([glob, local], 1), z_map
 
     def bank_scores(self, embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
         """Standardised bank distances (B, S)."""
@@ -283,5 +265,4 @@ class Scorer(nn.Module):
 
     def forward(self, evidence, supervised: bool) -> torch.Tensor:
         """Image anomaly score (B,), higher = more anomalous (Eq. 13, then the pixel bank)."""
-        pixels = self.pixel_scores(evidence.pixels) if self.has_pixel_bank and evidence.pixels is not None else None
-        return self.image_score(self.per_scale(evidence, supervised), pixels)
+        return self.image_score(self.per_scale(evidence, supervised), evidence.pixel_scores)

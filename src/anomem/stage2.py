@@ -44,7 +44,8 @@ class ScoreBank(NamedTuple):
         pooled: S x (N, D_s) pooled deviations φ(Δ^(s)) for the heads (Eq. 10).
         bank: (N, S) standardised normal-bank distances, or (N, 0) / None when the
             detector keeps no bank (the banks never change after fit, so these stay valid).
-        pixel: (N,) standardised pixel-bank distances, or None / empty without a pixel bank.
+        pixel: (N, 2) standardised global and local pixel-bank scores, or None / empty
+            without a pixel bank.
     """
 
     raw: torch.Tensor
@@ -117,9 +118,8 @@ def fit_scorer(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, ano
     if cfg.scorer.bank > 0 and scorer.standardize and normals.shape[0] > 2:
         pick = torch.randperm(normals.shape[0], generator=torch.Generator().manual_seed(cfg.train.seed + 31))
         scorer.set_banks([e[pick[: cfg.scorer.bank].to(e.device)] for e in summ.embeddings])
-        if cfg.scorer.pixel_weight > 0:
-            rows = pick[: cfg.scorer.bank]
-            scorer.set_pixel_bank(scorer.pixel_features(to_float(normals[rows]).to(scorer.score_mean.device)))
+        if scorer.pixels.active:
+            scorer.pixels.fit(to_float(normals[pick[: cfg.scorer.bank]]).to(scorer.score_mean.device))
     gen = torch.Generator().manual_seed(cfg.train.seed)
     keep = torch.randperm(normals.shape[0], generator=gen)[: cfg.scorer.normal_bank]
     empty = [p.new_zeros((0, p.shape[1])) for p in summ.pooled]  # fresh: a p[:0] view would keep every row
@@ -158,8 +158,8 @@ def calibration_bank(model: AnoMemModel, images: torch.Tensor, cap: int, seed: i
     s = model.scorer
     near = s.bank_scores([e[keep] for e in summ.embeddings]) if s.has_banks else None
     pixels = None
-    if s.has_pixel_bank:
-        pixels = s.pixel_scores(s.pixel_features(to_float(images[keep]).to(s.score_mean.device)))
+    if s.pixels.ready:
+        pixels = s.pixel_scores(s.pixels.features(to_float(images[keep]).to(s.score_mean.device)))[0]
     return ScoreBank(summ.scores[keep], [p[keep.to(p.device)] for p in summ.pooled], near, pixels)
 
 
