@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
         for triple in [] if extra else args.grid:
             sc.pixel_weight, sc.local_weight, sc.map_pixel_weight = (float(v) for v in triple.split(","))
             m2 = det.anomaly_maps(images)
-            rows[f"{name} w={triple}"] = evaluate_maps(is_anomaly, masks, m2.scores, m2.fused)
+            rows[f"{name} w={triple}"] = evaluate_maps(is_anomaly, masks, m2.scores, m2.fused) | {
+                "seconds": rows[name]["seconds"]}
             print(f"{name} w={triple}: {rows[f'{name} w={triple}']}", flush=True)
         if args.grid and not extra:
             sc.pixel_weight, sc.local_weight, sc.map_pixel_weight = (cfg.scorer.pixel_weight, cfg.scorer.local_weight,

@@ -15,7 +15,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "anomem"
 
 # The pure-torch floor: tensors in, tensors out; built from plain arguments.
-PURE = ("model", "memory", "backbone", "augment", "losses", "scoring", "inference", "pseudo", "prototypes")
+PURE = ("model", "memory", "backbone", "augment", "losses", "scoring", "inference", "pseudo", "prototypes",
+        "pixel_bank", "maps")
 # What the floor must never reach: configs, training, the estimator and its files, the CLI.
 UPPER = ("config", "engine", "factory", "stage2", "calibration", "persistence", "detector", "cli", "benchmark",
          "export", "explain", "report")

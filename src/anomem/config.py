@@ -207,7 +207,7 @@ class ScorerConfig:
     # image score with local_weight (local defects), its map the fused heat-map with
     # map_pixel_weight.
     local_weight: float = 0.0
-    map_pixel_weight: float = 0.0
+    map_pixel_weight: float = 0.5
     local_k: int = 20
     prototype_cache: int = 512  # training normals scanned at fit time for nearest-prototype patches (0 = off)
 
