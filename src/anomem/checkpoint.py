@@ -9,7 +9,8 @@ Writes go to a temporary file in the same directory, are flushed to disk, then r
 over the target (and the directory entry flushed), so a crash mid-write leaves the
 previous good file in place. A process killed mid-write can leave its ``.<name>.*.tmp``
 file behind; it is never read, and a later write of ``<name>`` removes it once it is an
-hour old (younger ones may belong to a writer still running).
+hour old (younger ones may belong to a writer still running). Only names of exactly the
+form mkstemp gives (``.<name>.XXXXXXXX.tmp``, regular files) are ever removed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import re
+import stat
 import subprocess
 import tempfile
 import time
@@ -93,12 +96,37 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# mkstemp's names: prefix, 8 characters from this alphabet, suffix (CPython's tempfile).
+_TEMP_MIDDLE = re.compile(r"[a-z0-9_]{8}")
+
+
+def _is_our_temp(name: str, target: str) -> bool:
+    """True only for names ``.<target>.XXXXXXXX.tmp`` that mkstemp made for ``target``.
+
+    Plain string matching, never a glob: a target named ``*.csv`` must not match
+    another file's temp (or any file that merely looks like one).
+    """
+    prefix, suffix = f".{target}.", ".tmp"
+    if not (name.startswith(prefix) and name.endswith(suffix)) or len(name) != len(prefix) + 8 + len(suffix):
+        return False
+    return _TEMP_MIDDLE.fullmatch(name[len(prefix):-len(suffix)]) is not None
+
+
 def _remove_stale_temps(path: Path) -> None:
     """Delete temp files of ``path`` left by a writer that was killed (older than 1 hour)."""
     cutoff = time.time() - 3600
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        if not _is_our_temp(name, path.name):
+            continue
+        stale = parent / name
         try:
-            if stale.stat().st_mtime < cutoff:
+            st = os.lstat(stale)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
                 stale.unlink()
         except OSError:
             pass
