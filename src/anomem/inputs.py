@@ -142,3 +142,20 @@ def as_labels(y: Any, n: int, name: str = "labels") -> torch.Tensor:
     if bad.any():
         raise DataError(f"{name}: values must be 0 (anomaly) or 1 (normal), got {sorted(set(t[bad].tolist()))[:5]}")
     return t == 1
+
+
+MAX_BATCH_SIZE = 65536
+
+
+def check_int_range(name: str, value: Any, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi]; bools, floats and strings are refused (DataError)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise DataError(f"{name} must be an integer, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise DataError(f"{name} must lie in [{lo}, {hi}], got {int(value)}")
+    return int(value)
+
+
+def check_batch_size(value: Any, name: str = "batch_size") -> int:
+    """A batch size: an integer in [1, 65536]."""
+    return check_int_range(name, value, 1, MAX_BATCH_SIZE)

@@ -114,3 +114,71 @@ def test_last_ckpt_holds_everything_resume_needs(trained_run, trained_epochs):
     assert trainer["scheduler"]["last_epoch"] > 0 and trainer["optimizer"]["state"]  # momentum buffers
     assert isinstance(trainer["rng_cpu"], torch.Tensor) and trainer["rng_cpu"].dtype == torch.uint8
     assert Path(trained_run / "args.json").is_file()
+
+
+def _killed_copy(trained_run: Path, dst: Path) -> Path:
+    """A copy of the finished run as it was before its final save (no model.ckpt/metrics)."""
+    shutil.copytree(trained_run, dst)
+    for name in ("model.ckpt", "metrics.json", "test_scores.csv"):
+        (dst / name).unlink()
+    return dst
+
+
+def test_args_json_stores_absolute_paths_and_a_data_digest(trained_run, folder_dataset):
+    saved = json.loads((trained_run / "args.json").read_text())
+    assert Path(saved["data"]).is_absolute() and Path(saved["data"]) == folder_dataset.resolve()
+    assert len(saved["data_sha256"]) == 64 and Path(saved["cwd"]).is_absolute()
+
+
+def test_relative_data_resumes_from_another_working_directory(folder_dataset, tiny_train, tmp_path, monkeypatch):
+    monkeypatch.chdir(folder_dataset.parent)
+    run = tmp_path / "rel"
+    assert main(["train", "--data", folder_dataset.name, "--epochs", "1", "--out", str(run), *tiny_train]) == 0
+    (run / "model.ckpt").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    # a run from an older anomem that stored the relative path: resolved against the start directory
+    saved = json.loads((run / "args.json").read_text())
+    saved["data"] = folder_dataset.name
+    saved["cwd"] = str(folder_dataset.parent)
+    (run / "args.json").write_text(json.dumps(saved))
+    (run / "model.ckpt").unlink()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+
+
+def test_resume_refuses_changed_data(trained_run, folder_maker, tiny_train, tmp_path, capsys):
+    data = folder_maker(tmp_path / "D", n_train=8)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--epochs", "1", "--out", str(run), *tiny_train]) == 0
+    (run / "model.ckpt").unlink()
+    capsys.readouterr()
+    victim = sorted((data / "train" / "normal").iterdir())[0]
+    shutil.copy(sorted((data / "test" / "anomaly").iterdir())[0], victim)  # one training image replaced
+    last = (run / "last.ckpt").read_bytes()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "differ from the data the run started with" in err and len(err.strip().splitlines()) == 1, err
+    assert (run / "last.ckpt").read_bytes() == last and not (run / "model.ckpt").exists()
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("", "unreadable"),
+    ("[1, 2]", "not a mapping"),
+    ('{"ratio": 0.0}', "no 'data' entry"),
+    ('{"data": 3}', "'data' has the wrong type"),
+    ('{"data": ""}', "'data' is empty"),
+    ('{"data": "x", "ratio": "0.1"}', "'ratio' has the wrong type"),
+    ('{"data": "x", "ratio": 5}', "outside [0, 1)"),
+    ('{"data": "x", "channels": 2}', "channels 2"),
+    ('{"data": "x", "normal_class": true}', "'normal_class' has the wrong type"),
+])
+def test_edited_args_json_is_refused_in_one_line(trained_run, tmp_path, capsys, content, needle):
+    run = _killed_copy(trained_run, tmp_path / "run")
+    (run / "args.json").write_text(content)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("anomem: error: cannot resume") and needle in err and len(err.splitlines()) == 1, err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
