@@ -46,6 +46,7 @@ from anomem.thresholds import (
     threshold_at_recall,
     threshold_max_f1,
 )
+from anomem.validate import validate_detector_checkpoint
 
 EpochCallback = Callable[["AnoMem", Stage1Trainer, EpochLog], None]
 
@@ -602,6 +603,7 @@ class AnoMem:
                 or holds entries of the wrong kind (a clear message, never a traceback).
         """
         ckpt = load_checkpoint(path)
+        validate_detector_checkpoint(ckpt, path)  # anomem.validate: every field checked before use
         try:
             return cls._from_checkpoint(ckpt, path, device)
         except AnoMemError:

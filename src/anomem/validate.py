@@ -28,9 +28,11 @@ import torch
 
 from anomem.checkpoint import load_checkpoint
 from anomem.errors import AnoMemError, CheckpointError, ConfigError
+from anomem.thresholds import Threshold
 
 MAX_IMAGE_SIDE = 8192  # the largest (H, W) side a checkpoint may claim
 MAX_SCALES = 16
+MAX_MAGNITUDE = 1e15  # no trained weight or statistic comes near; float32 arithmetic on it stays finite
 
 
 class _Bad(Exception):
@@ -58,6 +60,8 @@ def _tensor(value: Any, field: str, ndim: int | None = None, floating: bool | No
     if value.is_floating_point() or value.is_complex():
         if not bool(torch.isfinite(value).all()):
             raise _Bad(f"{field} holds NaN or infinite values")
+        if value.numel() and float(value.abs().max()) > MAX_MAGNITUDE:
+            raise _Bad(f"{field} holds values of magnitude above {MAX_MAGNITUDE:g} (they overflow when scored)")
     return value
 
 
@@ -112,7 +116,12 @@ def _common(ckpt: Mapping[str, Any]) -> None:
         raise _Bad(f"image_size must be [H, W], got {size!r}"[:200])
     for i, v in enumerate(size):
         _int(v, f"image_size[{i}]", 1, MAX_IMAGE_SIDE)
-    _tensor_dict(ckpt.get("net"), "net")
+    net = _tensor_dict(ckpt.get("net"), "net")
+    for k, t in net.items():  # statistics a square root or a division is taken of
+        if k.endswith("running_var") and t.is_floating_point() and bool((t < 0).any()):
+            raise _Bad(f"net[{k!r}] must be >= 0 (a variance)")
+        if k.rsplit(".", 1)[-1].endswith("std") and t.is_floating_point() and not bool((t > 0).all()):
+            raise _Bad(f"net[{k!r}] must be > 0 (a standard deviation)")
     if "history" in ckpt:
         _history(ckpt["history"])
 
@@ -151,14 +160,23 @@ def _scorer(value: Any) -> list[int]:
             raise _Bad(f"scorer[{key!r}] must be > 0 (a standard deviation), got {t.tolist()}")
     if bool((s["scale_weights"] < 0).any()) or not float(s["scale_weights"].sum()) > 0:
         raise _Bad(f"scorer['scale_weights'] must be >= 0 with a positive sum, got {s['scale_weights'].tolist()}")
+    rows = None
     for i in range(n):
-        if not bool((s[f"heads.{i}.in_std"] > 0).all()):
-            raise _Bad(f"scorer['heads.{i}.in_std'] must be > 0")
+        for part in ("in_std", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"):
+            if f"heads.{i}.{part}" not in s:
+                raise _Bad(f"scorer['heads.{i}.{part}'] is missing")
+        std = s[f"heads.{i}.in_std"]
+        if std.shape != s[f"heads.{i}.in_mean"].shape or not bool((std > 0).all()):
+            raise _Bad(f"scorer['heads.{i}.in_std'] must be > 0, one value per input")
         bank = s.get(f"bank{i}")
-        if bank is not None:
-            _tensor(bank, f"scorer['bank{i}']", ndim=2, floating=True)
-            if bank.shape[0] != s["bank0"].shape[0]:
-                raise _Bad(f"scorer['bank{i}'] holds {bank.shape[0]} rows, bank0 holds {s['bank0'].shape[0]}")
+        if bank is None:
+            raise _Bad(f"scorer['bank{i}'] is missing")
+        _tensor(bank, f"scorer['bank{i}']", ndim=2, floating=True)
+        if rows is not None and bank.shape[0] != rows:
+            raise _Bad(f"scorer['bank{i}'] holds {bank.shape[0]} rows, bank0 holds {rows}")
+        rows = bank.shape[0]
+        if bank.numel() and not bool(((bank.float().norm(dim=1) - 1).abs() < 1e-3).all()):
+            raise _Bad(f"scorer['bank{i}'] must hold unit-length embeddings (rows of norm 1)")
     if "supervised" in s and s["supervised"].numel() != 1:
         raise _Bad("scorer['supervised'] must be one flag")
     return dims
@@ -196,7 +214,10 @@ def _validate_detector(ckpt: Mapping[str, Any]) -> None:
     if not isinstance(th, str):
         raise _Bad(f"threshold must be a JSON string, got {type(th).__name__}")
     if th:
-        _json(th, "threshold", dict)
+        try:
+            Threshold(**_json(th, "threshold", dict))
+        except (TypeError, ValueError) as e:  # ConfigError is a ValueError
+            raise _Bad(f"threshold is not a valid threshold: {e}") from None
     cache = ckpt.get("prototype_cache")
     if cache:
         if not isinstance(cache, Mapping):
