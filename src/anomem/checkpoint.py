@@ -157,6 +157,15 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
     atomic_write_bytes(path, lambda f: torch.save(payload, f))
 
 
+def _first_sentence(e: BaseException) -> str:
+    """``TypeName: first sentence of the message``, on one line."""
+    text = " ".join(str(e).split())
+    if isinstance(e, OSError) and e.strerror:
+        text = e.strerror
+    cut = text.find(". ")
+    return f"{type(e).__name__}: {text[:cut] if cut > 0 else text}"[:300]
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint; never executes code stored in the file."""
     path = Path(path)
@@ -165,15 +174,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes)")
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e.strerror or e}") from None
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # torch zip, or a pickle (legacy torch)
+        raise CheckpointError(f"{str(path)!r} is not a checkpoint: it is neither a torch zip archive nor a pickle "
+                              f"(it starts with {head!r})")
+    try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")
+        if "Unsupported operand" in reason:  # not code: bytes that are no valid pickle at all
+            raise CheckpointError(f"{str(path)!r} is not a readable checkpoint (corrupt or foreign bytes): "
+                                  f"{reason.rstrip('.')}") from None
         raise CheckpointError(
             f"refusing to load {str(path)!r}: it contains objects other than tensors and plain data "
-            f"(a tampered or foreign file?): {first}"
+            f"(a tampered or foreign file?): {reason or type(e).__name__}"
         ) from None
     except Exception as e:  # torch.load on damaged bytes raises many types (IndexError, struct.error...)
-        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint (corrupt or truncated?): {e}") from None
+        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint (corrupt or truncated?): "
+                              f"{_first_sentence(e)}") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an AnoMem checkpoint")
     ver = obj.get("format_version")

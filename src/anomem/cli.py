@@ -24,7 +24,7 @@ from anomem import __version__
 from anomem.checkpoint import atomic_write_text, git_commit, load_checkpoint, save_checkpoint
 from anomem.config import AnoMemConfig, load_config
 from anomem.errors import AnoMemError, CheckpointError, ConfigError, DataError
-from anomem.inputs import check_batch_size, check_int_range
+from anomem.inputs import check_batch_size, check_int_range, check_trainable_size
 from anomem.outputs import (
     RunLock,
     check_claimable,
@@ -212,6 +212,8 @@ def _config_from_args(args: argparse.Namespace) -> AnoMemConfig:
         overrides.append(f"train.epochs={args.epochs}")
     if getattr(args, "device", None) is not None:
         overrides.append(f"train.device={args.device}")
+    if args.config is not None and Path(args.config).is_dir():
+        raise ConfigError(f"config file {args.config!r} is a directory; give a YAML file")
     return load_config(None if args.config and not args.preset_given else args.preset, args.config, overrides)
 
 
@@ -283,6 +285,7 @@ def _train(args: argparse.Namespace) -> int:
     if not args.resume and is_main_process():
         check_new_run_dir(run)
     data = load_train_data(args)
+    check_trainable_size(data.normals.shape[2:])
     if cfg.scorer.mode == "supervised" and data.anomalies is None:
         raise ConfigError("scorer.mode=supervised needs labelled anomalies (train/anomaly/ or --ratio > 0), "
                           "and the training data hold none")
@@ -793,6 +796,11 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def one_line(e: BaseException) -> str:
+    """An error message on one line (YAML and torch errors span several; the CLI promises one)."""
+    return " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -809,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except AnoMemError as e:
-        print(f"anomem: error: {e}", file=sys.stderr)
+        print(f"anomem: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("anomem: interrupted", file=sys.stderr)
