@@ -25,6 +25,7 @@ from anomem.checkpoint import atomic_write_text, git_commit, load_checkpoint, sa
 from anomem.config import AnoMemConfig, load_config
 from anomem.errors import AnoMemError, CheckpointError, ConfigError, DataError
 from anomem.inputs import check_batch_size, check_int_range, check_trainable_size
+from anomem.limits import check_config_limits, check_seed
 from anomem.outputs import (
     RunLock,
     check_claimable,
@@ -214,7 +215,9 @@ def _config_from_args(args: argparse.Namespace) -> AnoMemConfig:
         overrides.append(f"train.device={args.device}")
     if args.config is not None and Path(args.config).is_dir():
         raise ConfigError(f"config file {args.config!r} is a directory; give a YAML file")
-    return load_config(None if args.config and not args.preset_given else args.preset, args.config, overrides)
+    cfg = load_config(None if args.config and not args.preset_given else args.preset, args.config, overrides)
+    check_config_limits(cfg)
+    return cfg
 
 
 def _check_same_config(path: Path, cfg: AnoMemConfig) -> None:
@@ -518,6 +521,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from anomem.report import evaluate, write_report
 
     check_batch_size(args.batch_size, "--batch-size")
+    check_seed("--seed", args.seed)
     if args.max_images is not None:
         check_int_range("--max-images", args.max_images, 2 if args.defects else 1, 10_000_000)
     check_outputs([("--out", args.out)], [("checkpoint", args.checkpoint), ("--data", _existing(args.data)),
@@ -589,13 +593,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.threads is not None:
         check_int_range("--threads", args.threads, 1, 1024)
     check_int_range("--seeds", args.seeds, 1, 1000)
+    if not (0.0 <= args.pollution < 1.0):  # NaN fails too
+        raise DataError(f"--pollution (γ_p) must lie in [0, 1), got {args.pollution}")
     for name in ("max_train", "max_test"):
         if getattr(args, name) is not None:
             check_int_range("--" + name.replace("_", "-"), getattr(args, name), 1, 10_000_000)
     check_outputs([("--out", args.out)], [("--data-root", _existing(args.data_root))])
+    # a results directory is new, empty, or one a benchmark wrote (its benchmark.json): resumed, never clobbered
+    check_claimable("--out", args.out, "benchmark", legacy=("benchmark.json",))
     groups = tuple(GROUPS) if "all" in args.methods else tuple(dict.fromkeys(args.methods))
     overrides = tuple(args.set or ()) + ((f"train.epochs={args.epochs}",) if args.epochs is not None else ())
-    load_config(args.preset, None, list(overrides))  # a bad --set fails now, not in a worker
+    check_config_limits(load_config(args.preset, None, list(overrides)))  # a bad --set fails now, not in a worker
     s = BenchmarkSettings(
         protocol=args.protocol, data=args.data, data_root=args.data_root, ood=args.ood,
         classes=tuple(args.classes), ratios=tuple(args.ratios), seeds=args.seeds, groups=groups,
@@ -614,6 +622,7 @@ def cmd_linear_eval(args: argparse.Namespace) -> int:
     from anomem.benchmark import linear_evaluation
     from anomem.data.registry import load_dataset
 
+    check_seed("--seed", args.seed)
     if args.max_train is not None:
         check_int_range("--max-train", args.max_train, 1, 10_000_000)
     if args.out is not None:
@@ -640,12 +649,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from anomem.protocols import one_vs_all
 
     check_claimable("--out", args.out, "demo", legacy=("demo.json",))
-    run = claim_output_dir("--out", args.out, "demo", legacy=("demo.json",))
     # Settings chosen on a validation split of the digits training data (docs/method.md):
     # digits are not flip-invariant, and heavy crops erase what tells them apart.
     demo = ["backbone.width=16", "train.epochs=100", "train.batch_size=32", "memory.normalize=l2", "memory.beta=8",
             "augment.flip_p=0", "augment.crop_scale=[0.85,1]"]
+    for c in args.classes:
+        check_int_range("--classes", c, 0, 9)
     cfg = load_config("tiny", None, [*demo, f"train.seed={args.seed}", *(args.set or [])])
+    check_config_limits(cfg)
+    run = claim_output_dir("--out", args.out, "demo", legacy=("demo.json",))
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     rows = []
     print(f"AnoMem demo: scikit-learn digits ({len(train)} train / {len(test)} test, 16x16), one-vs-all, preset 'tiny'")

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 
 from anomem.checkpoint import load_checkpoint
+from anomem.config import AnoMemConfig
 from anomem.errors import AnoMemError, CheckpointError, ConfigError
+from anomem.limits import check_config_limits
 from anomem.thresholds import Threshold
 
 MAX_IMAGE_SIDE = 8192  # the largest (H, W) side a checkpoint may claim
@@ -109,6 +111,15 @@ def _common(ckpt: Mapping[str, Any]) -> None:
     """Fields both kinds of checkpoint share: geometry, config text, weights."""
     if not isinstance(ckpt.get("config"), str):
         raise _Bad(f"config must be a JSON string, got {type(ckpt.get('config')).__name__}")
+    try:
+        cfg = AnoMemConfig.from_dict(json.loads(ckpt["config"]))
+    except (ConfigError, ValueError, KeyError, TypeError):
+        cfg = None  # reported by the loader as "holds a config this version cannot read"
+    if cfg is not None:
+        try:
+            check_config_limits(cfg)
+        except ConfigError as e:
+            raise _Bad(f"config: {e}") from None
     if ckpt.get("in_channels") not in (1, 3) or isinstance(ckpt.get("in_channels"), bool):
         raise _Bad(f"in_channels must be 1 or 3, got {ckpt.get('in_channels')!r}"[:200])
     size = ckpt.get("image_size")

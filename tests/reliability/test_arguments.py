@@ -24,6 +24,7 @@ from anomem.checkpoint import load_checkpoint
 from anomem.cli import main
 from anomem.data.folder import load_folder, load_images, read_image, scan_image_files
 from anomem.inputs import as_images, as_labels, check_batch_size, check_trainable_size
+from anomem.validate import load_detector
 
 from synthetic import stripes
 
@@ -263,3 +264,49 @@ def test_plain_folders_load_without_skip_warnings(folder_dataset):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_folder(folder_dataset, "train").images.shape[0] == 32
+
+
+# -- upper bounds where memory or time explodes ------------------------------------
+@pytest.mark.parametrize("item,key", [
+    ("backbone.width=100000", "backbone.width"), ("memory.sizes=[10000000,16]", "memory.sizes"),
+    ("memory.max_steps=100000", "memory.max_steps"), ("train.epochs=10000000", "train.epochs"),
+    ("train.batch_size=1000000", "train.batch_size"), ("scorer.pool_size=1000", "scorer.pool_size"),
+    ("scorer.steps=1000000000000", "scorer.steps"), ("scorer.hidden=10000000", "scorer.hidden"),
+    ("scorer.normal_bank=1000000000", "scorer.normal_bank"), ("pseudo.ratio=1000", "pseudo.ratio"),
+    ("train.seed=-1", "train.seed"), ("train.seed=99999999999", "train.seed"),
+])
+def test_config_values_above_their_ceiling_are_refused_before_work(folder_dataset, tmp_path, capsys, item, key):
+    out = tmp_path / "r"
+    assert main(["train", "--data", str(folder_dataset), "--preset", "tiny", "--set", item, "--out", str(out)]) == 2
+    one_line_error(capsys, key)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["evaluate", "{ckpt}", "--data", "{data}", "--out", "{tmp}/r", "--seed", "-1"], "--seed must lie in"),
+    (["linear-eval", "{ckpt}", "--data", "digits", "--seed", "-7"], "--seed must lie in"),
+    (["train", "--data", "{data}", "--out", "{tmp}/r", "--seed", "-3"], "train.seed must lie in"),
+    (["demo", "--classes", "12", "--out", "{tmp}/r"], "--classes must lie in [0, 9]"),
+    (["benchmark", "--data", "digits", "--methods", "knn", "--pollution", "-1", "--out", "{tmp}/r"], "--pollution"),
+    (["benchmark", "--data", "digits", "--set", "backbone.width=4096", "--out", "{tmp}/r"], "backbone.width"),
+])
+def test_seeds_classes_and_fractions_checked_first(trained_run, folder_dataset, tmp_path, capsys, argv, needle):
+    argv = [a.format(ckpt=trained_run / "model.ckpt", data=folder_dataset, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    one_line_error(capsys, needle)
+    assert not (tmp_path / "r").exists()
+
+
+def test_checkpoint_config_above_a_ceiling_is_refused_before_allocating(trained_run, tmp_path):
+    import json
+    import time
+
+    ckpt = torch.load(trained_run / "model.ckpt", weights_only=True)
+    cfg = json.loads(ckpt["config"])
+    cfg["backbone"]["width"] = 200_000  # would build a network of ~10^13 parameters
+    ckpt["config"] = json.dumps(cfg)
+    torch.save(ckpt, tmp_path / "huge.ckpt")
+    t0 = time.monotonic()
+    with pytest.raises(CheckpointError, match="backbone.width = 200000 is above the limit"):
+        load_detector(tmp_path / "huge.ckpt")
+    assert time.monotonic() - t0 < 10

@@ -304,3 +304,12 @@ def test_check_outputs_rule(tmp_path):
             check_outputs([("--out", out)], [("input", inp)])
     with pytest.raises(OutputError, match="overlap"):
         check_outputs([("--out", tmp_path / "m" / "s.csv"), ("--maps", tmp_path / "m")], [])
+
+
+def test_benchmark_out_never_fills_a_foreign_directory(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.csv").write_text("my own results")
+    assert main(["benchmark", "--data", "digits", "--methods", "knn", "--out", str(out)]) == 2
+    one_line_error(capsys, "not empty")
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv"] and (out / "results.csv").read_text() == "my own results"
