@@ -10,6 +10,8 @@ taken at the epoch boundary (kornia's augmentations draw from it); the data orde
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from anomem import AnoMem
 from anomem.checkpoint import load_checkpoint
@@ -182,3 +186,31 @@ def test_edited_args_json_is_refused_in_one_line(trained_run, tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("anomem: error: cannot resume") and needle in err and len(err.splitlines()) == 1, err
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+_ARG_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=True),
+                        st.text(max_size=12), st.lists(st.integers(), max_size=2), st.just({}))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.dictionaries(st.sampled_from(["data", "data_root", "normal_class", "ratio", "channels", "seed",
+                                              "data_sha256", "cwd", "bogus"]), _ARG_VALUES, min_size=1, max_size=4),
+       drop=st.booleans())
+def test_fuzzed_args_json_resumes_or_gives_one_line_error(trained_run, tmp_path_factory, edits, drop):
+    """Random edits of a real args.json: exit 0 (still a valid run) or exit 2 in one line, last.ckpt unchanged."""
+    run = _killed_copy(trained_run, tmp_path_factory.mktemp("fuzzed") / "run")
+    saved = json.loads((run / "args.json").read_text())
+    if drop:
+        saved = {k: v for k, v in saved.items() if k not in edits}
+    else:
+        saved.update(edits)
+    (run / "args.json").write_text(json.dumps(saved))
+    last = (run / "last.ckpt").read_bytes()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["train", "--resume", str(run), "--no-progress"])
+    text = err.getvalue().strip().splitlines()
+    assert code in (0, 2) and "Traceback" not in err.getvalue()
+    if code == 2:
+        assert text[-1].startswith("anomem: error:"), text
+        assert (run / "last.ckpt").read_bytes() == last and not (run / "model.ckpt").exists()
