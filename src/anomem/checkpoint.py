@@ -9,7 +9,8 @@ Writes go to a temporary file in the same directory, are flushed to disk, then r
 over the target (and the directory entry flushed), so a crash mid-write leaves the
 previous good file in place. A process killed mid-write can leave its ``.<name>.*.tmp``
 file behind; it is never read, and a later write of ``<name>`` removes it once it is an
-hour old (younger ones may belong to a writer still running).
+hour old (younger ones may belong to a writer still running). Only names of exactly the
+form mkstemp gives (``.<name>.XXXXXXXX.tmp``, regular files) are ever removed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import re
+import stat
 import subprocess
 import tempfile
 import time
@@ -93,12 +96,37 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# mkstemp's names: prefix, 8 characters from this alphabet, suffix (CPython's tempfile).
+_TEMP_MIDDLE = re.compile(r"[a-z0-9_]{8}")
+
+
+def _is_our_temp(name: str, target: str) -> bool:
+    """True only for names ``.<target>.XXXXXXXX.tmp`` that mkstemp made for ``target``.
+
+    Plain string matching, never a glob: a target named ``*.csv`` must not match
+    another file's temp (or any file that merely looks like one).
+    """
+    prefix, suffix = f".{target}.", ".tmp"
+    if not (name.startswith(prefix) and name.endswith(suffix)) or len(name) != len(prefix) + 8 + len(suffix):
+        return False
+    return _TEMP_MIDDLE.fullmatch(name[len(prefix):-len(suffix)]) is not None
+
+
 def _remove_stale_temps(path: Path) -> None:
     """Delete temp files of ``path`` left by a writer that was killed (older than 1 hour)."""
     cutoff = time.time() - 3600
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        if not _is_our_temp(name, path.name):
+            continue
+        stale = parent / name
         try:
-            if stale.stat().st_mtime < cutoff:
+            st = os.lstat(stale)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
                 stale.unlink()
         except OSError:
             pass
@@ -129,6 +157,15 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
     atomic_write_bytes(path, lambda f: torch.save(payload, f))
 
 
+def _first_sentence(e: BaseException) -> str:
+    """``TypeName: first sentence of the message``, on one line."""
+    text = " ".join(str(e).split())
+    if isinstance(e, OSError) and e.strerror:
+        text = e.strerror
+    cut = text.find(". ")
+    return f"{type(e).__name__}: {text[:cut] if cut > 0 else text}"[:300]
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint; never executes code stored in the file."""
     path = Path(path)
@@ -137,15 +174,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes)")
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e.strerror or e}") from None
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # torch zip, or a pickle (legacy torch)
+        raise CheckpointError(f"{str(path)!r} is not a checkpoint: it is neither a torch zip archive nor a pickle "
+                              f"(it starts with {head!r})")
+    try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")
+        if "Unsupported operand" in reason:  # not code: bytes that are no valid pickle at all
+            raise CheckpointError(f"{str(path)!r} is not a readable checkpoint (corrupt or foreign bytes): "
+                                  f"{reason.rstrip('.')}") from None
         raise CheckpointError(
             f"refusing to load {str(path)!r}: it contains objects other than tensors and plain data "
-            f"(a tampered or foreign file?): {first}"
+            f"(a tampered or foreign file?): {reason or type(e).__name__}"
         ) from None
     except Exception as e:  # torch.load on damaged bytes raises many types (IndexError, struct.error...)
-        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint (corrupt or truncated?): {e}") from None
+        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint (corrupt or truncated?): "
+                              f"{_first_sentence(e)}") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an AnoMem checkpoint")
     ver = obj.get("format_version")

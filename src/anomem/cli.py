@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -22,12 +23,32 @@ import torch
 from anomem import __version__
 from anomem.checkpoint import atomic_write_text, git_commit, load_checkpoint, save_checkpoint
 from anomem.config import AnoMemConfig, load_config
-from anomem.errors import AnoMemError, CheckpointError, DataError
+from anomem.errors import AnoMemError, CheckpointError, ConfigError, DataError
+from anomem.inputs import check_batch_size, check_int_range, check_trainable_size
+from anomem.limits import check_config_limits, check_seed
+from anomem.outputs import (
+    RunLock,
+    check_claimable,
+    check_file_target,
+    check_new_run_dir,
+    check_outputs,
+    claim_output_dir,
+    prepare_dir,
+    real,
+)
+from anomem.validate import validate_training_checkpoint
 
 log = logging.getLogger("anomem")
 
 
 # -- data -------------------------------------------------------------------------
+
+def _load_detector(path, device: str = "cpu"):
+    """``AnoMem.load`` (every field validated first), imported on use: torch loads lazily."""
+    from anomem.detector import AnoMem
+
+    return AnoMem.load(path, device=device)
+
 def _is_folder_dataset(spec: str) -> bool:
     return Path(spec).is_dir() and (Path(spec) / "train").is_dir()
 
@@ -41,12 +62,18 @@ class TrainData:
         self.description = description
 
 
+def _check_data_spec(spec: str) -> None:
+    if Path(spec).exists() and not _is_folder_dataset(spec):
+        raise DataError(f"{spec!r} is not a dataset folder: expected {spec}/train/normal (and optionally train/anomaly, test/)")
+
+
 def load_train_data(args: argparse.Namespace, image_size: int | None = None) -> TrainData:
     """A named dataset in one-vs-all mode, or a user folder with train/normal."""
     from anomem.data.folder import load_folder
     from anomem.protocols import one_vs_all
 
     spec = args.data
+    _check_data_spec(spec)
     if _is_folder_dataset(spec):
         train = load_folder(spec, "train", image_size=image_size, channels=args.channels)
         normals = train.images[~train.anomaly]
@@ -62,8 +89,6 @@ def load_train_data(args: argparse.Namespace, image_size: int | None = None) -> 
             None if test is None else test.paths,
             f"folder {spec}: {normals.shape[0]} normal, {anomalies.shape[0]} anomalous training images",
         )
-    if Path(spec).exists():
-        raise DataError(f"{spec!r} is not a dataset folder: expected {spec}/train/normal (and optionally train/anomaly, test/)")
     from anomem.data.registry import load_dataset
 
     if args.normal_class is None:
@@ -101,22 +126,90 @@ def _warn_inverted(auroc: float | None, what: str) -> None:
 
 # -- run directory ------------------------------------------------------------------
 def _prepare_run_dir(out: str) -> Path:
-    run = Path(out)
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-        probe = run / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise DataError(f"cannot write to output directory {out!r}: {e.strerror or e}") from None
-    return run
+    return prepare_dir(Path(out))
 
 
-def _setup_log(run: Path) -> None:
+def _setup_log(run: Path) -> logging.Handler:
     handler = logging.FileHandler(run / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    return handler
+
+
+def _existing(path: str | None) -> str | None:
+    return path if path is not None and Path(path).exists() else None
+
+
+def _train_inputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """What `anomem train` reads: the dataset folder or data root, and the config file."""
+    return [("--data", _existing(args.data)), ("--data-root", _existing(getattr(args, "data_root", None))),
+            ("--config", _existing(getattr(args, "config", None)))]
+
+
+def _data_digest(data: TrainData) -> str:
+    """sha256 of every tensor the run trains and tests on, to tell at resume whether they changed."""
+    h = hashlib.sha256()
+    for t in (data.normals, data.anomalies, data.test_images, data.test_is_anomaly):
+        if t is None:
+            h.update(b"none")
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy() if t.dtype != torch.bool else t.to(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+_SAVED_ARG_TYPES: dict[str, tuple[type, ...]] = {
+    "data": (str,), "data_root": (str, type(None)), "normal_class": (int, type(None)),
+    "ratio": (int, float), "channels": (int, type(None)), "seed": (int, type(None)),
+    "data_sha256": (str, type(None)), "cwd": (str, type(None)),
+}
+
+
+def _load_saved_args(run: Path) -> dict[str, Any]:
+    """RUN_DIR/args.json, every entry resume uses checked for type and range."""
+    path = run / "args.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot resume: {str(path)!r} is unreadable: {str(e).splitlines()[0] if str(e) else e}") from None
+    if not isinstance(saved, dict):
+        raise DataError(f"cannot resume: {str(path)!r} is missing or not a mapping")
+    if "data" not in saved:
+        raise DataError(f"cannot resume: {str(path)!r} has no 'data' entry")
+    for key, default in (("data_root", None), ("normal_class", None), ("ratio", 0.0), ("channels", None)):
+        saved.setdefault(key, default)
+    for key, types in _SAVED_ARG_TYPES.items():
+        value = saved.get(key)
+        if key not in saved and type(None) in types:
+            continue
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise DataError(f"cannot resume: {str(path)!r}: entry {key!r} has the wrong type ({value!r})")
+    if not saved["data"]:
+        raise DataError(f"cannot resume: {str(path)!r}: entry 'data' is empty")
+    if not (0.0 <= float(saved.get("ratio", 0.0)) < 1.0):
+        raise DataError(f"cannot resume: {str(path)!r}: ratio {saved['ratio']!r} is outside [0, 1)")
+    if saved.get("channels") not in (None, 1, 3):
+        raise DataError(f"cannot resume: {str(path)!r}: channels {saved['channels']!r} is not 1 or 3")
+    # Runs from before absolute paths were stored: resolve relative paths against the start directory.
+    cwd = saved.get("cwd")
+    for key in ("data", "data_root", "config"):
+        value = saved.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and cwd and Path(cwd, value).exists():
+            saved[key] = str(Path(cwd, value))
+    return saved
+
+
+def _absolute_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments to store in args.json: paths made absolute, so resume works from any directory."""
+    saved = {k: v for k, v in vars(args).items() if k not in ("func",)}
+    for key in ("data", "data_root", "config"):
+        value = saved.get(key)
+        if isinstance(value, str) and value and Path(value).exists():
+            saved[key] = str(Path(value).resolve())
+    saved["cwd"] = str(Path.cwd())
+    return saved
 
 
 def _config_from_args(args: argparse.Namespace) -> AnoMemConfig:
@@ -127,7 +220,11 @@ def _config_from_args(args: argparse.Namespace) -> AnoMemConfig:
         overrides.append(f"train.epochs={args.epochs}")
     if getattr(args, "device", None) is not None:
         overrides.append(f"train.device={args.device}")
-    return load_config(None if args.config and not args.preset_given else args.preset, args.config, overrides)
+    if args.config is not None and Path(args.config).is_dir():
+        raise ConfigError(f"config file {args.config!r} is a directory; give a YAML file")
+    cfg = load_config(None if args.config and not args.preset_given else args.preset, args.config, overrides)
+    check_config_limits(cfg)
+    return cfg
 
 
 def _check_same_config(path: Path, cfg: AnoMemConfig) -> None:
@@ -166,37 +263,69 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from anomem.detector import AnoMem
     from anomem.distributed import is_main_process
 
+    saved_digest = None
     if args.resume:
         run = Path(args.resume)
         last = run / "last.ckpt"
         if not last.is_file():
-            hint = " (the run stopped before its first epoch ended: start it again)" if (run / "args.json").is_file() else ""
+            hint = (" (the run stopped before its first epoch ended: start it again with the same --out)"
+                    if (run / "args.json").is_file() else "")
             raise DataError(f"cannot resume: {str(last)!r} does not exist{hint}")
         state = load_checkpoint(last)
-        try:
-            saved = json.loads((run / "args.json").read_text()) if (run / "args.json").is_file() else None
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot resume: {str(run / 'args.json')!r} is unreadable: {e}") from None
-        if not isinstance(saved, dict):
-            raise DataError(f"cannot resume: {str(run / 'args.json')!r} is missing or not a mapping")
+        saved = _load_saved_args(run)
+        saved_digest = saved.get("data_sha256")
         # Write into RUN_DIR even if the run was started with another --out and then moved.
         args = argparse.Namespace(**{**saved, "resume": str(run), "out": str(run), "progress": args.progress})
         try:
             cfg = AnoMemConfig.from_dict(json.loads(state["config"]))
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"cannot resume: {str(last)!r} holds no readable config: {e}") from None
+        validate_training_checkpoint(state, last)
         _check_same_config(run / "config.json", cfg)
     else:
         state = None
         cfg = _config_from_args(args)
+        run = Path(args.out)
     args.seed = cfg.train.seed
-    run = _prepare_run_dir(args.out)
-    _setup_log(run)
+    # Nothing is written before every input is checked: paths, data, config against data.
+    _check_data_spec(args.data)
+    check_outputs([("--out", run)], _train_inputs(args))
+    if not args.resume and is_main_process():
+        check_new_run_dir(run)
     data = load_train_data(args)
-    saved_args = {k: v for k, v in vars(args).items() if k not in ("func",)}
+    check_trainable_size(data.normals.shape[2:])
+    if cfg.scorer.mode == "supervised" and data.anomalies is None:
+        raise ConfigError("scorer.mode=supervised needs labelled anomalies (train/anomaly/ or --ratio > 0), "
+                          "and the training data hold none")
+    digest = _data_digest(data)
+    if saved_digest is not None and saved_digest != digest:
+        raise DataError(f"cannot resume: the training data ({args.data}) differ from the data the run started "
+                        "with (their sha256 changed); restore them or start a new run")
+    if not is_main_process():
+        return _train_in(args, cfg, state, data, digest, run, None)
+    _prepare_run_dir(str(run))
+    with RunLock(run):
+        if not args.resume:
+            check_new_run_dir(run)  # again, now that no other process can start a run here
+        handler = _setup_log(run)
+        try:
+            return _train_in(args, cfg, state, data, digest, run, handler)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _train_in(args, cfg, state, data, digest, run: Path, handler) -> int:
+    from anomem.detector import AnoMem
+    from anomem.distributed import is_main_process
+
+    if args.resume:
+        log.info("resuming %s", run)
+        if "data_sha256" not in vars(args):
+            log.warning("args.json records no data digest (a run from an older anomem): cannot check that the data are unchanged")
+    saved_args = {**_absolute_args(args), "data_sha256": digest}
     if is_main_process():
         atomic_write_text(run / "args.json", json.dumps(saved_args, indent=2))
         atomic_write_text(run / "config.json", json.dumps(cfg.to_dict(), indent=2))
@@ -258,11 +387,18 @@ def _write_scores(path: Path, paths, scores: np.ndarray, is_anomaly=None, labels
 
 def cmd_score(args: argparse.Namespace) -> int:
     from anomem.data.folder import load_images
-    from anomem.detector import AnoMem
 
-    det = AnoMem.load(args.checkpoint, device=args.device or "cpu")
+    check_batch_size(args.batch_size, "--batch-size")
+    check_outputs([("--out", args.out), ("--maps", args.maps)],
+                  [("checkpoint", args.checkpoint), *(("path", p) for p in args.inputs)])
+    if args.out is not None:
+        check_file_target("--out", args.out, ("text",))
+    if args.maps is not None:
+        check_claimable("--maps", args.maps, "score --maps")
+    det = _load_detector(args.checkpoint, device=args.device or "cpu")
     imgs = load_images(args.inputs, image_size=det.image_size_, channels=det.in_channels_, skip_invalid=args.skip_invalid)
-    maps_dir = None if args.maps is None else _prepare_run_dir(args.maps)
+    _report_skipped(imgs)
+    maps_dir = None if args.maps is None else claim_output_dir("--maps", args.maps, "score --maps")
     if maps_dir is None:
         scores = det.anomaly_score(imgs.images, batch_size=args.batch_size)
     else:
@@ -273,8 +409,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     if maps_dir is not None:
         _write_heatmaps(det, maps_dir, imgs, maps, labels)
     if args.out is None:
+        w = csv.writer(sys.stdout, lineterminator="\n")  # quoted as CSV needs: names may hold commas or newlines
         for i, (p, s) in enumerate(zip(imgs.paths, scores)):
-            print(f"{p},{float(s):.6g}" + ("" if labels is None else f",{labels[i]}"))
+            w.writerow([p, f"{float(s):.6g}", *(() if labels is None else (labels[i],))])
         return 0
     out = Path(args.out)
     if out.suffix.lower() == ".json":
@@ -285,6 +422,13 @@ def cmd_score(args: argparse.Namespace) -> int:
         _write_scores(out, imgs.paths, scores, labels=labels)
     print(f"scored {len(scores)} images -> {out}" + ("" if th is None else f" ({th.describe()})"))
     return 0
+
+
+def _report_skipped(imgs) -> None:
+    skipped = imgs.meta.get("skipped") or []
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        print(f"anomem: skipped {len(skipped)} invalid file(s): {shown}", file=sys.stderr)
 
 
 def _write_heatmaps(det, out: Path, imgs, maps, labels) -> None:
@@ -307,9 +451,9 @@ def _write_heatmaps(det, out: Path, imgs, maps, labels) -> None:
 
 def cmd_threshold(args: argparse.Namespace) -> int:
     from anomem.data.folder import load_images
-    from anomem.detector import AnoMem
 
-    det = AnoMem.load(args.checkpoint, device=args.device or "cpu")
+    _check_checkpoint_out(args, [("--normals", p) for p in args.normals or ()] + [("--labelled", args.labelled)])
+    det = _load_detector(args.checkpoint, device=args.device or "cpu")
     load = lambda p: load_images(p, image_size=det.image_size_, channels=det.in_channels_).images  # noqa: E731
     given = [name for name in ("value", "normals", "labelled") if getattr(args, name) is not None]
     if len(given) > 1:
@@ -381,12 +525,18 @@ def _evaluation_set(args: argparse.Namespace, det):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from anomem.detector import AnoMem
     from anomem.report import evaluate, write_report
 
-    det = AnoMem.load(args.checkpoint, device=args.device or "cpu")
+    check_batch_size(args.batch_size, "--batch-size")
+    check_seed("--seed", args.seed)
+    if args.max_images is not None:
+        check_int_range("--max-images", args.max_images, 2 if args.defects else 1, 10_000_000)
+    check_outputs([("--out", args.out)], [("checkpoint", args.checkpoint), ("--data", _existing(args.data)),
+                                          ("--data-root", _existing(args.data_root))])
+    check_claimable("--out", args.out, "evaluate", legacy=("report.html",))
+    det = _load_detector(args.checkpoint, device=args.device or "cpu")
     images, is_anomaly, masks, names, desc = _evaluation_set(args, det)
-    out = _prepare_run_dir(args.out)
+    out = claim_output_dir("--out", args.out, "evaluate", legacy=("report.html",))
     ev = evaluate(det, images, is_anomaly, masks, names, batch_size=args.batch_size)
     details = {"checkpoint": str(args.checkpoint), "data": desc, "anomem": __version__,
                "threshold": "none" if det.threshold_ is None else det.threshold_.describe()}
@@ -400,10 +550,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from anomem.detector import AnoMem
     from anomem.export import export_scorer
 
-    det = AnoMem.load(args.checkpoint, device="cpu")
+    check_outputs([("--out", args.out)], [("checkpoint", args.checkpoint)])
+    check_file_target("--out", args.out, (args.format,))
+    det = _load_detector(args.checkpoint, device="cpu")
     path = export_scorer(det, args.out, args.format, sigma=args.sigma)
     c, (h, w) = det.in_channels_, det.image_size_
     print(f"exported {args.format} scorer -> {path}: input 'image' float [0, 1] (B, {c}, {h}, {w}); "
@@ -411,11 +562,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_checkpoint_out(args: argparse.Namespace, image_inputs: list[tuple[str, str | None]]) -> None:
+    """refit/threshold rewrite the checkpoint in place by default; another --out may only
+    replace a checkpoint, and never lands on or inside the images they read."""
+    out = args.out or args.checkpoint
+    inputs = list(image_inputs)
+    elsewhere = args.out is not None and real(args.out) != real(args.checkpoint)
+    if elsewhere:
+        inputs.append(("checkpoint", args.checkpoint))
+    check_outputs([("--out", out)], inputs)
+    if elsewhere:  # in place, the input itself is replaced once it has loaded as a checkpoint
+        check_file_target("--out", out, ("checkpoint",))
+
+
 def cmd_refit(args: argparse.Namespace) -> int:
     from anomem.data.folder import load_images
-    from anomem.detector import AnoMem
 
-    det = AnoMem.load(args.checkpoint, device=args.device or "cpu")
+    _check_checkpoint_out(args, [("--anomalies", p) for p in args.anomalies] + [("--normals", p) for p in args.normals or ()])
+    det = _load_detector(args.checkpoint, device=args.device or "cpu")
     load = lambda p: load_images(p, image_size=det.image_size_, channels=det.in_channels_).images  # noqa: E731
     t0 = time.time()
     det.refit_scorer(load(args.anomalies), normals=None if args.normals is None else load(args.normals),
@@ -432,9 +596,21 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     """Protocol x classes x ratios x seeds, AnoMem beside every baseline; resumable."""
     from anomem.benchmark import GROUPS, BenchmarkSettings, run_benchmark
 
+    check_int_range("--jobs", args.jobs, 1, 256)
+    if args.threads is not None:
+        check_int_range("--threads", args.threads, 1, 1024)
+    check_int_range("--seeds", args.seeds, 1, 1000)
+    if not (0.0 <= args.pollution < 1.0):  # NaN fails too
+        raise DataError(f"--pollution (γ_p) must lie in [0, 1), got {args.pollution}")
+    for name in ("max_train", "max_test"):
+        if getattr(args, name) is not None:
+            check_int_range("--" + name.replace("_", "-"), getattr(args, name), 1, 10_000_000)
+    check_outputs([("--out", args.out)], [("--data-root", _existing(args.data_root))])
+    # a results directory is new, empty, or one a benchmark wrote (its benchmark.json): resumed, never clobbered
+    check_claimable("--out", args.out, "benchmark", legacy=("benchmark.json",))
     groups = tuple(GROUPS) if "all" in args.methods else tuple(dict.fromkeys(args.methods))
     overrides = tuple(args.set or ()) + ((f"train.epochs={args.epochs}",) if args.epochs is not None else ())
-    load_config(args.preset, None, list(overrides))  # a bad --set fails now, not in a worker
+    check_config_limits(load_config(args.preset, None, list(overrides)))  # a bad --set fails now, not in a worker
     s = BenchmarkSettings(
         protocol=args.protocol, data=args.data, data_root=args.data_root, ood=args.ood,
         classes=tuple(args.classes), ratios=tuple(args.ratios), seeds=args.seeds, groups=groups,
@@ -452,9 +628,14 @@ def cmd_linear_eval(args: argparse.Namespace) -> int:
     """Linear evaluation of a trained detector's frozen encoder on a labelled dataset."""
     from anomem.benchmark import linear_evaluation
     from anomem.data.registry import load_dataset
-    from anomem.detector import AnoMem
 
-    det = AnoMem.load(args.checkpoint, device=args.device or "cpu")
+    check_seed("--seed", args.seed)
+    if args.max_train is not None:
+        check_int_range("--max-train", args.max_train, 1, 10_000_000)
+    if args.out is not None:
+        check_outputs([("--out", args.out)], [("checkpoint", args.checkpoint), ("--data-root", _existing(args.data_root))])
+        check_file_target("--out", args.out, ("text",))
+    det = _load_detector(args.checkpoint, device=args.device or "cpu")
     train = load_dataset(args.data, "train", root=args.data_root)
     test = load_dataset(args.data, "test", root=args.data_root)
     t0 = time.time()
@@ -474,12 +655,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from anomem.detector import AnoMem
     from anomem.protocols import one_vs_all
 
-    run = _prepare_run_dir(args.out)
+    check_claimable("--out", args.out, "demo", legacy=("demo.json",))
     # Settings chosen on a validation split of the digits training data (docs/method.md):
     # digits are not flip-invariant, and heavy crops erase what tells them apart.
     demo = ["backbone.width=16", "train.epochs=100", "train.batch_size=32", "memory.normalize=l2", "memory.beta=8",
             "augment.flip_p=0", "augment.crop_scale=[0.85,1]"]
+    for c in args.classes:
+        check_int_range("--classes", c, 0, 9)
     cfg = load_config("tiny", None, [*demo, f"train.seed={args.seed}", *(args.set or [])])
+    check_config_limits(cfg)
+    run = claim_output_dir("--out", args.out, "demo", legacy=("demo.json",))
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     rows = []
     print(f"AnoMem demo: scikit-learn digits ({len(train)} train / {len(test)} test, 16x16), one-vs-all, preset 'tiny'")
@@ -630,6 +815,11 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def one_line(e: BaseException) -> str:
+    """An error message on one line (YAML and torch errors span several; the CLI promises one)."""
+    return " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -646,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except AnoMemError as e:
-        print(f"anomem: error: {e}", file=sys.stderr)
+        print(f"anomem: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("anomem: interrupted", file=sys.stderr)

@@ -30,7 +30,14 @@ from anomem.engine import EpochLog, Stage1Trainer, resolve_device
 from anomem.errors import ConfigError, DataError, NotFittedError
 from anomem.factory import build_net, build_scorer
 from anomem.inference import AnoMemModel, smooth_maps
-from anomem.inputs import as_images, as_labels, match_geometry, to_float
+from anomem.inputs import (
+    as_images,
+    as_labels,
+    check_batch_size,
+    check_trainable_size,
+    match_geometry,
+    to_float,
+)
 from anomem.model import AnoMemNet
 from anomem.prototypes import PrototypeCache, build_prototype_cache
 from anomem.scoring import Scorer
@@ -121,6 +128,10 @@ class AnoMem(ThresholdMixin):
         """
         cfg = self._resolve_config()
         x, normal = _training_set(X, anomalies, y)
+        check_trainable_size(x.shape[2:])
+        if cfg.scorer.mode == "supervised" and bool(normal.all()) and not (cfg.pseudo.enabled and cfg.pseudo.heads):
+            raise ConfigError("scorer.mode is 'supervised' but no labelled anomalies were given; pass anomalies= "
+                              "(or y=) or use scorer.mode=auto")
         cal = stage2.calibration_split(normal, cfg.scorer.calibration_fraction, cfg.train.seed)
         calibration = x[cal]
         if cal.numel():
@@ -270,7 +281,7 @@ class AnoMem(ThresholdMixin):
     @torch.inference_mode()
     def score_per_scale(self, X: Any, batch_size: int = 256) -> np.ndarray:
         """Per-scale anomaly scores (N, S), standardised if configured."""
-        model = self.inference_model
+        model, batch_size = self.inference_model, check_batch_size(batch_size)
         out = [model.scale_scores(ev) for ev in model.evidence_batches(self.prepare_images(X), batch_size)]
         return torch.cat(out).cpu().numpy()
 
@@ -284,7 +295,7 @@ class AnoMem(ThresholdMixin):
                 on the threshold, scaled by the spread of normal scores); needs a
                 threshold. The default is the raw score.
         """
-        model = self.inference_model
+        model, batch_size = self.inference_model, check_batch_size(batch_size)
         if normalized:
             self.require_threshold("normalized scores")
         out = [model.merged_score(ev) for ev in model.evidence_batches(self.prepare_images(X), batch_size)]
@@ -297,7 +308,7 @@ class AnoMem(ThresholdMixin):
         average-pooled over positions, before any memory. For linear evaluation and for
         feature-space baselines (SimCLR + kNN / k-means)."""
         self.check_fitted()
-        model = self.model_
+        model, batch_size = self.model_, check_batch_size(batch_size)
         out = [ev.embeddings[scale].cpu() for ev in model.evidence_batches(self.prepare_images(X), batch_size)]
         return torch.cat(out).numpy().astype(np.float64)
 
@@ -321,7 +332,7 @@ class AnoMem(ThresholdMixin):
         Args:
             sigma: smoothing σ in pixels; None = the configured default.
         """
-        model = self.inference_model
+        model, batch_size = self.inference_model, check_batch_size(batch_size)
         sigma = model.map_sigma if sigma is None else float(sigma)
         if not (np.isfinite(sigma) and sigma >= 0):
             raise ConfigError(f"sigma must be a finite number >= 0 (pixels), got {sigma!r}")

@@ -25,3 +25,7 @@ class CheckpointError(AnoMemError):
 
 class NotFittedError(AnoMemError, RuntimeError):
     """A method that needs a fitted detector was called before ``fit``."""
+
+
+class OutputError(AnoMemError, ValueError):
+    """An output path would overwrite an input, a foreign file, or a run another process owns."""

@@ -52,6 +52,11 @@ def as_images(x: Any, name: str = "images") -> torch.Tensor:
             x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
         raise DataError(f"{name}: expected an array, tensor, Dataset or ImageSet, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise DataError(f"{name}: sparse or other non-dense tensors (layout {x.layout}) are not images; "
+                        "pass x.to_dense()")
+    if x.device.type == "meta":
+        raise DataError(f"{name}: a tensor on the 'meta' device holds no data; pass real images")
     x = x.detach()
     if x.ndim == 3:
         x = x[:, None]  # (N, H, W) -> (N, 1, H, W)
@@ -68,6 +73,10 @@ def as_images(x: Any, name: str = "images") -> torch.Tensor:
         return x
     if x.dtype == torch.bool or x.is_complex():
         raise DataError(f"{name}: unsupported dtype {str(x.dtype).removeprefix('torch.')}; use uint8 or float in [0, 1]")
+    if x.dtype in _WIDE_UNSIGNED:  # 16/32-bit images (16-bit PNG, TIFF): the full range maps to 0..255
+        top = _WIDE_UNSIGNED[x.dtype]
+        wide = x.to(torch.int64)
+        return ((wide * 255 + top // 2) // top).to(torch.uint8)
     if not x.is_floating_point():  # other integer types: pixel values 0..255
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi > 255:
@@ -86,6 +95,11 @@ def as_images(x: Any, name: str = "images") -> torch.Tensor:
     return x
 
 
+# Unsigned integer images wider than 8 bits, scaled by their full range (max value).
+_WIDE_UNSIGNED = {getattr(torch, name): 2**bits - 1 for name, bits in (("uint16", 16), ("uint32", 32))
+                  if hasattr(torch, name)}
+
+
 def _from_dataset(ds: torch.utils.data.Dataset, name: str) -> torch.Tensor:
     try:
         n = len(ds)  # type: ignore[arg-type]
@@ -98,7 +112,14 @@ def _from_dataset(ds: torch.utils.data.Dataset, name: str) -> torch.Tensor:
         item = ds[i]
         if isinstance(item, (tuple, list)):
             item = item[0]
-        item = torch.as_tensor(np.asarray(item)) if not isinstance(item, torch.Tensor) else item
+        if not isinstance(item, torch.Tensor):
+            if isinstance(item, (str, bytes, PathLike)):
+                raise DataError(f"{name}: the Dataset yields {type(item).__name__} {str(item)[:60]!r} at index {i}, "
+                                "not an image (load files with anomem.data.load_images)")
+            arr = np.asarray(item)
+            if arr.dtype.kind not in "buif":
+                raise DataError(f"{name}: the Dataset yields {arr.dtype} values at index {i}, not image pixels")
+            item = torch.from_numpy(np.ascontiguousarray(arr))
         items.append(item)
     shapes = {tuple(t.shape) for t in items}
     if len(shapes) != 1:
@@ -133,7 +154,12 @@ def match_geometry(x: torch.Tensor, channels: int, size: tuple[int, int], name: 
 
 def as_labels(y: Any, n: int, name: str = "labels") -> torch.Tensor:
     """Labels in {0, 1} (1 = normal, the paper's convention) as a bool tensor (N,)."""
-    t = torch.as_tensor(np.asarray(y))
+    arr = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)
+    if arr.dtype.kind not in "buif":
+        shown = arr.ravel()[:3].tolist() if arr.dtype.kind in "USO" else arr.dtype
+        raise DataError(f"{name}: labels must be numbers 0 (anomaly) or 1 (normal), got {arr.dtype} values "
+                        f"such as {shown}")
+    t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.shape != (n,):
         raise DataError(f"{name}: expected shape ({n},), got {tuple(t.shape)}")
     if t.is_floating_point() and not torch.isfinite(t).all():
@@ -142,3 +168,31 @@ def as_labels(y: Any, n: int, name: str = "labels") -> torch.Tensor:
     if bad.any():
         raise DataError(f"{name}: values must be 0 (anomaly) or 1 (normal), got {sorted(set(t[bad].tolist()))[:5]}")
     return t == 1
+
+
+MAX_BATCH_SIZE = 65536
+
+
+def check_int_range(name: str, value: Any, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi]; bools, floats and strings are refused (DataError)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise DataError(f"{name} must be an integer, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise DataError(f"{name} must lie in [{lo}, {hi}], got {int(value)}")
+    return int(value)
+
+
+def check_batch_size(value: Any, name: str = "batch_size") -> int:
+    """A batch size: an integer in [1, 65536]."""
+    return check_int_range(name, value, 1, MAX_BATCH_SIZE)
+
+
+MIN_TRAIN_SIDE = 2  # the blur augmentation's smallest kernel (3) with reflect padding needs 2 pixels
+
+
+def check_trainable_size(hw: Any, name: str = "training images") -> None:
+    """Refuse images smaller than the augmentations can handle, naming the minimum."""
+    h, w = (int(v) for v in hw)
+    if min(h, w) < MIN_TRAIN_SIDE:
+        raise DataError(f"{name} are {h}x{w} pixels; training needs at least {MIN_TRAIN_SIDE}x{MIN_TRAIN_SIDE} "
+                        "(the Gaussian-blur augmentation's 3x3 kernel with reflect padding); use larger images")

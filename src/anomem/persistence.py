@@ -25,6 +25,7 @@ from anomem.factory import build_net, build_scorer
 from anomem.prototypes import PrototypeCache
 from anomem.stage2 import ScoreBank, Stage2Banks
 from anomem.thresholds import Threshold
+from anomem.validate import check_device, validate_detector_checkpoint, validate_training_checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
     from anomem.detector import AnoMem
@@ -70,6 +71,7 @@ def restore_stage1(det: AnoMem, ckpt: dict[str, Any], trainer: Stage1Trainer) ->
     """Continue ``trainer`` from a :func:`stage1_checkpoint` made with the same config."""
     if "trainer" not in ckpt:
         raise CheckpointError("this checkpoint holds no training state to resume from")
+    validate_training_checkpoint(ckpt, "the resume checkpoint")
     try:
         # Compare through JSON on both sides: to_dict() holds tuples where the file has lists.
         if json.loads(ckpt["config"]) != json.loads(det.config_.to_json()):
@@ -111,7 +113,9 @@ def load_detector(cls: type[AnoMem], path: str | Path, device: str = "cpu") -> A
         CheckpointError: the file is missing, corrupt, unsafe, from a newer format, or
             holds entries of the wrong kind (a clear message, never a traceback).
     """
+    check_device(device)
     ckpt = load_checkpoint(path)
+    validate_detector_checkpoint(ckpt, path)  # every field checked before anything is built from it
     try:
         return _from_checkpoint(cls, ckpt, path, device)
     except AnoMemError:

@@ -147,13 +147,45 @@ def test_sigkill_at_random_moments_of_a_save_loop(tmp_path, blobs):
 
 def test_stale_temp_files_of_killed_writers_are_cleaned(tmp_path):
     target = tmp_path / "metrics.json"
-    old = tmp_path / ".metrics.json.abc123.tmp"
-    young = tmp_path / ".metrics.json.def456.tmp"
+    old = tmp_path / ".metrics.json.abc12_yz.tmp"  # the names mkstemp gives: 8 characters in the middle
+    young = tmp_path / ".metrics.json.def45678.tmp"
     old.write_bytes(b"half a file")
     young.write_bytes(b"maybe a live writer")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     atomic_write_text(target, "{}")
     assert target.read_text() == "{}" and not old.exists() and young.exists()
+
+
+@pytest.mark.parametrize("name", ["*.csv", "[ab].csv", "?.json", "**"])
+def test_stale_temp_cleanup_never_treats_the_name_as_a_pattern(tmp_path, name):
+    """Issue 10 #7: `score --out '/dir/*.csv'` deleted an unrelated old file of that directory."""
+    aged = time.time() - 7200
+    bystanders = [tmp_path / f".{n}.abcdefgh.tmp" for n in ("results.csv", "a.csv", "x.json", "model.ckpt")]
+    bystanders += [tmp_path / ".scores.csv.tmp", tmp_path / "notes.tmp"]
+    for p in bystanders:
+        p.write_bytes(b"someone else's")
+        os.utime(p, (aged, aged))
+    ours = tmp_path / f".{name}.k2j4h6g8.tmp"  # a real leftover of this very target
+    ours.write_bytes(b"half")
+    os.utime(ours, (aged, aged))
+    atomic_write_text(tmp_path / name, "x")
+    assert (tmp_path / name).read_text() == "x"
+    assert all(p.read_bytes() == b"someone else's" for p in bystanders)
+    assert not ours.exists()
+
+
+def test_stale_temp_cleanup_skips_links_and_directories(tmp_path):
+    aged = time.time() - 7200
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep")
+    link = tmp_path / ".m.json.linklink.tmp"
+    link.symlink_to(precious)
+    sub = tmp_path / ".m.json.dirdirdi.tmp"
+    sub.mkdir()
+    for p in (link, sub):
+        os.utime(p, (aged, aged), follow_symlinks=False)
+    atomic_write_text(tmp_path / "m.json", "{}")
+    assert precious.read_text() == "keep" and link.is_symlink() and sub.is_dir()
 
 
 class _DiskFull:
@@ -243,7 +275,7 @@ def test_cli_disk_full_on_final_save_then_resume(folder_dataset, tiny_train, tmp
 
 # Writes that may bypass the atomic writer, each with why it is fine.
 ALLOWED_DIRECT_WRITES = {
-    ("cli.py", 'probe.write_text("")'): "empty probe that the output directory is writable",
+    ("outputs.py", "os.write(fd, f\"{os.getpid()}"): "the lock file's owner pid, only ever read for a message",
     ("data/idx.py", "partial.write_bytes(content)"): "download written to .part, then renamed",
     ("report.py", 'fig.savefig(buf, format="png"'): "into an in-memory buffer",
     ("export.py", "atomic_write_bytes(path, lambda f: torch.jit.save("): "inside the atomic writer",
@@ -252,7 +284,7 @@ ALLOWED_DIRECT_WRITES = {
 }
 DIRECT_WRITE = re.compile(
     r"\.write_text\(|\.write_bytes\(|\bopen\([^)]*['\"][wax]b?\+?['\"]|torch\.save\(|jit\.save\(|\.savefig\("
-    r"|np\.save|\.to_csv\(|json\.dump\(|traced\.save\(|onnx\.export\("
+    r"|np\.save|\.to_csv\(|json\.dump\(|traced\.save\(|onnx\.export\(|\bos\.write\("
 )
 
 

@@ -10,6 +10,8 @@ taken at the epoch boundary (kornia's augmentations draw from it); the data orde
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from anomem import AnoMem
 from anomem.checkpoint import load_checkpoint
@@ -114,3 +118,99 @@ def test_last_ckpt_holds_everything_resume_needs(trained_run, trained_epochs):
     assert trainer["scheduler"]["last_epoch"] > 0 and trainer["optimizer"]["state"]  # momentum buffers
     assert isinstance(trainer["rng_cpu"], torch.Tensor) and trainer["rng_cpu"].dtype == torch.uint8
     assert Path(trained_run / "args.json").is_file()
+
+
+def _killed_copy(trained_run: Path, dst: Path) -> Path:
+    """A copy of the finished run as it was before its final save (no model.ckpt/metrics)."""
+    shutil.copytree(trained_run, dst)
+    for name in ("model.ckpt", "metrics.json", "test_scores.csv"):
+        (dst / name).unlink()
+    return dst
+
+
+def test_args_json_stores_absolute_paths_and_a_data_digest(trained_run, folder_dataset):
+    saved = json.loads((trained_run / "args.json").read_text())
+    assert Path(saved["data"]).is_absolute() and Path(saved["data"]) == folder_dataset.resolve()
+    assert len(saved["data_sha256"]) == 64 and Path(saved["cwd"]).is_absolute()
+
+
+def test_relative_data_resumes_from_another_working_directory(folder_dataset, tiny_train, tmp_path, monkeypatch):
+    monkeypatch.chdir(folder_dataset.parent)
+    run = tmp_path / "rel"
+    assert main(["train", "--data", folder_dataset.name, "--epochs", "1", "--out", str(run), *tiny_train]) == 0
+    (run / "model.ckpt").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    # a run from an older anomem that stored the relative path: resolved against the start directory
+    saved = json.loads((run / "args.json").read_text())
+    saved["data"] = folder_dataset.name
+    saved["cwd"] = str(folder_dataset.parent)
+    (run / "args.json").write_text(json.dumps(saved))
+    (run / "model.ckpt").unlink()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+
+
+def test_resume_refuses_changed_data(trained_run, folder_maker, tiny_train, tmp_path, capsys):
+    data = folder_maker(tmp_path / "D", n_train=8)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--epochs", "1", "--out", str(run), *tiny_train]) == 0
+    (run / "model.ckpt").unlink()
+    capsys.readouterr()
+    victim = sorted((data / "train" / "normal").iterdir())[0]
+    shutil.copy(sorted((data / "test" / "anomaly").iterdir())[0], victim)  # one training image replaced
+    last = (run / "last.ckpt").read_bytes()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "differ from the data the run started with" in err and len(err.strip().splitlines()) == 1, err
+    assert (run / "last.ckpt").read_bytes() == last and not (run / "model.ckpt").exists()
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("", "unreadable"),
+    ("[1, 2]", "not a mapping"),
+    ('{"ratio": 0.0}', "no 'data' entry"),
+    ('{"data": 3}', "'data' has the wrong type"),
+    ('{"data": ""}', "'data' is empty"),
+    ('{"data": "x", "ratio": "0.1"}', "'ratio' has the wrong type"),
+    ('{"data": "x", "ratio": 5}', "outside [0, 1)"),
+    ('{"data": "x", "channels": 2}', "channels 2"),
+    ('{"data": "x", "normal_class": true}', "'normal_class' has the wrong type"),
+])
+def test_edited_args_json_is_refused_in_one_line(trained_run, tmp_path, capsys, content, needle):
+    run = _killed_copy(trained_run, tmp_path / "run")
+    (run / "args.json").write_text(content)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("anomem: error: cannot resume") and needle in err and len(err.splitlines()) == 1, err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+_ARG_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=True),
+                        st.text(max_size=12), st.lists(st.integers(), max_size=2), st.just({}))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.dictionaries(st.sampled_from(["data", "data_root", "normal_class", "ratio", "channels", "seed",
+                                              "data_sha256", "cwd", "bogus"]), _ARG_VALUES, min_size=1, max_size=4),
+       drop=st.booleans())
+def test_fuzzed_args_json_resumes_or_gives_one_line_error(trained_run, tmp_path_factory, edits, drop):
+    """Random edits of a real args.json: exit 0 (still a valid run) or exit 2 in one line, last.ckpt unchanged."""
+    run = _killed_copy(trained_run, tmp_path_factory.mktemp("fuzzed") / "run")
+    saved = json.loads((run / "args.json").read_text())
+    if drop:
+        saved = {k: v for k, v in saved.items() if k not in edits}
+    else:
+        saved.update(edits)
+    (run / "args.json").write_text(json.dumps(saved))
+    last = (run / "last.ckpt").read_bytes()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["train", "--resume", str(run), "--no-progress"])
+    text = err.getvalue().strip().splitlines()
+    assert code in (0, 2) and "Traceback" not in err.getvalue()
+    if code == 2:
+        assert text[-1].startswith("anomem: error:"), text
+        assert (run / "last.ckpt").read_bytes() == last and not (run / "model.ckpt").exists()

@@ -65,10 +65,16 @@ class ImageInfo(NamedTuple):
 
 
 class FileScan(NamedTuple):
-    """Files under a directory, sorted by relative path: images and everything else."""
+    """Files under a directory, sorted by relative path: images and everything else.
+
+    ``skipped`` lists (folder, reason) for folders that were not scanned: unreadable
+    ones, and ones already scanned through another path (a symlink loop, or a second
+    link to the same folder).
+    """
 
     images: list[Path]
     others: list[Path]
+    skipped: list[tuple[Path, str]] = []
 
 
 def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -96,31 +102,69 @@ def _list_names(paths: Sequence[Path]) -> str:
 def scan_image_files(directory: str | Path) -> FileScan:
     """All files below ``directory`` (recursively, sorted), split by image extension.
 
-    Hidden files and folders are left out. Raises DataError if ``directory`` is not a
+    Hidden files and folders are left out. Symlinked folders are followed; each folder
+    is scanned once (by device and inode), so loops end and nothing is counted twice.
+    Folders that cannot be read, or were already scanned, are listed in
+    ``FileScan.skipped`` with the reason. Raises DataError if ``directory`` is not a
     directory.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"{directory}: not a directory")
-    images, others = [], []
-    for dirpath, dirnames, filenames in os.walk(directory):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.startswith("."):
+    images, others, skipped = [], [], []
+    seen: set[tuple[int, int]] = set()
+    stack = [directory]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = folder.stat()
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                skipped.append((folder, "already scanned through another path (a symlink loop or a second link)"))
                 continue
-            path = Path(dirpath, name)
-            (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
+            seen.add(key)
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            skipped.append((folder, f"cannot read it: {e.strerror or e}"))
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(folder, entry.name)
+            try:
+                is_dir = entry.is_dir()  # follows symlinks
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append(path)
+            else:
+                (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
+        stack.extend(reversed(subdirs))  # depth first, in name order
 
-    def key(p: Path) -> str:
+    def key_of(p: Path) -> str:
         return p.relative_to(directory).as_posix()
 
-    return FileScan(sorted(images, key=key), sorted(others, key=key))
+    return FileScan(sorted(images, key=key_of), sorted(others, key=key_of), skipped)
+
+
+def _describe_skipped(skipped: Sequence[tuple[Path, str]]) -> str:
+    shown = "; ".join(f"{p} ({why})" for p, why in skipped[:_MAX_LISTED])
+    more = len(skipped) - _MAX_LISTED
+    return shown + (f" and {more} more" if more > 0 else "")
 
 
 def _images_only(directory: Path) -> list[Path]:
     scan = scan_image_files(directory)
     if scan.others:
         raise DataError(f"non-image files in {directory}: {_list_names(scan.others)}")
+    unreadable = [(p, why) for p, why in scan.skipped if why.startswith("cannot read")]
+    if unreadable:  # a dataset that cannot be read completely is not used in part
+        raise DataError(f"folders in {directory} that cannot be read: {_describe_skipped(unreadable)}")
+    repeated = [(p, why) for p, why in scan.skipped if not why.startswith("cannot read")]
+    if repeated:
+        warnings.warn(f"{directory}: skipped {_describe_skipped(repeated)}", UserWarning, stacklevel=3)
     return scan.images
 
 
@@ -187,11 +231,13 @@ def _to_mode(im: Image.Image, channels: int, path: Path) -> Image.Image:
         raise DataError(f"{path}: floating-point images are not supported; save it as 8 or 16 bit")
     if im.mode in _SIXTEEN_BIT:
         arr = np.asarray(im).astype(np.int64)
-        if arr.size and (arr.min() < 0 or arr.max() > 65535):
-            raise DataError(
-                f"{path}: pixel values {arr.min()}..{arr.max()} exceed the 16-bit range"
-            )
-        im = Image.fromarray(np.round(arr / 257.0).astype(np.uint8), mode="L")  # 65535 -> 255
+        if im.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
+            # 32 bits per pixel: Pillow reads unsigned 32-bit TIFFs as signed "I", so take the
+            # bits as unsigned and map the full 32-bit range to 0..255.
+            wide = (arr & 0xFFFFFFFF).astype(np.float64)
+            im = Image.fromarray(np.round(wide / 16843009.0).astype(np.uint8), mode="L")  # 2^32-1 -> 255
+        else:
+            im = Image.fromarray(np.round(arr / 257.0).astype(np.uint8), mode="L")  # 65535 -> 255
     elif im.mode in ("P", "PA") and ("transparency" in im.info or im.mode == "PA"):
         im = im.convert("RGBA")
     target = "L" if channels == 1 else "RGB"
@@ -212,7 +258,8 @@ def read_image(
         path: any file Pillow can read.
         size: output (H, W) or a square side; None keeps the file's size.
         channels: 1 (converted to "L", ITU-R 601 luma) or 3 ("RGB"). 16-bit images are
-            scaled to 8 bits; alpha is dropped.
+            scaled to 8 bits (65535 -> 255), 32-bit integer images (TIFF) by their full
+            unsigned range (2^32 - 1 -> 255); alpha is dropped.
 
     Raises:
         DataError: the file is missing, empty, truncated or not an image.
@@ -289,18 +336,27 @@ def load_images(
     items = [paths_or_dirs] if isinstance(paths_or_dirs, str | Path) else list(paths_or_dirs)
     files: list[Path] = []
     skipped: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
     for item in map(Path, items):
         if item.is_dir():
             scan = scan_image_files(item)
             files.extend(scan.images)
             skipped.extend(scan.others)
+            unreadable.extend((p, why) for p, why in scan.skipped if why.startswith("cannot read"))
+            skipped.extend(p for p, why in scan.skipped if why.startswith("cannot read"))
         elif item.is_file():
             (files if item.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(item)
         else:
             raise DataError(f"{item}: no such file or directory")
+    if unreadable and not skip_invalid:
+        raise DataError(
+            f"folders that cannot be read: {_describe_skipped(unreadable)} "
+            "(skip them with skip_invalid=True, or --skip-invalid on the command line)"
+        )
     if skipped and not skip_invalid:
         raise DataError(
-            f"not image files: {_list_names(skipped)} (pass skip_invalid=True to skip them)"
+            f"not image files: {_list_names(skipped)} "
+            "(skip them with skip_invalid=True, or --skip-invalid on the command line)"
         )
 
     infos: list[ImageInfo] = []
@@ -399,6 +455,17 @@ def _match_masks(masks_dir: Path, anomalies: list[_Entry]) -> dict[Path, Path]:
     return masks
 
 
+def _common_size(infos: Sequence[ImageInfo]) -> tuple[int, int]:
+    """The (H, W) most of the training normals have (ties: the first in file order).
+
+    One odd image (a 1x1 thumbnail among 16x16 images) must not resize the whole set.
+    """
+    counts: dict[tuple[int, int], int] = {}
+    for info in infos:
+        counts[info.size] = counts.get(info.size, 0) + 1
+    return max(counts, key=lambda hw: counts[hw])  # dicts keep insertion order: ties go to the first
+
+
 def load_folder(
     root: str | Path,
     split: str = "train",
@@ -408,7 +475,7 @@ def load_folder(
     """Load ``split`` ("train" or "test") of a user anomaly folder (layout: module docstring).
 
     Defaults are taken from the whole folder so both splits agree: ``image_size=None``
-    uses the size of the first image of ``train/normal``; ``channels=None`` is 3 if any
+    uses the size most images of ``train/normal`` have (ties: the first); ``channels=None`` is 3 if any
     image under ``train/`` or ``test/`` is colour, else 1.
 
     Returns:
@@ -443,10 +510,10 @@ def load_folder(
     if not entries:
         raise DataError(f"{split_dir}: no images in normal/ or anomaly/")
 
-    size = (
-        image_hw(image_size) if image_size is not None else probe_image(train_entries[0].path).size
-    )
     infos = {e.path: probe_image(e.path) for e in entries}
+    size = image_hw(image_size) if image_size is not None else _common_size(
+        [infos[e.path] if e.path in infos else probe_image(e.path) for e in train_entries if not e.anomaly]
+    )
     if channels is None:
         test_dir = root / "test"
         if split == "test":

@@ -1,0 +1,310 @@
+"""Every field of a checkpoint checked for type, shape, range and finiteness before use.
+
+A checkpoint is a file someone may hand you. :func:`anomem.checkpoint.load_checkpoint`
+makes sure it is plain data; this module makes sure that data can neither crash, stall
+nor fool whoever uses it: NaN weights or scorer statistics would score every image
+"normal", a bank of the wrong width would fail deep inside ``refit``, a zero standard
+deviation would turn scores into inf, an image size of 10⁹ would allocate without end.
+
+* :func:`validate_detector_checkpoint` — a fitted detector (``model.ckpt``), before
+  ``AnoMem._from_checkpoint`` builds anything from it.
+* :func:`validate_training_checkpoint` — a mid-training ``last.ckpt``, before resume.
+* :func:`load_detector` — load + validate + build, what the CLI uses everywhere.
+* :func:`check_device` — a device name the library can use (no ``meta``, no typos).
+
+Every failure is a :class:`CheckpointError` of one line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from anomem.config import AnoMemConfig
+from anomem.errors import CheckpointError, ConfigError
+from anomem.limits import check_config_limits
+from anomem.thresholds import Threshold
+
+MAX_IMAGE_SIDE = 8192  # the largest (H, W) side a checkpoint may claim
+MAX_SCALES = 16
+MAX_MAGNITUDE = 1e15  # no trained weight or statistic comes near; float32 arithmetic on it stays finite
+
+
+class _Bad(Exception):
+    """One field is wrong; the message names it."""
+
+
+def check_device(device: Any) -> str:
+    """Refuse device names the library cannot compute on (``meta``, typos) with ConfigError."""
+    if not isinstance(device, str) or not (
+        device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d{1,3}", device)
+    ):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return device
+
+
+def _tensor(value: Any, field: str, ndim: int | None = None, floating: bool | None = None) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise _Bad(f"{field} must be a tensor, got {type(value).__name__}")
+    if value.layout != torch.strided or value.device.type == "meta":
+        raise _Bad(f"{field} must be a dense tensor, got layout {value.layout} on {value.device.type}")
+    if ndim is not None and value.ndim != ndim:
+        raise _Bad(f"{field} must have {ndim} dimensions, got shape {tuple(value.shape)}")
+    if floating is True and not value.is_floating_point():
+        raise _Bad(f"{field} must be floating point, got {value.dtype}")
+    if value.is_floating_point() or value.is_complex():
+        if not bool(torch.isfinite(value).all()):
+            raise _Bad(f"{field} holds NaN or infinite values")
+        if value.numel() and float(value.abs().max()) > MAX_MAGNITUDE:
+            raise _Bad(f"{field} holds values of magnitude above {MAX_MAGNITUDE:g} (they overflow when scored)")
+    return value
+
+
+def _tensor_dict(value: Any, field: str) -> Mapping[str, torch.Tensor]:
+    if not isinstance(value, Mapping):
+        raise _Bad(f"{field} must be a mapping of tensors, got {type(value).__name__}")
+    for k, v in value.items():
+        if not isinstance(k, str):
+            raise _Bad(f"{field} has a non-string key {k!r}")
+        _tensor(v, f"{field}[{k!r}]")
+    return value
+
+
+def _int(value: Any, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(f"{field} must be an integer, got {value!r}"[:200])
+    if not lo <= value <= hi:
+        raise _Bad(f"{field} must lie in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _json(value: Any, field: str, kind: type) -> Any:
+    if not isinstance(value, str):
+        raise _Bad(f"{field} must be a JSON string, got {type(value).__name__}")
+    try:
+        out = json.loads(value)
+    except ValueError as e:
+        raise _Bad(f"{field} is not valid JSON: {e}") from None
+    if not isinstance(out, kind):
+        raise _Bad(f"{field} must hold a JSON {kind.__name__}, got {type(out).__name__}")
+    return out
+
+
+def _history(value: Any, field: str = "history") -> None:
+    for i, entry in enumerate(_json(value, field, list)):
+        if not isinstance(entry, dict):
+            raise _Bad(f"{field}[{i}] must be a mapping")
+        for k in ("epoch", "loss"):
+            v = entry.get(k)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise _Bad(f"{field}[{i}].{k} must be a finite number, got {v!r}"[:200])
+
+
+def _common(ckpt: Mapping[str, Any]) -> None:
+    """Fields both kinds of checkpoint share: geometry, config text, weights."""
+    if not isinstance(ckpt.get("config"), str):
+        raise _Bad(f"config must be a JSON string, got {type(ckpt.get('config')).__name__}")
+    try:
+        cfg = AnoMemConfig.from_dict(json.loads(ckpt["config"]))
+    except (ConfigError, ValueError, KeyError, TypeError):
+        cfg = None  # reported by the loader as "holds a config this version cannot read"
+    if cfg is not None:
+        try:
+            check_config_limits(cfg)
+        except ConfigError as e:
+            raise _Bad(f"config: {e}") from None
+    if ckpt.get("in_channels") not in (1, 3) or isinstance(ckpt.get("in_channels"), bool):
+        raise _Bad(f"in_channels must be 1 or 3, got {ckpt.get('in_channels')!r}"[:200])
+    size = ckpt.get("image_size")
+    if not isinstance(size, list | tuple) or len(size) != 2:
+        raise _Bad(f"image_size must be [H, W], got {size!r}"[:200])
+    for i, v in enumerate(size):
+        _int(v, f"image_size[{i}]", 1, MAX_IMAGE_SIDE)
+    net = _tensor_dict(ckpt.get("net"), "net")
+    for k, t in net.items():  # statistics a square root or a division is taken of
+        if k.endswith("running_var") and t.is_floating_point() and bool((t < 0).any()):
+            raise _Bad(f"net[{k!r}] must be >= 0 (a variance)")
+        if k.rsplit(".", 1)[-1].endswith("std") and t.is_floating_point() and not bool((t > 0).all()):
+            raise _Bad(f"net[{k!r}] must be > 0 (a standard deviation)")
+    if "history" in ckpt:
+        _history(ckpt["history"])
+
+
+def _bank_list(value: Any, field: str, dims: list[int]) -> None:
+    if not isinstance(value, list | tuple) or len(value) != len(dims):
+        raise _Bad(f"{field} must be a list of {len(dims)} tensors (one per scale), got "
+                   f"{type(value).__name__} of length {len(value) if isinstance(value, list | tuple) else '-'}")
+    rows = None
+    for i, (t, d) in enumerate(zip(value, dims)):
+        t = _tensor(t, f"{field}[{i}]", ndim=2, floating=True)
+        if t.shape[1] != d:
+            raise _Bad(f"{field}[{i}] must have {d} columns (the scorer's input width), got shape {tuple(t.shape)}")
+        if rows is not None and t.shape[0] != rows:
+            raise _Bad(f"{field}: scales hold different numbers of images ({rows} and {t.shape[0]})")
+        rows = t.shape[0]
+
+
+def _scorer(value: Any) -> list[int]:
+    """Check the stage-2 state; return each scale's pooled input width."""
+    s = _tensor_dict(value, "scorer")
+    dims = []
+    while f"heads.{len(dims)}.in_mean" in s:
+        dims.append(int(s[f"heads.{len(dims)}.in_mean"].numel()))
+    n = len(dims)
+    if not 1 <= n <= MAX_SCALES:
+        raise _Bad(f"scorer must hold 1 to {MAX_SCALES} heads, got {n}")
+    for key in ("scale_weights", "score_mean", "score_std", "head_mean", "head_std", "map_mean", "map_std",
+                "bank_mean", "bank_std"):
+        if key not in s:
+            raise _Bad(f"scorer[{key!r}] is missing")
+        t = _tensor(s[key], f"scorer[{key!r}]", ndim=1, floating=True)
+        if t.shape[0] != n:
+            raise _Bad(f"scorer[{key!r}] must hold {n} values (one per scale), got shape {tuple(t.shape)}")
+        if key.endswith("_std") and not bool((t > 0).all()):
+            raise _Bad(f"scorer[{key!r}] must be > 0 (a standard deviation), got {t.tolist()}")
+    if bool((s["scale_weights"] < 0).any()) or not float(s["scale_weights"].sum()) > 0:
+        raise _Bad(f"scorer['scale_weights'] must be >= 0 with a positive sum, got {s['scale_weights'].tolist()}")
+    rows = None
+    for i in range(n):
+        for part in ("in_std", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"):
+            if f"heads.{i}.{part}" not in s:
+                raise _Bad(f"scorer['heads.{i}.{part}'] is missing")
+        std = s[f"heads.{i}.in_std"]
+        if std.shape != s[f"heads.{i}.in_mean"].shape or not bool((std > 0).all()):
+            raise _Bad(f"scorer['heads.{i}.in_std'] must be > 0, one value per input")
+        bank = s.get(f"bank{i}")
+        if bank is None:
+            raise _Bad(f"scorer['bank{i}'] is missing")
+        _tensor(bank, f"scorer['bank{i}']", ndim=2, floating=True)
+        if rows is not None and bank.shape[0] != rows:
+            raise _Bad(f"scorer['bank{i}'] holds {bank.shape[0]} rows, bank0 holds {rows}")
+        rows = bank.shape[0]
+        if bank.numel() and not bool(((bank.float().norm(dim=1) - 1).abs() < 1e-3).all()):
+            raise _Bad(f"scorer['bank{i}'] must hold unit-length embeddings (rows of norm 1)")
+    if "supervised" in s and s["supervised"].numel() != 1:
+        raise _Bad("scorer['supervised'] must be one flag")
+    _pixel_bank(s)
+    return dims
+
+
+def _pixel_bank(s: Mapping[str, torch.Tensor]) -> None:
+    """The optional raw-pixel bank (``pixels.*``; files from before it have none)."""
+    if "pixels.bank" not in s:
+        return
+    for key in ("pixels.grid", *(f"pixels.{n}_{m}" for n in ("global", "map", "local") for m in ("mean", "std"))):
+        if key not in s:
+            raise _Bad(f"scorer[{key!r}] is missing")
+    bank = _tensor(s["pixels.bank"], "scorer['pixels.bank']", ndim=2, floating=True)
+    grid = _tensor(s["pixels.grid"], "scorer['pixels.grid']", ndim=1, floating=False)
+    if bank.shape[0] > 0:
+        if grid.shape != (3,) or bool((grid < 1).any()) or int(grid.prod()) != bank.shape[1]:
+            raise _Bad(f"scorer['pixels.grid'] must be (C, h, w) with C·h·w = {bank.shape[1]}, got {grid.tolist()}")
+        if int(grid[1]) > 4096 or int(grid[2]) > 4096:
+            raise _Bad(f"scorer['pixels.grid'] is implausibly large: {grid.tolist()}")
+    for n in ("global", "map", "local"):
+        _tensor(s[f"pixels.{n}_mean"], f"scorer['pixels.{n}_mean']", ndim=0, floating=True)
+        std = _tensor(s[f"pixels.{n}_std"], f"scorer['pixels.{n}_std']", ndim=0, floating=True)
+        if not float(std) > 0:
+            raise _Bad(f"scorer['pixels.{n}_std'] must be > 0 (a standard deviation), got {float(std)}")
+
+
+def _validate_detector(ckpt: Mapping[str, Any]) -> None:
+    _common(ckpt)
+    dims = _scorer(ckpt.get("scorer"))
+    n = len(dims)
+    for field in ("normal_bank", "anomaly_bank"):
+        _bank_list(ckpt.get(field), field, dims)
+    if ckpt["normal_bank"][0].shape[0] < 1:
+        raise _Bad("normal_bank holds no images")
+    if "pseudo_bank" in ckpt:
+        _bank_list(ckpt["pseudo_bank"], "pseudo_bank", dims)
+    if "normal_score_bank" in ckpt:
+        t = _tensor(ckpt["normal_score_bank"], "normal_score_bank", ndim=2, floating=True)
+        if t.shape[1] != n:
+            raise _Bad(f"normal_score_bank must have {n} columns, got shape {tuple(t.shape)}")
+    cal = ckpt.get("calibration_bank")
+    if cal:
+        if not isinstance(cal, Mapping):
+            raise _Bad("calibration_bank must be a mapping")
+        raw = _tensor(cal.get("raw"), "calibration_bank['raw']", ndim=2, floating=True)
+        if raw.shape[1] != n:
+            raise _Bad(f"calibration_bank['raw'] must have {n} columns, got shape {tuple(raw.shape)}")
+        _bank_list(cal.get("pooled"), "calibration_bank['pooled']", dims)
+        if cal["pooled"][0].shape[0] != raw.shape[0]:
+            raise _Bad("calibration_bank: 'raw' and 'pooled' hold different numbers of images")
+        px = cal.get("pixel")
+        if px is not None:
+            px = _tensor(px, "calibration_bank['pixel']", floating=True)
+            if px.numel() and tuple(px.shape) != (raw.shape[0], 2):
+                raise _Bad(f"calibration_bank['pixel'] must be ({raw.shape[0]}, 2) or empty, got {tuple(px.shape)}")
+        if cal.get("bank") is not None:
+            b = _tensor(cal["bank"], "calibration_bank['bank']", ndim=2, floating=True)
+            if b.shape[0] != raw.shape[0] or b.shape[1] not in (0, n):
+                raise _Bad(f"calibration_bank['bank'] must be ({raw.shape[0]}, 0 or {n}), got {tuple(b.shape)}")
+    th = ckpt.get("threshold", "")
+    if not isinstance(th, str):
+        raise _Bad(f"threshold must be a JSON string, got {type(th).__name__}")
+    if th:
+        try:
+            Threshold(**_json(th, "threshold", dict))
+        except (TypeError, ValueError) as e:  # ConfigError is a ValueError
+            raise _Bad(f"threshold is not a valid threshold: {e}") from None
+    cache = ckpt.get("prototype_cache")
+    if cache:
+        if not isinstance(cache, Mapping):
+            raise _Bad("prototype_cache must be a mapping")
+        for key in ("patches", "similarity", "source"):
+            if not isinstance(cache.get(key), list | tuple) or len(cache[key]) != n:
+                raise _Bad(f"prototype_cache[{key!r}] must be a list of {n} tensors")
+        for i in range(n):
+            p = _tensor(cache["patches"][i], f"prototype_cache['patches'][{i}]", ndim=4)
+            sim = _tensor(cache["similarity"][i], f"prototype_cache['similarity'][{i}]", ndim=1)
+            src = _tensor(cache["source"][i], f"prototype_cache['source'][{i}]", ndim=2)
+            if p.dtype != torch.uint8 or p.shape[1] != ckpt["in_channels"]:
+                raise _Bad(f"prototype_cache['patches'][{i}] must be uint8 with {ckpt['in_channels']} channels")
+            if sim.shape[0] != p.shape[0] or src.shape != (p.shape[0], 3) or src.is_floating_point():
+                raise _Bad(f"prototype_cache scale {i}: patches, similarity and source do not match")
+    if "meta" in ckpt:
+        _json(ckpt["meta"], "meta", dict)
+
+
+def validate_detector_checkpoint(ckpt: Mapping[str, Any], path: str | Path) -> None:
+    """Raise CheckpointError unless ``ckpt`` (a fitted detector) is well-formed and finite.
+
+    Call it between :func:`load_checkpoint` and ``AnoMem._from_checkpoint``.
+    """
+    if "scorer" not in ckpt:
+        raise CheckpointError(f"{str(path)!r} is a mid-training checkpoint; resume it with `anomem train --resume`")
+    try:
+        _validate_detector(ckpt)
+    except _Bad as e:
+        raise CheckpointError(f"{str(path)!r} is a malformed checkpoint: {e}") from None
+
+
+def validate_training_checkpoint(ckpt: Mapping[str, Any], path: str | Path) -> None:
+    """Raise CheckpointError unless a mid-training ``last.ckpt`` is well-formed and finite."""
+    try:
+        _common(ckpt)
+        trainer = ckpt.get("trainer")
+        if not isinstance(trainer, Mapping):
+            raise _Bad("trainer must be a mapping (the training state)")
+        _int(trainer.get("epoch"), "trainer['epoch']", 0, 10**7)
+        rng = _tensor(trainer.get("rng_cpu"), "trainer['rng_cpu']", ndim=1)
+        if rng.dtype != torch.uint8:
+            raise _Bad(f"trainer['rng_cpu'] must be uint8, got {rng.dtype}")
+        opt = trainer.get("optimizer")
+        if not isinstance(opt, Mapping) or not isinstance(opt.get("state"), Mapping):
+            raise _Bad("trainer['optimizer'] must hold the optimizer state")
+        for k, st in opt["state"].items():
+            if isinstance(st, Mapping):
+                for name, t in st.items():
+                    if isinstance(t, torch.Tensor):
+                        _tensor(t, f"trainer['optimizer'] state {k} {name}")
+    except _Bad as e:
+        raise CheckpointError(f"cannot resume: {str(path)!r} is a malformed training checkpoint: {e}") from None
