@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from anomem import persistence, stage2
-from anomem.calibration import ThresholdMixin
+from anomem.calibration import ThresholdMixin, calibration_fraction_for
 from anomem.config import AnoMemConfig, load_config
 from anomem.engine import EpochLog, Stage1Trainer, resolve_device
 from anomem.errors import ConfigError, DataError, NotFittedError
@@ -35,7 +35,7 @@ from anomem.model import AnoMemNet
 from anomem.prototypes import PrototypeCache, build_prototype_cache
 from anomem.scoring import Scorer
 from anomem.stage2 import ScoreBank, Stage2Banks
-from anomem.thresholds import Threshold, threshold_at_fpr
+from anomem.thresholds import Threshold
 
 EpochCallback = Callable[["AnoMem", Stage1Trainer, EpochLog], None]
 
@@ -102,11 +102,16 @@ class AnoMem(ThresholdMixin):
         """Train stage 1, then stage 2, then set the threshold from held-out normals.
 
         A fraction ``scorer.calibration_fraction`` of the normal images (seeded draw,
-        at least 2 normals stay for training) is held out of stages 1 and 2; their
-        scores set :attr:`threshold_` at ``scorer.target_fpr`` and stay in the
-        checkpoint so the threshold can be re-derived later (see
-        :meth:`calibrate_threshold`). With fewer than ``1 / calibration_fraction``
-        normals nothing is held out and no threshold is set.
+        at least 2 normals stay for training; raised up to
+        ``scorer.calibration_max_fraction`` when too few to estimate the target FPR,
+        :func:`anomem.calibration.calibration_count`) is held out of stages 1 and 2;
+        their scores set :attr:`threshold_` at ``scorer.target_fpr`` (or at the
+        ``scorer.contamination`` quantile, PyOD's rule) and stay in the checkpoint so
+        the threshold can be re-derived later (see :meth:`calibrate_threshold`). A
+        :class:`~anomem.thresholds.ThresholdWarning` says when they are still too few
+        to resolve the target. With fewer than ``1 / calibration_fraction`` normals
+        nothing is held out and no threshold is set (unless ``scorer.contamination``
+        is set: then it comes from the training normals' scores, with a warning).
 
         Args:
             X: training images (N, H, W) or (N, C, H, W), uint8 or float in [0, 1],
@@ -121,7 +126,7 @@ class AnoMem(ThresholdMixin):
         """
         cfg = self._resolve_config()
         x, normal = _training_set(X, anomalies, y)
-        cal = stage2.calibration_split(normal, cfg.scorer.calibration_fraction, cfg.train.seed)
+        cal = stage2.calibration_split(normal, calibration_fraction_for(int(normal.sum()), cfg.scorer), cfg.train.seed)
         calibration = x[cal]
         if cal.numel():
             train = torch.ones(x.shape[0], dtype=torch.bool)
@@ -159,8 +164,7 @@ class AnoMem(ThresholdMixin):
         if calibration.shape[0]:
             self.calibration_bank_ = stage2.calibration_bank(self.model_, calibration, cfg.scorer.normal_bank,
                                                              cfg.train.seed)
-            self.threshold_ = threshold_at_fpr(stage2.bank_scores(self.model_, self.calibration_bank_),
-                                               cfg.scorer.target_fpr)
+        self.threshold_ = self.fit_threshold(lambda: x[normal])
         self.prototype_cache_: PrototypeCache | None = None
         if cfg.scorer.prototype_cache > 0:
             self.prototype_cache_ = build_prototype_cache(net, x[normal][: cfg.scorer.prototype_cache], self.device_)
@@ -198,9 +202,9 @@ class AnoMem(ThresholdMixin):
         them, as they do in :meth:`fit` with labelled anomalies.
 
         The heads change the score scale, so a stored threshold is re-derived from the
-        held-out normals kept at fit time, at its target FPR (at ``scorer.target_fpr``
-        if it was set another way); without held-out normals it is removed
-        (``threshold_`` becomes None) and must be set again.
+        held-out normals kept at fit time, at its target FPR or contamination (at the
+        fit-time rule if it was set another way); without held-out normals it is
+        removed (``threshold_`` becomes None) and must be set again.
 
         Returns:
             self
@@ -215,11 +219,7 @@ class AnoMem(ThresholdMixin):
             new = [torch.cat([old, n]) for old, n in zip(banks.anomaly, new)]
         self.banks_ = banks._replace(anomaly=new)
         stage2.train_heads(self.model_, self.banks_, self.config_)
-        old = self.threshold_
-        self.threshold_ = None
-        if self.calibration_bank_ is not None:
-            keep_target = old is not None and old.method == "fpr" and old.target is not None
-            self.calibrate_threshold(fpr=old.target if keep_target else self.config_.scorer.target_fpr)
+        self.threshold_ = self.rederive_threshold(self.threshold_)
         return self
 
     # -- the fitted state ------------------------------------------------------------
