@@ -32,6 +32,7 @@ from anomem.factory import build_net, build_scorer
 from anomem.inference import AnoMemModel, smooth_maps
 from anomem.inputs import as_images, as_labels, match_geometry, to_float
 from anomem.model import AnoMemNet
+from anomem.params import ParamsMixin, apply_overrides, check_overrides
 from anomem.prototypes import PrototypeCache, build_prototype_cache
 from anomem.scoring import Scorer
 from anomem.stage2 import ScoreBank, Stage2Banks
@@ -55,13 +56,22 @@ class AnomalyMaps(NamedTuple):
     scores: np.ndarray
 
 
-class AnoMem(ThresholdMixin):
+class AnoMem(ParamsMixin, ThresholdMixin):
     """AnoMem anomaly detector (Jezequel et al., multi-scale contrasted memory).
 
     Args:
         config: an :class:`AnoMemConfig`, a preset name (``cpu-small``, ``gpu-r18``,
             ``paper-r50``, ``tiny``) or ``None`` for ``cpu-small``.
         progress: show a progress bar while training.
+        **overrides: config values applied on top of ``config`` at fit time, as
+            ``section__field=value`` or, where the name is unique, ``field=value``:
+            ``AnoMem("tiny", epochs=3, scorer__steps=50, contamination=0.05)``
+            (:mod:`anomem.params` gives the rule). They are parameters like the others
+            for ``get_params`` / ``set_params`` / ``sklearn.base.clone``.
+
+    Scores and decisions follow PyOD: :meth:`decision_function` (= :meth:`anomaly_score`,
+    float64, higher = more anomalous), :meth:`predict` (1 = anomaly, at
+    :attr:`threshold_`, which ``contamination=`` sets PyOD's way), :meth:`predict_proba`.
 
     Attributes (after fit or load):
         model_: the inference module (:class:`~anomem.inference.AnoMemModel`).
@@ -76,19 +86,24 @@ class AnoMem(ThresholdMixin):
         >>> det.refit_scorer(a_few_anomalies)                  # doctest: +SKIP
     """
 
-    def __init__(self, config: AnoMemConfig | str | None = None, progress: bool = True) -> None:
+    def __init__(self, config: AnoMemConfig | str | None = None, progress: bool = True, **overrides: Any) -> None:
         self.config = config
         self.progress = progress
+        check_overrides(overrides)
+        for name, value in overrides.items():  # scikit-learn style: stored as given, by name
+            setattr(self, name, value)
 
     # -- fitting -------------------------------------------------------------------
     def _resolve_config(self) -> AnoMemConfig:
         if self.config is None:
-            return load_config("cpu-small")
-        if isinstance(self.config, str):
-            return load_config(self.config)
-        if isinstance(self.config, AnoMemConfig):
-            return self.config
-        raise ConfigError(f"config must be an AnoMemConfig or a preset name, got {type(self.config).__name__}")
+            cfg = load_config("cpu-small")
+        elif isinstance(self.config, str):
+            cfg = load_config(self.config)
+        elif isinstance(self.config, AnoMemConfig):
+            cfg = self.config
+        else:
+            raise ConfigError(f"config must be an AnoMemConfig or a preset name, got {type(self.config).__name__}")
+        return apply_overrides(cfg, self._overrides())
 
     def fit(
         self,
@@ -242,6 +257,11 @@ class AnoMem(ThresholdMixin):
         return match_geometry(as_images(X, name), self.in_channels_, self.image_size_, name)
 
     @property
+    def input_shape_(self) -> tuple[int, int, int]:
+        """(C, H, W) of the training images, as the baselines report it."""
+        return (self.in_channels_, *self.image_size_)
+
+    @property
     def net_(self) -> AnoMemNet:
         """The trained encoder and memories (part of :attr:`model_`)."""
         return self.model_.net
@@ -276,7 +296,7 @@ class AnoMem(ThresholdMixin):
 
     @torch.inference_mode()
     def anomaly_score(self, X: Any, batch_size: int = 256, normalized: bool = False) -> np.ndarray:
-        """Anomaly score of each image (N,), higher = more anomalous (Eq. 9/10 + 13).
+        """Anomaly score of each image, float64 (N,), higher = more anomalous (Eq. 9/10 + 13).
 
         Args:
             normalized: return the scores squashed into (0, 1) with the threshold at
@@ -288,8 +308,19 @@ class AnoMem(ThresholdMixin):
         if normalized:
             self.require_threshold("normalized scores")
         out = [model.merged_score(ev) for ev in model.evidence_batches(self.prepare_images(X), batch_size)]
-        raw = torch.cat(out).float().cpu().numpy()
+        raw = torch.cat(out).double().cpu().numpy()  # float64 (N,), the estimator contract
         return self.threshold_.normalize(raw) if normalized else raw
+
+    def decision_function(self, X: Any, batch_size: int = 256) -> np.ndarray:
+        """PyOD's name for :meth:`anomaly_score`: float64 (N,), higher = more anomalous."""
+        return self.anomaly_score(X, batch_size)
+
+    def predict_proba(self, X: Any, batch_size: int = 256) -> np.ndarray:
+        """(N, 2) float64: columns [normal, anomaly], the anomaly column being the
+        normalised score (:meth:`anomem.thresholds.Threshold.normalize`: > 0.5 exactly
+        where :meth:`predict` says 1). A monotone squash, not a calibrated probability."""
+        p = self.anomaly_score(X, batch_size, normalized=True)
+        return np.stack([1.0 - p, p], axis=1)
 
     @torch.inference_mode()
     def embed(self, X: Any, batch_size: int = 256, scale: int = -1) -> np.ndarray:
@@ -302,7 +333,8 @@ class AnoMem(ThresholdMixin):
         return torch.cat(out).numpy().astype(np.float64)
 
     def predict(self, X: Any, batch_size: int = 256) -> np.ndarray:
-        """0/1 label of each image (N,) int64: 1 = anomaly (raw score > threshold)."""
+        """0/1 label of each image (N,) int64: 1 = anomaly (raw score > :attr:`threshold_`,
+        set at fit at ``scorer.target_fpr``, or PyOD's way with ``contamination=``)."""
         self.check_fitted()
         self.require_threshold("predict")
         return self.threshold_.predict(self.anomaly_score(X, batch_size))
