@@ -42,6 +42,10 @@ class BackboneConfig:
     width: int = 64  # channels of the first stage; torchvision's ResNets use 64
     stem: str = "small"  # "small": 3x3 conv stride 1, no max-pool (28-32 px); "imagenet"
     taps: tuple[str, ...] = ("layer3", "layer4")
+    # A local torchvision ResNet state dict (.pth) to start stage 1 from; "" = from scratch.
+    # Never downloaded; tensors matching in name and shape are loaded at fit
+    # (anomem.backbone.load_resnet_weights), and the file is not needed to load a detector.
+    weights: str = ""
 
     def __post_init__(self) -> None:
         _check(

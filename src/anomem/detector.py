@@ -28,7 +28,7 @@ from anomem.calibration import ThresholdMixin, calibration_fraction_for
 from anomem.config import AnoMemConfig, load_config
 from anomem.engine import EpochLog, Stage1Trainer, resolve_device
 from anomem.errors import ConfigError, DataError, NotFittedError
-from anomem.factory import build_net, build_scorer
+from anomem.factory import build_net, build_scorer, load_backbone_weights
 from anomem.inference import AnoMemModel, smooth_maps
 from anomem.inputs import as_images, as_labels, match_geometry, to_float
 from anomem.model import AnoMemNet
@@ -79,6 +79,8 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         calibration_bank_: stage-2 inputs of the held-out normals, or None.
         threshold_: the decision threshold (:class:`~anomem.thresholds.Threshold`) or None.
         prototype_cache_, history_, config_, in_channels_, image_size_, device_.
+        backbone_weights_ (after fit only): what ``backbone.weights`` loaded
+            (:class:`~anomem.backbone.WeightsReport`), or None.
 
     Example:
         >>> det = AnoMem("tiny").fit(normal_images)            # doctest: +SKIP
@@ -162,6 +164,7 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         self.image_size_ = (int(x.shape[2]), int(x.shape[3]))
         self.device_ = resolve_device(cfg.train.device)
         net = build_net(cfg, self.in_channels_)
+        self.backbone_weights_ = load_backbone_weights(net, cfg)  # None unless backbone.weights names a file
         normals_f = to_float(x[normal])
         net.pixel_mean.copy_(normals_f.mean((0, 2, 3)))
         net.pixel_std.copy_(normals_f.std((0, 2, 3)).clamp_min(1e-3))
