@@ -147,3 +147,13 @@ def test_contamination_from_held_out_and_from_training_normals():
     assert t.source == "training normals" and t.n_normal == 40 and "score lower" in t.note
     assert t.value == pytest.approx(float(np.quantile(det.anomaly_score(train), 0.9)), rel=1e-5)
     assert det.predict(train).mean() == pytest.approx(0.1, abs=0.03)
+
+
+def test_warnings_point_at_the_callers_line():
+    cfg = load_config("tiny", None, FAST)
+    with pytest.warns(ThresholdWarning) as record:
+        AnoMem(cfg, progress=False).fit(stripes(60, False, seed=0))
+    assert record[0].filename == __file__  # the user's fit() line, not the library's
+    with pytest.warns(ThresholdWarning) as record:
+        threshold_at_fpr(np.arange(10.0), 0.01)
+    assert record[0].filename == __file__

@@ -35,6 +35,7 @@ from anomem.thresholds import (
     threshold_at_fpr,
     threshold_at_recall,
     threshold_max_f1,
+    user_stacklevel,
 )
 
 HELD_OUT = "held-out normals"
@@ -101,7 +102,7 @@ class ThresholdMixin:
             return threshold_at_fpr(scores, s.target_fpr, source=source)
         t = threshold_at_contamination(scores, s.contamination, source=source)
         if source == TRAINING:
-            warnings.warn(_TRAINING_BIAS, ThresholdWarning, stacklevel=3)
+            warnings.warn(_TRAINING_BIAS, ThresholdWarning, stacklevel=user_stacklevel())
             t = replace(t, note="; ".join(n for n in (t.note, _TRAINING_BIAS) if n))
         return t
 

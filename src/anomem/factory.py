@@ -18,6 +18,7 @@ from anomem.config import AnoMemConfig
 from anomem.memory import HopfieldMemory
 from anomem.model import AnoMemNet
 from anomem.scoring import Scorer
+from anomem.thresholds import user_stacklevel
 
 
 def build_net(cfg: AnoMemConfig, in_channels: int) -> AnoMemNet:
@@ -42,7 +43,8 @@ def load_backbone_weights(net: AnoMemNet, cfg: AnoMemConfig) -> WeightsReport | 
     logging.getLogger("anomem").info("backbone.weights %s: %s", cfg.backbone.weights, report.describe())
     if report.mismatched or report.missing:
         first = (report.mismatched or report.missing)[0]
-        warnings.warn(f"backbone.weights: {report.describe()} (e.g. {first})", UserWarning, stacklevel=3)
+        warnings.warn(f"backbone.weights: {report.describe()} (e.g. {first})", UserWarning,
+                      stacklevel=user_stacklevel())
     return report
 
 

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -58,6 +60,7 @@ __all__ = [
     "threshold_at_fpr",
     "threshold_at_recall",
     "threshold_max_f1",
+    "user_stacklevel",
 ]
 
 #: How a threshold was chosen.
@@ -101,9 +104,19 @@ def _high_fpr_note(method: str, fpr: float, n: int) -> str:
             "hardly separate these anomalies from the normals; consider method='fpr'")
 
 
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning issued by this function's caller point at
+    the first frame outside the anomem package (the user's line, not ours)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    level, frame = 1, sys._getframe(1)
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _warned(t: Threshold) -> Threshold:
     if t.note:
-        warnings.warn(t.note, ThresholdWarning, stacklevel=3)
+        warnings.warn(t.note, ThresholdWarning, stacklevel=user_stacklevel())
     return t
 
 
