@@ -61,7 +61,8 @@ from throughput import (  # noqa: E402
 )
 
 from anomem import AnoMem  # noqa: E402
-from anomem.config import AnoMemConfig, load_config, with_overrides  # noqa: E402
+from anomem.calibration import calibration_count  # noqa: E402
+from anomem.config import AnoMemConfig, ScorerConfig, load_config, with_overrides  # noqa: E402
 from anomem.engine import resolve_device  # noqa: E402
 from anomem.factory import build_net
 from anomem.scoring import Scorer  # noqa: E402
@@ -109,13 +110,13 @@ class CheckpointModel:
     row_floats: int  # Σ_s C_s · pool²
     scales: int  # S
     normal_bank_cap: int  # scorer.normal_bank
-    calibration_fraction: float
+    scorer: ScorerConfig  # how many normals are held out: anomem.calibration.calibration_count
     feature_floats: int = 0  # Σ_s C_s: one row of the normal feature bank (scorer.bank)
     feature_bank_cap: int = 0  # scorer.bank (0 = no feature bank)
 
     def split(self, n: int) -> tuple[int, int]:
-        """(calibration normals, training normals) out of n, as ``_calibration_split``."""
-        cal = max(0, min(int(self.calibration_fraction * n), n - 2))
+        """(calibration normals, training normals) out of n, as ``AnoMem.fit`` splits them."""
+        cal = calibration_count(n, self.scorer)
         return cal, n - cal
 
     def parts(self, n: int) -> dict[str, int]:
@@ -195,7 +196,7 @@ def measure(args: argparse.Namespace) -> ScalingReport:
     row_floats = sum(c * cfg.scorer.pool_size**2 for c in net.backbone.tap_channels)
     feature_floats = sum(net.backbone.tap_channels)
     shape_model = CheckpointModel(
-        0, row_floats, len(net.memories), cfg.scorer.normal_bank, cfg.scorer.calibration_fraction,
+        0, row_floats, len(net.memories), cfg.scorer.normal_bank, cfg.scorer,
         feature_floats, cfg.scorer.bank,
     )
     fits: dict[int, int] = {}
@@ -215,7 +216,7 @@ def measure(args: argparse.Namespace) -> ScalingReport:
         row_floats,
         len(net.memories),
         cfg.scorer.normal_bank,
-        cfg.scorer.calibration_fraction,
+        cfg.scorer,
         feature_floats,
         cfg.scorer.bank,
     )

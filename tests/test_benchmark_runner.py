@@ -88,7 +88,8 @@ def test_run_resume_summary_and_refusal(tmp_path):
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + 6 and csv_lines[0].startswith("protocol,")
     for f in ("roc_gamma0.png", "hist_gamma0.2.png", "auroc_vs_ratio.png", "cost_quality.png"):
-        assert (out / f).stat().st_size > 1000
+        assert (out / "plots" / f).stat().st_size > 1000 and not (out / f).exists()
+    assert "[cost_quality](plots/cost_quality.png)" in md
     z = np.load(out / "cells" / "one-vs-all_c0_r0.2_s0_anomem.npz")
     assert z["score__anomem"].shape == z["is_anomaly"].shape == (719,)
 

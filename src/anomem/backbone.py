@@ -12,6 +12,8 @@ Symbols: B batch, C channels, H W spatial size.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -143,6 +145,99 @@ class TappedResNet(nn.Module):
         return cls(stem_mod, stages, chans, taps)
 
 
+class WeightsReport(NamedTuple):
+    """What :func:`load_resnet_weights` did: counts, and the names behind them.
+
+    Attributes:
+        loaded: backbone tensors taken from the file.
+        mismatched: file tensors whose name matched but whose shape did not (kept random).
+        unused: file tensors with no backbone tensor of that name (``fc.*``, stages
+            after the deepest tap).
+        missing: backbone tensors the file does not hold (kept random).
+        summed_rgb: True when a 3-channel first convolution was summed into a 1-channel one.
+    """
+
+    loaded: int
+    mismatched: tuple[str, ...]
+    unused: tuple[str, ...]
+    missing: tuple[str, ...]
+    summed_rgb: bool = False
+
+    def describe(self) -> str:
+        text = (f"loaded {self.loaded} tensors; {len(self.mismatched)} of another shape and {len(self.missing)} "
+                f"absent kept random; {len(self.unused)} in the file unused")
+        return text + ("; RGB first convolution summed to 1 channel" if self.summed_rgb else "")
+
+
+def _torchvision_name(key: str) -> str:
+    """A torchvision ResNet state-dict key in :class:`TappedResNet`'s names."""
+    for prefix in ("module.", "backbone."):
+        key = key.removeprefix(prefix)
+    if key.startswith("conv1."):
+        return "stem.0." + key[len("conv1."):]
+    if key.startswith("bn1."):
+        return "stem.1." + key[len("bn1."):]
+    if key.split(".")[0] in STAGES:
+        return "layers." + key
+    return key  # already ours (stem.*, layers.*) or unused (fc.*)
+
+
+def load_resnet_weights(backbone: TappedResNet, path: str | Path) -> WeightsReport:
+    """Load a torchvision ResNet state dict from a local file into ``backbone``, in place.
+
+    Never downloads. The rule: torchvision names are mapped to ours (``conv1`` /
+    ``bn1`` -> the stem, ``layerN`` -> ``layers.layerN``; a ``module.`` prefix is
+    dropped; a dict under ``"state_dict"`` or ``"model"`` is unwrapped), then every
+    tensor whose name AND shape match is copied; the rest stays as initialised and is
+    counted in the returned :class:`WeightsReport` (``fc.*`` is always unused;
+    BatchNorm's ``num_batches_tracked`` counters are neither loaded nor counted). A
+    3-channel first convolution is summed over its input channels into a 1-channel one
+    (the usual way to reuse RGB filters on grey images). A file where nothing matches
+    (a narrower width, another depth) is an error.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not a state dict, or matches nothing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"backbone.weights: file {str(path)!r} does not exist (weights are never downloaded)")
+    try:
+        state: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle, zip and torch errors alike
+        raise ConfigError(f"backbone.weights: cannot read {str(path)!r} as a state dict: {str(e).splitlines()[0]}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"backbone.weights: {str(path)!r} does not hold a state dict (name -> tensor)")
+    counter = "num_batches_tracked"  # BatchNorm's step counter: no weight, and every file's matches
+    own = {k: v for k, v in backbone.state_dict().items() if not k.endswith(counter)}
+    take: dict[str, torch.Tensor] = {}
+    mismatched, unused, summed = [], [], False
+    for key, value in state.items():
+        if key.endswith(counter):
+            continue
+        name = _torchvision_name(key)
+        if name not in own:
+            unused.append(key)
+            continue
+        target, rgb = own[name], False
+        if name == "stem.0.weight" and value.ndim == 4 and value.shape[1] == 3 and target.shape[1] == 1:
+            value, rgb = value.sum(1, keepdim=True), True
+        if value.shape != target.shape:
+            mismatched.append(f"{key} {tuple(value.shape)} vs {name} {tuple(target.shape)}")
+            continue
+        take[name] = value.to(target.dtype)
+        summed = summed or rgb
+    if not take:
+        example = f" (e.g. {mismatched[0]})" if mismatched else ""
+        raise ConfigError(f"backbone.weights: no tensor of {str(path)!r} matches this backbone in name and shape"
+                          f"{example}; it needs a torchvision ResNet of the same depth and width")
+    backbone.load_state_dict(take, strict=False)
+    missing = tuple(k for k in own if k not in take)
+    return WeightsReport(len(take), tuple(mismatched), tuple(unused), missing, summed)
+
+
 def _make_stem(in_channels: int, width: int, stem: str) -> nn.Module:
     if stem == "small":
         conv = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
@@ -162,4 +257,4 @@ def _init_weights(net: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-__all__ = ["STAGES", "TappedResNet"]
+__all__ = ["STAGES", "TappedResNet", "WeightsReport", "load_resnet_weights"]

@@ -2,7 +2,12 @@
 
 :func:`summarise` reads every ``cells/<key>.json`` of a benchmark directory (written by
 :mod:`anomem.benchmark`) and writes ``results.json``, ``results.csv``, ``results.md``
-and the plots. It never trains anything, so it can be rerun on partial results.
+and the plots, into ``plots/`` (:data:`PLOTS_DIR`). It never trains anything, so it can
+be rerun on partial results.
+
+Every plot draws a method in the same colour (:data:`METHOD_COLOURS`, a fixed map over
+:data:`~anomem.benchmark_plan.METHODS`, so a method keeps its colour whichever others
+ran), and every axis is labelled.
 """
 
 from __future__ import annotations
@@ -19,7 +24,21 @@ import numpy as np
 from anomem.benchmark_plan import METHODS, Cell
 from anomem.checkpoint import atomic_write_bytes, atomic_write_text
 
-__all__ = ["load_rows", "markdown_table", "summarise"]
+__all__ = ["METHOD_COLOURS", "PLOTS_DIR", "load_rows", "markdown_table", "method_colour", "summarise"]
+
+#: Where :func:`summarise` writes the plots, under the benchmark directory.
+PLOTS_DIR = "plots"
+# matplotlib's tab10, then two more: one fixed colour per method of the plan
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf", "#393b79", "#637939")
+#: method name -> matplotlib colour, the same in every plot.
+METHOD_COLOURS: dict[str, str] = {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(METHODS)}
+_HIST = {"normal": "#4c72b0", "anomaly": "#dd8452"}
+
+
+def method_colour(method: str) -> str:
+    """The colour of ``method`` in every benchmark plot (black for a name outside the plan)."""
+    return METHOD_COLOURS.get(method, "#000000")
 
 
 def load_rows(out: str | Path) -> list[dict]:
@@ -62,7 +81,8 @@ def markdown_table(rows: list[dict], settings: dict) -> str:
 
 
 def summarise(out: str | Path) -> dict[str, Path]:
-    """Write results.json / .csv / .md and the plots from the finished cells in ``out``."""
+    """Write results.json / .csv / .md and the plots (in ``out/plots/``) from the finished
+    cells in ``out``; returns every file written, by name."""
     out = Path(out)
     meta = json.loads((out / "benchmark.json").read_text())
     rows = load_rows(out)
@@ -81,9 +101,11 @@ def summarise(out: str | Path) -> dict[str, Path]:
             + (f"; test capped at {st['max_test']}" if st["max_test"] else "") + ".", "",
             "Label-free methods (simclr-*, knn, ocsvm, iforest) ignore the labelled anomalies: under "
             "one-vs-all their γ > 0 cells repeat the γ = 0 result.", "", ""]
-    atomic_write_text(files["md"], "\n".join(head) + markdown_table(rows, st) + "\n")
-    if rows:
-        files.update(_plots(out, rows))
+    plots = _plots(out, rows) if rows else {}
+    links = ", ".join(f"[{p.stem}]({PLOTS_DIR}/{p.name})" for p in plots.values())
+    tail = f"\nPlots (in `{PLOTS_DIR}/`): {links}\n" if links else ""
+    atomic_write_text(files["md"], "\n".join(head) + markdown_table(rows, st) + "\n" + tail)
+    files.update(plots)
     return files
 
 
@@ -95,35 +117,38 @@ def _plots(out: Path, rows: list[dict]) -> dict[str, Path]:
     from sklearn.metrics import roc_curve
 
     files = {}
+    plots = out / PLOTS_DIR
+    plots.mkdir(exist_ok=True)
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     ratios = sorted({r["ratio"] for r in rows})
     if len(ratios) > 1:
         fig, ax = plt.subplots(figsize=(6, 4))
         for m in methods:
             ax.plot(ratios, [100 * np.mean([r["auroc"] for r in rows if r["method"] == m and r["ratio"] == g])
-                             for g in ratios], marker="o", label=m)
+                             for g in ratios], marker="o", label=m, color=method_colour(m))
         ax.set_xscale("symlog", linthresh=0.01)
-        ax.set_xlabel("anomaly ratio γ")
+        ax.set_xlabel("anomaly ratio γ (labelled anomalies / training set)")
         ax.set_ylabel("mean AUROC (%)")
+        ax.set_title("AUROC against the share of labelled anomalies", fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-        files["auroc_vs_ratio"] = _savefig(fig, out / "auroc_vs_ratio.png")
+        files["auroc_vs_ratio"] = _savefig(fig, plots / "auroc_vs_ratio.png")
     # where each method sits on the cost/quality frontier: mean AUROC against mean CPU
     # seconds per cell (the wall time of one cell's training and scoring), one panel per γ
     fig, axes = plt.subplots(1, len(ratios), figsize=(4.5 * len(ratios), 4), squeeze=False)
     for ax, g in zip(axes[0], ratios):
-        for i, m in enumerate(methods):
+        for m in methods:
             sel = [r for r in rows if r["method"] == m and r["ratio"] == g]
             if sel:
                 ax.scatter(np.mean([r["seconds"] for r in sel]), 100 * np.mean([r["auroc"] for r in sel]),
-                           color=f"C{i % 10}", label=m)
+                           color=method_colour(m), label=m)
         ax.set_xscale("log")
         ax.set_xlabel("seconds per cell (train + score)")
         ax.set_ylabel("mean AUROC (%)")
         ax.set_title(f"γ = {g:g}", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    files["cost_quality"] = _savefig(fig, out / "cost_quality.png")
+    files["cost_quality"] = _savefig(fig, plots / "cost_quality.png")
     # ROC curves and AnoMem score histograms of seed 0, per normal class, for each ratio
     for ratio in ratios:
         classes = sorted({r["normal_class"] for r in rows if r["ratio"] == ratio})
@@ -139,21 +164,28 @@ def _plots(out: Path, rows: list[dict]) -> dict[str, Path]:
                 z = np.load(out / "cells" / f"{Cell(**{k: r[k] for k in Cell.__dataclass_fields__}).key}.npz")
                 sc, lab = z[f"score__{r['method']}"], z["is_anomaly"]
                 fpr, tpr, _ = roc_curve(lab, sc)
-                a.plot(fpr, tpr, lw=1, label=r["method"])
+                a.plot(fpr, tpr, lw=1, label=r["method"], color=method_colour(r["method"]))
                 if r["method"] == "anomem":
                     bins = np.linspace(sc.min(), sc.max(), 40)
-                    b.hist(sc[~lab], bins, alpha=0.6, density=True, label="normal")
-                    b.hist(sc[lab], bins, alpha=0.6, density=True, label="anomaly")
+                    b.hist(sc[~lab], bins, alpha=0.6, density=True, label="normal", color=_HIST["normal"])
+                    b.hist(sc[lab], bins, alpha=0.6, density=True, label="anomaly", color=_HIST["anomaly"])
             a.set_title(f"class {c}", fontsize=8)
+            a.set_xlabel("false-positive rate", fontsize=7)
+            a.set_ylabel("true-positive rate", fontsize=7)
             b.set_title(f"AnoMem scores, class {c}", fontsize=8)
+            b.set_xlabel("anomaly score (higher = more anomalous)", fontsize=7)
+            b.set_ylabel("density", fontsize=7)
             a.plot([0, 1], [0, 1], "k:", lw=0.5)
+        for k in range(len(classes), nrow * ncol):  # unused panels of the last row
+            axr[k // ncol][k % ncol].set_axis_off()
+            axh[k // ncol][k % ncol].set_axis_off()
         for ax, size in ((axr[0][0], 5), (axh[0][0], 6)):
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=size)
         fr.suptitle(f"ROC curves, γ = {ratio:g}, seed 0")
         fh.suptitle(f"AnoMem score histograms, γ = {ratio:g}, seed 0")
-        files[f"roc_{ratio:g}"] = _savefig(fr, out / f"roc_gamma{ratio:g}.png")
-        files[f"hist_{ratio:g}"] = _savefig(fh, out / f"hist_gamma{ratio:g}.png")
+        files[f"roc_{ratio:g}"] = _savefig(fr, plots / f"roc_gamma{ratio:g}.png")
+        files[f"hist_{ratio:g}"] = _savefig(fh, plots / f"hist_gamma{ratio:g}.png")
     return files
 
 

@@ -1,27 +1,68 @@
-"""Decision thresholds of a fitted detector: set from held-out normals, labels or by hand.
+"""Thresholds of a fitted detector: set from held-out normals, labels or by hand.
 
 :class:`ThresholdMixin` is the part of :class:`anomem.AnoMem` that chooses
 ``threshold_`` (the rules themselves are in :mod:`anomem.thresholds`); stage 1 and
 stage 2 are never touched. Scores of the normals held out at fit time come from their
 stored :class:`~anomem.stage2.ScoreBank`, so a threshold can be re-derived without the
 images.
+
+**How many normals are held out.** ``scorer.calibration_fraction`` of them, raised, when
+that is too few to estimate the target FPR (``scorer.target_fpr``, or
+``scorer.contamination`` when set), towards :func:`~anomem.thresholds.normals_needed`
+(5 expected false positives: 500 normals for 1 %), but never beyond
+``scorer.calibration_max_fraction`` of the normals (:func:`calibration_fraction_for`).
+When even that is too few, the threshold warns with the resolution it can reach.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from anomem.config import ScorerConfig
 from anomem.errors import ConfigError, DataError, NotFittedError
 from anomem.stage2 import ScoreBank, bank_scores
 from anomem.thresholds import (
     Threshold,
+    ThresholdWarning,
     normal_spread,
+    normals_needed,
+    threshold_at_contamination,
     threshold_at_fpr,
     threshold_at_recall,
     threshold_max_f1,
+    user_stacklevel,
 )
+
+HELD_OUT = "held-out normals"
+TRAINING = "training normals"
+GIVEN = "given normals"
+_TRAINING_BIAS = ("training normals score lower than new normals (the detector's banks hold them), so the FPR on new "
+                  "normals will be higher than the contamination; keep scorer.calibration_fraction > 0")
+
+
+def calibration_count(n_normal: int, scorer: ScorerConfig) -> int:
+    """How many of ``n_normal`` normals to hold out for the threshold (see the module doc)."""
+    if scorer.calibration_fraction <= 0:
+        return 0
+    base = int(scorer.calibration_fraction * n_normal)
+    target = scorer.contamination if scorer.contamination > 0 else scorer.target_fpr
+    grown = min(normals_needed(target), int(scorer.calibration_max_fraction * n_normal))
+    return max(0, min(max(base, grown), n_normal - 2))
+
+
+def calibration_fraction_for(n_normal: int, scorer: ScorerConfig) -> float:
+    """The fraction to pass to :func:`anomem.stage2.calibration_split` so that it holds out
+    :func:`calibration_count` normals (``scorer.calibration_fraction`` itself when that
+    is already enough, so splits of large data sets are unchanged)."""
+    count = calibration_count(n_normal, scorer)
+    if count == int(scorer.calibration_fraction * n_normal) or n_normal == 0:
+        return scorer.calibration_fraction
+    return (count + 0.5) / n_normal
 
 
 class ThresholdMixin:
@@ -34,6 +75,37 @@ class ThresholdMixin:
                 "or set_threshold() (or `anomem threshold`)"
             )
 
+    def _held_out_scores(self) -> np.ndarray:
+        if self.calibration_bank_ is None:
+            raise DataError(
+                "no held-out normals are stored with this detector (scorer.calibration_fraction was 0 or "
+                "there were too few normals); pass normals"
+            )
+        return bank_scores(self.model_, self.calibration_bank_)
+
+    def fit_threshold(self, training_normals: Callable[[], Any] | None = None) -> Threshold | None:
+        """The threshold :meth:`fit` sets (and :meth:`refit_scorer` re-derives).
+
+        From the held-out normals: at ``scorer.contamination`` (PyOD's quantile rule)
+        when it is > 0, else at ``scorer.target_fpr``. Without held-out normals, only
+        a contamination threshold is set, from ``training_normals()`` (PyOD's habit; it
+        warns, as they score lower than new normals); otherwise None.
+        """
+        s = self.config_.scorer
+        if self.calibration_bank_ is not None:
+            scores, source = bank_scores(self.model_, self.calibration_bank_), HELD_OUT
+        elif s.contamination > 0 and training_normals is not None:
+            scores, source = self.anomaly_score(training_normals()), TRAINING
+        else:
+            return None
+        if s.contamination <= 0:
+            return threshold_at_fpr(scores, s.target_fpr, source=source)
+        t = threshold_at_contamination(scores, s.contamination, source=source)
+        if source == TRAINING:
+            warnings.warn(_TRAINING_BIAS, ThresholdWarning, stacklevel=user_stacklevel())
+            t = replace(t, note="; ".join(n for n in (t.note, _TRAINING_BIAS) if n))
+        return t
+
     def calibrate_threshold(
         self,
         normals: Any = None,
@@ -42,6 +114,7 @@ class ThresholdMixin:
         fpr: float | None = None,
         method: str | None = None,
         recall: float = 0.95,
+        contamination: float | None = None,
     ) -> ThresholdMixin:
         """Set :attr:`threshold_` from data; stage 1 and stage 2 are not touched.
 
@@ -49,33 +122,41 @@ class ThresholdMixin:
           with a false-positive rate of ``fpr`` (default ``scorer.target_fpr``) on
           ``normals`` — by default the normals held out at fit time. Use normals the
           detector was not trained on, or the FPR on new data will be higher.
+        * ``method="contamination"`` (the default when ``contamination`` is given):
+          PyOD's rule, the (1 - ``contamination``) quantile of the same normal scores.
         * normals and anomalies: ``method="f1"`` (default) maximises F1,
           ``method="recall"`` keeps the largest threshold flagging at least ``recall``
           of the anomalies.
 
-        See :mod:`anomem.thresholds` for the exact rules.
+        A :class:`~anomem.thresholds.ThresholdWarning` says when the normals are too
+        few to resolve the target FPR, or when the threshold flags most of them. See
+        :mod:`anomem.thresholds` for the exact rules.
 
         Returns:
             self
         """
         self.check_fitted()
-        method = method or ("fpr" if anomalies is None else "f1")
-        if method not in ("fpr", "f1", "recall"):
-            raise ConfigError(f"threshold method must be 'fpr', 'f1' or 'recall', got {method!r}")
+        method = method or ("contamination" if contamination is not None else "fpr" if anomalies is None else "f1")
+        if method not in ("fpr", "f1", "recall", "contamination"):
+            raise ConfigError(f"threshold method must be 'fpr', 'f1', 'recall' or 'contamination', got {method!r}")
+        if contamination is not None and method != "contamination":
+            raise ConfigError(f"contamination applies to method 'contamination' only, not {method!r}")
         if normals is None:
-            if self.calibration_bank_ is None:
-                raise DataError(
-                    "no held-out normals are stored with this detector (scorer.calibration_fraction was 0 or "
-                    "there were too few normals); pass normals"
-                )
-            normal_scores = bank_scores(self.model_, self.calibration_bank_)
+            normal_scores, source = self._held_out_scores(), HELD_OUT
         else:
-            normal_scores = self.anomaly_score(normals)
-        if method == "fpr":
+            normal_scores, source = self.anomaly_score(normals), GIVEN
+        if method in ("fpr", "contamination"):
             if anomalies is not None:
-                raise ConfigError("method 'fpr' sets the threshold from normals only; drop anomalies or use 'f1'/'recall'")
-            target = self.config_.scorer.target_fpr if fpr is None else fpr
-            self.threshold_ = threshold_at_fpr(normal_scores, target)
+                raise ConfigError(f"method {method!r} sets the threshold from normals only; drop anomalies or use "
+                                  "'f1'/'recall'")
+            if method == "fpr":
+                target = self.config_.scorer.target_fpr if fpr is None else fpr
+                self.threshold_ = threshold_at_fpr(normal_scores, target, source=source)
+            else:
+                if fpr is not None:
+                    raise ConfigError("fpr applies to method 'fpr' only, not 'contamination'")
+                c = self.config_.scorer.contamination if contamination is None else contamination
+                self.threshold_ = threshold_at_contamination(normal_scores, c, source=source)
             return self
         if anomalies is None:
             raise ConfigError(f"method {method!r} needs labelled anomalies")
@@ -85,10 +166,22 @@ class ThresholdMixin:
         scores = np.r_[normal_scores, a_scores]
         is_anomaly = np.r_[np.zeros(normal_scores.size, bool), np.ones(a_scores.size, bool)]
         if method == "f1":
-            self.threshold_ = threshold_max_f1(scores, is_anomaly)
+            self.threshold_ = threshold_max_f1(scores, is_anomaly, source=source)
         else:
-            self.threshold_ = threshold_at_recall(scores, is_anomaly, recall)
+            self.threshold_ = threshold_at_recall(scores, is_anomaly, recall, source=source)
         return self
+
+    def rederive_threshold(self, old: Threshold | None) -> Threshold | None:
+        """After stage 2 changed: ``old``'s FPR or contamination target again on the
+        held-out normals (the fit-time rule for any other method); None without them."""
+        if self.calibration_bank_ is None:
+            return None
+        scores = bank_scores(self.model_, self.calibration_bank_)
+        if old is not None and old.method == "contamination" and old.target is not None:
+            return threshold_at_contamination(scores, old.target, source=HELD_OUT)
+        if old is not None and old.method == "fpr" and old.target is not None:
+            return threshold_at_fpr(scores, old.target, source=HELD_OUT)
+        return self.fit_threshold()
 
     def set_threshold(self, value: float, scale: float | None = None) -> ThresholdMixin:
         """Set the threshold by hand (anomaly iff raw score > ``value``).
@@ -113,4 +206,4 @@ class ThresholdMixin:
         return self
 
 
-__all__ = ["ThresholdMixin"]
+__all__ = ["ThresholdMixin", "calibration_count", "calibration_fraction_for"]

@@ -42,6 +42,10 @@ class BackboneConfig:
     width: int = 64  # channels of the first stage; torchvision's ResNets use 64
     stem: str = "small"  # "small": 3x3 conv stride 1, no max-pool (28-32 px); "imagenet"
     taps: tuple[str, ...] = ("layer3", "layer4")
+    # A local torchvision ResNet state dict (.pth) to start stage 1 from; "" = from scratch.
+    # Never downloaded; tensors matching in name and shape are loaded at fit
+    # (anomem.backbone.load_resnet_weights), and the file is not needed to load a detector.
+    weights: str = ""
 
     def __post_init__(self) -> None:
         _check(
@@ -193,7 +197,13 @@ class ScorerConfig:
     weight_decay: float = 1e-4
     normal_bank: int = 4096  # pooled normal deviations kept for refitting without the data
     calibration_fraction: float = 0.1  # normals held out of training to set the threshold (0 = off)
+    # ... raised up to this share when too few to estimate target_fpr (5 expected false
+    # positives; anomem.calibration.calibration_count); <= calibration_fraction: never raised
+    calibration_max_fraction: float = 0.25
     target_fpr: float = 0.01  # false-positive rate the threshold is set for on the held-out normals
+    # PyOD-style: > 0 sets the fit-time threshold at the (1 - contamination) quantile of the
+    # held-out normals' scores (of the training normals' without any) instead of at target_fpr
+    contamination: float = 0.0
     map_sigma: float = 0.04  # Gaussian smoothing of heat-maps, σ as a fraction of the image side (0 = off)
     bank: int = 2048  # training normals whose pooled tap features are kept as a kNN bank (0 = off)
     bank_k: int = 2  # neighbours averaged by the bank distance
@@ -225,7 +235,12 @@ class ScorerConfig:
             0 <= self.calibration_fraction < 1,
             f"scorer.calibration_fraction must lie in [0, 1), got {self.calibration_fraction}",
         )
+        _check(
+            0 <= self.calibration_max_fraction < 1,
+            f"scorer.calibration_max_fraction must lie in [0, 1), got {self.calibration_max_fraction}",
+        )
         _check(0 <= self.target_fpr < 1, f"scorer.target_fpr must lie in [0, 1), got {self.target_fpr}")
+        _check(0 <= self.contamination <= 0.5, f"scorer.contamination must lie in [0, 0.5] (0 = off), got {self.contamination}")
         _check(0 <= self.map_sigma <= 1, f"scorer.map_sigma must lie in [0, 1] (fraction of the image side), got {self.map_sigma}")
         _check(self.bank >= 0, f"scorer.bank must be >= 0, got {self.bank}")
         _check(self.bank_k >= 1, f"scorer.bank_k must be >= 1, got {self.bank_k}")

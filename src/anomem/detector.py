@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from anomem import persistence, stage2
-from anomem.calibration import ThresholdMixin
+from anomem.calibration import ThresholdMixin, calibration_fraction_for
 from anomem.config import AnoMemConfig, load_config
 from anomem.engine import EpochLog, Stage1Trainer, resolve_device
 from anomem.errors import ConfigError, DataError, NotFittedError
-from anomem.factory import build_net, build_scorer
+from anomem.factory import build_net, build_scorer, load_backbone_weights
 from anomem.inference import AnoMemModel, smooth_maps
 from anomem.inputs import (
     as_images,
@@ -39,10 +39,11 @@ from anomem.inputs import (
     to_float,
 )
 from anomem.model import AnoMemNet
+from anomem.params import ParamsMixin, apply_overrides, check_overrides
 from anomem.prototypes import PrototypeCache, build_prototype_cache
 from anomem.scoring import Scorer
 from anomem.stage2 import ScoreBank, Stage2Banks
-from anomem.thresholds import Threshold, threshold_at_fpr
+from anomem.thresholds import Threshold
 
 EpochCallback = Callable[["AnoMem", Stage1Trainer, EpochLog], None]
 
@@ -62,13 +63,22 @@ class AnomalyMaps(NamedTuple):
     scores: np.ndarray
 
 
-class AnoMem(ThresholdMixin):
+class AnoMem(ParamsMixin, ThresholdMixin):
     """AnoMem anomaly detector (Jezequel et al., multi-scale contrasted memory).
 
     Args:
         config: an :class:`AnoMemConfig`, a preset name (``cpu-small``, ``gpu-r18``,
             ``paper-r50``, ``tiny``) or ``None`` for ``cpu-small``.
         progress: show a progress bar while training.
+        **overrides: config values applied on top of ``config`` at fit time, as
+            ``section__field=value`` or, where the name is unique, ``field=value``:
+            ``AnoMem("tiny", epochs=3, scorer__steps=50, contamination=0.05)``
+            (:mod:`anomem.params` gives the rule). They are parameters like the others
+            for ``get_params`` / ``set_params`` / ``sklearn.base.clone``.
+
+    Scores and decisions follow PyOD: :meth:`decision_function` (= :meth:`anomaly_score`,
+    float64, higher = more anomalous), :meth:`predict` (1 = anomaly, at
+    :attr:`threshold_`, which ``contamination=`` sets PyOD's way), :meth:`predict_proba`.
 
     Attributes (after fit or load):
         model_: the inference module (:class:`~anomem.inference.AnoMemModel`).
@@ -76,6 +86,8 @@ class AnoMem(ThresholdMixin):
         calibration_bank_: stage-2 inputs of the held-out normals, or None.
         threshold_: the decision threshold (:class:`~anomem.thresholds.Threshold`) or None.
         prototype_cache_, history_, config_, in_channels_, image_size_, device_.
+        backbone_weights_ (after fit only): what ``backbone.weights`` loaded
+            (:class:`~anomem.backbone.WeightsReport`), or None.
 
     Example:
         >>> det = AnoMem("tiny").fit(normal_images)            # doctest: +SKIP
@@ -83,19 +95,24 @@ class AnoMem(ThresholdMixin):
         >>> det.refit_scorer(a_few_anomalies)                  # doctest: +SKIP
     """
 
-    def __init__(self, config: AnoMemConfig | str | None = None, progress: bool = True) -> None:
+    def __init__(self, config: AnoMemConfig | str | None = None, progress: bool = True, **overrides: Any) -> None:
         self.config = config
         self.progress = progress
+        check_overrides(overrides)
+        for name, value in overrides.items():  # scikit-learn style: stored as given, by name
+            setattr(self, name, value)
 
     # -- fitting -------------------------------------------------------------------
     def _resolve_config(self) -> AnoMemConfig:
         if self.config is None:
-            return load_config("cpu-small")
-        if isinstance(self.config, str):
-            return load_config(self.config)
-        if isinstance(self.config, AnoMemConfig):
-            return self.config
-        raise ConfigError(f"config must be an AnoMemConfig or a preset name, got {type(self.config).__name__}")
+            cfg = load_config("cpu-small")
+        elif isinstance(self.config, str):
+            cfg = load_config(self.config)
+        elif isinstance(self.config, AnoMemConfig):
+            cfg = self.config
+        else:
+            raise ConfigError(f"config must be an AnoMemConfig or a preset name, got {type(self.config).__name__}")
+        return apply_overrides(cfg, self._overrides())
 
     def fit(
         self,
@@ -109,11 +126,16 @@ class AnoMem(ThresholdMixin):
         """Train stage 1, then stage 2, then set the threshold from held-out normals.
 
         A fraction ``scorer.calibration_fraction`` of the normal images (seeded draw,
-        at least 2 normals stay for training) is held out of stages 1 and 2; their
-        scores set :attr:`threshold_` at ``scorer.target_fpr`` and stay in the
-        checkpoint so the threshold can be re-derived later (see
-        :meth:`calibrate_threshold`). With fewer than ``1 / calibration_fraction``
-        normals nothing is held out and no threshold is set.
+        at least 2 normals stay for training; raised up to
+        ``scorer.calibration_max_fraction`` when too few to estimate the target FPR,
+        :func:`anomem.calibration.calibration_count`) is held out of stages 1 and 2;
+        their scores set :attr:`threshold_` at ``scorer.target_fpr`` (or at the
+        ``scorer.contamination`` quantile, PyOD's rule) and stay in the checkpoint so
+        the threshold can be re-derived later (see :meth:`calibrate_threshold`). A
+        :class:`~anomem.thresholds.ThresholdWarning` says when they are still too few
+        to resolve the target. With fewer than ``1 / calibration_fraction`` normals
+        nothing is held out and no threshold is set (unless ``scorer.contamination``
+        is set: then it comes from the training normals' scores, with a warning).
 
         Args:
             X: training images (N, H, W) or (N, C, H, W), uint8 or float in [0, 1],
@@ -132,7 +154,7 @@ class AnoMem(ThresholdMixin):
         if cfg.scorer.mode == "supervised" and bool(normal.all()) and not (cfg.pseudo.enabled and cfg.pseudo.heads):
             raise ConfigError("scorer.mode is 'supervised' but no labelled anomalies were given; pass anomalies= "
                               "(or y=) or use scorer.mode=auto")
-        cal = stage2.calibration_split(normal, cfg.scorer.calibration_fraction, cfg.train.seed)
+        cal = stage2.calibration_split(normal, calibration_fraction_for(int(normal.sum()), cfg.scorer), cfg.train.seed)
         calibration = x[cal]
         if cal.numel():
             train = torch.ones(x.shape[0], dtype=torch.bool)
@@ -153,6 +175,7 @@ class AnoMem(ThresholdMixin):
         self.image_size_ = (int(x.shape[2]), int(x.shape[3]))
         self.device_ = resolve_device(cfg.train.device)
         net = build_net(cfg, self.in_channels_)
+        self.backbone_weights_ = load_backbone_weights(net, cfg)  # None unless backbone.weights names a file
         normals_f = to_float(x[normal])
         net.pixel_mean.copy_(normals_f.mean((0, 2, 3)))
         net.pixel_std.copy_(normals_f.std((0, 2, 3)).clamp_min(1e-3))
@@ -170,8 +193,7 @@ class AnoMem(ThresholdMixin):
         if calibration.shape[0]:
             self.calibration_bank_ = stage2.calibration_bank(self.model_, calibration, cfg.scorer.normal_bank,
                                                              cfg.train.seed)
-            self.threshold_ = threshold_at_fpr(stage2.bank_scores(self.model_, self.calibration_bank_),
-                                               cfg.scorer.target_fpr)
+        self.threshold_ = self.fit_threshold(lambda: x[normal])
         self.prototype_cache_: PrototypeCache | None = None
         if cfg.scorer.prototype_cache > 0:
             self.prototype_cache_ = build_prototype_cache(net, x[normal][: cfg.scorer.prototype_cache], self.device_)
@@ -209,9 +231,9 @@ class AnoMem(ThresholdMixin):
         them, as they do in :meth:`fit` with labelled anomalies.
 
         The heads change the score scale, so a stored threshold is re-derived from the
-        held-out normals kept at fit time, at its target FPR (at ``scorer.target_fpr``
-        if it was set another way); without held-out normals it is removed
-        (``threshold_`` becomes None) and must be set again.
+        held-out normals kept at fit time, at its target FPR or contamination (at the
+        fit-time rule if it was set another way); without held-out normals it is
+        removed (``threshold_`` becomes None) and must be set again.
 
         Returns:
             self
@@ -226,11 +248,7 @@ class AnoMem(ThresholdMixin):
             new = [torch.cat([old, n]) for old, n in zip(banks.anomaly, new)]
         self.banks_ = banks._replace(anomaly=new)
         stage2.train_heads(self.model_, self.banks_, self.config_)
-        old = self.threshold_
-        self.threshold_ = None
-        if self.calibration_bank_ is not None:
-            keep_target = old is not None and old.method == "fpr" and old.target is not None
-            self.calibrate_threshold(fpr=old.target if keep_target else self.config_.scorer.target_fpr)
+        self.threshold_ = self.rederive_threshold(self.threshold_)
         return self
 
     # -- the fitted state ------------------------------------------------------------
@@ -251,6 +269,11 @@ class AnoMem(ThresholdMixin):
         """``X`` as an image tensor of this detector's channels and size (see :mod:`anomem.inputs`)."""
         self.check_fitted()
         return match_geometry(as_images(X, name), self.in_channels_, self.image_size_, name)
+
+    @property
+    def input_shape_(self) -> tuple[int, int, int]:
+        """(C, H, W) of the training images, as the baselines report it."""
+        return (self.in_channels_, *self.image_size_)
 
     @property
     def net_(self) -> AnoMemNet:
@@ -287,7 +310,7 @@ class AnoMem(ThresholdMixin):
 
     @torch.inference_mode()
     def anomaly_score(self, X: Any, batch_size: int = 256, normalized: bool = False) -> np.ndarray:
-        """Anomaly score of each image (N,), higher = more anomalous (Eq. 9/10 + 13).
+        """Anomaly score of each image, float64 (N,), higher = more anomalous (Eq. 9/10 + 13).
 
         Args:
             normalized: return the scores squashed into (0, 1) with the threshold at
@@ -299,8 +322,19 @@ class AnoMem(ThresholdMixin):
         if normalized:
             self.require_threshold("normalized scores")
         out = [model.merged_score(ev) for ev in model.evidence_batches(self.prepare_images(X), batch_size)]
-        raw = torch.cat(out).float().cpu().numpy()
+        raw = torch.cat(out).double().cpu().numpy()  # float64 (N,), the estimator contract
         return self.threshold_.normalize(raw) if normalized else raw
+
+    def decision_function(self, X: Any, batch_size: int = 256) -> np.ndarray:
+        """PyOD's name for :meth:`anomaly_score`: float64 (N,), higher = more anomalous."""
+        return self.anomaly_score(X, batch_size)
+
+    def predict_proba(self, X: Any, batch_size: int = 256) -> np.ndarray:
+        """(N, 2) float64: columns [normal, anomaly], the anomaly column being the
+        normalised score (:meth:`anomem.thresholds.Threshold.normalize`: > 0.5 exactly
+        where :meth:`predict` says 1). A monotone squash, not a calibrated probability."""
+        p = self.anomaly_score(X, batch_size, normalized=True)
+        return np.stack([1.0 - p, p], axis=1)
 
     @torch.inference_mode()
     def embed(self, X: Any, batch_size: int = 256, scale: int = -1) -> np.ndarray:
@@ -313,7 +347,8 @@ class AnoMem(ThresholdMixin):
         return torch.cat(out).numpy().astype(np.float64)
 
     def predict(self, X: Any, batch_size: int = 256) -> np.ndarray:
-        """0/1 label of each image (N,) int64: 1 = anomaly (raw score > threshold)."""
+        """0/1 label of each image (N,) int64: 1 = anomaly (raw score > :attr:`threshold_`,
+        set at fit at ``scorer.target_fpr``, or PyOD's way with ``contamination=``)."""
         self.check_fitted()
         self.require_threshold("predict")
         return self.threshold_.predict(self.anomaly_score(X, batch_size))

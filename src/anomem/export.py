@@ -18,19 +18,31 @@ size is free. ``onnx`` and ``onnxruntime`` (the ``export`` extra) are imported o
 
 Outputs, by name in the ONNX graph: ``score`` (B,), higher = more anomalous, equal to
 ``AnoMem.anomaly_score``; ``fused_map`` (B, H, W), equal to ``AnoMem.anomaly_maps(...).fused``.
+
+**Metadata.** Every exported file says how to feed it and how to decide
+(:func:`export_metadata`, string keys and string values): the input's channels, height,
+width, dtype, range and layout, the per-channel pixel mean / std the graph standardises
+with (inside: feed float pixels in [0, 1], do not normalise), the score direction, the
+scorer mode, the threshold (value, and its provenance as JSON) when one is set, and the
+library version. ONNX keeps them in ``metadata_props``; TorchScript in the extra file
+``anomem.json`` (``torch.jit.load(path, _extra_files={"anomem.json": ""})``).
+:func:`read_metadata` reads either back without loading the model.
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import json
 import math
 import warnings
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from anomem._version import __version__
 from anomem.checkpoint import atomic_write_bytes
 from anomem.errors import ConfigError, DataError
 from anomem.inference import AnoMemModel
@@ -38,10 +50,12 @@ from anomem.inference import AnoMemModel
 if TYPE_CHECKING:  # pragma: no cover
     from anomem.detector import AnoMem
 
-__all__ = ["FORMATS", "export_scorer", "exportable_model"]
+__all__ = ["FORMATS", "METADATA_FILE", "export_metadata", "export_scorer", "exportable_model", "read_metadata"]
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
+#: The TorchScript extra file holding :func:`export_metadata` as a JSON object.
+METADATA_FILE = "anomem.json"
 
 
 def exportable_model(det: AnoMem, sigma: float | None = None) -> AnoMemModel:
@@ -65,6 +79,65 @@ def exportable_model(det: AnoMem, sigma: float | None = None) -> AnoMemModel:
     return model
 
 
+def export_metadata(det: AnoMem, module: AnoMemModel | None = None) -> dict[str, str]:
+    """What a deployment needs beside the graph, as string keys and values (ONNX's
+    ``metadata_props`` hold only strings; lists and objects are JSON).
+
+    Args:
+        det: the fitted detector.
+        module: the exported module (:func:`exportable_model`); default: a fresh one.
+    """
+    module = exportable_model(det) if module is None else module
+    c, (h, w) = det.in_channels_, module.image_size
+    t = det.threshold_
+    as_list = lambda v: json.dumps([round(float(x), 8) for x in v.flatten()])  # noqa: E731
+    return {
+        "anomem_version": __version__,
+        "input_name": "image",
+        "input_shape": json.dumps(["batch", c, h, w]),
+        "input_channels": str(c),
+        "input_height": str(h),
+        "input_width": str(w),
+        "input_dtype": "float32",
+        "input_range": "[0, 1]",
+        "input_layout": "NCHW",
+        "pixel_normalization": "inside the graph: (x - pixel_mean) / pixel_std per channel; feed float pixels in "
+                               "[0, 1] (uint8 / 255), not standardised ones",
+        "pixel_mean": as_list(module.net.pixel_mean),
+        "pixel_std": as_list(module.net.pixel_std),
+        "outputs": json.dumps(["score", "fused_map"]),
+        "score": "higher = more anomalous; anomaly iff score > threshold",
+        "score_mode": module.mode,
+        "map_sigma_pixels": repr(float(module.map_sigma)),
+        "threshold": "" if t is None else repr(t.value),
+        "threshold_provenance": "" if t is None else t.to_json(),
+        "threshold_description": "" if t is None else t.describe(),
+    }
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The :func:`export_metadata` of an exported file (ONNX or TorchScript), read
+    without building the model. Raises DataError for a file without it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"exported model {str(path)!r} does not exist")
+    if zipfile.is_zipfile(path):  # TorchScript: a zip archive with extra/<name>
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.endswith("/extra/" + METADATA_FILE)]
+            if not names:
+                raise DataError(f"{str(path)!r} holds no {METADATA_FILE} (exported by an older anomem, or not by anomem)")
+            return json.loads(z.read(names[0]).decode("utf-8"))
+    try:
+        import onnx
+    except ImportError:
+        raise ConfigError("reading ONNX metadata needs the 'onnx' package: pip install 'anomem[export]'") from None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf raises several kinds
+        raise DataError(f"{str(path)!r} is neither a TorchScript archive nor an ONNX model: {e}") from None
+    return {p.key: p.value for p in model.metadata_props}
+
+
 def export_scorer(det: AnoMem, path: str | Path, format: str = "onnx", sigma: float | None = None) -> Path:
     """Write the detector's scorer to ``path`` as TorchScript or ONNX.
 
@@ -84,11 +157,13 @@ def export_scorer(det: AnoMem, path: str | Path, format: str = "onnx", sigma: fl
     if not path.parent.is_dir():
         raise DataError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
     module = exportable_model(det, sigma)
+    meta = export_metadata(det, module)
     example = torch.rand(2, det.in_channels_, *module.image_size)
     if format == "torchscript":
+        extra = {METADATA_FILE: json.dumps(meta, indent=1)}
         with torch.no_grad(), _quiet_tracing():
             traced = torch.jit.trace(module, example, check_trace=False)
-            atomic_write_bytes(path, lambda f: torch.jit.save(traced, f))
+            atomic_write_bytes(path, lambda f: torch.jit.save(traced, f, _extra_files=extra))
         return path
     try:
         import onnx
@@ -106,8 +181,11 @@ def export_scorer(det: AnoMem, path: str | Path, format: str = "onnx", sigma: fl
             opset_version=ONNX_OPSET,
             dynamo=False,  # the TorchScript-based exporter: no onnxscript dependency
         )
-    onnx.checker.check_model(onnx.load_from_string(buf.getvalue()))
-    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+    model = onnx.load_from_string(buf.getvalue())
+    onnx.helper.set_model_props(model, meta)
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    atomic_write_bytes(path, lambda f: f.write(data))
     return path
 
 

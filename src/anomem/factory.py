@@ -8,14 +8,17 @@ tests build them through these functions, so fit and load always build the same 
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import asdict
 
 from anomem.augment import SimCLRViews
-from anomem.backbone import TappedResNet
+from anomem.backbone import TappedResNet, WeightsReport, load_resnet_weights
 from anomem.config import AnoMemConfig
 from anomem.memory import HopfieldMemory
 from anomem.model import AnoMemNet
 from anomem.scoring import Scorer
+from anomem.thresholds import user_stacklevel
 
 
 def build_net(cfg: AnoMemConfig, in_channels: int) -> AnoMemNet:
@@ -27,6 +30,22 @@ def build_net(cfg: AnoMemConfig, in_channels: int) -> AnoMemNet:
         for k, c in zip(m.sizes, backbone.tap_channels)
     ]
     return AnoMemNet(backbone, memories, in_channels, use_memory=m.enabled)
+
+
+def load_backbone_weights(net: AnoMemNet, cfg: AnoMemConfig) -> WeightsReport | None:
+    """Start ``net``'s encoder from ``backbone.weights`` (a local torchvision ResNet state
+    dict), in place; None when the field is empty. Called by fit only: a saved detector
+    holds its own weights. Logs the counts, and warns when some encoder tensors stay
+    random (a different stem or a 1-channel input, say)."""
+    if not cfg.backbone.weights:
+        return None
+    report = load_resnet_weights(net.backbone, cfg.backbone.weights)
+    logging.getLogger("anomem").info("backbone.weights %s: %s", cfg.backbone.weights, report.describe())
+    if report.mismatched or report.missing:
+        first = (report.mismatched or report.missing)[0]
+        warnings.warn(f"backbone.weights: {report.describe()} (e.g. {first})", UserWarning,
+                      stacklevel=user_stacklevel())
+    return report
 
 
 def build_scorer(cfg: AnoMemConfig, channels: tuple[int, ...]) -> Scorer:
@@ -42,4 +61,4 @@ def build_views(cfg: AnoMemConfig, image_size: tuple[int, int], channels: int) -
     return SimCLRViews(image_size, channels, **asdict(cfg.augment))
 
 
-__all__ = ["build_net", "build_scorer", "build_views"]
+__all__ = ["build_net", "build_scorer", "build_views", "load_backbone_weights"]

@@ -32,7 +32,7 @@ def test_same_seed_bit_identical_scores_different_seed_differs():
     a, b, c = _fit(0, anomalies), _fit(0, anomalies), _fit(1)
     assert a.is_supervised
     sa, sb, sc = a.anomaly_score(TEST), b.anomaly_score(TEST), c.anomaly_score(TEST)
-    assert sa.dtype == np.float32 and np.array_equal(sa, sb)  # bit-identical, not allclose
+    assert sa.dtype == np.float64 and np.array_equal(sa, sb)  # bit-identical, not allclose
     assert np.array_equal(a.score_per_scale(TEST), b.score_per_scale(TEST))
     assert np.array_equal(a.anomaly_maps(TEST[:2]).fused, b.anomaly_maps(TEST[:2]).fused)
     for (k, v), w in zip(a.net_.state_dict().items(), b.net_.state_dict().values()):
