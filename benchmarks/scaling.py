@@ -64,7 +64,7 @@ from anomem import AnoMem  # noqa: E402
 from anomem.calibration import calibration_count  # noqa: E402
 from anomem.config import AnoMemConfig, ScorerConfig, load_config, with_overrides  # noqa: E402
 from anomem.engine import resolve_device  # noqa: E402
-from anomem.factory import build_net
+from anomem.factory import build_net, build_scorer  # noqa: E402
 from anomem.scoring import Scorer  # noqa: E402
 
 FLOAT_BYTES = 4  # banks are stored in fp32
@@ -113,6 +113,7 @@ class CheckpointModel:
     scorer: ScorerConfig  # how many normals are held out: anomem.calibration.calibration_count
     feature_floats: int = 0  # Σ_s C_s: one row of the normal feature bank (scorer.bank)
     feature_bank_cap: int = 0  # scorer.bank (0 = no feature bank)
+    pixel_floats: int = 0  # C·h·w: one row of the raw-pixel bank (same normals as the feature bank)
 
     def split(self, n: int) -> tuple[int, int]:
         """(calibration normals, training normals) out of n, as ``AnoMem.fit`` splits them."""
@@ -124,10 +125,13 @@ class CheckpointModel:
         kept = min(train, self.normal_bank_cap)
         row = self.row_floats * FLOAT_BYTES
         bank_scores = self.scales * FLOAT_BYTES if self.feature_bank_cap else 0  # per-scale bank distances
+        if self.feature_bank_cap and self.pixel_floats:
+            bank_scores += 2 * FLOAT_BYTES  # the pixel bank's global and local scores
         return {
             "normal bank (capped)": kept * (row + self.scales * FLOAT_BYTES),  # pooled + raw scores
             "calibration bank (capped)": min(cal, self.normal_bank_cap) * (row + self.scales * FLOAT_BYTES + bank_scores),
             "feature bank (capped)": min(train, self.feature_bank_cap) * self.feature_floats * FLOAT_BYTES,
+            "pixel bank (capped)": min(train, self.feature_bank_cap) * self.pixel_floats * FLOAT_BYTES,
         }
 
     def total(self, n: int) -> int:
@@ -195,9 +199,13 @@ def measure(args: argparse.Namespace) -> ScalingReport:
     # first and check the shape model's prediction against the others.
     row_floats = sum(c * cfg.scorer.pool_size**2 for c in net.backbone.tap_channels)
     feature_floats = sum(net.backbone.tap_channels)
+    sc = cfg.scorer
+    pixel_active = sc.merge == "standardized" and max(sc.pixel_weight, sc.local_weight, sc.map_pixel_weight) > 0
+    pixel_floats = int(build_scorer(cfg, net.backbone.tap_channels).pixels.features(torch.zeros(1, *IMAGE_SHAPE)).shape[1])
+    pixel_floats = pixel_floats if pixel_active else 0
     shape_model = CheckpointModel(
         0, row_floats, len(net.memories), cfg.scorer.normal_bank, cfg.scorer,
-        feature_floats, cfg.scorer.bank,
+        feature_floats, cfg.scorer.bank, pixel_floats,
     )
     fits: dict[int, int] = {}
     for n in args.fit_sizes:
@@ -219,6 +227,7 @@ def measure(args: argparse.Namespace) -> ScalingReport:
         cfg.scorer,
         feature_floats,
         cfg.scorer.bank,
+        pixel_floats,
     )
 
     gen = torch.Generator().manual_seed(args.seed)
