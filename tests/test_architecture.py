@@ -129,12 +129,7 @@ def test_inference_does_not_run_through_the_training_engine():
     assert "inference" not in users and "export" not in users and "explain" not in users, users
 
 
-# Not split yet (issue 12 is open on them): they are being changed for issue 10.
-NOT_YET_SPLIT = {"cli", "data.folder"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="not split yet"))
-                                  if m in NOT_YET_SPLIT else m for m in sorted(MODULES)])
+@pytest.mark.parametrize("name", sorted(MODULES))
 def test_module_size(name):
     lines = len(MODULES[name].read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{MODULES[name].relative_to(SRC)} has {lines} lines (> {MAX_LINES}); split it"

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 import torch
 
-import anomem.cli as cli
+import anomem.cli.train as cli
 from anomem import AnoMem, load_config
 from anomem.checkpoint import load_checkpoint
 from anomem.cli import main

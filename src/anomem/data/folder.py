@@ -19,18 +19,25 @@ other non-image file is an error.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 
 from anomem.data import ImageSet
+from anomem.data.image_io import (
+    FOLDER_CLASSES,
+    IMAGE_EXTENSIONS,
+    ImageInfo,
+    _check_channels,
+    _read_mask,
+    image_hw,
+    probe_image,
+    read_image,
+)
 from anomem.errors import DataError
 
 __all__ = [
@@ -46,22 +53,7 @@ __all__ = [
     "scan_image_files",
 ]
 
-FOLDER_CLASSES = ("normal", "anomaly")
-IMAGE_EXTENSIONS = frozenset(
-    ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN
-)
-_GREY_MODES = {"1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N", "La"}
-_SIXTEEN_BIT = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
-_EXIF_ORIENTATION = 0x0112
 _MAX_LISTED = 5
-
-
-class ImageInfo(NamedTuple):
-    """What an image file's header says: size after EXIF rotation and colourfulness."""
-
-    path: Path
-    size: tuple[int, int]  # (H, W)
-    colour: bool
 
 
 class FileScan(NamedTuple):
@@ -75,22 +67,6 @@ class FileScan(NamedTuple):
     images: list[Path]
     others: list[Path]
     skipped: list[tuple[Path, str]] = []
-
-
-def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
-    """``image_size`` as (H, W): an int means a square. Raises DataError otherwise."""
-    values = [image_size] if not isinstance(image_size, Sequence) else list(image_size)
-    if len(values) not in (1, 2) or any(
-        isinstance(v, bool) or not isinstance(v, int | np.integer) or v <= 0 for v in values
-    ):
-        raise DataError(f"image_size must be a positive int or (H, W), got {image_size!r}")
-    h, w = (int(values[0]),) * 2 if len(values) == 1 else (int(values[0]), int(values[1]))
-    return h, w
-
-
-def _check_channels(channels: int | None) -> None:
-    if channels not in (1, 3, None) or isinstance(channels, bool):
-        raise DataError(f"channels must be 1, 3 or None (auto), got {channels!r}")
 
 
 def _list_names(paths: Sequence[Path]) -> str:
@@ -166,140 +142,6 @@ def _images_only(directory: Path) -> list[Path]:
     if repeated:
         warnings.warn(f"{directory}: skipped {_describe_skipped(repeated)}", UserWarning, stacklevel=3)
     return scan.images
-
-
-def _is_colour(im: Image.Image) -> bool:
-    if im.mode in ("P", "PA"):
-        palette = im.getpalette() or []
-        rgb = np.asarray(palette[: len(palette) // 3 * 3]).reshape(-1, 3)
-        return bool(np.any(rgb != rgb[:, :1]))
-    return im.mode not in _GREY_MODES
-
-
-@contextlib.contextmanager
-def _refuse_bombs() -> Iterator[None]:
-    """Make Pillow's decompression-bomb warning (over ~89 Mpx) an error: a header that
-    claims a giant image must not make us allocate gigabytes."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        yield
-
-
-def probe_image(path: str | Path) -> ImageInfo:
-    """Read only the header of ``path``: its (H, W) after EXIF rotation and whether it is colour.
-
-    Raises:
-        DataError: the file is missing, empty or not an image Pillow can identify.
-    """
-    path = Path(path)
-    _check_file(path)
-    try:
-        with _refuse_bombs(), Image.open(path) as im:
-            w, h = im.size
-            if im.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):  # rotated by 90 degrees
-                w, h = h, w
-            return ImageInfo(path, (h, w), _is_colour(im))
-    except Exception as e:  # noqa: BLE001 - any failure of an untrusted file is bad data
-        raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
-
-
-def _check_file(path: Path) -> None:
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise DataError(f"cannot read image {path}: {e}") from e
-    if not path.is_file():
-        raise DataError(f"{path}: not a file")
-    if size == 0:
-        raise DataError(f"cannot read image {path}: file is empty (0 bytes)")
-
-
-def _decode(path: Path) -> Image.Image:
-    """Fully decode ``path`` (so truncation is caught) and apply its EXIF rotation."""
-    _check_file(path)
-    try:
-        with _refuse_bombs(), Image.open(path) as im:
-            im.load()
-            return ImageOps.exif_transpose(im)
-    except Exception as e:  # noqa: BLE001 - any failure of an untrusted file is bad data
-        raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
-
-
-def _to_mode(im: Image.Image, channels: int, path: Path) -> Image.Image:
-    """Convert to "L" (channels=1) or "RGB" (channels=3) explicitly."""
-    if im.mode == "F":
-        raise DataError(f"{path}: floating-point images are not supported; save it as 8 or 16 bit")
-    if im.mode in _SIXTEEN_BIT:
-        arr = np.asarray(im).astype(np.int64)
-        if im.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
-            # 32 bits per pixel: Pillow reads unsigned 32-bit TIFFs as signed "I", so take the
-            # bits as unsigned and map the full 32-bit range to 0..255.
-            wide = (arr & 0xFFFFFFFF).astype(np.float64)
-            im = Image.fromarray(np.round(wide / 16843009.0).astype(np.uint8), mode="L")  # 2^32-1 -> 255
-        else:
-            im = Image.fromarray(np.round(arr / 257.0).astype(np.uint8), mode="L")  # 65535 -> 255
-    elif im.mode in ("P", "PA") and ("transparency" in im.info or im.mode == "PA"):
-        im = im.convert("RGBA")
-    target = "L" if channels == 1 else "RGB"
-    if im.mode == target:
-        return im
-    try:
-        return im.convert(target)
-    except ValueError as e:
-        raise DataError(f"{path}: cannot convert image mode {im.mode} to {target}: {e}") from e
-
-
-def read_image(
-    path: str | Path, size: int | Sequence[int] | None = None, channels: int = 3
-) -> torch.Tensor:
-    """Decode one image file into a uint8 tensor.
-
-    Args:
-        path: any file Pillow can read.
-        size: output (H, W) or a square side; None keeps the file's size.
-        channels: 1 (converted to "L", ITU-R 601 luma) or 3 ("RGB"). 16-bit images are
-            scaled to 8 bits (65535 -> 255), 32-bit integer images (TIFF) by their full
-            unsigned range (2^32 - 1 -> 255); alpha is dropped.
-
-    Raises:
-        DataError: the file is missing, empty, truncated or not an image.
-
-    Shape:
-        (C, H, W) uint8.
-    """
-    path = Path(path)
-    if channels not in (1, 3):
-        raise DataError(f"channels must be 1 or 3, got {channels!r}")
-    im = _to_mode(_decode(path), channels, path)
-    if size is not None:
-        h, w = image_hw(size)
-        if im.size != (w, h):
-            im = im.resize((w, h), Image.Resampling.BILINEAR)
-    arr = np.asarray(im, dtype=np.uint8)  # (H, W) or (H, W, 3)
-    tensor = torch.from_numpy(arr.copy())
-    return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
-
-
-def _read_mask(
-    path: Path, size: tuple[int, int], expected_hw: tuple[int, int], image: Path
-) -> torch.Tensor:
-    """Binary mask (1, H, W) uint8, 255 where the file is non-zero, resized with nearest."""
-    im = _decode(path)
-    if (im.height, im.width) != expected_hw:
-        raise DataError(
-            f"mask {path} is {im.height}x{im.width} but its image {image} is "
-            f"{expected_hw[0]}x{expected_hw[1]}"
-        )
-    if im.mode in _GREY_MODES:
-        on = np.asarray(im) != 0
-        if on.ndim == 3:  # LA: ignore alpha
-            on = on[..., 0]
-    else:
-        on = np.asarray(im.convert("RGB")).any(axis=2)
-    binary = Image.fromarray(on.astype(np.uint8) * 255, mode="L")
-    if binary.size != (size[1], size[0]):
-        binary = binary.resize((size[1], size[0]), Image.Resampling.NEAREST)
-    return torch.from_numpy((np.asarray(binary) > 0).astype(np.uint8) * 255).unsqueeze(0)
 
 
 def _stack(paths: Sequence[Path], size: tuple[int, int], channels: int) -> torch.Tensor:

@@ -1,0 +1,7 @@
+"""``python -m anomem.cli``: the ``anomem`` command."""
+
+import sys
+
+from anomem.cli import main
+
+sys.exit(main())

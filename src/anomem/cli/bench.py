@@ -1,0 +1,130 @@
+"""``anomem benchmark``, ``linear-eval`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from anomem import __version__
+from anomem.checkpoint import atomic_write_text, git_commit
+from anomem.cli.common import (
+    _auroc,
+    _load_detector,
+)
+from anomem.cli.train import (
+    _existing,
+)
+from anomem.config import load_config
+from anomem.errors import DataError
+from anomem.inputs import check_int_range
+from anomem.limits import check_config_limits, check_seed
+from anomem.outputs import (
+    check_claimable,
+    check_file_target,
+    check_outputs,
+    claim_output_dir,
+)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """Protocol x classes x ratios x seeds, AnoMem beside every baseline; resumable."""
+    from anomem.benchmark import GROUPS, BenchmarkSettings, run_benchmark
+
+    check_int_range("--jobs", args.jobs, 1, 256)
+    if args.threads is not None:
+        check_int_range("--threads", args.threads, 1, 1024)
+    check_int_range("--seeds", args.seeds, 1, 1000)
+    if not (0.0 <= args.pollution < 1.0):  # NaN fails too
+        raise DataError(f"--pollution (γ_p) must lie in [0, 1), got {args.pollution}")
+    for name in ("max_train", "max_test"):
+        if getattr(args, name) is not None:
+            check_int_range("--" + name.replace("_", "-"), getattr(args, name), 1, 10_000_000)
+    check_outputs([("--out", args.out)], [("--data-root", _existing(args.data_root))])
+    # a results directory is new, empty, or one a benchmark wrote (its benchmark.json): resumed, never clobbered
+    check_claimable("--out", args.out, "benchmark", legacy=("benchmark.json",))
+    groups = tuple(GROUPS) if "all" in args.methods else tuple(dict.fromkeys(args.methods))
+    overrides = tuple(args.set or ()) + ((f"train.epochs={args.epochs}",) if args.epochs is not None else ())
+    check_config_limits(load_config(args.preset, None, list(overrides)))  # a bad --set fails now, not in a worker
+    s = BenchmarkSettings(
+        protocol=args.protocol, data=args.data, data_root=args.data_root, ood=args.ood,
+        classes=tuple(args.classes), ratios=tuple(args.ratios), seeds=args.seeds, groups=groups,
+        preset=args.preset, overrides=overrides, max_train=args.max_train, max_test=args.max_test,
+        pollution=args.pollution,
+    )
+    t0 = time.time()
+    out = run_benchmark(s, args.out, jobs=args.jobs, threads=args.threads, progress=args.progress)
+    print((out / "results.md").read_text())
+    print(f"benchmark finished in {time.time() - t0:.0f} s: {out / 'results.md'}, results.json, results.csv, plots")
+    return 0
+
+
+def cmd_linear_eval(args: argparse.Namespace) -> int:
+    """Linear evaluation of a trained detector's frozen encoder on a labelled dataset."""
+    from anomem.benchmark import linear_evaluation
+    from anomem.data.registry import load_dataset
+
+    check_seed("--seed", args.seed)
+    if args.max_train is not None:
+        check_int_range("--max-train", args.max_train, 1, 10_000_000)
+    if args.out is not None:
+        check_outputs([("--out", args.out)], [("checkpoint", args.checkpoint), ("--data-root", _existing(args.data_root))])
+        check_file_target("--out", args.out, ("text",))
+    det = _load_detector(args.checkpoint, device=args.device or "cpu")
+    train = load_dataset(args.data, "train", root=args.data_root)
+    test = load_dataset(args.data, "test", root=args.data_root)
+    t0 = time.time()
+    acc = linear_evaluation(det, train, test, max_train=args.max_train, seed=args.seed)
+    print(f"linear evaluation on {args.data} ({len(test)} test images, {time.time() - t0:.0f} s): "
+          f"frozen encoder {100 * acc['encoder']:.1f}% accuracy, raw pixels {100 * acc['raw_pixels']:.1f}%")
+    if args.out:
+        atomic_write_text(Path(args.out), json.dumps({"checkpoint": str(args.checkpoint), "data": args.data,
+                                                      "max_train": args.max_train, "seed": args.seed, **acc}, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """One-vs-all on scikit-learn's embedded digits: AnoMem vs raw-pixel kNN."""
+    from anomem.baselines import make_baseline
+    from anomem.data.registry import load_dataset
+    from anomem.detector import AnoMem
+    from anomem.protocols import one_vs_all
+
+    check_claimable("--out", args.out, "demo", legacy=("demo.json",))
+    # Settings chosen on a validation split of the digits training data (docs/method.md):
+    # digits are not flip-invariant, and heavy crops erase what tells them apart.
+    demo = ["backbone.width=16", "train.epochs=100", "train.batch_size=32", "memory.normalize=l2", "memory.beta=8",
+            "augment.flip_p=0", "augment.crop_scale=[0.85,1]"]
+    for c in args.classes:
+        check_int_range("--classes", c, 0, 9)
+    cfg = load_config("tiny", None, [*demo, f"train.seed={args.seed}", *(args.set or [])])
+    check_config_limits(cfg)
+    run = claim_output_dir("--out", args.out, "demo", legacy=("demo.json",))
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    rows = []
+    print(f"AnoMem demo: scikit-learn digits ({len(train)} train / {len(test)} test, 16x16), one-vs-all, preset 'tiny'")
+    print(f"{'normal':>6} {'AnoMem':>7} {'kNN':>7} {'seconds':>8}")
+    for c in args.classes:
+        t0 = time.time()
+        split = one_vs_all(train, test, c, 0.0, args.seed)
+        det = AnoMem(cfg, progress=False).fit(split.normals)
+        auc = _auroc(split.test_is_anomaly, det.anomaly_score(split.test_images))
+        knn = make_baseline("knn").fit(split.normals)
+        auc_knn = _auroc(split.test_is_anomaly, knn.anomaly_score(split.test_images))
+        rows.append({"normal_class": c, "anomem_auroc": auc, "knn_auroc": auc_knn, "seconds": round(time.time() - t0, 1)})
+        print(f"{c:>6} {auc:7.3f} {auc_knn:7.3f} {time.time() - t0:8.1f}", flush=True)
+        det.save(run / f"class{c}.ckpt")
+    mean = float(np.mean([r["anomem_auroc"] for r in rows]))
+    mean_knn = float(np.mean([r["knn_auroc"] for r in rows]))
+    print(f"{'mean':>6} {mean:7.3f} {mean_knn:7.3f}")
+    result = {"version": __version__, "git_commit": git_commit(), "seed": args.seed, "config": cfg.to_dict(), "rows": rows,
+              "mean_anomem_auroc": mean, "mean_knn_auroc": mean_knn}
+    atomic_write_text(run / "demo.json", json.dumps(result, indent=2))
+    print(f"run directory: {run} (results: {run / 'demo.json'}, detectors: class<k>.ckpt)")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------

@@ -1,0 +1,240 @@
+"""The verbs that use a fitted detector: ``score``, ``threshold``, ``evaluate``, ``export``, ``refit``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from anomem import __version__
+from anomem.checkpoint import atomic_write_text
+from anomem.cli.common import (
+    _load_detector,
+    _warn_inverted,
+    _write_scores,
+)
+from anomem.cli.train import (
+    _existing,
+)
+from anomem.errors import DataError
+from anomem.inputs import check_batch_size, check_int_range
+from anomem.limits import check_seed
+from anomem.outputs import (
+    check_claimable,
+    check_file_target,
+    check_outputs,
+    claim_output_dir,
+    real,
+)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from anomem.data.folder import load_images
+
+    check_batch_size(args.batch_size, "--batch-size")
+    check_outputs([("--out", args.out), ("--maps", args.maps)],
+                  [("checkpoint", args.checkpoint), *(("path", p) for p in args.inputs)])
+    if args.out is not None:
+        check_file_target("--out", args.out, ("text",))
+    if args.maps is not None:
+        check_claimable("--maps", args.maps, "score --maps")
+    det = _load_detector(args.checkpoint, device=args.device or "cpu")
+    imgs = load_images(args.inputs, image_size=det.image_size_, channels=det.in_channels_, skip_invalid=args.skip_invalid)
+    _report_skipped(imgs)
+    maps_dir = None if args.maps is None else claim_output_dir("--maps", args.maps, "score --maps")
+    if maps_dir is None:
+        scores = det.anomaly_score(imgs.images, batch_size=args.batch_size)
+    else:
+        maps = det.anomaly_maps(imgs.images, batch_size=args.batch_size)
+        scores = maps.scores
+    th = det.threshold_
+    labels = None if th is None else ["anomaly" if v else "normal" for v in th.predict(scores)]
+    if maps_dir is not None:
+        _write_heatmaps(det, maps_dir, imgs, maps, labels)
+    if args.out is None:
+        w = csv.writer(sys.stdout, lineterminator="\n")  # quoted as CSV needs: names may hold commas or newlines
+        for i, (p, s) in enumerate(zip(imgs.paths, scores)):
+            w.writerow([p, f"{float(s):.6g}", *(() if labels is None else (labels[i],))])
+        return 0
+    out = Path(args.out)
+    if out.suffix.lower() == ".json":
+        rows = [{"path": p, "score": float(s)} | ({} if labels is None else {"label": labels[i]})
+                for i, (p, s) in enumerate(zip(imgs.paths, scores))]
+        atomic_write_text(out, json.dumps(rows, indent=2))
+    else:
+        _write_scores(out, imgs.paths, scores, labels=labels)
+    print(f"scored {len(scores)} images -> {out}" + ("" if th is None else f" ({th.describe()})"))
+    return 0
+
+
+def _report_skipped(imgs) -> None:
+    skipped = imgs.meta.get("skipped") or []
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        print(f"anomem: skipped {len(skipped)} invalid file(s): {shown}", file=sys.stderr)
+
+
+def _write_heatmaps(det, out: Path, imgs, maps, labels) -> None:
+    """One PNG per image: image, fused overlay, per-scale maps; score (+ label) in the title."""
+    from anomem.report import map_range, save_heatmap_png
+
+    vrange = map_range(maps.fused)
+    used: set[str] = set()
+    for i, path in enumerate(imgs.paths):
+        stem = Path(path).stem
+        name, k = stem, 1
+        while name in used:  # same file name in two folders
+            name, k = f"{stem}_{k}", k + 1
+        used.add(name)
+        title = f"{Path(path).name}: score {float(maps.scores[i]):.4g}" + ("" if labels is None else f" ({labels[i]})")
+        save_heatmap_png(out / f"{name}.png", imgs.images[i], maps.fused[i], maps.per_scale[i], title,
+                         scale_names=det.config_.backbone.taps, vrange=vrange)
+    print(f"heat-maps: {len(imgs.paths)} PNG files in {out}", file=sys.stderr)
+
+
+def cmd_threshold(args: argparse.Namespace) -> int:
+    from anomem.data.folder import load_images
+
+    _check_checkpoint_out(args, [("--normals", p) for p in args.normals or ()] + [("--labelled", args.labelled)])
+    det = _load_detector(args.checkpoint, device=args.device or "cpu")
+    load = lambda p: load_images(p, image_size=det.image_size_, channels=det.in_channels_).images  # noqa: E731
+    given = [name for name in ("value", "normals", "labelled") if getattr(args, name) is not None]
+    if len(given) > 1:
+        raise DataError(f"give at most one of --value, --normals, --labelled (got {', '.join('--' + g for g in given)})")
+    if args.value is not None:
+        det.set_threshold(args.value)
+    elif args.labelled is not None:
+        root = Path(args.labelled)
+        if not (root / "normal").is_dir() or not (root / "anomaly").is_dir():
+            raise DataError(f"--labelled {root}: expected folders {root}/normal and {root}/anomaly")
+        if args.fpr is not None:
+            raise DataError("--fpr sets a threshold from normals only; with --labelled use --method f1 or recall")
+        det.calibrate_threshold(load(root / "normal"), load(root / "anomaly"), method=args.method or "f1", recall=args.recall)
+    else:
+        if args.method not in (None, "fpr"):
+            raise DataError(f"--method {args.method} needs labelled anomalies (--labelled DIR)")
+        normals = None if args.normals is None else load(args.normals)
+        det.calibrate_threshold(normals, fpr=args.fpr)
+    out = args.out or args.checkpoint
+    det.save(out, meta=det.meta_)
+    print(f"{det.threshold_.describe()} -> {out}")
+    return 0
+
+
+def _evaluation_set(args: argparse.Namespace, det):
+    """(images, is_anomaly, masks | None, names | None, description) for `anomem evaluate`."""
+    from anomem.data.folder import load_folder
+
+    spec = args.data
+    if Path(spec).is_dir():
+        if not (Path(spec) / "test").is_dir():
+            raise DataError(f"{spec!r} has no test/ folder (expected test/normal, test/anomaly, optional test/masks)")
+        test = load_folder(spec, "test", image_size=det.image_size_, channels=det.in_channels_)
+        return test.images, test.anomaly, test.masks, list(test.paths), f"folder {spec} (test split)"
+    if Path(spec).exists():
+        raise DataError(f"{spec!r} is not a dataset folder with test/")
+    from anomem.data.registry import load_dataset, validate_class_index
+
+    if args.normal_class is None:
+        raise DataError(f"--normal-class is required with the named dataset {spec!r}")
+    from anomem.inputs import match_geometry
+
+    test = load_dataset(spec, "test", root=args.data_root)
+    cls = args.normal_class
+    c = validate_class_index(test.class_names, int(cls) if cls.lstrip("-").isdigit() else cls)
+    gen = torch.Generator().manual_seed(args.seed)
+    if args.defects:
+        from anomem.data.defects import add_defects
+
+        normals = test.images[test.targets == c]
+        if args.max_images is not None:
+            normals = normals[torch.randperm(normals.shape[0], generator=gen)[: max(1, args.max_images // 2)]]
+        normals = match_geometry(normals, det.in_channels_, det.image_size_)  # masks at the detector's size
+        bad = add_defects(normals, seed=args.seed)
+        if normals.dtype != torch.uint8:
+            normals = (normals * 255).round().to(torch.uint8)
+        images = torch.cat([normals, bad.images])
+        is_anomaly = torch.cat([torch.zeros(normals.shape[0], dtype=torch.bool), torch.ones(normals.shape[0], dtype=torch.bool)])
+        masks = torch.cat([torch.zeros_like(bad.masks), bad.masks])
+        desc = (f"{spec} test split, class {c} ({test.class_names[c]}): {normals.shape[0]} normal images and the same "
+                f"images with generated local defects (seed {args.seed})")
+        return images, is_anomaly, masks, None, desc
+    images, is_anomaly = test.images, test.targets != c
+    if args.max_images is not None and args.max_images < images.shape[0]:
+        keep = torch.randperm(images.shape[0], generator=gen)[: args.max_images].sort().values
+        images, is_anomaly = images[keep], is_anomaly[keep]
+    desc = f"{spec} test split, one-vs-all, normal class {c} ({test.class_names[c]})"
+    return images, is_anomaly, None, None, desc
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from anomem.report import evaluate, write_report
+
+    check_batch_size(args.batch_size, "--batch-size")
+    check_seed("--seed", args.seed)
+    if args.max_images is not None:
+        check_int_range("--max-images", args.max_images, 2 if args.defects else 1, 10_000_000)
+    check_outputs([("--out", args.out)], [("checkpoint", args.checkpoint), ("--data", _existing(args.data)),
+                                          ("--data-root", _existing(args.data_root))])
+    check_claimable("--out", args.out, "evaluate", legacy=("report.html",))
+    det = _load_detector(args.checkpoint, device=args.device or "cpu")
+    images, is_anomaly, masks, names, desc = _evaluation_set(args, det)
+    out = claim_output_dir("--out", args.out, "evaluate", legacy=("report.html",))
+    ev = evaluate(det, images, is_anomaly, masks, names, batch_size=args.batch_size)
+    details = {"checkpoint": str(args.checkpoint), "data": desc, "anomem": __version__,
+               "threshold": "none" if det.threshold_ is None else det.threshold_.describe()}
+    files = write_report(ev, images, out, title=args.title, details=details)
+    shown = ", ".join(f"{k} {ev.metrics[k]:.4f}" for k in ("image_auroc", "pixel_auroc", "aupro") if k in ev.metrics)
+    print(f"{desc}: {shown or 'no ranking metric (one class only)'}")
+    for key in ("image_auroc", "pixel_auroc"):
+        _warn_inverted(ev.metrics.get(key), key.replace("_", " "))
+    print(f"report: {files.html} (and {files.markdown.name}, {files.metrics.name})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from anomem.export import export_scorer
+
+    check_outputs([("--out", args.out)], [("checkpoint", args.checkpoint)])
+    check_file_target("--out", args.out, (args.format,))
+    det = _load_detector(args.checkpoint, device="cpu")
+    path = export_scorer(det, args.out, args.format, sigma=args.sigma)
+    c, (h, w) = det.in_channels_, det.image_size_
+    print(f"exported {args.format} scorer -> {path}: input 'image' float [0, 1] (B, {c}, {h}, {w}); "
+          f"outputs 'score' (B,), 'fused_map' (B, {h}, {w})")
+    return 0
+
+
+def _check_checkpoint_out(args: argparse.Namespace, image_inputs: list[tuple[str, str | None]]) -> None:
+    """refit/threshold rewrite the checkpoint in place by default; another --out may only
+    replace a checkpoint, and never lands on or inside the images they read."""
+    out = args.out or args.checkpoint
+    inputs = list(image_inputs)
+    elsewhere = args.out is not None and real(args.out) != real(args.checkpoint)
+    if elsewhere:
+        inputs.append(("checkpoint", args.checkpoint))
+    check_outputs([("--out", out)], inputs)
+    if elsewhere:  # in place, the input itself is replaced once it has loaded as a checkpoint
+        check_file_target("--out", out, ("checkpoint",))
+
+
+def cmd_refit(args: argparse.Namespace) -> int:
+    from anomem.data.folder import load_images
+
+    _check_checkpoint_out(args, [("--anomalies", p) for p in args.anomalies] + [("--normals", p) for p in args.normals or ()])
+    det = _load_detector(args.checkpoint, device=args.device or "cpu")
+    load = lambda p: load_images(p, image_size=det.image_size_, channels=det.in_channels_).images  # noqa: E731
+    t0 = time.time()
+    det.refit_scorer(load(args.anomalies), normals=None if args.normals is None else load(args.normals),
+                     keep_previous=not args.replace)
+    out = args.out or args.checkpoint
+    det.save(out, meta=det.meta_)
+    print(f"refitted stage 2 on {det.anomaly_bank_[0].shape[0]} anomalies in {time.time() - t0:.1f} s -> {out}")
+    print(det.threshold_.describe() if det.threshold_ is not None
+          else "no threshold stored (no held-out normals): set one with `anomem threshold`")
+    return 0

@@ -1,0 +1,279 @@
+"""The sections of :class:`anomem.config.AnoMemConfig`: one frozen dataclass each,
+every default in one place, validated on construction (one ConfigError line)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from anomem.errors import ConfigError
+from anomem.inference import MODES as SCORE_MODES
+from anomem.memory import NORMALISATIONS
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+OBJECTIVES = ("ntxent", "barlow")
+MERGES = ("weighted", "standardized")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The ResNet encoder f and which of its stages are tapped as scales.
+
+    ``arch`` is one of :data:`ARCHS` (our own ResNet with a width multiplier) or
+    ``"torchvision:<name>"`` for any torchvision ResNet constructor.
+    """
+
+    arch: str = "resnet18"
+    width: int = 64  # channels of the first stage; torchvision's ResNets use 64
+    stem: str = "small"  # "small": 3x3 conv stride 1, no max-pool (28-32 px); "imagenet"
+    taps: tuple[str, ...] = ("layer3", "layer4")
+    # A local torchvision ResNet state dict (.pth) to start stage 1 from; "" = from scratch.
+    # Never downloaded; tensors matching in name and shape are loaded at fit
+    # (anomem.backbone.load_resnet_weights), and the file is not needed to load a detector.
+    weights: str = ""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.arch in ARCHS or self.arch.startswith("torchvision:"),
+            f"backbone.arch must be one of {ARCHS} or 'torchvision:<name>', got {self.arch!r}",
+        )
+        _check(self.width >= 4, f"backbone.width must be >= 4, got {self.width}")
+        _check(self.stem in ("small", "imagenet"), f"backbone.stem must be 'small' or 'imagenet', got {self.stem!r}")
+        _check(len(self.taps) >= 1, "backbone.taps must name at least one stage")
+        valid = ("layer1", "layer2", "layer3", "layer4")
+        for t in self.taps:
+            _check(t in valid, f"backbone.taps: unknown stage {t!r}; expected names from {valid}")
+        _check(
+            list(self.taps) == sorted(set(self.taps), key=valid.index),
+            f"backbone.taps must be distinct and ordered shallow to deep, got {self.taps}",
+        )
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """One Hopfield memory per tapped scale (Eq. 1) and the spatial sampling of Eq. 7."""
+
+    enabled: bool = True  # False: Mem(z, y) = z, i.e. plain SimCLR on the taps (ablation)
+    init: str = "data"  # data: patterns start as features of random training positions | random
+    sizes: tuple[int, ...] = (512, 256)  # N_mem per scale
+    # β and normalisation were chosen by measurement (docs/method.md,
+    # benchmarks/validation_sweep.py): with unit vectors β = 2 makes retrieval uniform and
+    # every image recalls the same prototype; centring each vector first stops post-ReLU
+    # features from all looking alike; β = 8 (not 32) because sharper retrieval inverts the
+    # one-class score of short runs on some seeds (docs/method.md, Decision 3).
+    beta: float = 8.0  # inverse temperature β
+    learn_beta: bool = False
+    normalize: str = "centered-l2"  # none | l2 | centered-l2 | layernorm, queries and patterns
+    max_steps: int = 3  # retrieval iterations of Eq. 1 at most
+    tol: float = 0.0  # stop early when max |Δξ| < tol (0 = always max_steps, no host sync)
+    sample_ratios: tuple[float, ...] = (0.3, 1.0)  # r^(s): fraction of positions in Ω^(s)
+    scale_weights: tuple[float, ...] | None = None  # λ^(s); None = 2^(s-1)
+
+    def __post_init__(self) -> None:
+        _check(all(n >= 1 for n in self.sizes), f"memory.sizes must be >= 1, got {self.sizes}")
+        _check(self.beta > 0, f"memory.beta must be > 0, got {self.beta}")
+        _check(self.init in ("data", "random"), f"memory.init must be 'data' or 'random', got {self.init!r}")
+        _check(self.normalize in NORMALISATIONS, f"memory.normalize must be one of {NORMALISATIONS}, got {self.normalize!r}")
+        _check(self.max_steps >= 1, f"memory.max_steps must be >= 1, got {self.max_steps}")
+        _check(self.tol >= 0, f"memory.tol must be >= 0, got {self.tol}")
+        _check(
+            all(0 < r <= 1 for r in self.sample_ratios),
+            f"memory.sample_ratios must lie in (0, 1], got {self.sample_ratios}",
+        )
+        if self.scale_weights is not None:
+            _check(
+                all(isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) and w > 0 for w in self.scale_weights),
+                f"memory.scale_weights must be numbers > 0, got {self.scale_weights}",
+            )
+
+    def weights(self, n_scales: int) -> tuple[float, ...]:
+        """λ^(s) for each scale: the configured ones or 2^(s-1) (paper §4.2)."""
+        if self.scale_weights is not None:
+            return tuple(self.scale_weights)
+        return tuple(float(2**s) for s in range(n_scales))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Stage-1 objective: pairwise loss of Eq. 4-5 and the variance term of Eq. 6."""
+
+    objective: str = "ntxent"  # ntxent | barlow
+    temperature: float = 0.1  # τ
+    variance_weight: float = 0.05  # λ_V
+    variance_eps: float = 1e-4  # ε inside sqrt(Var + ε)
+    barlow_lambda: float = 5e-3  # off-diagonal weight, Barlow Twins only
+
+    def __post_init__(self) -> None:
+        _check(self.objective in OBJECTIVES, f"loss.objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        _check(self.temperature > 0, f"loss.temperature must be > 0, got {self.temperature}")
+        _check(self.variance_weight >= 0, f"loss.variance_weight must be >= 0, got {self.variance_weight}")
+        _check(self.variance_eps > 0, f"loss.variance_eps must be > 0, got {self.variance_eps}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """SimCLR-style views (paper §4.2); each parameter is drawn per sample."""
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4  # ignored for 1-channel images
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    noise_p: float = 0.5
+    noise_std: float = 0.03
+
+    def __post_init__(self) -> None:
+        for name in ("crop_scale", "blur_sigma"):
+            _check(len(getattr(self, name)) == 2, f"augment.{name} must be a pair [lo, hi], got {getattr(self, name)}")
+        lo, hi = self.crop_scale
+        _check(0 < lo <= hi <= 1, f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
+        for name in ("flip_p", "jitter_p", "blur_p", "noise_p"):
+            v = getattr(self, name)
+            _check(0 <= v <= 1, f"augment.{name} is a probability, got {v}")
+        for name in ("brightness", "contrast", "saturation", "noise_std"):
+            _check(getattr(self, name) >= 0, f"augment.{name} must be >= 0, got {getattr(self, name)}")
+        _check(0 < self.blur_sigma[0] <= self.blur_sigma[1], f"augment.blur_sigma must be 0 < lo <= hi, got {self.blur_sigma}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Stage-1 optimisation (paper §4.2: SGD + Nesterov, cosine annealing)."""
+
+    epochs: int = 100
+    batch_size: int = 1024
+    lr: float = 0.5  # for batch 256; scaled linearly with batch_size
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 2
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    channels_last: bool = True  # NHWC convolutions in stage 1 (CUDA and CPU)
+    compile: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 2, f"train.batch_size must be >= 2 (contrastive pairs need negatives), got {self.batch_size}")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(0 <= self.momentum < 1, f"train.momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(
+            self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device) is not None,
+            f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """Stage 2: one-class deviation score (Eq. 9, 13) and supervised heads (Eq. 10-12)."""
+
+    mode: str = "auto"  # auto: supervised heads if labelled anomalies were given
+    merge: str = "standardized"  # weighted (Eq. 13 on raw scores) | standardized per scale first
+    pool_size: int = 2  # φ: adaptive average pool to pool_size x pool_size
+    hidden: int = 128  # width of the 2-layer MLP g^(s)
+    margin: float = 2.0  # M of Eq. 11
+    steps: int = 300
+    batch_size: int = 256
+    lr: float = 0.05
+    weight_decay: float = 1e-4
+    normal_bank: int = 4096  # pooled normal deviations kept for refitting without the data
+    calibration_fraction: float = 0.1  # normals held out of training to set the threshold (0 = off)
+    # ... raised up to this share when too few to estimate target_fpr (5 expected false
+    # positives; anomem.calibration.calibration_count); <= calibration_fraction: never raised
+    calibration_max_fraction: float = 0.25
+    target_fpr: float = 0.01  # false-positive rate the threshold is set for on the held-out normals
+    # PyOD-style: > 0 sets the fit-time threshold at the (1 - contamination) quantile of the
+    # held-out normals' scores (of the training normals' without any) instead of at target_fpr
+    contamination: float = 0.0
+    map_sigma: float = 0.04  # Gaussian smoothing of heat-maps, σ as a fraction of the image side (0 = off)
+    bank: int = 2048  # training normals whose pooled tap features are kept as a kNN bank (0 = off)
+    bank_k: int = 2  # neighbours averaged by the bank distance
+    bank_weight: float = 0.5  # share of the bank distance in each scale's score (needs merge=standardized)
+    # Share of a raw-pixel kNN score (the input as the finest scale, same normals as the
+    # bank) in the image score, after Eq. 13 (0 = off; docs/method.md, Decision 6).
+    pixel_weight: float = 1 / 3
+    pixel_side: int = 32  # the pixel bank keeps images with the longer side at most this
+    # Local evidence from the same pixel bank: per position, the smallest difference to any
+    # of the local_k nearest normals (docs/method.md, Decision 7). Its maximum joins the
+    # image score with local_weight (local defects), its map the fused heat-map with
+    # map_pixel_weight.
+    local_weight: float = 0.0
+    map_pixel_weight: float = 0.5
+    local_k: int = 20
+    prototype_cache: int = 512  # training normals scanned at fit time for nearest-prototype patches (0 = off)
+
+    def __post_init__(self) -> None:
+        _check(self.mode in SCORE_MODES, f"scorer.mode must be one of {SCORE_MODES}, got {self.mode!r}")
+        _check(self.merge in MERGES, f"scorer.merge must be one of {MERGES}, got {self.merge!r}")
+        _check(self.pool_size >= 1, f"scorer.pool_size must be >= 1, got {self.pool_size}")
+        _check(self.hidden >= 1, f"scorer.hidden must be >= 1, got {self.hidden}")
+        _check(self.margin > 1, f"scorer.margin M must be > 1 so that 1/M < M, got {self.margin}")
+        _check(self.steps >= 1, f"scorer.steps must be >= 1, got {self.steps}")
+        _check(self.batch_size >= 2, f"scorer.batch_size must be >= 2, got {self.batch_size}")
+        _check(self.lr > 0, f"scorer.lr must be > 0, got {self.lr}")
+        _check(self.normal_bank >= 1, f"scorer.normal_bank must be >= 1, got {self.normal_bank}")
+        _check(
+            0 <= self.calibration_fraction < 1,
+            f"scorer.calibration_fraction must lie in [0, 1), got {self.calibration_fraction}",
+        )
+        _check(
+            0 <= self.calibration_max_fraction < 1,
+            f"scorer.calibration_max_fraction must lie in [0, 1), got {self.calibration_max_fraction}",
+        )
+        _check(0 <= self.target_fpr < 1, f"scorer.target_fpr must lie in [0, 1), got {self.target_fpr}")
+        _check(0 <= self.contamination <= 0.5, f"scorer.contamination must lie in [0, 0.5] (0 = off), got {self.contamination}")
+        _check(0 <= self.map_sigma <= 1, f"scorer.map_sigma must lie in [0, 1] (fraction of the image side), got {self.map_sigma}")
+        _check(self.bank >= 0, f"scorer.bank must be >= 0, got {self.bank}")
+        _check(self.bank_k >= 1, f"scorer.bank_k must be >= 1, got {self.bank_k}")
+        _check(0 <= self.bank_weight <= 1, f"scorer.bank_weight must lie in [0, 1], got {self.bank_weight}")
+        _check(0 <= self.pixel_weight < 1, f"scorer.pixel_weight must lie in [0, 1), got {self.pixel_weight}")
+        _check(1 <= self.pixel_side <= 512, f"scorer.pixel_side must lie in [1, 512], got {self.pixel_side}")
+        _check(0 <= self.local_weight < 1 and self.pixel_weight + self.local_weight < 1,
+               f"scorer.local_weight must lie in [0, 1) with pixel_weight + local_weight < 1, got {self.local_weight}")
+        _check(0 <= self.map_pixel_weight <= 1, f"scorer.map_pixel_weight must lie in [0, 1], got {self.map_pixel_weight}")
+        _check(1 <= self.local_k <= 1024, f"scorer.local_k must lie in [1, 1024], got {self.local_k}")
+        _check(self.prototype_cache >= 0, f"scorer.prototype_cache must be >= 0, got {self.prototype_cache}")
+
+
+@dataclass(frozen=True)
+class PseudoConfig:
+    """Pseudo-anomalies made from the training normals (:mod:`anomem.pseudo`).
+
+    They join stage 1 as y = 0 samples (Eq. 3: no memory, hard negatives) and stage 2
+    as the anomalies the heads learn from (Eq. 10-12), beside any real labelled
+    anomalies. ``enabled=false`` gives the paper's method exactly.
+    """
+
+    enabled: bool = True
+    ratio: float = 1.0  # pseudo-anomalies per training normal
+    shifts: tuple[str, ...] = ("rot90", "rot180", "rot270")  # distribution shifts (semantic)
+    defects: tuple[str, ...] = ("cutpaste", "scar", "noise")  # synthetic local defects
+    defect_fraction: float = 0.0  # share of the pseudo-anomalies that are local defects
+    defect_size: tuple[float, float] = (0.1, 0.25)  # box side as a fraction of the image side
+    heads: bool = False  # without real anomalies, also train the stage-2 heads on pseudo-anomalies alone
+    # keep only the shifts that move this class's normals off their distribution: pixel-kNN
+    # AUROC of shifted vs unshifted normals at least this (0 = keep all; anomem.pseudo.shift_separability)
+    min_separability: float = 0.7
+
+    def __post_init__(self) -> None:
+        from anomem.pseudo import DEFECTS, SHIFTS
+
+        _check(self.ratio > 0, f"pseudo.ratio must be > 0, got {self.ratio}")
+        for k in self.shifts:
+            _check(k in SHIFTS, f"pseudo.shifts: unknown shift {k!r}; expected names from {SHIFTS}")
+        for k in self.defects:
+            _check(k in DEFECTS, f"pseudo.defects: unknown defect {k!r}; expected names from {DEFECTS}")
+        _check(bool(self.shifts) or bool(self.defects), "pseudo needs at least one shift or defect kind")
+        _check(0 <= self.min_separability <= 1, f"pseudo.min_separability must lie in [0, 1], got {self.min_separability}")
+        _check(0 <= self.defect_fraction <= 1, f"pseudo.defect_fraction must lie in [0, 1], got {self.defect_fraction}")
+        _check(len(self.defect_size) == 2 and 0 < self.defect_size[0] <= self.defect_size[1] < 1, f"pseudo.defect_size must be a pair 0 < lo <= hi < 1, got {self.defect_size}")
