@@ -203,3 +203,15 @@ __all__ = [
     "replace",
     "with_overrides",
 ]
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The dotted keys where two config dicts (as in config.json or a checkpoint) differ,
+    sorted; compared through JSON so tuples and lists are alike. The one rule resume uses."""
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix.rstrip("."): d}
+        return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+
+    fa, fb = flat(json.loads(json.dumps(a))), flat(json.loads(json.dumps(b)))
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k, ...) != fb.get(k, ...))

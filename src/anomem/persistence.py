@@ -18,7 +18,7 @@ import torch
 
 from anomem._version import __version__
 from anomem.checkpoint import git_commit, load_checkpoint, save_checkpoint
-from anomem.config import AnoMemConfig
+from anomem.config import AnoMemConfig, config_differences
 from anomem.engine import EpochLog, Stage1Trainer, resolve_device
 from anomem.errors import AnoMemError, CheckpointError, ConfigError
 from anomem.factory import build_net, build_scorer
@@ -73,9 +73,9 @@ def restore_stage1(det: AnoMem, ckpt: dict[str, Any], trainer: Stage1Trainer) ->
         raise CheckpointError("this checkpoint holds no training state to resume from")
     validate_training_checkpoint(ckpt, "the resume checkpoint")
     try:
-        # Compare through JSON on both sides: to_dict() holds tuples where the file has lists.
-        if json.loads(ckpt["config"]) != json.loads(det.config_.to_json()):
-            raise CheckpointError("cannot resume: the checkpoint was made with a different config")
+        diff = config_differences(json.loads(ckpt["config"]), det.config_.to_dict())
+        if diff:
+            raise CheckpointError(f"cannot resume: the checkpoint was made with a different config ({', '.join(diff[:5])})")
         trainer.net.load_state_dict(ckpt["net"])
         trainer.load_state_dict(ckpt["trainer"])
         det.history_ = history_from_json(ckpt.get("history", "[]"))

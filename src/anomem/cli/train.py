@@ -25,7 +25,7 @@ from anomem.cli.common import (
     load_train_data,
     log,
 )
-from anomem.config import AnoMemConfig, load_config
+from anomem.config import AnoMemConfig, config_differences, load_config
 from anomem.errors import CheckpointError, ConfigError, DataError
 from anomem.inputs import check_trainable_size
 from anomem.limits import check_config_limits
@@ -135,14 +135,7 @@ def _check_same_config(path: Path, cfg: AnoMemConfig) -> None:
         return
     except (OSError, ValueError) as e:
         raise DataError(f"cannot resume: {str(path)!r} is unreadable: {e}") from None
-
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(d, dict):
-            return {prefix.rstrip("."): d}
-        return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
-
-    a, b = flat(written), flat(json.loads(cfg.to_json()))
-    diff = sorted(k for k in set(a) | set(b) if a.get(k, ...) != b.get(k, ...))
+    diff = config_differences(written, cfg.to_dict()) if isinstance(written, dict) else ["(not a mapping)"]
     if diff:
         raise DataError(f"cannot resume: last.ckpt was made with a config that differs from {str(path)!r} "
                         f"in {', '.join(diff[:5])}; restore config.json or start a new run")
