@@ -92,9 +92,9 @@ class PixelBank(nn.Module):
         return glob, smooth_maps(diff[:, None], self._sigma_px())[:, 0]
 
     @torch.no_grad()
-    def fit(self, images: torch.Tensor, stats_rows: int = 1000) -> None:
-        """Store normals (N, C, H, W) in [0, 1]; leave-one-out statistics from up to
-        ``stats_rows`` of them (each costs N·h·w)."""
+    def fit(self, images: torch.Tensor, stats_rows: int | None = None) -> None:
+        """Store normals (N, C, H, W) in [0, 1]; leave-one-out statistics from all of them
+        (or the first ``stats_rows``), in chunks of 256."""
         feats = self.features(images)
         c, h = int(images.shape[1]), int(images.shape[-2])
         if max(images.shape[-2:]) > self.side:
@@ -103,7 +103,7 @@ class PixelBank(nn.Module):
         self.bank = feats.contiguous()
         if not self.ready:
             return
-        rows = torch.arange(min(stats_rows, feats.shape[0]), device=feats.device)
+        rows = torch.arange(feats.shape[0] if stats_rows is None else min(stats_rows, feats.shape[0]), device=feats.device)
         parts = [self.signals(feats[r], r) for r in rows.split(256)]
         glob, maps = torch.cat([g for g, _ in parts]), torch.cat([m for _, m in parts])
         for name, v in (("global", glob), ("map", maps), ("local", maps.flatten(1).amax(1))):
