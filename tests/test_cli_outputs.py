@@ -221,3 +221,31 @@ def test_benchmark_logs_one_line_per_cell_outside_a_terminal(tmp_path, capsys):
     assert "benchmark cells" not in err and "\r" not in err
     assert main([*args, "--no-progress"]) == 0  # resumed: nothing to run, and nothing logged
     assert "cell " not in capsys.readouterr().err
+
+
+def test_conversion_kinds_of_one_file(tmp_path):
+    from anomem.data.image_io import (
+        conversions,
+        count_conversions,
+        describe_conversions,
+        probe_image,
+    )
+
+    Image.fromarray(np.zeros((8, 6, 4), dtype=np.uint8), mode="RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
+    rgba, deep = probe_image(tmp_path / "rgba.png"), probe_image(tmp_path / "deep.png")
+    assert conversions(rgba, (8, 6), 3) == ["alpha dropped"]
+    assert conversions(rgba, (8, 6), 1) == ["RGB->grey", "alpha dropped"]
+    assert conversions(deep, (8, 8), 1) == ["16-bit->8-bit"] and conversions(deep, (8, 8), 3)[0] == "grey->RGB"
+    counts = count_conversions([rgba, deep], (8, 8), 1)
+    assert describe_conversions(counts) == "converted 2 images: 1 resized 6x8->8x8, 1 RGB->grey, 1 alpha dropped, 1 16-bit->8-bit"
+    assert describe_conversions(count_conversions([deep], (8, 8), 1)) == "converted 1 image: 1 16-bit->8-bit"
+    assert describe_conversions(count_conversions([rgba], (8, 6), 3)) == "converted 1 image: 1 alpha dropped"
+    assert describe_conversions({"images": 0}) is None
+
+
+def test_threshold_says_what_it_converted(setup, colour, tmp_path, capsys):
+    _, _, ckpt, _ = setup
+    out = tmp_path / "t.ckpt"
+    assert main(["threshold", str(ckpt), "--normals", str(colour), "--fpr", "0.5", "--out", str(out)]) == 0
+    assert "converted 2 images: 2 resized 20x12->16x16, 2 RGB->grey" in capsys.readouterr().err

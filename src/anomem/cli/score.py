@@ -75,6 +75,13 @@ def _format_of(out: str | None) -> str:
     return {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(suffix, "csv")
 
 
+def _load_matching(load_images, paths, det):
+    """Images for ``det`` (threshold, refit), saying on stderr what was converted to fit it."""
+    imgs = load_images(paths, image_size=det.image_size_, channels=det.in_channels_)
+    report_conversions(imgs.meta.get("conversions"), det, strict=False)
+    return imgs.images
+
+
 def _report_skipped(imgs) -> None:
     skipped = imgs.meta.get("skipped") or []
     if skipped:
@@ -114,7 +121,7 @@ def cmd_threshold(args: argparse.Namespace) -> int:
 
     _check_checkpoint_out(args, [("--normals", p) for p in args.normals or ()] + [("--labelled", args.labelled)])
     det = _load_detector(args.checkpoint, device=args.device or "cpu")
-    load = lambda p: load_images(p, image_size=det.image_size_, channels=det.in_channels_).images  # noqa: E731
+    load = lambda p: _load_matching(load_images, p, det)  # noqa: E731
     given = [name for name in ("value", "normals", "labelled") if getattr(args, name) is not None]
     if len(given) > 1:
         raise DataError(f"give at most one of --value, --normals, --labelled (got {', '.join('--' + g for g in given)})")
@@ -244,7 +251,7 @@ def cmd_refit(args: argparse.Namespace) -> int:
 
     _check_checkpoint_out(args, [("--anomalies", p) for p in args.anomalies] + [("--normals", p) for p in args.normals or ()])
     det = _load_detector(args.checkpoint, device=args.device or "cpu")
-    load = lambda p: load_images(p, image_size=det.image_size_, channels=det.in_channels_).images  # noqa: E731
+    load = lambda p: _load_matching(load_images, p, det)  # noqa: E731
     t0 = time.time()
     det.refit_scorer(load(args.anomalies), normals=None if args.normals is None else load(args.normals),
                      keep_previous=not args.replace)
