@@ -96,7 +96,7 @@ def _write_heatmaps(det, out: Path, imgs, maps, th, fmt: str) -> list[str]:
     """One file per image, named after it (unique, see outputs.unique_names); returns the paths.
 
     ``figure``: image, fused overlay, per-scale maps, score (+ prediction) in the title;
-    ``png``: the fused map alone, coloured, at the image's size; ``npy``: its float32 values.
+    ``png``: the fused map alone, coloured, at the detector's input size; ``npy``: its float32 values.
     Colours share one range over the whole set (report.map_range).
     """
     from anomem.report import map_range, save_heatmap_map, save_heatmap_png
