@@ -1,6 +1,8 @@
 """Heat-map PNGs, `anomem evaluate` reports (HTML self-contained, Markdown) on a folder
 with test/masks and on a named dataset with generated defects."""
 
+import csv
+import io
 import json
 import re
 
@@ -46,13 +48,14 @@ def setup(tmp_path_factory):
 def test_score_maps_writes_one_png_per_image(setup, tmp_path, capsys):
     root, det, ckpt = setup
     out = tmp_path / "maps"
-    assert main(["score", str(ckpt), str(root / "test" / "anomaly"), "--maps", str(out)]) == 0
+    assert main(["score", str(ckpt), str(root / "test" / "anomaly"), "--maps", str(out), "--maps-format", "figure"]) == 0
     pngs = sorted(out.glob("*.png"))
     assert [p.name for p in pngs] == [f"a{i}.png" for i in range(6)]
     w, h = Image.open(pngs[0]).size
     assert w > 2.5 * h  # image | overlay | 2 scales, side by side
-    rows = capsys.readouterr().out.strip().splitlines()
-    assert len(rows) == 6 and rows[0].endswith(("normal", "anomaly"))  # the checkpoint has a threshold
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 6 and all(r["is_anomaly"] in ("0", "1") for r in rows)  # the checkpoint has a threshold
+    assert [r["heatmap"] for r in rows] == [str(p) for p in pngs]
 
 
 def test_evaluate_matches_metrics_module(setup):

@@ -1,6 +1,9 @@
 """Thresholds: the rules on scores, and the detector's calibration split, predict,
 normalised scores, persistence, refit and the `anomem threshold` command."""
 
+import csv
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -203,11 +206,12 @@ def test_threshold_command(fitted, tmp_path, capsys):
     assert AnoMem.load(out).threshold_.method == "f1"
     assert main(["threshold", str(ckpt), "--value", "0.5", "--out", str(out)]) == 0
     assert AnoMem.load(out).threshold_.value == 0.5
-    # score reports the label with the score
+    # score reports the prediction with the score
     capsys.readouterr()
     assert main(["score", str(out), str(tmp_path / "lab" / "anomaly")]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 10 and all(ln.rsplit(",", 1)[1] in ("normal", "anomaly") for ln in lines)
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 10 and all(r["is_anomaly"] == str(int(float(r["score"]) > 0.5)) for r in rows)
+    assert all(float(r["threshold"]) == 0.5 for r in rows)
     # mistakes: one line, exit 2
     assert main(["threshold", str(ckpt), "--value", "1", "--normals", str(tmp_path)]) == 2
     assert main(["threshold", str(ckpt), "--labelled", str(tmp_path / "nowhere")]) == 2

@@ -152,6 +152,17 @@ def match_geometry(x: torch.Tensor, channels: int, size: tuple[int, int], name: 
     return y.clamp_(0, 1)
 
 
+def geometry_conversions(x: torch.Tensor, channels: int, size: tuple[int, int]) -> dict[str, int]:
+    """What :func:`match_geometry` would change in ``x``, counted as
+    :func:`anomem.data.image_io.count_conversions` does ({"images": n, kind: n})."""
+    counts: dict[str, int] = {"images": 0}
+    if tuple(x.shape[2:]) != tuple(size):
+        h, w = x.shape[2:]
+        counts["images"] = int(x.shape[0])
+        counts[f"resized {w}x{h}->{size[1]}x{size[0]}"] = int(x.shape[0])
+    return counts
+
+
 def as_labels(y: Any, n: int, name: str = "labels") -> torch.Tensor:
     """Labels in {0, 1} (1 = normal, the paper's convention) as a bool tensor (N,)."""
     arr = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)

@@ -177,6 +177,25 @@ def claim_output_dir(label: str, path: str | os.PathLike[str], kind: str, legacy
     return d
 
 
+def unique_names(paths: Sequence[str | os.PathLike[str]], suffix: str) -> list[str]:
+    """One output file name per input path, all different, for a directory of outputs
+    (heat-maps): the input's stem plus ``suffix``; a name already given (compared without
+    case, for case-insensitive file systems) gets ``_2``, ``_3``, ... so ``a/x.png`` and
+    ``b/x.png`` never share a file. Inside a directory that :func:`check_outputs` keeps
+    apart from the inputs, no name can be an input."""
+    used: set[str] = set()
+    names = []
+    for p in paths:
+        stem = Path(p).stem or "image"
+        name, k = stem + suffix, 1
+        while name.lower() in used or name == MARKER or name == LOCK:
+            k += 1
+            name = f"{stem}_{k}{suffix}"
+        used.add(name.lower())
+        names.append(name)
+    return names
+
+
 def prepare_dir(d: Path) -> Path:
     """mkdir -p, and check that files can be created in ``d``."""
     try:

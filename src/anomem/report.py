@@ -39,6 +39,8 @@ __all__ = [
     "evaluate",
     "heatmap_figure",
     "map_range",
+    "heatmap_rgb",
+    "save_heatmap_map",
     "save_heatmap_png",
     "write_report",
 ]
@@ -129,6 +131,33 @@ def save_heatmap_png(path: str | Path, *args: Any, **kwargs: Any) -> Path:
     """:func:`heatmap_figure` written to ``path`` as PNG (atomically)."""
     png = _fig_to_png(heatmap_figure(*args, **kwargs))
     atomic_write_bytes(path, lambda f: f.write(png))
+    return Path(path)
+
+
+def heatmap_rgb(fused: np.ndarray, vrange: tuple[float, float] | None = None) -> np.ndarray:
+    """The fused map (H, W) coloured with :data:`HEAT_CMAP` over ``vrange`` (default
+    :func:`map_range` of ``fused``; values outside are clipped) -> (H, W, 3) uint8."""
+    from matplotlib import colormaps
+
+    lo, hi = vrange if vrange is not None else map_range(fused)
+    t = (np.asarray(fused, dtype=np.float64) - lo) / max(hi - lo, 1e-12)
+    return colormaps[HEAT_CMAP](np.clip(t, 0.0, 1.0), bytes=True)[..., :3]
+
+
+def save_heatmap_map(path: str | Path, fused: np.ndarray, fmt: str = "png",
+                     vrange: tuple[float, float] | None = None) -> Path:
+    """Write the raw fused map at the image's resolution, no figure (fast, for many images):
+    ``png`` the map coloured by :func:`heatmap_rgb`, ``npy`` the float32 values themselves."""
+    if fmt == "npy":
+        arr = np.asarray(fused, dtype=np.float32)
+        atomic_write_bytes(path, lambda f: np.save(f, arr))
+    elif fmt == "png":
+        from PIL import Image
+
+        im = Image.fromarray(heatmap_rgb(fused, vrange), mode="RGB")
+        atomic_write_bytes(path, lambda f: im.save(f, format="PNG"))
+    else:
+        raise DataError(f"heat-map format must be 'png' or 'npy', got {fmt!r}")
     return Path(path)
 
 

@@ -216,8 +216,9 @@ def test_score_to_stdout_is_valid_csv_for_any_file_name(trained_run, tmp_path, c
         Image.new("L", (16, 16), 40 * i).save(d / name, "PNG")
     assert main(["score", str(trained_run / "model.ckpt"), str(d)]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
-    assert sorted(Path(r[0]).name for r in rows) == sorted(names)
-    assert all(len(r) in (2, 3) and float(r[1]) == float(r[1]) for r in rows)
+    assert rows[0] == ["path", "score", "score_normalized", "is_anomaly", "threshold"]
+    assert sorted(Path(r[0]).name for r in rows[1:]) == sorted(names)
+    assert all(len(r) == 5 and float(r[1]) == float(r[1]) for r in rows[1:])
 
 
 # -- messages that misled -----------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from anomem.checkpoint import atomic_write_text, git_commit
 from anomem.cli.common import (
     _auroc,
     _load_detector,
+    progress_mode,
 )
 from anomem.cli.train import (
     _existing,
@@ -56,7 +58,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         pollution=args.pollution,
     )
     t0 = time.time()
-    out = run_benchmark(s, args.out, jobs=args.jobs, threads=args.threads, progress=args.progress)
+    bar, lines = progress_mode(args.progress)
+    done = [0]
+
+    def on_cell(cell, result) -> None:  # not a terminal: one line per finished cell instead of a bar
+        done[0] += 1
+        shown = ", ".join(f"{r['method']} AUROC {r['auroc']:.4f}" for r in result["rows"] if r.get("auroc") is not None)
+        print(f"cell {done[0]} done: {cell.key}: {shown or 'no AUROC'} ({time.time() - t0:.0f} s)",
+              file=sys.stderr, flush=True)
+
+    out = run_benchmark(s, args.out, jobs=args.jobs, threads=args.threads, progress=bar,
+                        on_cell=on_cell if lines else None)
     print((out / "results.md").read_text())
     print(f"benchmark finished in {time.time() - t0:.0f} s: {out / 'results.md'}, results.json, results.csv, plots")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
 import sys
 from pathlib import Path
@@ -104,6 +105,35 @@ def _warn_inverted(auroc: float | None, what: str) -> None:
         print(msg, file=sys.stderr)
 
 
+def report_conversions(counts: dict | None, det, strict: bool) -> None:
+    """One line on stderr saying what was converted to fit the detector's input; with
+    ``strict`` (``--strict``) any conversion is an error instead (nothing is scored)."""
+    from anomem.data.image_io import describe_conversions
+
+    msg = describe_conversions(counts)
+    if msg is None:
+        return
+    h, w = det.image_size_
+    target = f"{w}x{h} {'grey' if det.in_channels_ == 1 else 'RGB'}"
+    if strict:
+        raise DataError(f"--strict: the inputs do not match the detector's input ({target}): scoring them "
+                        f"{msg.replace('converted', 'would convert', 1)}; convert them first, or drop --strict")
+    print(f"anomem: {msg} (detector input: {target})", file=sys.stderr)
+
+
+def progress_mode(enabled: bool, stream=None) -> tuple[bool, bool]:
+    """(progress bars, plain lines): bars only when ``stream`` (stderr) is a terminal;
+    otherwise (a log file, CI, a pipe) one line per step instead, which a log can hold."""
+    if not enabled:
+        return False, False
+    stream = sys.stderr if stream is None else stream
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or not a real stream
+        tty = False
+    return tty, not tty
+
+
 # -- run directory ------------------------------------------------------------------
 def _prepare_run_dir(out: str) -> Path:
     return prepare_dir(Path(out))
@@ -117,20 +147,52 @@ def _setup_log(run: Path) -> logging.Handler:
     return handler
 
 
-def _write_scores(path: Path, paths, scores: np.ndarray, is_anomaly=None, labels=None) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    header = ["path" if paths is not None else "index", "score"]
-    if labels is not None:
-        header.append("label")
-    if is_anomaly is not None:
-        header.append("is_anomaly")
-    w.writerow(header)
+SCORE_FORMATS = ("csv", "json", "jsonl")
+
+
+def score_records(paths, scores: np.ndarray, threshold=None, truth=None, heatmaps=None) -> list[dict]:
+    """One record per image, the columns every score file shares (docs/cli.md):
+
+    ``path`` (``index`` when the images have no file), ``score`` (raw, higher = more
+    anomalous), ``score_normalized`` (in [0, 1], 0.5 at the threshold), ``is_anomaly``
+    (the 0/1 prediction at the threshold), ``threshold``; then ``truth_is_anomaly`` (the
+    ground truth, where known) and ``heatmap`` (the heat-map file, with ``--maps``).
+    Without a threshold the last three are None (empty in CSV, null in JSON).
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    norm = pred = None
+    if threshold is not None:
+        norm, pred = threshold.normalize(scores), threshold.predict(scores)
+    key = "path" if paths is not None else "index"
+    rows = []
     for i, s in enumerate(scores):
-        row = [paths[i] if paths is not None else i, f"{float(s):.6g}"]
-        if labels is not None:
-            row.append(labels[i])
-        if is_anomaly is not None:
-            row.append(int(is_anomaly[i]))
-        w.writerow(row)
-    atomic_write_text(path, buf.getvalue())
+        row = {key: str(paths[i]) if paths is not None else i, "score": float(s),
+               "score_normalized": None if norm is None else float(norm[i]),
+               "is_anomaly": None if pred is None else int(pred[i]),
+               "threshold": None if threshold is None else float(threshold.value)}
+        if truth is not None:
+            row["truth_is_anomaly"] = int(bool(truth[i]))
+        if heatmaps is not None:
+            row["heatmap"] = str(heatmaps[i])
+        rows.append(row)
+    return rows
+
+
+def format_records(rows: list[dict], fmt: str) -> str:
+    """``rows`` as CSV (a header, then quoted rows; None is an empty cell), a JSON list or JSON lines."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "jsonl":
+        return "".join(json.dumps(r) + "\n" for r in rows)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")  # quoted as CSV needs: names may hold commas or newlines
+    w.writerow(rows[0].keys() if rows else ["path", "score", "score_normalized", "is_anomaly", "threshold"])
+    for r in rows:
+        w.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in r.values()])
+    return buf.getvalue()
+
+
+def _write_scores(path: Path, paths, scores: np.ndarray, threshold=None, truth=None, heatmaps=None,
+                  fmt: str = "csv") -> None:
+    """The score file of ``anomem score --out`` and ``train``'s test_scores.csv, atomically."""
+    atomic_write_text(path, format_records(score_records(paths, scores, threshold, truth, heatmaps), fmt))

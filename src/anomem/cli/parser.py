@@ -6,6 +6,7 @@ import argparse
 
 from anomem import __version__
 from anomem.cli.bench import cmd_benchmark, cmd_demo, cmd_linear_eval
+from anomem.cli.common import SCORE_FORMATS
 from anomem.cli.score import (
     cmd_evaluate,
     cmd_export,
@@ -47,12 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score images or folders with a trained detector")
     s.add_argument("checkpoint")
     s.add_argument("inputs", nargs="+", help="image files and/or directories (scanned recursively)")
-    s.add_argument("--out", default=None, help="CSV (default) or .json file; stdout if omitted")
+    s.add_argument("--out", default=None,
+                   help="score file: CSV, or JSON with a .json suffix, JSON lines with .jsonl; stdout (CSV) if omitted")
+    s.add_argument("--format", choices=SCORE_FORMATS, default=None,
+                   help="csv (header + one row per image), json (a list of records) or jsonl (one record a line); "
+                        "default: from the --out suffix, else csv")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--device", default=None)
     s.add_argument("--skip-invalid", action="store_true", help="skip unreadable/non-image files instead of failing")
     s.add_argument("--maps", default=None, metavar="DIR",
-                   help="also write one PNG per image: image, fused heat-map overlay, per-scale maps")
+                   help="also write one heat-map file per image into DIR (the 'heatmap' column names it)")
+    s.add_argument("--maps-format", choices=("png", "npy", "figure"), default="png",
+                   help="png: the fused map coloured, at the image's size (fast, default); npy: its float32 values; "
+                        "figure: image, overlay and per-scale maps with the score (slow)")
+    s.add_argument("--strict", action="store_true",
+                   help="refuse images that would need resizing or a grey/colour or bit-depth conversion")
     s.set_defaults(func=cmd_score)
 
     r = sub.add_parser("refit", help="retrain stage 2 only, with new labelled anomalies (seconds)")
@@ -89,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="report directory")
     ev.add_argument("--title", default="AnoMem evaluation")
     ev.add_argument("--batch-size", type=int, default=128)
+    ev.add_argument("--strict", action="store_true",
+                    help="refuse test images that would need resizing or a grey/colour or bit-depth conversion")
     ev.add_argument("--device", default=None)
     ev.set_defaults(func=cmd_evaluate)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,7 +14,9 @@ from anomem.checkpoint import atomic_write_text
 from anomem.cli.common import (
     _load_detector,
     _warn_inverted,
-    _write_scores,
+    format_records,
+    report_conversions,
+    score_records,
 )
 from anomem.cli.train import (
     _existing,
@@ -30,6 +30,7 @@ from anomem.outputs import (
     check_outputs,
     claim_output_dir,
     real,
+    unique_names,
 )
 
 
@@ -39,12 +40,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     check_batch_size(args.batch_size, "--batch-size")
     check_outputs([("--out", args.out), ("--maps", args.maps)],
                   [("checkpoint", args.checkpoint), *(("path", p) for p in args.inputs)])
+    fmt = args.format or _format_of(args.out)
     if args.out is not None:
         check_file_target("--out", args.out, ("text",))
     if args.maps is not None:
         check_claimable("--maps", args.maps, "score --maps")
     det = _load_detector(args.checkpoint, device=args.device or "cpu")
     imgs = load_images(args.inputs, image_size=det.image_size_, channels=det.in_channels_, skip_invalid=args.skip_invalid)
+    report_conversions(imgs.meta.get("conversions"), det, args.strict)
     _report_skipped(imgs)
     maps_dir = None if args.maps is None else claim_output_dir("--maps", args.maps, "score --maps")
     if maps_dir is None:
@@ -53,23 +56,30 @@ def cmd_score(args: argparse.Namespace) -> int:
         maps = det.anomaly_maps(imgs.images, batch_size=args.batch_size)
         scores = maps.scores
     th = det.threshold_
-    labels = None if th is None else ["anomaly" if v else "normal" for v in th.predict(scores)]
+    heatmaps = None
     if maps_dir is not None:
-        _write_heatmaps(det, maps_dir, imgs, maps, labels)
+        heatmaps = _write_heatmaps(det, maps_dir, imgs, maps, th, args.maps_format)
+    text = format_records(score_records(imgs.paths, scores, th, heatmaps=heatmaps), fmt)
     if args.out is None:
-        w = csv.writer(sys.stdout, lineterminator="\n")  # quoted as CSV needs: names may hold commas or newlines
-        for i, (p, s) in enumerate(zip(imgs.paths, scores)):
-            w.writerow([p, f"{float(s):.6g}", *(() if labels is None else (labels[i],))])
+        sys.stdout.write(text)
         return 0
     out = Path(args.out)
-    if out.suffix.lower() == ".json":
-        rows = [{"path": p, "score": float(s)} | ({} if labels is None else {"label": labels[i]})
-                for i, (p, s) in enumerate(zip(imgs.paths, scores))]
-        atomic_write_text(out, json.dumps(rows, indent=2))
-    else:
-        _write_scores(out, imgs.paths, scores, labels=labels)
+    atomic_write_text(out, text)
     print(f"scored {len(scores)} images -> {out}" + ("" if th is None else f" ({th.describe()})"))
     return 0
+
+
+def _format_of(out: str | None) -> str:
+    """The score file's format from its suffix: .json a JSON list, .jsonl JSON lines, else CSV."""
+    suffix = "" if out is None else Path(out).suffix.lower()
+    return {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(suffix, "csv")
+
+
+def _load_matching(load_images, paths, det):
+    """Images for ``det`` (threshold, refit), saying on stderr what was converted to fit it."""
+    imgs = load_images(paths, image_size=det.image_size_, channels=det.in_channels_)
+    report_conversions(imgs.meta.get("conversions"), det, strict=False)
+    return imgs.images
 
 
 def _report_skipped(imgs) -> None:
@@ -79,22 +89,31 @@ def _report_skipped(imgs) -> None:
         print(f"anomem: skipped {len(skipped)} invalid file(s): {shown}", file=sys.stderr)
 
 
-def _write_heatmaps(det, out: Path, imgs, maps, labels) -> None:
-    """One PNG per image: image, fused overlay, per-scale maps; score (+ label) in the title."""
-    from anomem.report import map_range, save_heatmap_png
+MAP_SUFFIX = {"figure": ".png", "png": ".png", "npy": ".npy"}
+
+
+def _write_heatmaps(det, out: Path, imgs, maps, th, fmt: str) -> list[str]:
+    """One file per image, named after it (unique, see outputs.unique_names); returns the paths.
+
+    ``figure``: image, fused overlay, per-scale maps, score (+ prediction) in the title;
+    ``png``: the fused map alone, coloured, at the detector's input size; ``npy``: its float32 values.
+    Colours share one range over the whole set (report.map_range).
+    """
+    from anomem.report import map_range, save_heatmap_map, save_heatmap_png
 
     vrange = map_range(maps.fused)
-    used: set[str] = set()
+    pred = None if th is None else th.predict(maps.scores)
+    files = [out / name for name in unique_names(imgs.paths, MAP_SUFFIX[fmt])]
     for i, path in enumerate(imgs.paths):
-        stem = Path(path).stem
-        name, k = stem, 1
-        while name in used:  # same file name in two folders
-            name, k = f"{stem}_{k}", k + 1
-        used.add(name)
-        title = f"{Path(path).name}: score {float(maps.scores[i]):.4g}" + ("" if labels is None else f" ({labels[i]})")
-        save_heatmap_png(out / f"{name}.png", imgs.images[i], maps.fused[i], maps.per_scale[i], title,
+        if fmt != "figure":
+            save_heatmap_map(files[i], maps.fused[i], fmt, vrange=vrange)
+            continue
+        label = "" if pred is None else f" ({'anomaly' if pred[i] else 'normal'})"
+        title = f"{Path(path).name}: score {float(maps.scores[i]):.4g}{label}"
+        save_heatmap_png(files[i], imgs.images[i], maps.fused[i], maps.per_scale[i], title,
                          scale_names=det.config_.backbone.taps, vrange=vrange)
-    print(f"heat-maps: {len(imgs.paths)} PNG files in {out}", file=sys.stderr)
+    print(f"heat-maps: {len(files)} {fmt} files in {out}", file=sys.stderr)
+    return [str(f) for f in files]
 
 
 def cmd_threshold(args: argparse.Namespace) -> int:
@@ -102,7 +121,7 @@ def cmd_threshold(args: argparse.Namespace) -> int:
 
     _check_checkpoint_out(args, [("--normals", p) for p in args.normals or ()] + [("--labelled", args.labelled)])
     det = _load_detector(args.checkpoint, device=args.device or "cpu")
-    load = lambda p: load_images(p, image_size=det.image_size_, channels=det.in_channels_).images  # noqa: E731
+    load = lambda p: _load_matching(load_images, p, det)  # noqa: E731
     given = [name for name in ("value", "normals", "labelled") if getattr(args, name) is not None]
     if len(given) > 1:
         raise DataError(f"give at most one of --value, --normals, --labelled (got {', '.join('--' + g for g in given)})")
@@ -127,7 +146,8 @@ def cmd_threshold(args: argparse.Namespace) -> int:
 
 
 def _evaluation_set(args: argparse.Namespace, det):
-    """(images, is_anomaly, masks | None, names | None, description) for `anomem evaluate`."""
+    """(images, is_anomaly, masks | None, names | None, description, conversions) for `anomem evaluate`;
+    conversions counts what is changed to fit the detector's input (see report_conversions)."""
     from anomem.data.folder import load_folder
 
     spec = args.data
@@ -135,14 +155,15 @@ def _evaluation_set(args: argparse.Namespace, det):
         if not (Path(spec) / "test").is_dir():
             raise DataError(f"{spec!r} has no test/ folder (expected test/normal, test/anomaly, optional test/masks)")
         test = load_folder(spec, "test", image_size=det.image_size_, channels=det.in_channels_)
-        return test.images, test.anomaly, test.masks, list(test.paths), f"folder {spec} (test split)"
+        return (test.images, test.anomaly, test.masks, list(test.paths), f"folder {spec} (test split)",
+                test.meta.get("conversions"))
     if Path(spec).exists():
         raise DataError(f"{spec!r} is not a dataset folder with test/")
     from anomem.data.registry import load_dataset, validate_class_index
 
     if args.normal_class is None:
         raise DataError(f"--normal-class is required with the named dataset {spec!r}")
-    from anomem.inputs import match_geometry
+    from anomem.inputs import geometry_conversions, match_geometry
 
     test = load_dataset(spec, "test", root=args.data_root)
     cls = args.normal_class
@@ -154,6 +175,7 @@ def _evaluation_set(args: argparse.Namespace, det):
         normals = test.images[test.targets == c]
         if args.max_images is not None:
             normals = normals[torch.randperm(normals.shape[0], generator=gen)[: max(1, args.max_images // 2)]]
+        converted = geometry_conversions(normals, det.in_channels_, det.image_size_)
         normals = match_geometry(normals, det.in_channels_, det.image_size_)  # masks at the detector's size
         bad = add_defects(normals, seed=args.seed)
         if normals.dtype != torch.uint8:
@@ -163,13 +185,13 @@ def _evaluation_set(args: argparse.Namespace, det):
         masks = torch.cat([torch.zeros_like(bad.masks), bad.masks])
         desc = (f"{spec} test split, class {c} ({test.class_names[c]}): {normals.shape[0]} normal images and the same "
                 f"images with generated local defects (seed {args.seed})")
-        return images, is_anomaly, masks, None, desc
+        return images, is_anomaly, masks, None, desc, converted
     images, is_anomaly = test.images, test.targets != c
     if args.max_images is not None and args.max_images < images.shape[0]:
         keep = torch.randperm(images.shape[0], generator=gen)[: args.max_images].sort().values
         images, is_anomaly = images[keep], is_anomaly[keep]
     desc = f"{spec} test split, one-vs-all, normal class {c} ({test.class_names[c]})"
-    return images, is_anomaly, None, None, desc
+    return images, is_anomaly, None, None, desc, geometry_conversions(images, det.in_channels_, det.image_size_)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -183,7 +205,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                           ("--data-root", _existing(args.data_root))])
     check_claimable("--out", args.out, "evaluate", legacy=("report.html",))
     det = _load_detector(args.checkpoint, device=args.device or "cpu")
-    images, is_anomaly, masks, names, desc = _evaluation_set(args, det)
+    images, is_anomaly, masks, names, desc, converted = _evaluation_set(args, det)
+    report_conversions(converted, det, args.strict)
     out = claim_output_dir("--out", args.out, "evaluate", legacy=("report.html",))
     ev = evaluate(det, images, is_anomaly, masks, names, batch_size=args.batch_size)
     details = {"checkpoint": str(args.checkpoint), "data": desc, "anomem": __version__,
@@ -228,7 +251,7 @@ def cmd_refit(args: argparse.Namespace) -> int:
 
     _check_checkpoint_out(args, [("--anomalies", p) for p in args.anomalies] + [("--normals", p) for p in args.normals or ()])
     det = _load_detector(args.checkpoint, device=args.device or "cpu")
-    load = lambda p: load_images(p, image_size=det.image_size_, channels=det.in_channels_).images  # noqa: E731
+    load = lambda p: _load_matching(load_images, p, det)  # noqa: E731
     t0 = time.time()
     det.refit_scorer(load(args.anomalies), normals=None if args.normals is None else load(args.normals),
                      keep_previous=not args.replace)

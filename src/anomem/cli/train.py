@@ -24,6 +24,7 @@ from anomem.cli.common import (
     _write_scores,
     load_train_data,
     log,
+    progress_mode,
 )
 from anomem.config import AnoMemConfig, config_differences, load_config
 from anomem.errors import CheckpointError, ConfigError, DataError
@@ -225,14 +226,20 @@ def _train_in(args, cfg, state, data, digest, run: Path, handler) -> int:
     log.info("anomem %s: %s", __version__, data.description)
     print(f"data: {data.description}", file=sys.stderr)
 
+    # A bar in a terminal; elsewhere (a log file, CI) one plain line per epoch on stderr.
+    bar, lines = progress_mode(args.progress and is_main_process())
+
     def on_epoch_end(det: AnoMem, trainer, entry) -> None:
         log.info("epoch %d loss %.4f (com %.4f var %.4f) lr %.4f %.0f img/s", entry.epoch, entry.loss,
                  entry.contrastive, entry.variance, entry.lr, entry.images_per_s)
+        if lines:
+            print(f"epoch {entry.epoch}/{cfg.train.epochs} loss {entry.loss:.4f} (com {entry.contrastive:.4f} "
+                  f"var {entry.variance:.4f}) lr {entry.lr:.4g} {entry.images_per_s:.0f} img/s", file=sys.stderr, flush=True)
         if is_main_process():
             save_checkpoint(det.stage1_checkpoint(trainer), run / "last.ckpt")
 
     t0 = time.time()
-    det = AnoMem(cfg, progress=args.progress and is_main_process()).fit(
+    det = AnoMem(cfg, progress=bar).fit(
         data.normals, data.anomalies, on_epoch_end=on_epoch_end, resume=state
     )
     train_s = time.time() - t0
@@ -248,7 +255,7 @@ def _train_in(args, cfg, state, data, digest, run: Path, handler) -> int:
         scores = det.anomaly_score(data.test_images)
         metrics["test_auroc"] = _auroc(data.test_is_anomaly, scores)
         metrics["test_size"] = int(data.test_images.shape[0])
-        _write_scores(run / "test_scores.csv", data.test_paths, scores, data.test_is_anomaly)
+        _write_scores(run / "test_scores.csv", data.test_paths, scores, det.threshold_, truth=data.test_is_anomaly)
     det.save(run / "model.ckpt", meta={"metrics": metrics, "config": cfg.to_dict()})
     atomic_write_text(run / "metrics.json", json.dumps(metrics, indent=2))
     log.info("done: %s", json.dumps(metrics))

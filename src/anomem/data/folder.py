@@ -34,6 +34,7 @@ from anomem.data.image_io import (
     ImageInfo,
     _check_channels,
     _read_mask,
+    count_conversions,
     image_hw,
     probe_image,
     read_image,
@@ -167,6 +168,9 @@ def load_images(
         skip_invalid: skip non-image and unreadable files (listed in
             ``meta["skipped"]``) instead of raising.
 
+    ``meta["conversions"]`` counts what was changed to fit ``image_size`` and
+    ``channels`` (:func:`anomem.data.image_io.count_conversions`).
+
     Raises:
         DataError: a path does not exist, a file is not an image or cannot be decoded
             (unless ``skip_invalid``), or nothing is left to load.
@@ -214,7 +218,7 @@ def load_images(
     size = infos[0].size if image_size is None else image_hw(image_size)
     ch = channels if channels is not None else (3 if any(i.colour for i in infos) else 1)
 
-    tensors, loaded = [], []
+    tensors, loaded, used = [], [], []
     for info in infos:
         try:
             tensors.append(read_image(info.path, size, ch))
@@ -224,6 +228,7 @@ def load_images(
             skipped.append(info.path)
             continue
         loaded.append(str(info.path))
+        used.append(info)
     if not tensors:
         raise DataError(f"none of the images could be read: {_list_names(skipped)}")
     return ImageSet(
@@ -231,7 +236,7 @@ def load_images(
         targets=torch.zeros(len(tensors), dtype=torch.int64),
         class_names=("unlabelled",),
         paths=tuple(loaded),
-        meta={"skipped": [str(p) for p in skipped]},
+        meta={"skipped": [str(p) for p in skipped], "conversions": count_conversions(used, size, ch)},
     )
 
 
@@ -385,5 +390,6 @@ def load_folder(
         anomaly_types=tuple(e.kind for e in entries),
         masks=masks,
         paths=tuple(str(e.path) for e in entries),
-        meta={"dataset": "folder", "split": split, "root": str(root)},
+        meta={"dataset": "folder", "split": split, "root": str(root),
+              "conversions": count_conversions([infos[e.path] for e in entries], size, channels)},
     )

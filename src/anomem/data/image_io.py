@@ -16,7 +16,8 @@ from PIL import Image, ImageOps
 
 from anomem.errors import DataError
 
-__all__ = ["FOLDER_CLASSES", "IMAGE_EXTENSIONS", "ImageInfo", "image_hw", "probe_image", "read_image"]
+__all__ = ["FOLDER_CLASSES", "IMAGE_EXTENSIONS", "ImageInfo", "conversions", "count_conversions", "describe_conversions", "image_hw",
+           "probe_image", "read_image"]
 
 
 FOLDER_CLASSES = ("normal", "anomaly")
@@ -42,6 +43,7 @@ class ImageInfo(NamedTuple):
     path: Path
     size: tuple[int, int]  # (H, W)
     colour: bool
+    mode: str = ""  # Pillow's mode ("L", "RGB", "RGBA", "I;16", ...)
 
 
 def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -90,9 +92,47 @@ def probe_image(path: str | Path) -> ImageInfo:
             w, h = im.size
             if im.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):  # rotated by 90 degrees
                 w, h = h, w
-            return ImageInfo(path, (h, w), _is_colour(im))
+            return ImageInfo(path, (h, w), _is_colour(im), im.mode)
     except Exception as e:  # noqa: BLE001 - any failure of an untrusted file is bad data
         raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+
+
+def conversions(info: ImageInfo, size: tuple[int, int], channels: int) -> list[str]:
+    """What :func:`read_image` changes when it reads ``info.path`` at ``size`` with
+    ``channels``: "resized WxH->WxH", "RGB->grey", "grey->RGB", "16-bit->8-bit",
+    "alpha dropped" (empty when the file is used as it is). Sizes are width x height."""
+    kinds = []
+    if tuple(info.size) != tuple(size):
+        kinds.append(f"resized {info.size[1]}x{info.size[0]}->{size[1]}x{size[0]}")
+    if info.colour and channels == 1:
+        kinds.append("RGB->grey")
+    elif not info.colour and channels == 3:
+        kinds.append("grey->RGB")
+    if info.mode in _SIXTEEN_BIT:
+        kinds.append("16-bit->8-bit")
+    if info.mode in ("RGBA", "LA", "La", "PA", "RGBa"):
+        kinds.append("alpha dropped")
+    return kinds
+
+
+def count_conversions(infos: Sequence[ImageInfo], size: tuple[int, int], channels: int) -> dict[str, int]:
+    """{"images": how many are converted at all, kind: how many of each} (see :func:`conversions`)."""
+    counts: dict[str, int] = {"images": 0}
+    for info in infos:
+        kinds = conversions(info, size, channels)
+        counts["images"] += bool(kinds)
+        for kind in kinds:
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def describe_conversions(counts: dict[str, int] | None) -> str | None:
+    """"converted 12 images: 12 resized 64x48->28x28, 12 RGB->grey", or None if nothing was converted."""
+    if not counts or not counts.get("images"):
+        return None
+    n = counts["images"]
+    parts = ", ".join(f"{c} {kind}" for kind, c in counts.items() if kind != "images")
+    return f"converted {n} image{'s' if n != 1 else ''}: {parts}"
 
 
 def _check_file(path: Path) -> None:
