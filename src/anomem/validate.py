@@ -214,9 +214,29 @@ def _pixel_bank(s: Mapping[str, torch.Tensor]) -> None:
             raise _Bad(f"scorer['pixels.{n}_std'] must be > 0 (a standard deviation), got {float(std)}")
 
 
+def _pixel_grid(ckpt: Mapping[str, Any]) -> None:
+    """The pixel bank's (C, h, w) must be what the detector's input size gives."""
+    s = ckpt["scorer"]
+    bank = s.get("pixels.bank")
+    if bank is None or bank.shape[0] == 0:
+        return
+    try:
+        side = int(json.loads(ckpt["config"])["scorer"].get("pixel_side", 32))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return  # an unreadable config is reported when the config is read
+    h, w = (int(v) for v in ckpt["image_size"])
+    if max(h, w) > side:
+        f = side / max(h, w)
+        h, w = max(1, round(h * f)), max(1, round(w * f))
+    want = [int(ckpt["in_channels"]), h, w]
+    if s["pixels.grid"].tolist() != want:
+        raise _Bad(f"scorer['pixels.grid'] is {s['pixels.grid'].tolist()} but the input size gives {want}")
+
+
 def _validate_detector(ckpt: Mapping[str, Any]) -> None:
     _common(ckpt)
     dims = _scorer(ckpt.get("scorer"))
+    _pixel_grid(ckpt)
     n = len(dims)
     for field in ("normal_bank", "anomaly_bank"):
         _bank_list(ckpt.get(field), field, dims)
