@@ -163,12 +163,15 @@ def load_config(
         d["preset"] = preset
     if yaml_path is not None:
         p = Path(yaml_path)
+        if p.is_dir():
+            raise ConfigError(f"config file {str(p)!r} is a directory; pass a YAML file")
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
             y = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8, bad dates
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+            msg = " ".join(part.strip() for part in str(e).splitlines() if part.strip())  # one line, as promised
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {msg}") from None
         if not isinstance(y, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping at top level")
         if "preset" in y and preset is None:

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from anomem import CheckpointError, DataError
+from anomem import AnoMemError, CheckpointError, DataError
 from anomem.checkpoint import load_checkpoint
 from anomem.cli import main
 from anomem.data.folder import load_folder, load_images, read_image, scan_image_files
@@ -311,3 +311,27 @@ def test_checkpoint_config_above_a_ceiling_is_refused_before_allocating(trained_
     with pytest.raises(CheckpointError, match="backbone.width = 200000 is above the limit"):
         AnoMem.load(tmp_path / "huge.ckpt")
     assert time.monotonic() - t0 < 10
+
+
+def test_api_side_checks_come_before_any_work(tmp_path):
+    """The Python API refuses what the CLI refuses, before stage 1 or scoring starts."""
+    from anomem import ConfigError, load_config
+
+    x = (torch.rand(20, 1, 16, 16) * 255).to(torch.uint8)
+    fast = ["train.epochs=1", "train.batch_size=8", "scorer.steps=2", "scorer.prototype_cache=0"]
+    with pytest.raises(ConfigError, match="supervised.*no labelled anomalies"):
+        AnoMem(load_config("tiny", overrides=[*fast, "scorer.mode=supervised"]), progress=False).fit(x)
+    with pytest.raises(DataError, match="at least 2x2"):
+        AnoMem(load_config("tiny", overrides=fast), progress=False).fit(torch.zeros(4, 1, 1, 1))
+    det = AnoMem(load_config("tiny", overrides=fast), progress=False).fit(x)
+    for bad in (0, -1, 2.5):
+        for call in (det.anomaly_score, det.score_per_scale, det.embed, det.anomaly_maps):
+            with pytest.raises(AnoMemError, match="batch_size"):
+                call(x, batch_size=bad)
+    (tmp_path / "cfg").mkdir()
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config("tiny", tmp_path / "cfg")
+    (tmp_path / "bad.yaml").write_text("train:\n  epochs: [1,\n  lr: 2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", tmp_path / "bad.yaml")
+    assert "\n" not in str(e.value)
