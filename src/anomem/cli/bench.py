@@ -98,6 +98,13 @@ def cmd_linear_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# The demo's settings, chosen on a validation split of the digits training data
+# (docs/method.md; benchmarks/demo_validation.py): digits are not flip-invariant, and
+# heavy crops erase what tells them apart.
+DEMO_OVERRIDES = ("backbone.width=16", "train.epochs=100", "train.batch_size=32", "memory.normalize=l2",
+                  "memory.beta=8", "augment.flip_p=0", "augment.crop_scale=[0.85,1]", "scorer.pixel_weight=0.9")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """One-vs-all on scikit-learn's embedded digits: AnoMem vs raw-pixel kNN."""
     from anomem.baselines import make_baseline
@@ -106,10 +113,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from anomem.protocols import one_vs_all
 
     check_claimable("--out", args.out, "demo", legacy=("demo.json",))
-    # Settings chosen on a validation split of the digits training data (docs/method.md):
-    # digits are not flip-invariant, and heavy crops erase what tells them apart.
-    demo = ["backbone.width=16", "train.epochs=100", "train.batch_size=32", "memory.normalize=l2", "memory.beta=8",
-            "augment.flip_p=0", "augment.crop_scale=[0.85,1]"]
+    demo = list(DEMO_OVERRIDES)
     for c in args.classes:
         check_int_range("--classes", c, 0, 9)
     cfg = load_config("tiny", None, [*demo, f"train.seed={args.seed}", *(args.set or [])])

@@ -1,0 +1,54 @@
+"""The demo's scorer weights, chosen on a validation split of the digits TRAINING data.
+
+Fits the demo's detector (``anomem demo``'s settings) once per normal class on 70 % of
+the digits training split and reads AUROC on the other 30 % (every class, the normal
+one against the rest) with several ``scorer.pixel_weight`` values, beside raw-pixel
+kNN. The test split is never used.
+
+    OMP_NUM_THREADS=2 python benchmarks/demo_validation.py
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from anomem import AnoMem, load_config
+from anomem.baselines import make_baseline
+from anomem.cli.bench import DEMO_OVERRIDES
+from anomem.data.registry import load_dataset
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--classes", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 1 / 3, 0.5, 0.7, 0.9])
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    train = load_dataset("digits", "train")
+    perm = torch.randperm(len(train.targets), generator=torch.Generator().manual_seed(args.seed))
+    cut = int(0.7 * perm.numel())
+    fit_idx, val_idx = perm[:cut], perm[cut:]
+    x_val, y_val = train.images[val_idx], train.targets[val_idx]
+    cfg = load_config("tiny", None, [*DEMO_OVERRIDES, f"train.seed={args.seed}"])
+    rows = {w: [] for w in args.weights}
+    knn = []
+    for c in args.classes:
+        normals = train.images[fit_idx][train.targets[fit_idx] == c]
+        det = AnoMem(cfg, progress=False).fit(normals)
+        lab = (y_val != c).numpy()
+        for w in args.weights:
+            det.scorer_.pixel_weight = w
+            rows[w].append(roc_auc_score(lab, det.anomaly_score(x_val)))
+        knn.append(roc_auc_score(lab, make_baseline("knn").fit(normals).anomaly_score(x_val)))
+    print("pixel_weight " + " ".join(f"class {c}" for c in args.classes) + "  mean")
+    for w, r in rows.items():
+        print(f"{w:12.3f} " + " ".join(f"{v:7.4f}" for v in r) + f"  {np.mean(r):.4f}")
+    print(f"{'kNN':>12} " + " ".join(f"{v:7.4f}" for v in knn) + f"  {np.mean(knn):.4f}")
+
+
+if __name__ == "__main__":
+    main()
