@@ -141,5 +141,7 @@ def test_confusion_metrics_match_hand_counts_and_handle_empty_denominators():
     assert none["precision"] is None and none["recall"] == 0.0 and none["fpr"] == 0.0
     only_normals = confusion_metrics(np.zeros(4, int), np.zeros(4, int))
     assert only_normals["recall"] is None and only_normals["f1"] is None and only_normals["accuracy"] == 1.0
-    with pytest.raises(DataError, match="0/1"):
+    with pytest.raises(DataError, match="expected shape"):
         confusion_metrics(y, p[:3])
+    with pytest.raises(DataError, match=r"must be 0 \(normal\) or 1 \(anomaly\)"):
+        confusion_metrics(y, p * 2)

@@ -163,22 +163,30 @@ def geometry_conversions(x: torch.Tensor, channels: int, size: tuple[int, int]) 
     return counts
 
 
-def as_labels(y: Any, n: int, name: str = "labels") -> torch.Tensor:
-    """Labels in {0, 1} (1 = normal, the paper's convention) as a bool tensor (N,)."""
-    arr = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)
+def binary_values(values: Any, n: int | None, name: str, meaning: str) -> np.ndarray:
+    """0/1 values (ints, floats or booleans) of length ``n`` as a bool array: the one
+    label check of the library (training labels, truth for metrics and thresholds).
+
+    ``meaning`` says what 0 and 1 stand for, e.g. ``"0 (anomaly) or 1 (normal)"``; it
+    is part of every message. ``n=None`` accepts any length.
+    """
+    arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
     if arr.dtype.kind not in "buif":
         shown = arr.ravel()[:3].tolist() if arr.dtype.kind in "USO" else arr.dtype
-        raise DataError(f"{name}: labels must be numbers 0 (anomaly) or 1 (normal), got {arr.dtype} values "
-                        f"such as {shown}")
-    t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.shape != (n,):
-        raise DataError(f"{name}: expected shape ({n},), got {tuple(t.shape)}")
-    if t.is_floating_point() and not torch.isfinite(t).all():
-        raise DataError(f"{name}: contains NaN or infinite values")
-    bad = ~((t == 0) | (t == 1))
+        raise DataError(f"{name}: labels must be numbers {meaning} (numeric), got {arr.dtype} values such as {shown}")
+    if arr.ndim != 1 or (n is not None and arr.shape[0] != n):
+        want = f"({n},)" if n is not None else "(N,)"
+        raise DataError(f"{name}: expected shape {want}, got {tuple(arr.shape)}")
+    bad = ~np.isin(arr, (0, 1))  # NaN is not 0 or 1
     if bad.any():
-        raise DataError(f"{name}: values must be 0 (anomaly) or 1 (normal), got {sorted(set(t[bad].tolist()))[:5]}")
-    return t == 1
+        vals = sorted({float(v) if arr.dtype.kind == "f" else int(v) for v in arr[bad].tolist()}, key=str)[:5]
+        raise DataError(f"{name}: values must be {meaning}, got {vals}")
+    return arr == 1
+
+
+def as_labels(y: Any, n: int, name: str = "labels") -> torch.Tensor:
+    """Labels in {0, 1} (1 = normal, the paper's convention) as a bool tensor (N,)."""
+    return torch.from_numpy(binary_values(y, n, name, "0 (anomaly) or 1 (normal)"))
 
 
 MAX_BATCH_SIZE = 65536

@@ -30,6 +30,7 @@ from sklearn.metrics import (
 )
 
 from anomem.errors import DataError
+from anomem.inputs import binary_values
 
 __all__ = [
     "DetectionMetrics",
@@ -81,12 +82,7 @@ class LocalisationMetrics(NamedTuple):
 
 
 def _labels(is_anomaly: Any, n: int, name: str = "is_anomaly") -> np.ndarray:
-    y = np.asarray(is_anomaly).reshape(-1)
-    if y.shape[0] != n:
-        raise DataError(f"{name} has {y.shape[0]} entries for {n} scores")
-    if not np.isin(y, (0, 1)).all():
-        raise DataError(f"{name} must hold 0/1 or booleans (1 = anomaly)")
-    y = y.astype(bool)
+    y = binary_values(np.asarray(is_anomaly).reshape(-1), n, name, "0 (normal) or 1 (anomaly)")
     if y.all() or not y.any():
         raise DataError(f"{name} must contain both normal and anomalous examples to compute a ranking metric")
     return y
@@ -103,10 +99,8 @@ def confusion_metrics(is_anomaly: Any, predicted: Any) -> dict[str, Any]:
     """Counts and rates of 0/1 predictions against the truth, anomalies as positives:
     ``tp fp tn fn`` (scikit-learn's confusion matrix), ``accuracy``, ``precision``,
     ``recall``, ``f1`` and ``fpr``; a rate whose denominator is 0 is None."""
-    y, p = (np.asarray(v).reshape(-1) for v in (is_anomaly, predicted))
-    if y.shape != p.shape or not (np.isin(y, (0, 1)).all() and np.isin(p, (0, 1)).all()):
-        raise DataError(f"truth and predictions must be 0/1 arrays of one length, got {y.shape} and {p.shape}")
-    y, p = y.astype(bool), p.astype(bool)
+    y = binary_values(np.asarray(is_anomaly).reshape(-1), None, "is_anomaly", "0 (normal) or 1 (anomaly)")
+    p = binary_values(np.asarray(predicted).reshape(-1), y.shape[0], "predicted", "0 (normal) or 1 (anomaly)")
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, p, labels=[False, True]).ravel())
     prec, rec, f1, _ = precision_recall_fscore_support(y, p, average="binary", pos_label=True, zero_division=np.nan)
     rate = lambda v: None if v is None or np.isnan(v) else float(v)  # noqa: E731

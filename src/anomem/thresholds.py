@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from anomem.errors import CheckpointError, ConfigError, DataError
+from anomem.inputs import binary_values
 
 __all__ = [
     "HIGH_FPR",
@@ -294,12 +295,7 @@ def threshold_at_contamination(normal_scores: Any, contamination: float = 0.1, s
 
 def _split(scores: Any, is_anomaly: Any) -> tuple[np.ndarray, np.ndarray]:
     s = _as_scores(scores, "scores")
-    y = np.asarray(is_anomaly).reshape(-1)
-    if y.shape[0] != s.size:
-        raise DataError(f"is_anomaly has {y.shape[0]} entries for {s.size} scores")
-    if not np.isin(y, (0, 1)).all():
-        raise DataError("is_anomaly must hold 0/1 or booleans (1 = anomaly)")
-    y = y.astype(bool)
+    y = binary_values(np.asarray(is_anomaly).reshape(-1), s.size, "is_anomaly", "0 (normal) or 1 (anomaly)")
     if not y.any() or y.all():
         raise DataError("a threshold from labels needs both normal and anomalous images")
     return s, y

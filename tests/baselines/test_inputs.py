@@ -59,7 +59,7 @@ def test_labels() -> None:
     np.testing.assert_array_equal(check_labels([1, 0, 1], 3), [True, False, True])
     np.testing.assert_array_equal(check_labels(np.array([1.0, 0.0]), 2), [True, False])
     np.testing.assert_array_equal(check_labels(torch.tensor([True, False]), 2), [True, False])
-    with pytest.raises(DataError, match=r"found \[nan\]"):
+    with pytest.raises(DataError, match=r"got \[nan\]"):
         check_labels(np.array([1.0, np.nan]), 2)
     with pytest.raises(DataError, match="numeric"):
         check_labels(np.array(["1", "0"]), 2)
@@ -75,3 +75,17 @@ def test_random_state_seed() -> None:
     for bad in (True, 1.0, "1", -1):
         with pytest.raises(ConfigError):
             check_random_state_seed(bad)
+
+
+def test_one_label_check_serves_every_caller() -> None:
+    """Training labels, metrics and thresholds refuse the same bad labels with the same rule."""
+    from anomem.inputs import as_labels, binary_values
+    from anomem.metrics import image_auroc
+    from anomem.thresholds import threshold_max_f1
+
+    np.testing.assert_array_equal(binary_values([0, 1, 1.0, True], 4, "y", "0 or 1"), [False, True, True, True])
+    for bad in ([0, 2, 1], [0, np.nan, 1], ["0", "1", "1"]):
+        for call in (lambda v: as_labels(v, 3), lambda v: check_labels(v, 3), lambda v: image_auroc(v, [0.1, 0.2, 0.3]),
+                     lambda v: threshold_max_f1([0.1, 0.2, 0.3], v)):
+            with pytest.raises(DataError, match="values must be|labels must be numbers"):
+                call(bad)

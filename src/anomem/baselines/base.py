@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from anomem.errors import ConfigError, DataError, NotFittedError
-from anomem.inputs import as_images, to_float
+from anomem.inputs import as_images, binary_values, to_float
 
 __all__ = ["BaseDetector", "check_images", "check_labels", "check_random_state_seed"]
 
@@ -64,23 +64,7 @@ def check_labels(y: Any, n: int, *, name: str = "y") -> np.ndarray:
     """
     if y is None:
         return np.ones(n, dtype=bool)
-    arr = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise DataError(f"{name} must have shape ({n},) to match X, got shape {arr.shape}")
-    if arr.dtype == bool:
-        normal = arr.copy()
-    else:
-        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-            raise DataError(
-                f"{name} must be numeric with 1 = normal, 0 = anomaly, got dtype {arr.dtype}"
-            )
-        bad = ~np.isin(arr, (0, 1))
-        if bad.any():
-            vals = np.unique(arr[bad])[:5].tolist()
-            raise DataError(
-                f"{name} must hold only 1 (normal) and 0 (labelled anomaly), found {vals}"
-            )
-        normal = arr == 1
+    normal = binary_values(y, n, name, "0 (anomaly) or 1 (normal)")
     if not normal.any():
         raise DataError(
             f"{name} labels no image as normal (1); at least one normal image is needed"
