@@ -20,11 +20,29 @@ Symbols: B batch, N stored normals, C channels, h w bank resolution, D = C·h·w
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from anomem.maps import smooth_maps
+
+
+class PixelSignals(NamedTuple):
+    """Unstandardised signals of a batch: ``global_distance`` (B,), ``local_map`` (B, h, w)."""
+
+    global_distance: torch.Tensor
+    local_map: torch.Tensor
+
+
+class PixelScores(NamedTuple):
+    """Standardised scores of a batch: ``global_score`` (B,), ``local_score`` (B,) (the
+    maximum of the map) and ``local_map`` (B, h, w)."""
+
+    global_score: torch.Tensor
+    local_score: torch.Tensor
+    local_map: torch.Tensor
 
 
 def _distances(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
@@ -73,7 +91,7 @@ class PixelBank(nn.Module):
     def _sigma_px(self) -> float:
         return self.sigma * float(min(int(self.grid[1]), int(self.grid[2])))
 
-    def signals(self, feats: torch.Tensor, self_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def signals(self, feats: torch.Tensor, self_rows: torch.Tensor | None = None) -> PixelSignals:
         """Unstandardised (global distance (B,), smoothed local map (B, h, w)).
 
         ``self_rows`` (B,) names, for a query that is itself stored, its bank row, which
@@ -89,7 +107,7 @@ class PixelBank(nn.Module):
         kl = min(self.local_k, k)
         near = self.bank[idx[:, :kl]].view(-1, kl, c, h, w)  # (B, k, C, h, w)
         diff = (feats.view(-1, 1, c, h, w) - near).abs().mean(2).min(1).values  # (B, h, w)
-        return glob, smooth_maps(diff[:, None], self._sigma_px())[:, 0]
+        return PixelSignals(glob, smooth_maps(diff[:, None], self._sigma_px())[:, 0])
 
     @torch.no_grad()
     def fit(self, images: torch.Tensor, stats_rows: int | None = None) -> None:
@@ -110,12 +128,12 @@ class PixelBank(nn.Module):
             getattr(self, f"{name}_mean").copy_(v.mean())
             getattr(self, f"{name}_std").copy_(v.std(unbiased=False).clamp_min(1e-8))
 
-    def scores(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def scores(self, feats: torch.Tensor) -> PixelScores:
         """Standardised (global score (B,), local score (B,), local map (B, h, w))."""
         glob, maps = self.signals(feats)
         z_map = (maps - self.map_mean) / self.map_std
         z_local = (maps.flatten(1).amax(1) - self.local_mean) / self.local_std
-        return (glob - self.global_mean) / self.global_std, z_local, z_map
+        return PixelScores((glob - self.global_mean) / self.global_std, z_local, z_map)
 
 
-__all__ = ["PixelBank"]
+__all__ = ["PixelBank", "PixelScores", "PixelSignals"]

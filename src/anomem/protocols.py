@@ -119,7 +119,14 @@ def deep_sad_split(
     return OneVsAllSplit(train.images[unlabelled], train.images[pick], test.images, test.targets != normal_class, pick)
 
 
-def validation_split(train: ImageSet, max_train: int | None = None, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+class FitValidation(NamedTuple):
+    """A training split cut in two: ``fit`` (to train on) and ``validation`` (to choose with)."""
+
+    fit: ImageSet
+    validation: ImageSet
+
+
+def validation_split(train: ImageSet, max_train: int | None = None, seed: int = 0) -> FitValidation:
     """(fit, validation) parts of a training split, for choosing settings without the test split.
 
     ``max_train`` first subsamples the split; a third of what remains becomes the
@@ -132,4 +139,4 @@ def validation_split(train: ImageSet, max_train: int | None = None, seed: int = 
     n = len(train)
     fit = np.ones(n, bool)
     fit[rng.permutation(n)[: n // 3]] = False
-    return train.subset(torch.from_numpy(fit)), train.subset(torch.from_numpy(~fit))
+    return FitValidation(train.subset(torch.from_numpy(fit)), train.subset(torch.from_numpy(~fit)))

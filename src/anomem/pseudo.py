@@ -49,6 +49,18 @@ class PseudoAnomalies(NamedTuple):
     kinds: torch.Tensor
 
 
+class Defected(NamedTuple):
+    """Images with one local defect each and the defect's mask.
+
+    Attributes:
+        images: (N, C, H, W) float in [0, 1].
+        masks: (N, 1, H, W) bool, True inside the defect.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+
+
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
 
@@ -96,7 +108,7 @@ def _box_mask(top, left, bh, bw, h: int, w: int) -> torch.Tensor:
     return inside[:, None]
 
 
-def cutpaste(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def cutpaste(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator | None) -> Defected:
     """Paste a box cut from another image of the batch (at another place) onto each image.
 
     Shape:
@@ -117,10 +129,10 @@ def cutpaste(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator | 
     rx = (xx - left[:, None, None] + sx[:, None, None]).clamp(0, w - 1)  # (N, 1, W)
     moved = x[src[:, None, None], :, ry, rx].permute(0, 3, 1, 2)  # (N, C, H, W)
     mask = _box_mask(top, left, bh, bw, h, w)
-    return torch.where(mask, moved, x), mask
+    return Defected(torch.where(mask, moved, x), mask)
 
 
-def scar(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def scar(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator | None) -> Defected:
     """A thin rotated bar (1.5-3 px wide) of one foreign intensity on each image.
 
     The bar's intensity is far from the mean of what it covers: bright on dark, dark on
@@ -145,10 +157,10 @@ def scar(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator | None
     covered = (x * mask).sum((2, 3)) / mask.sum((2, 3)).clamp_min(1)  # (N, C)
     level = torch.where(covered.mean(1, keepdim=True) < 0.5, _uniform(n, 0.75, 1.0, gen, dev)[:, None],
                         _uniform(n, 0.0, 0.25, gen, dev)[:, None])  # (N, 1)
-    return torch.where(mask, level[:, :, None, None].expand(n, c, 1, 1), x), mask
+    return Defected(torch.where(mask, level[:, :, None, None].expand(n, c, 1, 1), x), mask)
 
 
-def noise_patch(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def noise_patch(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator | None) -> Defected:
     """A box of uniform noise on each image.
 
     Shape:
@@ -157,7 +169,7 @@ def noise_patch(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator
     n, c, h, w = x.shape
     mask = _box_mask(*_boxes(n, h, w, size, gen, x.device), h, w)
     noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-    return torch.where(mask, noise, x), mask
+    return Defected(torch.where(mask, noise, x), mask)
 
 
 _DEFECT_FNS = {"cutpaste": cutpaste, "scar": scar, "noise": noise_patch}
@@ -271,6 +283,7 @@ __all__ = [
     "PseudoAnomalies",
     "SHIFTS",
     "cutpaste",
+    "Defected",
     "make_pseudo_anomalies",
     "noise_patch",
     "scar",
