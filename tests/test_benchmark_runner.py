@@ -253,3 +253,21 @@ def test_in_process_cells_restore_the_thread_count():
     before = torch.get_num_threads()
     run_cell(_settings(), Cell("one-vs-all", 0, 0.0, 0, "knn"), threads=before + 1)
     assert torch.get_num_threads() == before
+
+
+def test_settings_carry_the_config_object_without_changing_their_identity():
+    """The CLI hands the runner a built config; the benchmark's identity stays preset +
+    overrides, so directories written before the config was carried still resume."""
+    from dataclasses import replace
+
+    from anomem.benchmark import _anomem_config
+    from anomem.config import load_config
+
+    s = _settings()
+    cfg = load_config("tiny", None, list(FAST))
+    cfg = replace(cfg, scorer=replace(cfg.scorer, steps=7))  # an edit no override string says
+    with_cfg = replace(s, config=cfg.to_dict())
+    assert with_cfg.fingerprint() == s.fingerprint()
+    got = _anomem_config(with_cfg, seed=3)
+    assert got.scorer.steps == 7 and got.train.seed == 3  # trained from the object, seed set per cell
+    assert _anomem_config(s, seed=3).scorer.steps != 7  # without it: preset + overrides

@@ -241,9 +241,10 @@ def _folder_split(s: BenchmarkSettings, cell: Cell, train, test) -> Split:
 def _anomem_config(s: BenchmarkSettings, seed: int, group: str = "anomem") -> AnoMemConfig:
     """The config a group trains with: the preset with the settings' overrides and the
     cell's seed, then the group's variant as a config edit (never re-parsed strings)."""
-    from anomem.config import load_config
+    from anomem.config import AnoMemConfig, load_config
 
-    cfg = load_config(s.preset, None, [*s.overrides, f"train.seed={seed}"])
+    base = AnoMemConfig.from_dict(s.config) if s.config is not None else load_config(s.preset, None, list(s.overrides))
+    cfg = replace(base, train=replace(base.train, seed=seed))
     b, m, sc = cfg.backbone, cfg.memory, cfg.scorer
     if group == "anomem-paper":  # the paper's method: no pseudo-anomalies, no normal or pixel bank
         return replace(cfg, pseudo=replace(cfg.pseudo, enabled=False), scorer=replace(sc, bank=0, pixel_weight=0.0, local_weight=0.0, map_pixel_weight=0.0))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 __all__ = ["GROUPS", "LABEL_FREE", "METHODS", "PROTOCOLS", "BenchmarkSettings", "Cell"]
 
@@ -48,9 +48,16 @@ class BenchmarkSettings:
     max_train: int | None = None  # cap on training normals per cell (seeded subsample)
     max_test: int | None = None  # cap on test images per cell (seeded, stratified by class)
     pollution: float = 0.0  # γ_p of the Deep SAD protocol
+    # The AnoMem config the CLI built (AnoMemConfig.to_dict()): the runner trains from it,
+    # never re-parsing strings. ``preset`` + ``overrides`` stay as the record of what was
+    # asked (and the identity below); None = build it from them.
+    config: dict | None = field(default=None, compare=False)
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """Identity of the benchmark: every setting but ``config``, which preset and
+        overrides determine (so directories written before it existed still resume)."""
+        d = {k: v for k, v in asdict(self).items() if k != "config"}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +50,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     # a results directory is new, empty, or one a benchmark wrote (its benchmark.json): resumed, never clobbered
     check_claimable("--out", args.out, "benchmark", legacy=("benchmark.json",))
     groups = tuple(GROUPS) if "all" in args.methods else tuple(dict.fromkeys(args.methods))
+    cfg = load_config(args.preset, None, list(args.set or ()))
+    if args.epochs is not None:
+        cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
+    check_config_limits(cfg)  # a bad --set fails now, not in a worker
+    # what was asked, as recorded in benchmark.json (its identity); the runner trains from cfg
     overrides = tuple(args.set or ()) + ((f"train.epochs={args.epochs}",) if args.epochs is not None else ())
-    check_config_limits(load_config(args.preset, None, list(overrides)))  # a bad --set fails now, not in a worker
     s = BenchmarkSettings(
         protocol=args.protocol, data=args.data, data_root=args.data_root, ood=args.ood,
         classes=tuple(args.classes), ratios=tuple(args.ratios), seeds=args.seeds, groups=groups,
         preset=args.preset, overrides=overrides, max_train=args.max_train, max_test=args.max_test,
-        pollution=args.pollution,
+        pollution=args.pollution, config=cfg.to_dict(),
     )
     t0 = time.time()
     bar, lines = progress_mode(args.progress)
