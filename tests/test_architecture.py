@@ -133,3 +133,27 @@ def test_inference_does_not_run_through_the_training_engine():
 def test_module_size(name):
     lines = len(MODULES[name].read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{MODULES[name].relative_to(SRC)} has {lines} lines (> {MAX_LINES}); split it"
+
+
+def test_no_cycles_between_packages():
+    """Collapsed to top-level units (``data.*`` is one unit, ``cli.*`` another), the
+    import graph has no cycle either (e.g. inputs <-> data)."""
+    units: dict[str, set[str]] = {}
+    for name, deps in GRAPH.items():
+        if not name:
+            continue
+        units.setdefault(_top(name), set()).update(_top(d) for d in deps if d and _top(d) != _top(name))
+    state: dict[str, int] = {}
+
+    def dfs(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(units.get(node, ())):
+            if state.get(nxt) == 1:
+                pytest.fail("package cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+            if nxt not in state:
+                dfs(nxt, path + [nxt])
+        state[node] = 2
+
+    for u in sorted(units):
+        if u not in state:
+            dfs(u, [u])

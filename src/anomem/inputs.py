@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomem.data import ImageSet
 from anomem.errors import DataError
+from anomem.imageset import ImageSet
 
 
 def as_images(x: Any, name: str = "images") -> torch.Tensor:

@@ -14,8 +14,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from anomem.data import ImageSet
 from anomem.errors import DataError
+from anomem.imageset import ImageSet
 
 
 class OneVsAllSplit(NamedTuple):

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anomem.data import ImageSet
 from anomem.errors import DataError
+from anomem.imageset import ImageSet
 
 __all__ = [
     "CIFAR10_DIR",

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from anomem.data import ImageSet
 from anomem.data.folder import image_hw, read_image
 from anomem.errors import DataError
+from anomem.imageset import ImageSet
 
 __all__ = ["CUB_DIR", "CUB_FILES", "load_cub200", "locate_cub200"]
 

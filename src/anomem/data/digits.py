@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomem.data import ImageSet
 from anomem.errors import DataError
+from anomem.imageset import ImageSet
 
 __all__ = ["DIGITS_CLASSES", "DigitsSplits", "load_digits_splits"]
 

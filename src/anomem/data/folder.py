@@ -27,7 +27,6 @@ from typing import NamedTuple
 
 import torch
 
-from anomem.data import ImageSet
 from anomem.data.image_io import (
     FOLDER_CLASSES,
     IMAGE_EXTENSIONS,
@@ -40,6 +39,7 @@ from anomem.data.image_io import (
     read_image,
 )
 from anomem.errors import DataError
+from anomem.imageset import ImageSet
 
 __all__ = [
     "FOLDER_CLASSES",

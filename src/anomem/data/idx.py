@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anomem.data import ImageSet
 from anomem.errors import DataError
+from anomem.imageset import ImageSet
 
 __all__ = [
     "FASHION_MNIST_CLASSES",

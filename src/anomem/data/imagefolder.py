@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from anomem.data import ImageSet
 from anomem.data.folder import image_hw, read_image, scan_image_files
 from anomem.errors import DataError
+from anomem.imageset import ImageSet
 
 __all__ = ["load_image_folder"]
 

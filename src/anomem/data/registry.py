@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from anomem.data import ImageSet
 from anomem.errors import DataError
+from anomem.imageset import ImageSet
 
 __all__ = [
     "DATA_ENV_VAR",

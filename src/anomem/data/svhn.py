@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anomem.data import ImageSet
 from anomem.errors import DataError
+from anomem.imageset import ImageSet
 
 __all__ = ["SVHN_CLASSES", "SVHN_SPLITS", "load_svhn", "locate_svhn", "svhn_file_name"]
 
