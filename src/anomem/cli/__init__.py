@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 
 from anomem.cli.parser import build_parser
 from anomem.errors import AnoMemError
@@ -21,7 +22,13 @@ def one_line(e: BaseException) -> str:
     return " ".join(part.strip() for part in str(e).splitlines() if part.strip())
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
+    """Warnings from the command read like its errors: one line, no source location."""
+    return f"anomem: warning: {one_line(Warning(message))}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.command == "train":
