@@ -100,7 +100,7 @@ def _fsync_dir(directory: Path) -> None:
 _TEMP_MIDDLE = re.compile(r"[a-z0-9_]{8}")
 
 
-def _is_our_temp(name: str, target: str) -> bool:
+def is_temp_of(name: str, target: str) -> bool:
     """True only for names ``.<target>.XXXXXXXX.tmp`` that mkstemp made for ``target``.
 
     Plain string matching, never a glob: a target named ``*.csv`` must not match
@@ -121,7 +121,7 @@ def _remove_stale_temps(path: Path) -> None:
     except OSError:
         return
     for name in names:
-        if not _is_our_temp(name, path.name):
+        if not is_temp_of(name, path.name):
             continue
         stale = parent / name
         try:

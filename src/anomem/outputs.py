@@ -31,7 +31,7 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from anomem.checkpoint import atomic_write_text
+from anomem.checkpoint import atomic_write_text, is_temp_of
 from anomem.errors import OutputError
 
 MARKER = ".anomem-output"
@@ -217,7 +217,10 @@ def check_new_run_dir(run: Path) -> None:
     if saved:
         raise OutputError(f"--out {str(run)!r} already holds a run ({', '.join(saved)}); continue it with "
                           f"`anomem train --resume {run}` or choose a new --out")
-    others = sorted(n for n in os.listdir(run) if n not in RUN_FILES and n not in (LOCK, MARKER))
+    # a run's own files, the lock, and the temp files of a run's atomic writes in flight
+    # (another process may be writing them right now: the lock below settles who owns it)
+    others = sorted(n for n in os.listdir(run) if n not in RUN_FILES and n not in (LOCK, MARKER)
+                    and not any(is_temp_of(n, f) for f in RUN_FILES))
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise OutputError(f"--out {str(run)!r} is not empty ({shown}) and is not a run directory; "

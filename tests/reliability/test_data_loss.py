@@ -313,3 +313,19 @@ def test_benchmark_out_never_fills_a_foreign_directory(tmp_path, capsys):
     assert main(["benchmark", "--data", "digits", "--methods", "knn", "--out", str(out)]) == 2
     one_line_error(capsys, "not empty")
     assert sorted(p.name for p in out.iterdir()) == ["results.csv"] and (out / "results.csv").read_text() == "my own results"
+
+
+def test_a_run_directory_with_a_write_in_flight_is_a_run_not_a_foreign_folder(tmp_path):
+    """The temp file of another run's atomic write (it may be writing right now) marks the
+    folder as a run directory; anything else still makes it a foreign folder."""
+    from anomem.errors import OutputError
+    from anomem.outputs import check_new_run_dir
+
+    run = tmp_path / "race"
+    run.mkdir()
+    (run / ".last.ckpt.ab12cd34.tmp").write_bytes(b"partial")
+    (run / ".anomem.lock").write_text("123\n")
+    check_new_run_dir(run)  # no error: the lock decides who owns it
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not a run directory"):
+        check_new_run_dir(run)
