@@ -45,8 +45,8 @@ class PixelScores(NamedTuple):
     local_map: torch.Tensor
 
 
-def _distances(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances (B, N) by one matmul (exportable to ONNX)."""
+def euclidean_distances(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances (B, N) by one matmul, |q|² + |b|² - 2 q·b (exportable to ONNX)."""
     sq = (q * q).sum(1, keepdim=True) + (bank * bank).sum(1)[None] - 2.0 * q @ bank.T
     return sq.clamp_min(0.0).sqrt()
 
@@ -97,7 +97,7 @@ class PixelBank(nn.Module):
         ``self_rows`` (B,) names, for a query that is itself stored, its bank row, which
         is then not its own neighbour (leave-one-out statistics).
         """
-        d = _distances(feats, self.bank)  # (B, N)
+        d = euclidean_distances(feats, self.bank)  # (B, N)
         if self_rows is not None:
             d = d.index_put((torch.arange(d.shape[0], device=d.device), self_rows), torch.tensor(float("inf")))
         k = min(max(self.k, self.local_k), self.bank.shape[0] - int(self_rows is not None))
@@ -136,4 +136,4 @@ class PixelBank(nn.Module):
         return PixelScores((glob - self.global_mean) / self.global_std, z_local, z_map)
 
 
-__all__ = ["PixelBank", "PixelScores", "PixelSignals"]
+__all__ = ["PixelBank", "PixelScores", "PixelSignals", "euclidean_distances"]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomem.pixel_bank import PixelBank
+from anomem.pixel_bank import PixelBank, euclidean_distances
 
 
 def one_class_scores(deviations: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -115,9 +115,8 @@ def bank_distances(embeddings: torch.Tensor, bank: torch.Tensor, k: int, exclude
     q = embeddings.to(bank.dtype)  # the bank's precision (float32 in the scorer)
     if metric == "cosine":
         dist = 1.0 - F.normalize(q, dim=1) @ bank.T  # (B, K)
-    elif metric == "euclidean":  # |q|² + |b|² - 2 q·b: one matmul, and ONNX-exportable
-        sq = (q * q).sum(1, keepdim=True) + (bank * bank).sum(1)[None] - 2.0 * q @ bank.T
-        dist = sq.clamp_min(0.0).sqrt()
+    elif metric == "euclidean":
+        dist = euclidean_distances(q, bank)
     else:
         raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
     if exclude_self:

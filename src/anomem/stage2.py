@@ -34,6 +34,7 @@ class DeviationSummary(NamedTuple):
     embeddings: list[torch.Tensor]  # S x (N, C_s) tap features averaged over positions
     map_mean: torch.Tensor  # (S,) mean of per-position ‖Δ_ij‖ over all images
     map_sq: torch.Tensor  # (S,) mean of per-position ‖Δ_ij‖²
+    pixels: torch.Tensor | None = None  # (N, 2) pixel-bank scores, when the bank is ready
 
 
 class ScoreBank(NamedTuple):
@@ -74,8 +75,10 @@ class Stage2Banks(NamedTuple):
 def summarise(model: AnoMemModel, images: torch.Tensor, batch_size: int = 256) -> DeviationSummary:
     """Eq. 9 scores, pooled deviations, embeddings and map statistics of ``images``."""
     heads = model.scorer.heads
-    scores, pooled, embs, msum, msq, count = [], [], [], 0.0, 0.0, 0
+    scores, pooled, embs, pix, msum, msq, count = [], [], [], [], 0.0, 0.0, 0
     for ev in model.evidence_batches(images, batch_size):
+        if ev.pixel_scores is not None:
+            pix.append(ev.pixel_scores)
         devs = ev.deviations
         embs.append(ev.embeddings)
         scores.append(one_class_scores(devs))
@@ -85,7 +88,8 @@ def summarise(model: AnoMemModel, images: torch.Tensor, batch_size: int = 256) -
         msq = msq + torch.stack([(n**2).mean((1, 2)).sum() for n in norms])
         count += devs[0].shape[0]
     return DeviationSummary(torch.cat(scores), [torch.cat(p) for p in zip(*pooled)],
-                            [torch.cat(e) for e in zip(*embs)], msum / count, msq / count)
+                            [torch.cat(e) for e in zip(*embs)], msum / count, msq / count,
+                            torch.cat(pix) if pix else None)
 
 
 @torch.inference_mode()
@@ -157,9 +161,7 @@ def calibration_bank(model: AnoMemModel, images: torch.Tensor, cap: int, seed: i
     keep = torch.randperm(summ.scores.shape[0], generator=torch.Generator().manual_seed(seed))[:cap]
     s = model.scorer
     near = s.bank_scores([e[keep] for e in summ.embeddings]) if s.has_banks else None
-    pixels = None
-    if s.pixels.ready:
-        pixels = s.pixel_scores(s.pixels.features(to_float(images[keep]).to(s.score_mean.device)))[0]
+    pixels = None if summ.pixels is None else summ.pixels[keep.to(summ.pixels.device)]  # from the same pass
     return ScoreBank(summ.scores[keep], [p[keep.to(p.device)] for p in summ.pooled], near, pixels)
 
 
