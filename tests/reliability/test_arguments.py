@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_checks import one_line_error
 from PIL import Image
 
 from anomem import AnoMemError, CheckpointError, DataError
@@ -27,14 +28,6 @@ from anomem.detector import AnoMem
 from anomem.inputs import as_images, as_labels, check_batch_size, check_trainable_size
 
 from synthetic import stripes
-
-
-def one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("anomem: error:") and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 # -- argument ranges, checked before any work --------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_checks import one_line_error
 
 import anomem
 from anomem import AnoMem
@@ -35,14 +36,6 @@ def snapshot(*roots: Path) -> dict[str, bytes]:
         for p in files:
             out[str(p)] = p.read_bytes()
     return out
-
-
-def one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("anomem: error:") and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 @pytest.fixture
