@@ -152,3 +152,27 @@ def test_score_ablation_scores_one_model_six_ways(monkeypatch, capsys):
     aucs = [float(v) for v in lines[1].split()[1:7]]
     assert all(0.0 <= a <= 1.0 for a in aucs)
     assert aucs[5] > 0.95  # raw-pixel kNN on digit 0: the reference column is computed, not copied
+
+
+def test_journey_walks_every_step(monkeypatch, tmp_path, capsys):
+    """benchmarks/journey.py on generated Fashion-MNIST files: every CLI step runs, the
+    export and the Python API agree with `anomem score`."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "data"))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from fakes import write_fake_idx
+
+    write_fake_idx(tmp_path / "fm", n_train=120, n_test=60)
+    journey = importlib.import_module("journey")
+    try:
+        result = journey.main(["--data-root", str(tmp_path / "fm"), "--train-size", "12", "--per-class", "2",
+                               "--labelled", "4", "--preset", "tiny", "--epochs", "1", "--out", str(tmp_path / "j")])
+    finally:
+        sys.modules.pop("journey", None)
+    steps = result["steps"]
+    assert set(steps) == {"train", "score", "evaluate", "threshold 5%", "refit", "export onnx", "python api"}
+    assert steps["score"]["n_normal"] == 6 and steps["score"]["n_anomaly"] == 18 and steps["score"]["maps"] == 24
+    for name in ("score", "threshold 5%", "refit"):
+        assert 0 <= steps[name]["fpr"] <= 1 and 0 <= steps[name]["recall"] <= 1
+    assert steps["export onnx"]["max_abs_diff"] < 1e-3 and steps["export onnx"]["same_decisions"]
+    assert steps["python api"]["max_abs_diff"] < 1e-6 and steps["python api"]["same_decisions"]
+    assert "| refit |" in capsys.readouterr().out

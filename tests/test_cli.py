@@ -69,7 +69,7 @@ def test_refit_adds_anomalies(trained, folder, tmp_path):
     [
         (["score", "missing.ckpt", "."], "does not exist"),
         (["train", "--data", "no-such-dataset", "--normal-class", "0", "--out", "{tmp}/r"], "no-such-dataset"),
-        (["train", "--data", "{tmp}", "--out", "{tmp}/r"], "not a dataset folder"),
+        (["train", "--data", "{tmp}", "--out", "{tmp}_r"], "missing folder train/normal"),
         (["train", "--data", "digits", "--normal-class", "42", "--out", "{tmp}/r"], "class 42 does not exist"),
         (["train", "--data", "digits", "--normal-class", "0", "--set", "train.epochs=-1", "--out", "{tmp}/r"], "train.epochs"),
     ],

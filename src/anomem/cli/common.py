@@ -31,7 +31,18 @@ def _load_detector(path, device: str = "cpu"):
     return AnoMem.load(path, device=device)
 
 def _is_folder_dataset(spec: str) -> bool:
-    return Path(spec).is_dir() and (Path(spec) / "train").is_dir()
+    return Path(spec).is_dir()
+
+
+def folder_layout(args: argparse.Namespace):
+    """The :class:`~anomem.data.folder.FolderLayout` that ``--normal-dir``, ``--abnormal-dir``,
+    ``--mask-dir`` and ``--normal-split-ratio`` describe (the fixed layout by default)."""
+    from anomem.data.folder import FolderLayout
+
+    given = {key: getattr(args, key, None) for key in ("normal_dir", "abnormal_dir", "mask_dir", "normal_split_ratio")}
+    if given["abnormal_dir"] is not None:
+        given["abnormal_dir"] = tuple(given["abnormal_dir"])
+    return FolderLayout(**{k: v for k, v in given.items() if v is not None})
 
 
 class TrainData:
@@ -49,26 +60,33 @@ def _check_data_spec(spec: str) -> None:
 
 
 def load_train_data(args: argparse.Namespace, image_size: int | None = None) -> TrainData:
-    """A named dataset in one-vs-all mode, or a user folder with train/normal."""
-    from anomem.data.folder import load_folder
+    """A named dataset in one-vs-all mode, or a user folder (any :class:`FolderLayout`)."""
+    from anomem.data.folder import folder_splits, load_folder
     from anomem.protocols import one_vs_all
 
     spec = args.data
     _check_data_spec(spec)
     if _is_folder_dataset(spec):
-        train = load_folder(spec, "train", image_size=image_size, channels=args.channels)
+        layout = folder_layout(args)
+        train = load_folder(spec, "train", image_size=image_size, channels=args.channels, layout=layout)
         normals = train.images[~train.anomaly]
         anomalies = train.images[train.anomaly]
         test = None
-        if (Path(spec) / "test").is_dir():
-            test = load_folder(spec, "test", image_size=tuple(train.images.shape[2:]), channels=train.images.shape[1])
+        if "test" in folder_splits(spec, layout):
+            test = load_folder(spec, "test", image_size=tuple(train.images.shape[2:]), channels=train.images.shape[1],
+                               layout=layout)
+        how = ""
+        if train.meta["layout"] == "flat":
+            share = layout.normal_split_ratio
+            how = (f" (flat layout: {1 - share:.0%} of the normals train, the other {share:.0%} and the abnormal "
+                   f"images test, split seed 0)")
         return TrainData(
             normals,
             anomalies if anomalies.shape[0] else None,
             None if test is None else test.images,
             None if test is None else test.anomaly,
             None if test is None else test.paths,
-            f"folder {spec}: {normals.shape[0]} normal, {anomalies.shape[0]} anomalous training images",
+            f"folder {spec}: {normals.shape[0]} normal, {anomalies.shape[0]} anomalous training images{how}",
         )
     from anomem.data.registry import load_dataset
 

@@ -28,13 +28,26 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
 
 
+def _add_folder_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("folder layout", "folder names of a user dataset (like anomalib's Folder); "
+                             "a folder without train/ is flat: its normals are split into train and test")
+    g.add_argument("--normal-dir", default=None, metavar="NAME",
+                   help="the normal images' folder in each split (default normal; '.' in a flat folder: all of it)")
+    g.add_argument("--abnormal-dir", nargs="+", default=None, metavar="NAME",
+                   help="the anomalies' folder(s), one type each (default anomaly); '*': every other folder (MVTec AD)")
+    g.add_argument("--mask-dir", default=None, metavar="PATH",
+                   help="masks, relative to the dataset folder (default test/masks; flat: masks; MVTec AD: ground_truth)")
+    g.add_argument("--normal-split-ratio", type=float, default=None, metavar="R",
+                   help="flat folders: the share of normals held out for testing, seeded (default 0.2)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="anomem", description="Anomaly detection via multi-scale contrasted memory.")
     ap.add_argument("--version", action="version", version=f"anomem {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a detector on a named dataset or a folder")
-    t.add_argument("--data", help="dataset name (fashion-mnist, mnist, cifar10, digits, ...) or a folder with train/normal")
+    t.add_argument("--data", help="dataset name (fashion-mnist, mnist, cifar10, digits, ...) or a folder (train/normal, ...: see --normal-dir)")
     t.add_argument("--data-root", default=None, help="where named datasets live (else $ANOMEM_DATA, ./data, system paths)")
     t.add_argument("--normal-class", type=int, default=None, help="one-vs-all: the normal class index")
     t.add_argument("--ratio", type=float, default=0.0, help="γ: fraction of labelled anomalies in the training set")
@@ -42,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run directory (default runs/<time>)")
     t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run from its last.ckpt")
     t.add_argument("--no-progress", dest="progress", action="store_false")
+    _add_folder_args(t)
     _add_config_args(t)
     t.set_defaults(func=cmd_train)
 
@@ -102,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--strict", action="store_true",
                     help="refuse test images that would need resizing or a grey/colour or bit-depth conversion")
     ev.add_argument("--device", default=None)
+    _add_folder_args(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser("export", help="export the scorer (image -> score, fused heat-map) to ONNX or TorchScript")

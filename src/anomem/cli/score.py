@@ -14,6 +14,7 @@ from anomem.checkpoint import atomic_write_text
 from anomem.cli.common import (
     _load_detector,
     _warn_inverted,
+    folder_layout,
     format_records,
     report_conversions,
     score_records,
@@ -148,14 +149,16 @@ def cmd_threshold(args: argparse.Namespace) -> int:
 def _evaluation_set(args: argparse.Namespace, det):
     """(images, is_anomaly, masks | None, names | None, description, conversions) for `anomem evaluate`;
     conversions counts what is changed to fit the detector's input (see report_conversions)."""
-    from anomem.data.folder import load_folder
+    from anomem.data.folder import folder_splits, load_folder
 
     spec = args.data
     if Path(spec).is_dir():
-        if not (Path(spec) / "test").is_dir():
-            raise DataError(f"{spec!r} has no test/ folder (expected test/normal, test/anomaly, optional test/masks)")
-        test = load_folder(spec, "test", image_size=det.image_size_, channels=det.in_channels_)
-        return (test.images, test.anomaly, test.masks, list(test.paths), f"folder {spec} (test split)",
+        layout = folder_layout(args)
+        if "test" not in folder_splits(spec, layout):
+            raise DataError(f"{spec!r} has no test split (expected test/normal, test/anomaly, optional test/masks; "
+                            "or a flat layout with held-out normals or an abnormal folder)")
+        test = load_folder(spec, "test", image_size=det.image_size_, channels=det.in_channels_, layout=layout)
+        return (test.images, test.anomaly, test.masks, list(test.paths), f"folder {spec} (test split, {test.meta['layout']} layout)",
                 test.meta.get("conversions"))
     if Path(spec).exists():
         raise DataError(f"{spec!r} is not a dataset folder with test/")

@@ -65,6 +65,8 @@ _SAVED_ARG_TYPES: dict[str, tuple[type, ...]] = {
     "data": (str,), "data_root": (str, type(None)), "normal_class": (int, type(None)),
     "ratio": (int, float), "channels": (int, type(None)), "seed": (int, type(None)),
     "data_sha256": (str, type(None)), "cwd": (str, type(None)),
+    "normal_dir": (str, type(None)), "abnormal_dir": (list, type(None)), "mask_dir": (str, type(None)),
+    "normal_split_ratio": (int, float, type(None)),
 }
 
 

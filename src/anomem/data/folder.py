@@ -1,8 +1,6 @@
-"""Image files on disk: decoding, user anomaly folders, and plain lists of images.
+"""User anomaly folders: the fixed layout, renamed folders (anomalib, MVTec AD), flat folders.
 
-This module owns turning image files into uint8 tensors (any format Pillow reads, with
-explicit channel conversion and resizing), which :mod:`anomem.data.cub` and
-:mod:`anomem.data.imagefolder` reuse. It also loads the user folder layout::
+The default layout::
 
     ROOT/train/normal/...                 required, at least one image
     ROOT/train/anomaly/[<type>/]...       optional labelled anomalies
@@ -10,19 +8,35 @@ explicit channel conversion and resizing), which :mod:`anomem.data.cub` and
     ROOT/test/anomaly/[<type>/]...
     ROOT/test/masks/[<type>/]<stem>.*     optional, one per test anomaly
 
-Images directly in ``anomaly/`` have type "anomaly"; images in ``anomaly/<type>/`` (at
-any depth below it) have type ``<type>``. A mask matches the anomaly with the same
-relative folder and file stem (``<stem>_mask`` is accepted too, as in MVTec AD); any
-image extension. Hidden files and folders (name starting with ".") are ignored; any
-other non-image file is an error.
+:class:`FolderLayout` renames its parts, as anomalib's ``Folder`` data module does:
+``normal_dir`` and ``abnormal_dir`` are the folder names inside each split (``good``
+and ``defect``, say); ``abnormal_dir`` may list several folders, one anomaly type each,
+or be ``"*"``: every folder of the split except the normal one is an anomaly type (MVTec
+AD's ``test/<defect type>/``). ``mask_dir`` is where the masks are, relative to ROOT
+(default ``test/masks``; MVTec AD keeps them in ``ground_truth``).
+
+A ROOT without ``train/`` is read as a flat folder: the normal and abnormal folders sit
+directly in ROOT (``normal_dir="."``: ROOT itself holds the normal images, a plain folder
+of good images). A seeded share ``normal_split_ratio`` of the normals (default 0.2, as in
+anomalib) goes to the test split with every abnormal image; the other normals are the
+training split. The same files always give the same split.
+
+Anomaly types: with one abnormal folder, images directly in it have the folder's name as
+type and images in ``<abnormal>/<type>/`` (any depth) have type ``<type>``; with several
+(or ``"*"``) each folder's name is its type. A mask matches the anomaly with the same
+path below the abnormal folder (below the split folder when there are several) and the
+same stem (``<stem>_mask`` is accepted too, as in MVTec AD); any image extension. Hidden
+files and folders (name starting with ".") are ignored; any other non-image file is an
+error. Decoding is in :mod:`anomem.data.image_io`, plain lists of images in
+:mod:`anomem.data.scan`.
 """
 
 from __future__ import annotations
 
-import os
-import warnings
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import NamedTuple
 
 import torch
@@ -38,6 +52,7 @@ from anomem.data.image_io import (
     probe_image,
     read_image,
 )
+from anomem.data.scan import FileScan, images_only, list_names, load_images, scan_image_files
 from anomem.errors import DataError
 from anomem.imageset import ImageSet
 
@@ -45,7 +60,9 @@ __all__ = [
     "FOLDER_CLASSES",
     "IMAGE_EXTENSIONS",
     "FileScan",
+    "FolderLayout",
     "ImageInfo",
+    "folder_splits",
     "image_hw",
     "load_folder",
     "load_images",
@@ -54,95 +71,71 @@ __all__ = [
     "scan_image_files",
 ]
 
-_MAX_LISTED = 5
+SPLIT_SEED = 0  # the flat layout's normal train/test split
 
 
-class FileScan(NamedTuple):
-    """Files under a directory, sorted by relative path: images and everything else.
+def _check_name(what: str, name: object, allow: tuple[str, ...] = (), nested: bool = False) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"{what} must be a non-empty folder name, got {name!r}")
+    if name in allow:
+        return
+    parts = PurePath(name).parts
+    if PurePath(name).is_absolute() or ".." in parts or "." in parts or "*" in name:
+        raise DataError(f"{what} must be a folder name relative to the dataset folder, got {name!r}")
+    if len(parts) > 1 and not nested:
+        raise DataError(f"{what} must be one folder name (no '/'), got {name!r}")
 
-    ``skipped`` lists (folder, reason) for folders that were not scanned: unreadable
-    ones, and ones already scanned through another path (a symlink loop, or a second
-    link to the same folder).
+
+@dataclass(frozen=True)
+class FolderLayout:
+    """Folder names of a user anomaly dataset (module docstring); defaults = the fixed layout.
+
+    Args:
+        normal_dir: the normal images' folder in each split ("." in a flat layout: ROOT).
+        abnormal_dir: the anomalies' folder, several folders (one type each), or "*".
+        mask_dir: the masks' folder relative to ROOT; None = ``test/masks``, or ``masks``
+            in a flat layout.
+        normal_split_ratio: flat layout: the share of normals held out for the test split.
     """
 
-    images: list[Path]
-    others: list[Path]
-    skipped: list[tuple[Path, str]] = []
+    normal_dir: str = "normal"
+    abnormal_dir: str | tuple[str, ...] = "anomaly"
+    mask_dir: str | None = None
+    normal_split_ratio: float = 0.2
+
+    def __post_init__(self) -> None:
+        abnormal = (self.abnormal_dir,) if isinstance(self.abnormal_dir, str) else tuple(self.abnormal_dir)
+        _check_name("normal_dir", self.normal_dir, allow=(".",))
+        if not abnormal:
+            raise DataError("abnormal_dir needs at least one folder name (or '*')")
+        for name in abnormal:
+            _check_name("abnormal_dir", name, allow=("*",) if len(abnormal) == 1 else ())
+        if len(set(abnormal)) < len(abnormal):
+            raise DataError(f"abnormal_dir names a folder twice: {', '.join(abnormal)}")
+        if self.normal_dir in abnormal:
+            raise DataError(f"{self.normal_dir!r} is both the normal and an abnormal folder")
+        if abnormal == ("*",) and self.normal_dir == ".":
+            raise DataError("abnormal_dir='*' needs a named normal folder, not '.'")
+        if self.mask_dir is not None:
+            _check_name("mask_dir", self.mask_dir, nested=True)
+        ratio = self.normal_split_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 1:
+            raise DataError(f"normal_split_ratio must be a number in [0, 1), got {ratio!r}")
+        object.__setattr__(self, "abnormal_dir", abnormal[0] if len(abnormal) == 1 else abnormal)
+
+    @property
+    def abnormal_dirs(self) -> tuple[str, ...]:
+        return (self.abnormal_dir,) if isinstance(self.abnormal_dir, str) else self.abnormal_dir
+
+    def masks_path(self, root: Path, flat: bool) -> Path:
+        return root / (self.mask_dir or ("masks" if flat else "test/masks"))
 
 
-def _list_names(paths: Sequence[Path]) -> str:
-    shown = ", ".join(str(p) for p in paths[:_MAX_LISTED])
-    more = len(paths) - _MAX_LISTED
-    return shown + (f" and {more} more" if more > 0 else "")
-
-
-def scan_image_files(directory: str | Path) -> FileScan:
-    """All files below ``directory`` (recursively, sorted), split by image extension.
-
-    Hidden files and folders are left out. Symlinked folders are followed; each folder
-    is scanned once (by device and inode), so loops end and nothing is counted twice.
-    Folders that cannot be read, or were already scanned, are listed in
-    ``FileScan.skipped`` with the reason. Raises DataError if ``directory`` is not a
-    directory.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise DataError(f"{directory}: not a directory")
-    images, others, skipped = [], [], []
-    seen: set[tuple[int, int]] = set()
-    stack = [directory]
-    while stack:
-        folder = stack.pop()
-        try:
-            st = folder.stat()
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                skipped.append((folder, "already scanned through another path (a symlink loop or a second link)"))
-                continue
-            seen.add(key)
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            skipped.append((folder, f"cannot read it: {e.strerror or e}"))
-            continue
-        subdirs = []
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            path = Path(folder, entry.name)
-            try:
-                is_dir = entry.is_dir()  # follows symlinks
-            except OSError:
-                is_dir = False
-            if is_dir:
-                subdirs.append(path)
-            else:
-                (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
-        stack.extend(reversed(subdirs))  # depth first, in name order
-
-    def key_of(p: Path) -> str:
-        return p.relative_to(directory).as_posix()
-
-    return FileScan(sorted(images, key=key_of), sorted(others, key=key_of), skipped)
-
-
-def _describe_skipped(skipped: Sequence[tuple[Path, str]]) -> str:
-    shown = "; ".join(f"{p} ({why})" for p, why in skipped[:_MAX_LISTED])
-    more = len(skipped) - _MAX_LISTED
-    return shown + (f" and {more} more" if more > 0 else "")
-
-
-def _images_only(directory: Path) -> list[Path]:
-    scan = scan_image_files(directory)
-    if scan.others:
-        raise DataError(f"non-image files in {directory}: {_list_names(scan.others)}")
-    unreadable = [(p, why) for p, why in scan.skipped if why.startswith("cannot read")]
-    if unreadable:  # a dataset that cannot be read completely is not used in part
-        raise DataError(f"folders in {directory} that cannot be read: {_describe_skipped(unreadable)}")
-    repeated = [(p, why) for p, why in scan.skipped if not why.startswith("cannot read")]
-    if repeated:
-        warnings.warn(f"{directory}: skipped {_describe_skipped(repeated)}", UserWarning, stacklevel=3)
-    return scan.images
+class _Entry(NamedTuple):
+    path: Path
+    anomaly: bool
+    kind: str  # "" for normals, else the anomaly type
+    key: str  # path below the abnormal folder (or the split folder), no extension: mask matching
 
 
 def _stack(paths: Sequence[Path], size: tuple[int, int], channels: int) -> torch.Tensor:
@@ -153,120 +146,39 @@ def _stack(paths: Sequence[Path], size: tuple[int, int], channels: int) -> torch
     return out
 
 
-def load_images(
-    paths_or_dirs: str | Path | Iterable[str | Path],
-    image_size: int | Sequence[int] | None = None,
-    channels: int | None = None,
-    skip_invalid: bool = False,
-) -> ImageSet:
-    """Load image files and directories of images (scanned recursively, sorted) for scoring.
-
-    Args:
-        paths_or_dirs: files and/or directories, in the order they should appear.
-        image_size: output (H, W) or square side; None = the first image's size.
-        channels: 1, 3, or None = 3 if any image is colour, else 1.
-        skip_invalid: skip non-image and unreadable files (listed in
-            ``meta["skipped"]``) instead of raising.
-
-    ``meta["conversions"]`` counts what was changed to fit ``image_size`` and
-    ``channels`` (:func:`anomem.data.image_io.count_conversions`).
-
-    Raises:
-        DataError: a path does not exist, a file is not an image or cannot be decoded
-            (unless ``skip_invalid``), or nothing is left to load.
-
-    Shape:
-        images (N, C, H, W) uint8; targets (N,) all 0 (unlabelled).
-    """
-    _check_channels(channels)
-    items = [paths_or_dirs] if isinstance(paths_or_dirs, str | Path) else list(paths_or_dirs)
-    files: list[Path] = []
-    skipped: list[Path] = []
-    unreadable: list[tuple[Path, str]] = []
-    for item in map(Path, items):
-        if item.is_dir():
-            scan = scan_image_files(item)
-            files.extend(scan.images)
-            skipped.extend(scan.others)
-            unreadable.extend((p, why) for p, why in scan.skipped if why.startswith("cannot read"))
-            skipped.extend(p for p, why in scan.skipped if why.startswith("cannot read"))
-        elif item.is_file():
-            (files if item.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(item)
-        else:
-            raise DataError(f"{item}: no such file or directory")
-    if unreadable and not skip_invalid:
-        raise DataError(
-            f"folders that cannot be read: {_describe_skipped(unreadable)} "
-            "(skip them with skip_invalid=True, or --skip-invalid on the command line)"
-        )
-    if skipped and not skip_invalid:
-        raise DataError(
-            f"not image files: {_list_names(skipped)} "
-            "(skip them with skip_invalid=True, or --skip-invalid on the command line)"
-        )
-
-    infos: list[ImageInfo] = []
-    for path in files:
-        try:
-            infos.append(probe_image(path))
-        except DataError:
-            if not skip_invalid:
-                raise
-            skipped.append(path)
-    if not infos:
-        raise DataError(f"no images found in {', '.join(map(str, items))}")
-    size = infos[0].size if image_size is None else image_hw(image_size)
-    ch = channels if channels is not None else (3 if any(i.colour for i in infos) else 1)
-
-    tensors, loaded, used = [], [], []
-    for info in infos:
-        try:
-            tensors.append(read_image(info.path, size, ch))
-        except DataError:
-            if not skip_invalid:
-                raise
-            skipped.append(info.path)
-            continue
-        loaded.append(str(info.path))
-        used.append(info)
-    if not tensors:
-        raise DataError(f"none of the images could be read: {_list_names(skipped)}")
-    return ImageSet(
-        images=torch.stack(tensors),  # (N, C, H, W)
-        targets=torch.zeros(len(tensors), dtype=torch.int64),
-        class_names=("unlabelled",),
-        paths=tuple(loaded),
-        meta={"skipped": [str(p) for p in skipped], "conversions": count_conversions(used, size, ch)},
-    )
-
-
-class _Entry(NamedTuple):
-    path: Path
-    anomaly: bool
-    kind: str  # "" for normals, else the anomaly type
-    key: str  # relative path below anomaly/ without extension, for mask matching
-
-
-def _split_entries(split_dir: Path, allow_masks: bool) -> list[_Entry]:
-    """Normals then anomalies of one split folder, validated."""
-    allowed = {"normal", "anomaly"} | ({"masks"} if allow_masks else set())
-    unexpected = sorted(
-        p.name for p in split_dir.iterdir() if not p.name.startswith(".") and p.name not in allowed
-    )
-    if unexpected:
-        raise DataError(
-            f"{split_dir}: unexpected entries {', '.join(unexpected)}; expected "
-            f"{', '.join(sorted(allowed))}/ folders"
-        )
+def _folder_entries(folder: Path, layout: FolderLayout, masks_dir: Path | None) -> list[_Entry]:
+    """Normals then anomalies of one split folder (or a flat ROOT), validated."""
+    present = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    skip = {masks_dir.name} if masks_dir is not None and masks_dir.parent == folder else set()
+    wildcard = layout.abnormal_dirs == ("*",)
+    if wildcard:
+        abnormal = [n for n in present if n != layout.normal_dir and n not in skip and (folder / n).is_dir()]
+    else:
+        abnormal = [n for n in layout.abnormal_dirs if (folder / n).is_dir()]
+    if layout.normal_dir != ".":
+        named = set() if wildcard else set(layout.abnormal_dirs)
+        expected = {layout.normal_dir, *abnormal, *named, *skip}
+        unexpected = [n for n in present if n not in expected]
+        if unexpected:
+            wanted = ", ".join(sorted({layout.normal_dir, *named, *skip}))
+            rest = " and one folder per anomaly type" if wildcard else ""
+            raise DataError(f"{folder}: unexpected entries {', '.join(unexpected)}; expected {wanted}/ folders{rest}")
     entries: list[_Entry] = []
-    normal_dir = split_dir / "normal"
-    if normal_dir.is_dir():
-        entries += [_Entry(p, False, "", "") for p in _images_only(normal_dir)]
-    anomaly_dir = split_dir / "anomaly"
-    if anomaly_dir.is_dir():
-        for p in _images_only(anomaly_dir):
-            rel = p.relative_to(anomaly_dir)
-            kind = "anomaly" if len(rel.parts) == 1 else rel.parts[0]
+    if layout.normal_dir == ".":
+        outside = {*abnormal, *skip}
+        entries += [_Entry(p, False, "", "") for p in images_only(folder)
+                    if p.relative_to(folder).parts[0] not in outside]
+    elif (folder / layout.normal_dir).is_dir():
+        entries += [_Entry(p, False, "", "") for p in images_only(folder / layout.normal_dir)]
+    single = not wildcard and len(layout.abnormal_dirs) == 1
+    for name in abnormal:
+        base = folder / name
+        for p in images_only(base):
+            if single:
+                rel = p.relative_to(base)
+                kind = name if len(rel.parts) == 1 else rel.parts[0]
+            else:
+                rel, kind = p.relative_to(folder), name
             entries.append(_Entry(p, True, kind, rel.with_suffix("").as_posix()))
     return entries
 
@@ -282,14 +194,14 @@ def _match_masks(masks_dir: Path, anomalies: list[_Entry]) -> dict[Path, Path]:
             )
         by_key[entry.key] = entry
     masks: dict[Path, Path] = {}
-    for mask in _images_only(masks_dir):
+    for mask in images_only(masks_dir):
         key = mask.relative_to(masks_dir).with_suffix("").as_posix()
         candidates = [key] + ([key.removesuffix("_mask")] if key.endswith("_mask") else [])
         match = next((by_key[k] for k in candidates if k in by_key), None)
         if match is None:
             raise DataError(
-                f"mask {mask} has no matching anomaly image (expected "
-                f"{masks_dir.parent / 'anomaly' / candidates[-1]}.<ext>)"
+                f"mask {mask} has no matching anomaly image (none has the path "
+                f"{candidates[-1]!r} below its abnormal folder)"
             )
         if match.path in masks:
             raise DataError(f"anomaly {match.path} has two masks: {masks[match.path]} and {mask}")
@@ -297,9 +209,65 @@ def _match_masks(masks_dir: Path, anomalies: list[_Entry]) -> dict[Path, Path]:
     missing = [e.path for e in anomalies if e.path not in masks]
     if missing:
         raise DataError(
-            f"{masks_dir} exists but these anomalies have no mask: {_list_names(missing)}"
+            f"{masks_dir} exists but these anomalies have no mask: {list_names(missing)}"
         )
     return masks
+
+
+class _Splits(NamedTuple):
+    train: list[_Entry]
+    test: list[_Entry] | None  # None: the folder has no test split
+    masks_dir: Path | None  # the test split's masks, when the folder has them
+    flat: bool
+
+
+def _flat_split(normals: list[_Entry], ratio: float, root: Path) -> tuple[list[_Entry], list[_Entry]]:
+    """(train, test) normals of a flat folder: a seeded share ``ratio`` is held out for testing."""
+    n = len(normals)
+    n_test = math.floor(ratio * n + 0.5)
+    if n - n_test < 1:
+        raise DataError(f"{root}: {n} normal image(s) leave none for training at normal_split_ratio={ratio}")
+    held = set(torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))[:n_test].tolist())
+    return [e for i, e in enumerate(normals) if i not in held], [e for i, e in enumerate(normals) if i in held]
+
+
+def _read_layout(root: Path, layout: FolderLayout) -> _Splits:
+    """Both splits of ``root``, listed and validated (nothing is decoded)."""
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder does not exist")
+    flat = not (root / "train").is_dir()
+    normal = layout.normal_dir
+    masks_dir = layout.masks_path(root, flat)
+    if layout.mask_dir is not None and not masks_dir.is_dir():
+        raise DataError(f"{root}: mask_dir {layout.mask_dir!r} is not a folder")
+    if not flat:
+        if normal != "." and not (root / "train" / normal).is_dir():
+            raise DataError(f"{root}: missing folder train/{normal} (the normal training images)")
+        train = _folder_entries(root / "train", layout, None)
+        test_dir = root / "test"
+        test = _folder_entries(test_dir, layout, masks_dir) if test_dir.is_dir() else None
+    else:
+        if normal != "." and not (root / normal).is_dir():
+            raise DataError(
+                f"{root}: missing folder train/{normal} (the normal training images), and no {normal}/ "
+                f"for a flat layout (a folder of normal images only: normal_dir '.', --normal-dir .)"
+            )
+        entries = _folder_entries(root, layout, masks_dir)
+        normals = [e for e in entries if not e.anomaly]
+        if not normals:
+            raise DataError(f"{root / normal}: no normal images")
+        train, test_normals = _flat_split(normals, layout.normal_split_ratio, root)
+        test = test_normals + [e for e in entries if e.anomaly]
+        test = test or None
+    if not any(not e.anomaly for e in train):
+        raise DataError(f"{root / 'train' / normal}: no normal training images")
+    return _Splits(train, test, masks_dir if test is not None and masks_dir.is_dir() else None, flat)
+
+
+def folder_splits(root: str | Path, layout: FolderLayout | None = None) -> tuple[str, ...]:
+    """The splits ``root`` has under ``layout``: ("train",) or ("train", "test")."""
+    splits = _read_layout(Path(root), layout or FolderLayout())
+    return ("train",) if splits.test is None else ("train", "test")
 
 
 def _common_size(infos: Sequence[ImageInfo]) -> tuple[int, int]:
@@ -318,20 +286,21 @@ def load_folder(
     split: str = "train",
     image_size: int | Sequence[int] | None = None,
     channels: int | None = None,
+    layout: FolderLayout | None = None,
 ) -> ImageSet:
-    """Load ``split`` ("train" or "test") of a user anomaly folder (layout: module docstring).
+    """Load ``split`` ("train" or "test") of a user anomaly folder (layouts: module docstring).
 
     Defaults are taken from the whole folder so both splits agree: ``image_size=None``
-    uses the size most images of ``train/normal`` have (ties: the first); ``channels=None`` is 3 if any
-    image under ``train/`` or ``test/`` is colour, else 1.
+    uses the size most training normals have (ties: the first); ``channels=None`` is 3 if
+    any image of either split is colour, else 1. ``layout`` None is the fixed layout.
 
     Returns:
         targets 0 normal / 1 anomaly, ``anomaly`` (bool), ``anomaly_types`` ("" for
-        normals), ``paths``; for the test split with ``test/masks``, ``masks`` (all zero
-        for normals).
+        normals), ``paths``; for the test split with masks, ``masks`` (all zero for
+        normals); ``meta["layout"]`` "split" or "flat".
 
     Raises:
-        DataError: missing ``train/normal`` or split folder, no normal images, unexpected
+        DataError: missing normal training folder or split, no normal images, unexpected
             or non-image files, unreadable images, unmatched or mis-sized masks.
 
     Shape:
@@ -341,47 +310,40 @@ def load_folder(
     if split not in ("train", "test"):
         raise DataError(f"folder datasets have splits 'train' and 'test', got split={split!r}")
     _check_channels(channels)
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset folder does not exist")
-    train_normal = root / "train" / "normal"
-    if not train_normal.is_dir():
-        raise DataError(f"{root}: missing folder train/normal (the normal training images)")
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise DataError(f"{root}: missing folder {split}/")
-
-    entries = _split_entries(split_dir, allow_masks=split == "test")
-    train_entries = entries if split == "train" else _split_entries(root / "train", False)
-    if not any(not e.anomaly for e in train_entries):
-        raise DataError(f"{train_normal}: no normal training images")
+    layout = layout if layout is not None else FolderLayout()
+    if not isinstance(layout, FolderLayout):
+        raise DataError(f"layout must be a FolderLayout, got {type(layout).__name__}")
+    splits = _read_layout(root, layout)
+    entries = splits.train if split == "train" else splits.test
+    if entries is None:
+        raise DataError(
+            f"{root}: missing folder test/" if not splits.flat else
+            f"{root}: the flat layout leaves no test images (no abnormal folder, normal_split_ratio=0)"
+        )
     if not entries:
-        raise DataError(f"{split_dir}: no images in normal/ or anomaly/")
+        raise DataError(f"{root / split}: no images in {layout.normal_dir}/ or {', '.join(layout.abnormal_dirs)}/")
 
     infos = {e.path: probe_image(e.path) for e in entries}
     size = image_hw(image_size) if image_size is not None else _common_size(
-        [infos[e.path] if e.path in infos else probe_image(e.path) for e in train_entries if not e.anomaly]
+        [infos[e.path] if e.path in infos else probe_image(e.path) for e in splits.train if not e.anomaly]
     )
     if channels is None:
-        test_dir = root / "test"
-        if split == "test":
-            other_entries = train_entries
-        else:
-            other_entries = _split_entries(test_dir, True) if test_dir.is_dir() else []
-        colour = any(i.colour for i in infos.values()) or any(
-            probe_image(e.path).colour for e in other_entries
-        )
+        other = (splits.test or []) if split == "train" else splits.train
+        colour = any(i.colour for i in infos.values()) or any(probe_image(e.path).colour for e in other)
         channels = 3 if colour else 1
 
     masks = None
-    masks_dir = split_dir / "masks"
-    if split == "test" and masks_dir.is_dir():
-        anomalies = [e for e in entries if e.anomaly]
-        mask_of = _match_masks(masks_dir, anomalies)
+    if split == "test" and splits.masks_dir is not None:
+        mask_of = _match_masks(splits.masks_dir, [e for e in entries if e.anomaly])
         masks = torch.zeros((len(entries), 1, *size), dtype=torch.uint8)
         for i, entry in enumerate(entries):
             if entry.anomaly:
                 masks[i] = _read_mask(mask_of[entry.path], size, infos[entry.path].size, entry.path)
 
+    meta = {"dataset": "folder", "split": split, "root": str(root), "layout": "flat" if splits.flat else "split",
+            "conversions": count_conversions([infos[e.path] for e in entries], size, channels)}
+    if splits.flat:
+        meta["normal_split_ratio"] = layout.normal_split_ratio
     return ImageSet(
         images=_stack([e.path for e in entries], size, channels),
         targets=torch.tensor([int(e.anomaly) for e in entries], dtype=torch.int64),
@@ -390,6 +352,5 @@ def load_folder(
         anomaly_types=tuple(e.kind for e in entries),
         masks=masks,
         paths=tuple(str(e.path) for e in entries),
-        meta={"dataset": "folder", "split": split, "root": str(root),
-              "conversions": count_conversions([infos[e.path] for e in entries], size, channels)},
+        meta=meta,
     )

@@ -163,9 +163,15 @@ def _check_split(name: str, split: str, splits: Sequence[str]) -> None:
 
 def _load_path_dataset(prefix: str, path: str, split: str, options: dict) -> ImageSet:
     if prefix == "folder":
-        from anomem.data.folder import load_folder
+        from anomem.data.folder import FolderLayout, load_folder
 
-        _check_options("folder", ("image_size", "channels"), options)
+        names = ("normal_dir", "abnormal_dir", "mask_dir", "normal_split_ratio")
+        _check_options("folder", ("image_size", "channels", "layout", *names), options)
+        given = {k: options.pop(k) for k in names if k in options}
+        if given and "layout" in options:
+            raise DataError(f"give the folder layout either as layout= or as {', '.join(given)}, not both")
+        if given:
+            options["layout"] = FolderLayout(**given)
         return load_folder(path, split, **options)
     from anomem.data.imagefolder import load_image_folder
 
@@ -198,7 +204,8 @@ def load_dataset(
         root: a directory holding the files; when given no other place is searched.
         download: fetch MNIST / Fashion-MNIST if they are not found.
         options: loader options: ``label_mode`` (cifar100), ``image_size`` (cub200,
-            digits, folder, imagefolder), ``channels`` (folder), ``mode`` and
+            digits, folder, imagefolder), ``channels`` and the layout (folder: ``layout``, or
+            ``normal_dir``, ``abnormal_dir``, ``mask_dir``, ``normal_split_ratio``), ``mode`` and
             ``skip_invalid`` (imagefolder), ``test_fraction`` and ``seed`` (digits).
 
     Raises:
