@@ -163,3 +163,23 @@ def test_missing_mask_dir_and_registry_options(mvtec):
         load_dataset(f"folder:{mvtec}", "train", layout=MVTEC, normal_dir="good")
     with pytest.raises(DataError, match="layout must be a FolderLayout"):
         load_folder(mvtec, "train", layout={"normal_dir": "good"})
+
+
+def test_flat_layout_with_a_normal_test_folder(flat):
+    for i in range(3):
+        write_image(flat / f"good_test/{i}.png", solid(100 + i))
+    layout = FolderLayout("good", "defect", normal_test_dir="good_test")
+    assert load_folder(flat, "train", layout=layout).images.shape[0] == 10  # every normal trains
+    test = load_folder(flat, "test", layout=layout)
+    assert [int(v) for v in test.images[:3, 0, 0, 0]] == [100, 101, 102] and test.targets.tolist() == [0, 0, 0, 1, 1, 1]
+    with pytest.raises(DataError, match="unexpected entries good_test"):
+        load_folder(flat, "train", layout=FolderLayout("good", "defect"))
+    with pytest.raises(DataError, match="normal_test_dir 'nope' is not a folder"):
+        load_folder(flat, "train", layout=FolderLayout("good", "defect", normal_test_dir="nope"))
+    with pytest.raises(DataError, match="is also the normal or an abnormal folder"):
+        FolderLayout("good", "defect", normal_test_dir="good")
+
+
+def test_normal_test_dir_is_refused_with_train_folder(mvtec):
+    with pytest.raises(DataError, match="normal_test_dir is for flat folders"):
+        load_folder(mvtec, "train", layout=FolderLayout("good", "*", normal_test_dir="x"))

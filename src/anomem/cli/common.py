@@ -39,7 +39,8 @@ def folder_layout(args: argparse.Namespace):
     ``--mask-dir`` and ``--normal-split-ratio`` describe (the fixed layout by default)."""
     from anomem.data.folder import FolderLayout
 
-    given = {key: getattr(args, key, None) for key in ("normal_dir", "abnormal_dir", "mask_dir", "normal_split_ratio")}
+    given = {key: getattr(args, key, None) for key in ("normal_dir", "abnormal_dir", "mask_dir", "normal_split_ratio",
+                                                         "normal_test_dir")}
     if given["abnormal_dir"] is not None:
         given["abnormal_dir"] = tuple(given["abnormal_dir"])
     return FolderLayout(**{k: v for k, v in given.items() if v is not None})
@@ -76,7 +77,9 @@ def load_train_data(args: argparse.Namespace, image_size: int | None = None) -> 
             test = load_folder(spec, "test", image_size=tuple(train.images.shape[2:]), channels=train.images.shape[1],
                                layout=layout)
         how = ""
-        if train.meta["layout"] == "flat":
+        if train.meta["layout"] == "flat" and layout.normal_test_dir is not None:
+            how = f" (flat layout: every normal trains; test normals from {layout.normal_test_dir}/)"
+        elif train.meta["layout"] == "flat":
             share = layout.normal_split_ratio
             how = (f" (flat layout: {1 - share:.0%} of the normals train, the other {share:.0%} and the abnormal "
                    f"images test, split seed 0)")

@@ -39,6 +39,8 @@ def _add_folder_args(p: argparse.ArgumentParser) -> None:
                    help="masks, relative to the dataset folder (default test/masks; flat: masks; MVTec AD: ground_truth)")
     g.add_argument("--normal-split-ratio", type=float, default=None, metavar="R",
                    help="flat folders: the share of normals held out for testing, seeded (default 0.2)")
+    g.add_argument("--normal-test-dir", default=None, metavar="NAME",
+                   help="flat folders: a folder of normal test images instead of the split")
 
 
 def build_parser() -> argparse.ArgumentParser:

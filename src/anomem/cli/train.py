@@ -66,7 +66,7 @@ _SAVED_ARG_TYPES: dict[str, tuple[type, ...]] = {
     "ratio": (int, float), "channels": (int, type(None)), "seed": (int, type(None)),
     "data_sha256": (str, type(None)), "cwd": (str, type(None)),
     "normal_dir": (str, type(None)), "abnormal_dir": (list, type(None)), "mask_dir": (str, type(None)),
-    "normal_split_ratio": (int, float, type(None)),
+    "normal_split_ratio": (int, float, type(None)), "normal_test_dir": (str, type(None)),
 }
 
 

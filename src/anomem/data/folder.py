@@ -19,7 +19,8 @@ A ROOT without ``train/`` is read as a flat folder: the normal and abnormal fold
 directly in ROOT (``normal_dir="."``: ROOT itself holds the normal images, a plain folder
 of good images). A seeded share ``normal_split_ratio`` of the normals (default 0.2, as in
 anomalib) goes to the test split with every abnormal image; the other normals are the
-training split. The same files always give the same split.
+training split. The same files always give the same split. ``normal_test_dir`` names a
+folder of normal test images instead, as in anomalib (then all of ``normal_dir`` trains).
 
 Anomaly types: with one abnormal folder, images directly in it have the folder's name as
 type and images in ``<abnormal>/<type>/`` (any depth) have type ``<type>``; with several
@@ -96,12 +97,15 @@ class FolderLayout:
         mask_dir: the masks' folder relative to ROOT; None = ``test/masks``, or ``masks``
             in a flat layout.
         normal_split_ratio: flat layout: the share of normals held out for the test split.
+        normal_test_dir: flat layout: a folder of normal test images instead (then every
+            image of ``normal_dir`` trains).
     """
 
     normal_dir: str = "normal"
     abnormal_dir: str | tuple[str, ...] = "anomaly"
     mask_dir: str | None = None
     normal_split_ratio: float = 0.2
+    normal_test_dir: str | None = None
 
     def __post_init__(self) -> None:
         abnormal = (self.abnormal_dir,) if isinstance(self.abnormal_dir, str) else tuple(self.abnormal_dir)
@@ -118,6 +122,10 @@ class FolderLayout:
             raise DataError("abnormal_dir='*' needs a named normal folder, not '.'")
         if self.mask_dir is not None:
             _check_name("mask_dir", self.mask_dir, nested=True)
+        if self.normal_test_dir is not None:
+            _check_name("normal_test_dir", self.normal_test_dir)
+            if self.normal_test_dir in (self.normal_dir, *abnormal):
+                raise DataError(f"normal_test_dir {self.normal_test_dir!r} is also the normal or an abnormal folder")
         ratio = self.normal_split_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 1:
             raise DataError(f"normal_split_ratio must be a number in [0, 1), got {ratio!r}")
@@ -146,10 +154,12 @@ def _stack(paths: Sequence[Path], size: tuple[int, int], channels: int) -> torch
     return out
 
 
-def _folder_entries(folder: Path, layout: FolderLayout, masks_dir: Path | None) -> list[_Entry]:
+def _folder_entries(folder: Path, layout: FolderLayout, masks_dir: Path | None, flat: bool = False) -> list[_Entry]:
     """Normals then anomalies of one split folder (or a flat ROOT), validated."""
     present = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
     skip = {masks_dir.name} if masks_dir is not None and masks_dir.parent == folder else set()
+    if flat and layout.normal_test_dir is not None:
+        skip.add(layout.normal_test_dir)
     wildcard = layout.abnormal_dirs == ("*",)
     if wildcard:
         abnormal = [n for n in present if n != layout.normal_dir and n not in skip and (folder / n).is_dir()]
@@ -241,6 +251,9 @@ def _read_layout(root: Path, layout: FolderLayout) -> _Splits:
     if layout.mask_dir is not None and not masks_dir.is_dir():
         raise DataError(f"{root}: mask_dir {layout.mask_dir!r} is not a folder")
     if not flat:
+        if layout.normal_test_dir is not None:
+            raise DataError(f"{root}: normal_test_dir is for flat folders; with train/ the test normals are "
+                            f"in test/{normal}")
         if normal != "." and not (root / "train" / normal).is_dir():
             raise DataError(f"{root}: missing folder train/{normal} (the normal training images)")
         train = _folder_entries(root / "train", layout, None)
@@ -252,11 +265,17 @@ def _read_layout(root: Path, layout: FolderLayout) -> _Splits:
                 f"{root}: missing folder train/{normal} (the normal training images), and no {normal}/ "
                 f"for a flat layout (a folder of normal images only: normal_dir '.', --normal-dir .)"
             )
-        entries = _folder_entries(root, layout, masks_dir)
+        if layout.normal_test_dir is not None and not (root / layout.normal_test_dir).is_dir():
+            raise DataError(f"{root}: normal_test_dir {layout.normal_test_dir!r} is not a folder")
+        entries = _folder_entries(root, layout, masks_dir, flat=True)
         normals = [e for e in entries if not e.anomaly]
         if not normals:
             raise DataError(f"{root / normal}: no normal images")
-        train, test_normals = _flat_split(normals, layout.normal_split_ratio, root)
+        if layout.normal_test_dir is None:
+            train, test_normals = _flat_split(normals, layout.normal_split_ratio, root)
+        else:
+            train = normals
+            test_normals = [_Entry(p, False, "", "") for p in images_only(root / layout.normal_test_dir)]
         test = test_normals + [e for e in entries if e.anomaly]
         test = test or None
     if not any(not e.anomaly for e in train):

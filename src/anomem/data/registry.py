@@ -165,7 +165,7 @@ def _load_path_dataset(prefix: str, path: str, split: str, options: dict) -> Ima
     if prefix == "folder":
         from anomem.data.folder import FolderLayout, load_folder
 
-        names = ("normal_dir", "abnormal_dir", "mask_dir", "normal_split_ratio")
+        names = ("normal_dir", "abnormal_dir", "mask_dir", "normal_split_ratio", "normal_test_dir")
         _check_options("folder", ("image_size", "channels", "layout", *names), options)
         given = {k: options.pop(k) for k in names if k in options}
         if given and "layout" in options:
