@@ -119,3 +119,31 @@ def test_report_without_threshold_says_so(setup, tmp_path):
     assert ev.predicted is None and "pixel_auroc" not in ev.metrics
     files = write_report(ev, x, tmp_path / "r", grid_size=3)
     assert "No threshold is stored" in files.html.read_text()
+
+
+def test_per_type_results(setup, tmp_path):
+    """Per anomaly type: AUROC of that type against every normal (sklearn on the subset),
+    recall at the threshold, hardest first; shown in both report pages."""
+    from sklearn.metrics import roc_auc_score
+
+    from anomem.report import write_report
+
+    _, det, _ = setup
+    x = torch.cat([stripes(6, False, seed=7), stripes(4, True, seed=8), add_defects(stripes(4, False, seed=9), seed=1).images])
+    y = np.r_[np.zeros(6), np.ones(8)].astype(bool)
+    types = [""] * 6 + ["vertical"] * 4 + ["defect"] * 4
+    ev = evaluate(det, x, y, types=types)
+    rows = ev.metrics["per_type"]
+    s = det.anomaly_score(x)
+    for r in rows:
+        sel = np.array([t == r["type"] for t in types]) | ~y
+        assert r["image_auroc"] == pytest.approx(roc_auc_score(y[sel], s[sel]))
+        assert r["n"] == 4 and r["recall"] == pytest.approx(det.predict(x)[np.array(types) == r["type"]].mean())
+    assert [r["image_auroc"] for r in rows] == sorted(r["image_auroc"] for r in rows)
+    files = write_report(ev, x, tmp_path / "r")
+    for page in (files.html, files.markdown):
+        assert "Each anomaly type" in page.read_text() and "vertical" in page.read_text()
+    one = evaluate(det, x, y, types=[""] * 6 + ["vertical"] * 8)
+    assert "per_type" not in one.metrics  # one type: the overall numbers say it all
+    with pytest.raises(Exception, match="types has 3 entries for 14 images"):
+        evaluate(det, x, y, types=["a", "b", "c"])

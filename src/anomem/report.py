@@ -192,13 +192,16 @@ def evaluate(
     masks: Any = None,
     names: Sequence[str] | None = None,
     batch_size: int = 128,
+    types: Sequence[str] | None = None,
 ) -> Evaluation:
     """Score and map ``images`` and compute every metric the labels allow.
 
     Metrics: ``n_normal``, ``n_anomaly``, ``image_auroc``, ``average_precision``; with
     masks holding at least one anomalous pixel, ``pixel_auroc`` and ``aupro`` (FPR
     ≤ 0.3); with a threshold, ``threshold`` and at it ``accuracy``, ``precision``,
-    ``recall``, ``fpr``, ``f1`` and the confusion counts ``tp fp tn fn``.
+    ``recall``, ``fpr``, ``f1`` and the confusion counts ``tp fp tn fn``. With ``types``
+    (each anomaly's kind, "" for normals) naming two kinds or more, ``per_type``: per kind
+    its count, AUROC against all the normals and recall at the threshold, hardest first.
 
     Shape:
         images (N, C, H, W), is_anomaly (N,), masks (N, 1, H, W) or (N, H, W)
@@ -227,8 +230,32 @@ def evaluate(
         predicted = det.threshold_.predict(maps.scores)
         p = predicted.astype(bool)
         m.update(threshold=det.threshold_.value, threshold_method=det.threshold_.method, **confusion_metrics(y, p))
+    if types is not None:
+        per_type = _per_type(y, maps.scores, predicted, list(types))
+        if per_type:
+            m["per_type"] = per_type
     labels = list(names) if names is not None else [f"#{i}" for i in range(n)]
     return Evaluation(maps.scores, y, maps.fused, maps.per_scale, gt, predicted, m, labels)
+
+
+def _per_type(y: np.ndarray, scores: np.ndarray, predicted: np.ndarray | None, types: list[str]) -> list[dict]:
+    """Per anomaly kind: n, AUROC against every normal, recall at the threshold (hardest first);
+    empty unless there are normals and two kinds or more."""
+    if len(types) != y.shape[0]:
+        raise DataError(f"types has {len(types)} entries for {y.shape[0]} images")
+    kinds = sorted({t for t, a in zip(types, y) if a})
+    if len(kinds) < 2 or not (~y).any():
+        return []
+    kind = np.array(types, dtype=object)
+    rows = []
+    for k in kinds:
+        sel = y & (kind == k)
+        both = sel | ~y
+        row = {"type": k, "n": int(sel.sum()), "image_auroc": image_auroc(sel[both], scores[both])}
+        if predicted is not None:
+            row["recall"] = float(predicted[sel].astype(bool).mean())
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["image_auroc"], r["type"]))
 
 
 class ReportFiles(NamedTuple):
@@ -388,7 +415,8 @@ def write_report(
         atomic_write_bytes(out / "figures" / f"{stem}.png", lambda f, png=png: f.write(png))
     figs = [{"stem": stem, "caption": caption, "b64": base64.b64encode(png).decode("ascii")}
             for stem, caption, png in figures]
-    page = {"title": title, "info": info, "rows": rows, "confusion": confusion, "figures": figs}
+    per_type = [(r["type"], r["n"], _fmt(r["image_auroc"]), _fmt(r.get("recall"))) for r in m.get("per_type", [])]
+    page = {"title": title, "info": info, "rows": rows, "confusion": confusion, "figures": figs, "per_type": per_type}
     md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, _template("report.md.j2").render(page))
     atomic_write_text(html_path, _template("report.html.j2").render(page))

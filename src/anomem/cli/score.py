@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -146,9 +147,20 @@ def cmd_threshold(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluation_set(args: argparse.Namespace, det):
-    """(images, is_anomaly, masks | None, names | None, description, conversions) for `anomem evaluate`;
-    conversions counts what is changed to fit the detector's input (see report_conversions)."""
+class _EvaluationSet(NamedTuple):
+    """What `anomem evaluate` scores; ``conversions`` counts what is changed to fit the
+    detector's input (see report_conversions); ``types`` names each anomaly's kind ("" for normals)."""
+
+    images: torch.Tensor
+    is_anomaly: torch.Tensor
+    masks: torch.Tensor | None
+    names: list[str] | None
+    description: str
+    conversions: dict | None
+    types: list[str] | None = None
+
+
+def _evaluation_set(args: argparse.Namespace, det) -> _EvaluationSet:
     from anomem.data.folder import folder_splits, load_folder
 
     spec = args.data
@@ -158,8 +170,9 @@ def _evaluation_set(args: argparse.Namespace, det):
             raise DataError(f"{spec!r} has no test split (expected test/normal, test/anomaly, optional test/masks; "
                             "or a flat layout with held-out normals or an abnormal folder)")
         test = load_folder(spec, "test", image_size=det.image_size_, channels=det.in_channels_, layout=layout)
-        return (test.images, test.anomaly, test.masks, list(test.paths), f"folder {spec} (test split, {test.meta['layout']} layout)",
-                test.meta.get("conversions"))
+        return _EvaluationSet(test.images, test.anomaly, test.masks, list(test.paths),
+                              f"folder {spec} (test split, {test.meta['layout']} layout)", test.meta.get("conversions"),
+                              list(test.anomaly_types))
     if Path(spec).exists():
         raise DataError(f"{spec!r} is not a dataset folder with test/")
     from anomem.data.registry import load_dataset, validate_class_index
@@ -188,13 +201,16 @@ def _evaluation_set(args: argparse.Namespace, det):
         masks = torch.cat([torch.zeros_like(bad.masks), bad.masks])
         desc = (f"{spec} test split, class {c} ({test.class_names[c]}): {normals.shape[0]} normal images and the same "
                 f"images with generated local defects (seed {args.seed})")
-        return images, is_anomaly, masks, None, desc, converted
-    images, is_anomaly = test.images, test.targets != c
+        return _EvaluationSet(images, is_anomaly, masks, None, desc, converted,
+                              [""] * normals.shape[0] + list(bad.kinds))
+    images, is_anomaly, targets = test.images, test.targets != c, test.targets
     if args.max_images is not None and args.max_images < images.shape[0]:
         keep = torch.randperm(images.shape[0], generator=gen)[: args.max_images].sort().values
-        images, is_anomaly = images[keep], is_anomaly[keep]
+        images, is_anomaly, targets = images[keep], is_anomaly[keep], targets[keep]
     desc = f"{spec} test split, one-vs-all, normal class {c} ({test.class_names[c]})"
-    return images, is_anomaly, None, None, desc, geometry_conversions(images, det.in_channels_, det.image_size_)
+    types = ["" if t == c else test.class_names[t] for t in targets.tolist()]
+    return _EvaluationSet(images, is_anomaly, None, None, desc,
+                          geometry_conversions(images, det.in_channels_, det.image_size_), types)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -208,10 +224,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                           ("--data-root", _existing(args.data_root))])
     check_claimable("--out", args.out, "evaluate", legacy=("report.html",))
     det = _load_detector(args.checkpoint, device=args.device or "cpu")
-    images, is_anomaly, masks, names, desc, converted = _evaluation_set(args, det)
-    report_conversions(converted, det, args.strict)
+    data = _evaluation_set(args, det)
+    images, desc = data.images, data.description
+    report_conversions(data.conversions, det, args.strict)
     out = claim_output_dir("--out", args.out, "evaluate", legacy=("report.html",))
-    ev = evaluate(det, images, is_anomaly, masks, names, batch_size=args.batch_size)
+    ev = evaluate(det, images, data.is_anomaly, data.masks, data.names, batch_size=args.batch_size, types=data.types)
     details = {"checkpoint": str(args.checkpoint), "data": desc, "anomem": __version__,
                "threshold": "none" if det.threshold_ is None else det.threshold_.describe()}
     files = write_report(ev, images, out, title=args.title, details=details)
