@@ -175,4 +175,5 @@ def test_journey_walks_every_step(monkeypatch, tmp_path, capsys):
         assert 0 <= steps[name]["fpr"] <= 1 and 0 <= steps[name]["recall"] <= 1
     assert steps["export onnx"]["max_abs_diff"] < 1e-3 and steps["export onnx"]["same_decisions"]
     assert steps["python api"]["max_abs_diff"] < 1e-6 and steps["python api"]["same_decisions"]
+    assert len(steps["evaluate"]["per_type"]) == 9  # the nine other classes, one folder each
     assert "| refit |" in capsys.readouterr().out
