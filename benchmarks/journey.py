@@ -16,7 +16,7 @@ and measures what each step gives:
 7. the Python API on the same checkpoint: ``decision_function`` / ``predict`` /
    ``predict_proba`` against the CLI's score file.
 
-Test images are never used to set anything. Run (about 16 minutes on 2 CPU cores, 12 of
+Test images are never used to set anything. Run (about 12 minutes on 2 CPU cores, 10 of
 them training)::
 
     .venv/bin/python benchmarks/journey.py --normal-class 0 --out results/journey
