@@ -1,0 +1,111 @@
+"""Semi-supervised readings on a validation split: do the labelled anomalies' own features help?
+
+For each normal class, trains AnoMem once with γ labelled anomalies (drawn from the
+other classes of a FIT split of the training data, as the one-vs-all protocol draws
+them) and scores a VALIDATION split (the rest of the training data, every class; the
+test split is never used) in several ways:
+
+* ``detector``   the detector's score (heads of Eq. 10 mixed with the bank and pixel bank);
+* ``ratio s<i>`` per scale, kNN distance to the training normals minus kNN distance to
+                 the labelled anomalies (cosine on pooled tap features): a kNN
+                 likelihood-ratio reading of the labels;
+* ``pix ratio``  the same on raw pixels (Euclidean);
+* ``det+ratio``  and ``det+ratio+pix``: rank averages of the detector's score with the
+                 ratio readings (rank-normalised over the validation images, which uses
+                 no labels); ``det+pix w``: w · rank(detector) + (1 - w) · rank(pix ratio).
+
+    OMP_NUM_THREADS=1 python benchmarks/semi_sweep.py --classes 0 2 --ratio 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score
+
+from anomem import AnoMem, load_config
+from anomem.data.registry import load_dataset
+from anomem.inputs import to_float
+from anomem.protocols import validation_split
+
+
+def knn(q: torch.Tensor, ref: torch.Tensor, k: int, cosine: bool) -> torch.Tensor:
+    """Mean distance of each row of ``q`` to its ``k`` nearest rows of ``ref``."""
+    out = []
+    for b in q.split(1024):
+        d = 1 - b @ ref.T if cosine else torch.cdist(b, ref)
+        out.append(d.topk(min(k, ref.shape[0]), dim=1, largest=False).values.mean(1))
+    return torch.cat(out)
+
+
+def embeddings(det: AnoMem, x: torch.Tensor) -> list[torch.Tensor]:
+    model = det.inference_model
+    per = [ev.embeddings for ev in model.evidence_batches(x)]
+    return [F.normalize(torch.cat([p[s] for p in per]).float(), dim=1) for s in range(len(per[0]))]
+
+
+def pixels(x: torch.Tensor) -> torch.Tensor:
+    return to_float(x).flatten(1)
+
+
+def rank(v: np.ndarray) -> np.ndarray:
+    return rankdata(v) / len(v)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="cpu-small")
+    ap.add_argument("--max-train", type=int, default=27000)
+    ap.add_argument("--normals", type=int, default=1500)
+    ap.add_argument("--max-val", type=int, default=3000)
+    ap.add_argument("--ratio", type=float, default=0.1)
+    ap.add_argument("--classes", type=int, nargs="+", default=[0, 2, 4, 6])
+    ap.add_argument("--k", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    fit, val = validation_split(load_dataset("fashion-mnist", "train"), args.max_train, args.seed)
+    rng = np.random.default_rng(args.seed)
+    keep = np.sort(rng.permutation(len(val))[: args.max_val])
+    x_val, y_val = val.images[keep], val.targets[keep]
+    for cls in args.classes:
+        normals = fit.images[fit.targets == cls][: args.normals]
+        others = torch.nonzero(fit.targets != cls).flatten()
+        m = round(args.ratio * normals.shape[0] / (1 - args.ratio))
+        anomalies = fit.images[others[torch.from_numpy(rng.permutation(others.numel())[:m])]]
+        cfg = load_config(args.preset, overrides=[f"train.epochs={args.epochs}", f"train.seed={args.seed}",
+                                                   f"train.batch_size={args.batch_size}"])
+        t0 = time.time()
+        det = AnoMem(cfg, progress=False).fit(normals, anomalies=anomalies)
+        secs = time.time() - t0
+        lab = (y_val != cls).numpy()
+        read = {"detector": det.anomaly_score(x_val)}
+        e_v, e_a = embeddings(det, x_val), embeddings(det, anomalies)
+        for s, (v, a, bank) in enumerate(zip(e_v, e_a, det.scorer_.banks)):
+            read[f"ratio s{s}"] = (knn(v, bank, args.k, True) - knn(v, a, args.k, True)).numpy()
+        read["pix ratio"] = (knn(pixels(x_val), pixels(normals), args.k, False)
+                             - knn(pixels(x_val), pixels(anomalies), args.k, False)).numpy()
+        ratios = [rank(read[k]) for k in read if k.startswith("ratio")]
+        read["det+ratio"] = rank(read["detector"]) + np.mean(ratios, 0)
+        read["det+ratio+pix"] = rank(read["detector"]) + np.mean(ratios, 0) + rank(read["pix ratio"])
+        for w in (0.25, 0.5, 0.75):
+            read[f"det+pix {w:g}"] = w * rank(read["detector"]) + (1 - w) * rank(read["pix ratio"])
+        res = {k: float(roc_auc_score(lab, v)) for k, v in read.items()}
+        print(f"class {cls} ({m} labelled, {secs:.0f} s): " + "  ".join(f"{k} {v:.4f}" for k, v in res.items()), flush=True)
+        if args.json:
+            with open(args.json, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"class": cls, "ratio": args.ratio, "seed": args.seed, "epochs": args.epochs,
+                                    "labelled": m, "seconds": secs, **res}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
