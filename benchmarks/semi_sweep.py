@@ -6,6 +6,8 @@ them) and scores a VALIDATION split (the rest of the training data, every class;
 test split is never used) in several ways:
 
 * ``detector``   the detector's score (heads of Eq. 10 mixed with the bank and pixel bank);
+* ``det cw=w``   the same detector with ``scorer.contrast_weight=w`` (0: the pixel bank's
+                 distance to the normals, as before the contrast score existed);
 * ``ratio s<i>`` per scale, kNN distance to the training normals minus kNN distance to
                  the labelled anomalies (cosine on pooled tap features): a kNN
                  likelihood-ratio reading of the labels;
@@ -70,6 +72,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--contrast-weights", type=float, nargs="*", default=[0.0, 1 / 3, 0.5, 0.66],
+                    help="re-score the same fitted detector with these scorer.contrast_weight values")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -89,6 +93,11 @@ def main() -> None:
         secs = time.time() - t0
         lab = (y_val != cls).numpy()
         read = {"detector": det.anomaly_score(x_val)}
+        default_cw = det.scorer_.contrast_weight
+        for cw in args.contrast_weights:  # the pixel bank's contrast in the image score (Decision 9)
+            det.scorer_.contrast_weight = cw
+            read[f"det cw={cw:g}"] = det.anomaly_score(x_val)
+        det.scorer_.contrast_weight = default_cw
         e_v, e_a = embeddings(det, x_val), embeddings(det, anomalies)
         for s, (v, a, bank) in enumerate(zip(e_v, e_a, det.scorer_.banks)):
             read[f"ratio s{s}"] = (knn(v, bank, args.k, True) - knn(v, a, args.k, True)).numpy()

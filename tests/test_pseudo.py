@@ -249,6 +249,7 @@ def test_pixel_bank_mixes_into_the_image_score_and_survives_save_load(tmp_path):
 
     old = load_checkpoint(tmp_path / "m.ckpt")
     old["scorer"] = {k: v for k, v in old["scorer"].items() if not k.startswith("pixels.")}
+    old["calibration_bank"].pop("pixel_features")  # nor the held-out normals' pixel vectors
     save_checkpoint(old, tmp_path / "old.ckpt")
     legacy = AnoMem.load(tmp_path / "old.ckpt")
     assert not legacy.scorer_.pixels.ready
@@ -281,5 +282,5 @@ def test_local_map_is_the_per_position_minimum_over_the_nearest_normals_and_find
     ref = torch.stack([(q[i, 0][None] - normals[idx[i], 0]).abs().amin(0) for i in range(3)])
     torch.testing.assert_close(maps, ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(glob, d.topk(2, largest=False).values.mean(1), atol=1e-4, rtol=0)  # |q|²+|b|²-2q·b in float32
-    z_glob, z_local, z_map = p.scores(p.features(q))
+    z_glob, z_local, z_map, _ = p.scores(p.features(q))
     assert z_local[2] > 5 * z_local[:2].abs().max() and z_map[2, 3:6, 7:10].min() > z_map[2].median()

@@ -210,6 +210,11 @@ class ScorerConfig:
     local_weight: float = 0.0
     map_pixel_weight: float = 0.5
     local_k: int = 20
+    # With labelled anomalies: the pixel bank also keeps them, and the contrast (distance to
+    # the normals minus distance to the anomalies) replaces the global pixel score in the
+    # heads' image score with this weight (0 = the global score as without anomalies; off
+    # too with pixel_weight=0; docs/method.md, Decision 9).
+    contrast_weight: float = 0.5
     prototype_cache: int = 512  # training normals scanned at fit time for nearest-prototype patches (0 = off)
 
     def __post_init__(self) -> None:
@@ -240,6 +245,9 @@ class ScorerConfig:
         _check(1 <= self.pixel_side <= 512, f"scorer.pixel_side must lie in [1, 512], got {self.pixel_side}")
         _check(0 <= self.local_weight < 1 and self.pixel_weight + self.local_weight < 1,
                f"scorer.local_weight must lie in [0, 1) with pixel_weight + local_weight < 1, got {self.local_weight}")
+        _check(0 <= self.contrast_weight < 1 and (self.pixel_weight == 0 or self.contrast_weight + self.local_weight < 1),
+               f"scorer.contrast_weight must lie in [0, 1) with contrast_weight + local_weight < 1 (unless "
+               f"pixel_weight is 0, which turns it off), got {self.contrast_weight}")
         _check(0 <= self.map_pixel_weight <= 1, f"scorer.map_pixel_weight must lie in [0, 1], got {self.map_pixel_weight}")
         _check(1 <= self.local_k <= 1024, f"scorer.local_k must lie in [1, 1024], got {self.local_k}")
         _check(self.prototype_cache >= 0, f"scorer.prototype_cache must be >= 0, got {self.prototype_cache}")

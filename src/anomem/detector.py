@@ -247,6 +247,9 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         if keep_previous:
             new = [torch.cat([old, n]) for old, n in zip(banks.anomaly, new)]
         self.banks_ = banks._replace(anomaly=new)
+        cal = self.calibration_bank_
+        if cal is None or cal.pixel_features is not None:  # else (older files) the threshold could not follow
+            stage2.store_pixel_anomalies(self.model_, a, keep_previous)
         stage2.train_heads(self.model_, self.banks_, self.config_)
         self.threshold_ = self.rederive_threshold(self.threshold_)
         return self

@@ -53,7 +53,7 @@ def build_scorer(cfg: AnoMemConfig, channels: tuple[int, ...]) -> Scorer:
     s = cfg.scorer
     return Scorer(channels, cfg.memory.weights(len(channels)), s.pool_size, s.hidden, s.merge == "standardized",
                   s.bank_k, s.bank_weight, s.pixel_weight, s.pixel_side, s.local_weight, s.map_pixel_weight,
-                  s.local_k, s.map_sigma)
+                  s.local_k, s.map_sigma, s.contrast_weight)
 
 
 def build_views(cfg: AnoMemConfig, image_size: tuple[int, int], channels: int) -> SimCLRViews:

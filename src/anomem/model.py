@@ -162,7 +162,7 @@ class Evidence(NamedTuple):
         deviations: S maps Δ^(s) (B, C_s, H_s, W_s), Eq. 8.
         embeddings: S tensors (B, C_s), tap features z^(s) averaged over positions.
         recalled: S :class:`Recall`, only when asked for (explanations).
-        pixel_scores: (B, 2) standardised global and local pixel-bank scores, and
+        pixel_scores: (B, 3) standardised global, local and contrast pixel-bank scores, and
         pixel_map: (B, h, w) the standardised local map, when the scorer keeps a pixel
             bank (set by :class:`anomem.inference.AnoMemModel`).
     """

@@ -85,6 +85,10 @@ def restore_stage1(det: AnoMem, ckpt: dict[str, Any], trainer: Stage1Trainer) ->
         raise CheckpointError(f"cannot resume: malformed training checkpoint: {type(e).__name__}: {e}") from None
 
 
+def _non_empty(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None or t.numel() == 0 else t
+
+
 def save_detector(det: AnoMem, path: str | Path, meta: dict[str, Any] | None = None) -> None:
     """Write a fitted detector to one file, atomically."""
     model = det.model_
@@ -97,7 +101,8 @@ def save_detector(det: AnoMem, path: str | Path, meta: dict[str, Any] | None = N
     state["calibration_bank"] = {} if cal is None else {
         "raw": cal.raw.cpu(), "pooled": _cpu(cal.pooled),
         "bank": torch.zeros(cal.raw.shape[0], 0) if cal.bank is None else cal.bank.cpu(),
-        "pixel": torch.zeros(0) if cal.pixel is None else cal.pixel.cpu()}
+        "pixel": torch.zeros(0) if cal.pixel is None else cal.pixel.cpu(),
+        "pixel_features": torch.zeros(0) if cal.pixel_features is None else cal.pixel_features.cpu()}
     state["threshold"] = "" if det.threshold_ is None else det.threshold_.to_json()
     cache = det.prototype_cache_
     state["prototype_cache"] = {} if cache is None else cache.to_state()
@@ -160,7 +165,7 @@ def _from_checkpoint(cls: type[AnoMem], ckpt: dict[str, Any], path: str | Path, 
     )
     cal = ckpt.get("calibration_bank") or None
     det.calibration_bank_ = None if cal is None else ScoreBank(cal["raw"], list(cal["pooled"]), cal.get("bank"),
-                                                               cal.get("pixel"))
+                                                               cal.get("pixel"), _non_empty(cal.get("pixel_features")))
     det.threshold_ = Threshold.from_json(ckpt["threshold"]) if ckpt.get("threshold") else None
     cache = ckpt.get("prototype_cache") or None
     det.prototype_cache_ = None if cache is None else PrototypeCache.from_state(cache)

@@ -11,11 +11,17 @@ normal scored against the others), like the feature bank of :mod:`anomem.scoring
   the image and any of its ``local_k`` nearest normals (mean over channels), smoothed
   by a Gaussian of σ = ``sigma`` × the shorter side. A normal position is matched by at
   least one of the neighbours; a local defect by none. Its maximum scores the image,
-  the standardised map joins the heat-map.
+  the standardised map joins the heat-map;
+* **contrast** (only once labelled anomalies are given): the global distance to the
+  normals minus the mean Euclidean distance to the k nearest stored *anomalies*, a kNN
+  likelihood-ratio on raw pixels, standardised over the stored normals (their distance
+  to the other normals, leave-one-out, minus their distance to the anomalies). It
+  replaces the global score when the detector scores with its heads.
 
-docs/method.md, Decisions 6 and 7, measure both on validation splits.
+docs/method.md, Decisions 6, 7 and 9, measure them on validation splits.
 
-Symbols: B batch, N stored normals, C channels, h w bank resolution, D = C·h·w.
+Symbols: B batch, N stored normals, M stored anomalies, C channels, h w bank resolution,
+D = C·h·w.
 """
 
 from __future__ import annotations
@@ -38,11 +44,13 @@ class PixelSignals(NamedTuple):
 
 class PixelScores(NamedTuple):
     """Standardised scores of a batch: ``global_score`` (B,), ``local_score`` (B,) (the
-    maximum of the map) and ``local_map`` (B, h, w)."""
+    maximum of the map), ``local_map`` (B, h, w) and ``contrast_score`` (B,) (zeros
+    while no anomalies are stored)."""
 
     global_score: torch.Tensor
     local_score: torch.Tensor
     local_map: torch.Tensor
+    contrast_score: torch.Tensor
 
 
 def euclidean_distances(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
@@ -71,13 +79,18 @@ class PixelBank(nn.Module):
         self.side, self.k, self.local_k, self.sigma, self.active = side, k, local_k, sigma, active
         self.register_buffer("bank", torch.zeros(0, 0))
         self.register_buffer("grid", torch.zeros(3, dtype=torch.long))  # (C, h, w) of a stored row
-        for name in ("global", "map", "local"):
+        self.register_buffer("anomalies", torch.zeros(0, 0))  # (M, D) labelled anomalies, at bank resolution
+        for name in ("global", "map", "local", "contrast"):
             self.register_buffer(f"{name}_mean", torch.zeros(()))
             self.register_buffer(f"{name}_std", torch.ones(()))
 
     @property
     def ready(self) -> bool:
         return self.active and self.bank.shape[0] > 1
+
+    @property
+    def has_anomalies(self) -> bool:
+        return self.ready and self.anomalies.shape[0] > 0 and self.anomalies.shape[1] == self.bank.shape[1]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Images as flat pixel vectors at bank resolution (bilinear down-sampling)."""
@@ -128,12 +141,37 @@ class PixelBank(nn.Module):
             getattr(self, f"{name}_mean").copy_(v.mean())
             getattr(self, f"{name}_std").copy_(v.std(unbiased=False).clamp_min(1e-8))
 
+    def anomaly_distance(self, feats: torch.Tensor) -> torch.Tensor:
+        """Mean Euclidean distance (B,) to the k nearest stored anomalies."""
+        d = euclidean_distances(feats, self.anomalies)
+        return d.topk(min(self.k, self.anomalies.shape[0]), dim=1, largest=False).values.mean(1)
+
+    @torch.no_grad()
+    def set_anomalies(self, feats: torch.Tensor) -> None:
+        """Store labelled anomalies (M, D) (from :meth:`features`), and the contrast's
+        statistics over the stored normals (leave-one-out distance to the normals minus
+        distance to the anomalies), in chunks of 256. M = 0 removes them."""
+        if feats.shape[0] and feats.shape[1] != self.bank.shape[1]:
+            raise ValueError(f"anomaly pixel vectors have {feats.shape[1]} values, the bank {self.bank.shape[1]}")
+        self.anomalies = feats.float().contiguous()
+        if not self.has_anomalies:
+            return
+        rows = torch.arange(self.bank.shape[0], device=self.bank.device)
+        c = torch.cat([self.signals(self.bank[r], r).global_distance - self.anomaly_distance(self.bank[r])
+                       for r in rows.split(256)])
+        self.contrast_mean.copy_(c.mean())
+        self.contrast_std.copy_(c.std(unbiased=False).clamp_min(1e-8))
+
     def scores(self, feats: torch.Tensor) -> PixelScores:
-        """Standardised (global score (B,), local score (B,), local map (B, h, w))."""
+        """Standardised (global score (B,), local score (B,), local map (B, h, w), contrast (B,))."""
         glob, maps = self.signals(feats)
         z_map = (maps - self.map_mean) / self.map_std
         z_local = (maps.flatten(1).amax(1) - self.local_mean) / self.local_std
-        return PixelScores((glob - self.global_mean) / self.global_std, z_local, z_map)
+        if self.has_anomalies:
+            contrast = (glob - self.anomaly_distance(feats) - self.contrast_mean) / self.contrast_std
+        else:
+            contrast = torch.zeros_like(glob)
+        return PixelScores((glob - self.global_mean) / self.global_std, z_local, z_map, contrast)
 
 
 __all__ = ["PixelBank", "PixelScores", "PixelSignals", "euclidean_distances"]

@@ -157,14 +157,15 @@ class Scorer(nn.Module):
     def __init__(self, channels: Sequence[int], scale_weights: Sequence[float], pool: int, hidden: int,
                  standardize: bool, bank_k: int = 2, bank_weight: float = 0.5, pixel_weight: float = 0.0,
                  pixel_side: int = 32, local_weight: float = 0.0, map_pixel_weight: float = 0.0,
-                 local_k: int = 20, map_sigma: float = 0.04) -> None:
+                 local_k: int = 20, map_sigma: float = 0.04, contrast_weight: float = 0.0) -> None:
         super().__init__()
         s = len(channels)
         self.standardize = standardize
         self.bank_k = bank_k
         self.bank_weight = bank_weight
         self.pixel_weight, self.local_weight, self.map_pixel_weight = pixel_weight, local_weight, map_pixel_weight
-        active = standardize and max(pixel_weight, local_weight, map_pixel_weight) > 0
+        self.contrast_weight = contrast_weight
+        active = standardize and max(pixel_weight, local_weight, map_pixel_weight, contrast_weight) > 0
         self.pixels = PixelBank(pixel_side, bank_k, local_k, map_sigma, active)
         self.register_buffer("scale_weights", torch.tensor([float(w) for w in scale_weights]))
         self.register_buffer("score_mean", torch.zeros(s))
@@ -203,23 +204,30 @@ class Scorer(nn.Module):
             t = state.get(f"bank{i}")
             if t is not None:
                 setattr(self, f"bank{i}", torch.zeros_like(t))
-        if "pixels.bank" in state:
-            self.pixels.bank = torch.zeros_like(state["pixels.bank"])
+        for name in ("bank", "anomalies"):
+            if f"pixels.{name}" in state:
+                setattr(self.pixels, name, torch.zeros_like(state[f"pixels.{name}"]))
 
-    def image_score(self, per_scale: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
+    def image_score(self, per_scale: torch.Tensor, pixels: torch.Tensor | None, supervised: bool = False) -> torch.Tensor:
         """The image score: Eq. 13 over the scales, then, when the pixel bank is kept,
-        mixed with its standardised global and local scores ``pixels`` (B, 2):
-        (1 - w_g - w_l) · Eq. 13 + w_g · global + w_l · local."""
+        mixed with its standardised scores ``pixels`` (B, 3: global, local, contrast):
+        (1 - w_g - w_l) · Eq. 13 + w_g · global + w_l · local. Scored by the heads
+        (``supervised``) with anomalies in the pixel bank, the contrast takes the global
+        score's place, with weight ``contrast_weight`` as w_g (unless ``pixel_weight`` is 0:
+        no global pixel evidence at all)."""
         merged = self.merge(per_scale)
         if self.pixels.ready and pixels is not None and pixels.numel():
-            wg, wl = self.pixel_weight, self.local_weight
-            merged = (1 - wg - wl) * merged + wg * pixels[:, 0] + wl * pixels[:, 1]
+            wg, wl, glob = self.pixel_weight, self.local_weight, pixels[:, 0]
+            if supervised and wg > 0 and self.contrast_weight > 0 and self.pixels.has_anomalies and pixels.shape[1] > 2:
+                wg, glob = self.contrast_weight, pixels[:, 2]
+            merged = (1 - wg - wl) * merged + wg * glob + wl * pixels[:, 1]
         return merged
 
     def pixel_scores(self, pixel_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pixel bank's standardised (global, local) scores (B, 2) and local map (B, h, w)."""
-        glob, local, z_map = self.pixels.scores(pixel_features)
-        return torch.stack([glob, local], 1), z_map
+        """The pixel bank's standardised (global, local, contrast) scores (B, 3) and local
+        map (B, h, w)."""
+        p = self.pixels.scores(pixel_features)
+        return torch.stack([p.global_score, p.local_score, p.contrast_score], 1), p.local_map
 
     def bank_scores(self, embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
         """Standardised bank distances (B, S)."""
@@ -264,4 +272,4 @@ class Scorer(nn.Module):
 
     def forward(self, evidence, supervised: bool) -> torch.Tensor:
         """Image anomaly score (B,), higher = more anomalous (Eq. 13, then the pixel bank)."""
-        return self.image_score(self.per_scale(evidence, supervised), evidence.pixel_scores)
+        return self.image_score(self.per_scale(evidence, supervised), evidence.pixel_scores, supervised)

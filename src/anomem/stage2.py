@@ -45,14 +45,18 @@ class ScoreBank(NamedTuple):
         pooled: S x (N, D_s) pooled deviations φ(Δ^(s)) for the heads (Eq. 10).
         bank: (N, S) standardised normal-bank distances, or (N, 0) / None when the
             detector keeps no bank (the banks never change after fit, so these stay valid).
-        pixel: (N, 2) standardised global and local pixel-bank scores, or None / empty
-            without a pixel bank.
+        pixel: (N, 2) or (N, 3) standardised global, local (and contrast) pixel-bank
+            scores, or None / empty without a pixel bank.
+        pixel_features: (N, D) the images at pixel-bank resolution, or None: with them
+            the pixel scores are recomputed under the current pixel bank (a refit adds
+            anomalies to it, which changes the contrast).
     """
 
     raw: torch.Tensor
     pooled: list[torch.Tensor]
     bank: torch.Tensor | None = None
     pixel: torch.Tensor | None = None
+    pixel_features: torch.Tensor | None = None
 
 
 class Stage2Banks(NamedTuple):
@@ -101,7 +105,9 @@ def bank_scores(model: AnoMemModel, bank: ScoreBank) -> np.ndarray:
     raw = s.head_distances([p.to(device) for p in bank.pooled]) if sup else bank.raw.to(device)  # Eq. 10 / 9
     near = None if bank.bank is None else bank.bank.to(device)
     pixels = None if bank.pixel is None else bank.pixel.to(device)
-    return s.image_score(s.standardise(raw, sup, near), pixels).float().cpu().numpy()  # Eq. 13 (+ pixel bank)
+    if bank.pixel_features is not None and bank.pixel_features.numel() and s.pixels.ready:
+        pixels = s.pixel_scores(bank.pixel_features.to(device))[0]
+    return s.image_score(s.standardise(raw, sup, near), pixels, sup).float().cpu().numpy()  # Eq. 13 (+ pixel bank)
 
 
 def fit_scorer(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, anomalies: torch.Tensor,
@@ -136,9 +142,22 @@ def fit_scorer(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, ano
         return banks
     if anomalies.shape[0] > 0:
         banks = banks._replace(anomaly=summarise(model, anomalies).pooled)
+        store_pixel_anomalies(model, anomalies, keep_previous=False)
     if anomalies.shape[0] > 0 or (cfg.pseudo.heads and pseudo.shape[0] > 0):
         train_heads(model, banks, cfg)
     return banks
+
+
+def store_pixel_anomalies(model: AnoMemModel, anomalies: torch.Tensor, keep_previous: bool) -> None:
+    """Put labelled anomalies into the pixel bank (for its contrast score), after the
+    ones stored before when ``keep_previous``; nothing without a pixel bank."""
+    px = model.scorer.pixels
+    if not px.ready or anomalies.shape[0] == 0:
+        return
+    new = px.features(to_float(anomalies).to(px.bank.device))
+    if keep_previous and px.anomalies.shape[0] and px.anomalies.shape[1] == new.shape[1]:
+        new = torch.cat([px.anomalies, new])
+    px.set_anomalies(new)
 
 
 def train_heads(model: AnoMemModel, banks: Stage2Banks, cfg: AnoMemConfig) -> None:
@@ -162,7 +181,10 @@ def calibration_bank(model: AnoMemModel, images: torch.Tensor, cap: int, seed: i
     s = model.scorer
     near = s.bank_scores([e[keep] for e in summ.embeddings]) if s.has_banks else None
     pixels = None if summ.pixels is None else summ.pixels[keep.to(summ.pixels.device)]  # from the same pass
-    return ScoreBank(summ.scores[keep], [p[keep.to(p.device)] for p in summ.pooled], near, pixels)
+    feats = None
+    if s.pixels.ready:
+        feats = s.pixels.features(to_float(images[keep.to(images.device)]).to(s.pixels.bank.device))
+    return ScoreBank(summ.scores[keep], [p[keep.to(p.device)] for p in summ.pooled], near, pixels, feats)
 
 
 def calibration_split(normal: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:

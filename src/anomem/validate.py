@@ -207,7 +207,17 @@ def _pixel_bank(s: Mapping[str, torch.Tensor]) -> None:
             raise _Bad(f"scorer['pixels.grid'] must be (C, h, w) with C·h·w = {bank.shape[1]}, got {grid.tolist()}")
         if int(grid[1]) > 4096 or int(grid[2]) > 4096:
             raise _Bad(f"scorer['pixels.grid'] is implausibly large: {grid.tolist()}")
-    for n in ("global", "map", "local"):
+    if "pixels.anomalies" in s:  # files from before the contrast score have none
+        a = _tensor(s["pixels.anomalies"], "scorer['pixels.anomalies']", ndim=2, floating=True)
+        if a.shape[0] and a.shape[1] != bank.shape[1]:
+            raise _Bad(f"scorer['pixels.anomalies'] must have the pixel bank's {bank.shape[1]} columns, "
+                       f"got shape {tuple(a.shape)}")
+        for key in ("pixels.contrast_mean", "pixels.contrast_std"):
+            if key not in s:
+                raise _Bad(f"scorer[{key!r}] is missing")
+    for n in ("global", "map", "local", "contrast"):
+        if n == "contrast" and "pixels.contrast_mean" not in s:
+            continue
         _tensor(s[f"pixels.{n}_mean"], f"scorer['pixels.{n}_mean']", ndim=0, floating=True)
         std = _tensor(s[f"pixels.{n}_std"], f"scorer['pixels.{n}_std']", ndim=0, floating=True)
         if not float(std) > 0:
@@ -261,8 +271,16 @@ def _validate_detector(ckpt: Mapping[str, Any]) -> None:
         px = cal.get("pixel")
         if px is not None:
             px = _tensor(px, "calibration_bank['pixel']", floating=True)
-            if px.numel() and tuple(px.shape) != (raw.shape[0], 2):
-                raise _Bad(f"calibration_bank['pixel'] must be ({raw.shape[0]}, 2) or empty, got {tuple(px.shape)}")
+            if px.numel() and (px.ndim != 2 or px.shape[0] != raw.shape[0] or px.shape[1] not in (2, 3)):
+                raise _Bad(f"calibration_bank['pixel'] must be ({raw.shape[0]}, 2 or 3) or empty, got {tuple(px.shape)}")
+        pf = cal.get("pixel_features")
+        if pf is not None:
+            pf = _tensor(pf, "calibration_bank['pixel_features']", floating=True)
+            bank = ckpt.get("scorer", {}).get("pixels.bank")
+            d = None if bank is None or bank.ndim != 2 else bank.shape[1]
+            if pf.numel() and (pf.ndim != 2 or pf.shape[0] != raw.shape[0] or pf.shape[1] != d):
+                raise _Bad(f"calibration_bank['pixel_features'] must be ({raw.shape[0]}, {d}) (the pixel bank's "
+                           f"width) or empty, got {tuple(pf.shape)}")
         if cal.get("bank") is not None:
             b = _tensor(cal["bank"], "calibration_bank['bank']", ndim=2, floating=True)
             if b.shape[0] != raw.shape[0] or b.shape[1] not in (0, n):

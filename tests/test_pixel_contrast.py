@@ -1,0 +1,88 @@
+"""The pixel bank's contrast score: kNN distance to the normals minus kNN distance to the
+labelled anomalies, on raw pixels (docs/method.md, Decision 9)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import NearestNeighbors
+
+from anomem import AnoMem, load_config
+from anomem.pixel_bank import PixelBank
+from anomem.stage2 import bank_scores, calibration_bank
+
+from synthetic import stripes
+
+
+def _knn(q: np.ndarray, ref: np.ndarray, k: int, loo: bool = False) -> np.ndarray:
+    d, _ = NearestNeighbors(n_neighbors=k + int(loo)).fit(ref).kneighbors(q)
+    return d[:, int(loo):].mean(1)
+
+
+def test_contrast_is_the_standardised_knn_difference():
+    g = torch.Generator().manual_seed(0)
+    normals, anomalies = torch.rand(30, 1, 8, 8, generator=g), torch.rand(7, 1, 8, 8, generator=g) * 0.5
+    q = torch.rand(5, 1, 8, 8, generator=g)
+    p = PixelBank(side=32, k=2, local_k=4, sigma=0.0)
+    p.fit(normals)
+    assert not p.has_anomalies and torch.equal(p.scores(p.features(q)).contrast_score, torch.zeros(5))
+    p.set_anomalies(p.features(anomalies))
+    n, a, x = (t.flatten(1).numpy() for t in (normals, anomalies, q))
+    on_normals = _knn(n, n, 2, loo=True) - _knn(n, a, 2)
+    want = (_knn(x, n, 2) - _knn(x, a, 2) - on_normals.mean()) / on_normals.std()
+    np.testing.assert_allclose(p.scores(p.features(q)).contrast_score.numpy(), want, atol=1e-4)
+    assert float(p.contrast_mean) == pytest.approx(on_normals.mean(), abs=1e-4)
+    with pytest.raises(ValueError, match="anomaly pixel vectors have 16 values"):
+        p.set_anomalies(torch.rand(3, 16))
+    p.set_anomalies(torch.zeros(0, 64))
+    assert not p.has_anomalies
+
+
+@pytest.fixture(scope="module")
+def semi():
+    cfg = load_config("tiny", overrides=["train.epochs=1", "train.batch_size=32", "scorer.steps=10",
+                                         "scorer.prototype_cache=0"])
+    det = AnoMem(cfg, progress=False).fit(stripes(80, False, seed=0), anomalies=stripes(8, True, seed=1))
+    return det
+
+
+def test_heads_score_uses_the_contrast_in_place_of_the_global_pixel_score(semi):
+    s = semi.scorer_
+    assert bool(s.supervised) and s.pixels.anomalies.shape == (8, 16 * 16) and s.contrast_weight == 0.5
+    x = torch.cat([stripes(6, False, seed=2), stripes(6, True, seed=3)])
+    merged = s.merge(torch.from_numpy(semi.score_per_scale(x)))
+    p = s.pixels.scores(s.pixels.features(x.float() / 255))
+    np.testing.assert_allclose(semi.anomaly_score(x), (0.5 * merged + 0.5 * p.contrast_score).numpy(), atol=1e-5)
+    s.contrast_weight = 0.0  # off: the distance to the normals, with pixel_weight, as without anomalies
+    try:
+        w = s.pixel_weight
+        np.testing.assert_allclose(semi.anomaly_score(x), ((1 - w) * merged + w * p.global_score).numpy(), atol=1e-5)
+    finally:
+        s.contrast_weight = 0.5
+    s.pixel_weight, w = 0.0, s.pixel_weight  # no global pixel evidence: no contrast either
+    try:
+        np.testing.assert_allclose(semi.anomaly_score(x), merged.numpy(), atol=1e-5)
+    finally:
+        s.pixel_weight = w
+    load_config("tiny", overrides=["scorer.pixel_weight=0", "scorer.local_weight=0.8"])  # the defects setting
+    with pytest.raises(Exception, match="contrast_weight must lie in"):
+        load_config("tiny", overrides=["scorer.local_weight=0.6"])
+
+
+def test_refit_adds_anomalies_to_the_pixel_bank_and_the_threshold_follows(semi, tmp_path):
+    semi.save(tmp_path / "m.ckpt")
+    det = AnoMem.load(tmp_path / "m.ckpt")
+    assert torch.equal(det.scorer_.pixels.anomalies, semi.scorer_.pixels.anomalies)
+    probe = stripes(10, False, seed=4)
+    det.refit_scorer(stripes(4, True, seed=5))
+    assert det.scorer_.pixels.anomalies.shape[0] == 12  # 8 kept + 4 new
+    # held-out scores come from stored pixel vectors, so they follow the new anomaly bank
+    bank = calibration_bank(det.model_, probe, cap=100, seed=0)
+    np.testing.assert_allclose(np.sort(bank_scores(det.model_, bank)), np.sort(det.anomaly_score(probe)), atol=1e-5)
+    cal = det.calibration_bank_
+    assert cal.pixel_features is not None and cal.pixel_features.shape == (cal.raw.shape[0], 16 * 16)
+    held_out = bank_scores(det.model_, cal)
+    assert det.threshold_.fpr == pytest.approx(float((held_out > det.threshold_.value).mean()))
+    det.refit_scorer(stripes(3, True, seed=6), keep_previous=False)
+    assert det.scorer_.pixels.anomalies.shape[0] == 3
