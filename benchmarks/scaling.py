@@ -126,7 +126,8 @@ class CheckpointModel:
         row = self.row_floats * FLOAT_BYTES
         bank_scores = self.scales * FLOAT_BYTES if self.feature_bank_cap else 0  # per-scale bank distances
         if self.feature_bank_cap and self.pixel_floats:
-            bank_scores += 2 * FLOAT_BYTES  # the pixel bank's global and local scores
+            # the pixel bank's global, local and contrast scores, and the image's pixel vector
+            bank_scores += (3 + self.pixel_floats) * FLOAT_BYTES
         return {
             "normal bank (capped)": kept * (row + self.scales * FLOAT_BYTES),  # pooled + raw scores
             "calibration bank (capped)": min(cal, self.normal_bank_cap) * (row + self.scales * FLOAT_BYTES + bank_scores),
