@@ -35,15 +35,7 @@ from anomem import AnoMem, load_config
 from anomem.data.registry import load_dataset
 from anomem.inputs import to_float
 from anomem.protocols import validation_split
-
-
-def knn(q: torch.Tensor, ref: torch.Tensor, k: int, cosine: bool) -> torch.Tensor:
-    """Mean distance of each row of ``q`` to its ``k`` nearest rows of ``ref``."""
-    out = []
-    for b in q.split(1024):
-        d = 1 - b @ ref.T if cosine else torch.cdist(b, ref)
-        out.append(d.topk(min(k, ref.shape[0]), dim=1, largest=False).values.mean(1))
-    return torch.cat(out)
+from anomem.scoring import bank_distances
 
 
 def embeddings(det: AnoMem, x: torch.Tensor) -> list[torch.Tensor]:
@@ -100,9 +92,10 @@ def main() -> None:
         det.scorer_.contrast_weight = default_cw
         e_v, e_a = embeddings(det, x_val), embeddings(det, anomalies)
         for s, (v, a, bank) in enumerate(zip(e_v, e_a, det.scorer_.banks)):
-            read[f"ratio s{s}"] = (knn(v, bank, args.k, True) - knn(v, a, args.k, True)).numpy()
-        read["pix ratio"] = (knn(pixels(x_val), pixels(normals), args.k, False)
-                             - knn(pixels(x_val), pixels(anomalies), args.k, False)).numpy()
+            read[f"ratio s{s}"] = (bank_distances(v, bank, args.k) - bank_distances(v, a, args.k)).numpy()
+        pv = pixels(x_val)
+        read["pix ratio"] = (bank_distances(pv, pixels(normals), args.k, metric="euclidean")
+                             - bank_distances(pv, pixels(anomalies), args.k, metric="euclidean")).numpy()
         ratios = [rank(read[k]) for k in read if k.startswith("ratio")]
         read["det+ratio"] = rank(read["detector"]) + np.mean(ratios, 0)
         read["det+ratio+pix"] = rank(read["detector"]) + np.mean(ratios, 0) + rank(read["pix ratio"])

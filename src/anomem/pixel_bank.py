@@ -59,6 +59,11 @@ def euclidean_distances(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     return sq.clamp_min(0.0).sqrt()
 
 
+def _knn_mean(d: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of the k smallest entries of each row of a distance matrix (B, N) -> (B,)."""
+    return d.topk(min(k, d.shape[1]), dim=1, largest=False).values.mean(1)
+
+
 class PixelBank(nn.Module):
     """Raw-pixel normal bank: global kNN score, local min-difference map and its score.
 
@@ -143,8 +148,7 @@ class PixelBank(nn.Module):
 
     def anomaly_distance(self, feats: torch.Tensor) -> torch.Tensor:
         """Mean Euclidean distance (B,) to the k nearest stored anomalies."""
-        d = euclidean_distances(feats, self.anomalies)
-        return d.topk(min(self.k, self.anomalies.shape[0]), dim=1, largest=False).values.mean(1)
+        return _knn_mean(euclidean_distances(feats, self.anomalies), self.k)
 
     @torch.no_grad()
     def set_anomalies(self, feats: torch.Tensor) -> None:
@@ -156,9 +160,12 @@ class PixelBank(nn.Module):
         self.anomalies = feats.float().contiguous()
         if not self.has_anomalies:
             return
-        rows = torch.arange(self.bank.shape[0], device=self.bank.device)
-        c = torch.cat([self.signals(self.bank[r], r).global_distance - self.anomaly_distance(self.bank[r])
-                       for r in rows.split(256)])
+        parts = []
+        for r in torch.arange(self.bank.shape[0], device=self.bank.device).split(256):
+            d = euclidean_distances(self.bank[r], self.bank)  # the global distance alone, leave-one-out
+            d[torch.arange(r.numel(), device=d.device), r] = float("inf")
+            parts.append(_knn_mean(d, self.k) - self.anomaly_distance(self.bank[r]))
+        c = torch.cat(parts)
         self.contrast_mean.copy_(c.mean())
         self.contrast_std.copy_(c.std(unbiased=False).clamp_min(1e-8))
 
