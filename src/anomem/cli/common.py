@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import logging
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +220,46 @@ def _write_scores(path: Path, paths, scores: np.ndarray, threshold=None, truth=N
                   fmt: str = "csv") -> None:
     """The score file of ``anomem score --out`` and ``train``'s test_scores.csv, atomically."""
     atomic_write_text(path, format_records(score_records(paths, scores, threshold, truth, heatmaps), fmt))
+
+
+# -- threshold warnings: once, at the end of the command ----------------------------
+_DEFERRED: list[list[str]] = []  # the notes of the command running now (a stack: main() may nest in tests)
+
+
+@contextlib.contextmanager
+def threshold_warnings_at_end(stream=None) -> Iterator[None]:
+    """Hold back every :class:`~anomem.thresholds.ThresholdWarning` of one command and say it
+    once, at its end, with what to do: not once per threshold (the demo fits one per class),
+    nor inside the result lines (:func:`threshold_line`). Other warnings pass through at once."""
+    from anomem.thresholds import ThresholdWarning
+
+    notes: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ThresholdWarning)  # counted here, not deduplicated by location
+        passed = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:
+            if issubclass(category, ThresholdWarning):
+                notes.append(str(message))
+            else:
+                passed(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        _DEFERRED.append(notes)
+        try:
+            yield
+        finally:
+            _DEFERRED.pop()
+            said = list(dict.fromkeys(notes))
+            if said:
+                more = f" (and {len(said) - 1} more threshold(s) of this run alike)" if len(said) > 1 else ""
+                print(f"anomem: warning: {said[0]}{more}; `anomem threshold MODEL --fpr F` or `--normals DIR` "
+                      "sets a threshold again", file=stream or sys.stderr)
+
+
+def threshold_line(threshold) -> str:
+    """``threshold.describe()`` for a result line, its caveat held for the end of the command."""
+    if threshold.note and _DEFERRED:
+        _DEFERRED[-1].append(threshold.note)
+        return threshold.describe(note=False)
+    return threshold.describe()
