@@ -204,7 +204,7 @@ class _BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            text = f"request body is {length.decode(errors='replace')} bytes; the limit is {self.limit} (--max-request-mb)"
+            text = f"request body is {length.decode(errors='replace')} bytes; the limit is {self.limit} bytes (--max-request-mb)"
             return await _error(413 if length.isdigit() else 400, text)(scope, receive, send)
         seen = 0
 
@@ -247,7 +247,7 @@ async def _collect_files(form: Any, limits: ServeLimits) -> list[tuple[str, byte
         names.append(up.filename or f"file{i + 1}")
         if up.size is not None and up.size > limits.max_file_bytes:
             raise BadRequest(413, f"{names[-1]} is {up.size} bytes; the limit is {limits.max_file_bytes} "
-                                  "per image (--max-file-mb)")
+                                  "bytes per image (--max-file-mb)")
     return [(name, await up.read()) for name, up in zip(names, uploads)]
 
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from anomem.errors import DataError
 
@@ -160,7 +160,9 @@ def _decode_from(source: Path | io.BytesIO, label: str) -> Image.Image:
             im.load()
             return ImageOps.exif_transpose(im)
     except Exception as e:  # noqa: BLE001 - any failure of an untrusted file is bad data
-        raise DataError(f"cannot read image {label}: {type(e).__name__}: {e}") from e
+        detail = "cannot identify image file" if isinstance(e, UnidentifiedImageError) and isinstance(
+            source, io.BytesIO) else str(e)  # Pillow names the in-memory object, which says nothing
+        raise DataError(f"cannot read image {label}: {type(e).__name__}: {detail}") from e
 
 
 def _to_mode(im: Image.Image, channels: int, path: Path) -> Image.Image:
