@@ -2,7 +2,7 @@
 
 Routes (docs/cli.md, "Serving"):
 
-* ``GET /health`` -> ``{"status": "ok"}``;
+* ``GET /health`` -> ``{"status": "ok", "images_scored": n, "batches": m}``;
 * ``GET /model`` -> what the detector is (:func:`model_info`);
 * ``POST /score`` with one or more multipart fields named ``file`` ->
   ``{"results": [{"name", "score", "score_normalized", "is_anomaly", "threshold"}, ...],
@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
+import python_multipart  # noqa: F401 - Starlette parses uploads with it: missing, fail at start, not per request
 import torch
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -99,6 +100,7 @@ class MicroBatcher:
 
     def __init__(self, det: Any, max_batch: int) -> None:
         self.det, self.max_batch = det, max_batch
+        self.images, self.batches = 0, 0  # scored so far (GET /health shows them)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="anomem-scorer", daemon=True)
         self._thread.start()
@@ -145,6 +147,7 @@ class MicroBatcher:
             for j in jobs:
                 j.future.set_exception(e)
             return
+        self.images, self.batches = self.images + images.shape[0], self.batches + 1
         start = 0
         for j in jobs:
             end = start + j.images.shape[0]
@@ -281,7 +284,8 @@ def create_app(det: Any, checkpoint: str, limits: ServeLimits | None = None) -> 
     state: dict[str, MicroBatcher] = {}
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+        batcher = state["batcher"]
+        return JSONResponse({"status": "ok", "images_scored": batcher.images, "batches": batcher.batches})
 
     async def model(request: Request) -> JSONResponse:
         return JSONResponse(info)

@@ -20,7 +20,10 @@ def _mebibytes(name: str, value: float) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from anomem.serve import ServeLimits, create_app, run_server
+    try:
+        from anomem.serve import ServeLimits, create_app, run_server
+    except ImportError as e:  # starlette, uvicorn or python-multipart not installed
+        raise DataError(f"anomem serve needs the serve extra: pip install 'anomem[serve]' ({e})") from None
 
     check_int_range("--port", args.port, 0, 65535)
     limits = ServeLimits(max_files=check_int_range("--max-files", args.max_files, 1, 100_000),
