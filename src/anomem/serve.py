@@ -328,6 +328,25 @@ def create_app(det: Any, checkpoint: str, limits: ServeLimits | None = None) -> 
     return _BodyLimit(app, limits.max_request_bytes)
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (0: a free port), or a DataError saying why not.
+
+    Made with proto ``IPPROTO_TCP``, as asyncio's own servers are: only then does asyncio
+    turn Nagle's algorithm off on each connection; without it a kept-alive client waits for
+    the 40 ms delayed ACK on every answer (measured: GET /health 44 ms instead of 0.8 ms).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except (OSError, OverflowError) as e:
+        sock.close()
+        raise DataError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
+    return sock
+
+
 def run_server(app: Any, host: str, port: int, announce: Callable[[str], None]) -> None:
     """Serve ``app`` on ``host:port`` (0: a free port) until SIGTERM or Ctrl-C.
 
@@ -341,15 +360,11 @@ def run_server(app: Any, host: str, port: int, announce: Callable[[str], None]) 
     """
     import uvicorn
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        sock = socket.create_server((host, port), family=family)
-    except (OSError, OverflowError) as e:
-        raise DataError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
+    sock = listen_socket(host, port)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30))
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the re-raised SIGTERM: a clean exit
     try:
-        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
         announce(f"http://{shown}:{sock.getsockname()[1]}")
         server.run(sockets=[sock])
     finally:
@@ -357,4 +372,4 @@ def run_server(app: Any, host: str, port: int, announce: Callable[[str], None]) 
         sock.close()
 
 
-__all__ = ["MicroBatcher", "ServeLimits", "create_app", "model_info", "run_server"]
+__all__ = ["MicroBatcher", "ServeLimits", "create_app", "listen_socket", "model_info", "run_server"]
