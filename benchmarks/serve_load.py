@@ -3,9 +3,9 @@ what `anomem score` costs per image in the same run.
 
 Starts the real server (``anomem serve CKPT --port 0``, a subprocess), sends
 ``--requests`` POST /score requests of ``--images`` PNG each from 1, 8 and 32 client
-threads (httpx, one connection per thread), and prints per concurrency: requests/s,
-images/s, p50 and p99 latency, and the mean micro-batch (images the server scored per
-model call, from GET /health). Then it times the command line on the same images:
+threads (one httpx client, a kept-alive connection per thread, opened before timing),
+and prints per concurrency: requests/s, images/s, p50 and p99 latency, and the mean
+micro-batch (images the server scored per model call, from GET /health). Then it times the command line on the same images:
 ``anomem score CKPT ONE.png`` (a process per image: what a script calling the CLI pays)
 and ``anomem score CKPT DIR`` over all of them (per image). Server and CLI run with
 ``OMP_NUM_THREADS=--threads``; the client threads share the machine with the server.
@@ -68,27 +68,29 @@ def start_server(checkpoint: Path, threads: int, max_batch: int) -> tuple[subpro
 
 
 def load(url: str, files: list[bytes], requests: int, images: int, concurrency: int) -> dict[str, float]:
+    """``requests`` POST /score from ``concurrency`` threads sharing one client (a pool of
+    ``concurrency`` kept-alive connections, opened before the clock starts)."""
     import httpx
 
-    local = threading.local()
+    client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=concurrency,
+                                                           max_keepalive_connections=concurrency))
 
     def one(i: int) -> float:
-        if not hasattr(local, "client"):
-            local.client = httpx.Client(timeout=300)
         picked = [("file", (f"{i}_{k}.png", files[(i * images + k) % len(files)], "image/png")) for k in range(images)]
         t0 = time.perf_counter()
-        r = local.client.post(f"{url}/score", files=picked)
+        r = client.post(f"{url}/score", files=picked)
         dt = time.perf_counter() - t0
         if r.status_code != 200 or len(r.json()["results"]) != images:
             raise SystemExit(f"request {i} failed: {r.status_code} {r.text[:200]}")
         return dt
 
-    before = httpx.get(f"{url}/health").json()
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as ex:
+    with client, ThreadPoolExecutor(concurrency) as ex:
+        list(ex.map(one, range(2 * concurrency)))  # warm-up: every connection open, every thread started
+        before = client.get(f"{url}/health").json()
+        t0 = time.perf_counter()
         latencies = sorted(ex.map(one, range(requests)))
-    wall = time.perf_counter() - t0
-    after = httpx.get(f"{url}/health").json()
+        wall = time.perf_counter() - t0
+        after = client.get(f"{url}/health").json()
     return {"requests_s": requests / wall, "images_s": requests * images / wall,
             "p50_ms": 1000 * float(np.percentile(latencies, 50)), "p99_ms": 1000 * float(np.percentile(latencies, 99)),
             "batch": (after["images_scored"] - before["images_scored"]) / max(1, after["batches"] - before["batches"])}
@@ -101,7 +103,7 @@ def cli_seconds(argv: list[str], threads: int, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="a trained detector (default: fit --preset here)")
     ap.add_argument("--preset", default="tiny")
@@ -110,7 +112,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the server and of anomem score")
     ap.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch")
     ap.add_argument("--cli-runs", type=int, default=5, help="single-image `anomem score` runs (median)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -131,7 +133,6 @@ def main() -> None:
 
         proc, url = start_server(checkpoint, args.threads, args.max_batch)
         try:
-            load(url, pngs, min(20, args.requests), args.images, 4)  # warm-up
             rows = {c: load(url, pngs, args.requests, args.images, c) for c in LEVELS}
         finally:
             proc.terminate()

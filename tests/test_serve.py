@@ -252,3 +252,16 @@ def test_connections_are_served_without_nagle_delays():
     # on a kept-alive connection waited 40 ms for the client's delayed ACK
     with listen_socket("127.0.0.1", 0) as sock:
         assert sock.proto == socket.IPPROTO_TCP and sock.getsockname()[1] > 0
+
+
+def test_serve_load_benchmark_prints_its_table():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "passive"}
+    run = subprocess.run([sys.executable, str(script), "--requests", "6", "--cli-runs", "1"], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    rows = [line.split() for line in lines if line.split() and line.split()[0] in ("1", "8", "32")]
+    assert [r[0] for r in rows] == ["1", "8", "32"]
+    assert all(float(v) > 0 for r in rows for v in r[1:])
+    assert any(line.startswith("anomem score, one process per image: ") for line in lines)
