@@ -7,7 +7,8 @@ threads (one httpx client, a kept-alive connection per thread, opened before tim
 and prints per concurrency: requests/s, images/s, p50 and p99 latency, and the mean
 micro-batch (images the server scored per model call, from GET /health). Then it times the command line on the same images:
 ``anomem score CKPT ONE.png`` (a process per image: what a script calling the CLI pays)
-and ``anomem score CKPT DIR`` over all of them (per image). Server and CLI run with
+and ``anomem score CKPT DIR`` over all of them (per image), and the model alone in this
+process (``AnoMem.anomaly_score`` on 1 and on 32 images). Server and CLI run with
 ``OMP_NUM_THREADS=--threads``; the client threads share the machine with the server.
 
 The detector is ``--checkpoint`` or, by default, a ``--preset`` one fitted here for one
@@ -103,6 +104,27 @@ def cli_seconds(argv: list[str], threads: int, out: Path) -> float:
     return time.perf_counter() - t0
 
 
+def in_process_ms(checkpoint: Path, images: np.ndarray, threads: int, reps: int = 5) -> dict[int, float]:
+    """ms per image of ``AnoMem.anomaly_score`` in this process, for batches of 1 and 32 (median)."""
+    import torch
+
+    from anomem import AnoMem
+
+    torch.set_num_threads(threads)
+    det = AnoMem.load(checkpoint)
+    x = torch.from_numpy(images[:32, None])  # (32, 1, 28, 28)
+    out = {}
+    for n in (1, 32):
+        det.anomaly_score(x[:n])  # warm-up
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            det.anomaly_score(x[:n])
+            times.append(time.perf_counter() - t0)
+        out[n] = 1000 * statistics.median(times) / n
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="a trained detector (default: fit --preset here)")
@@ -140,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         single = statistics.median(cli_seconds([str(checkpoint), str(folder / "i0000.png")], args.threads,
                                                tmp / "one.csv") for _ in range(args.cli_runs))
         whole = cli_seconds([str(checkpoint), str(folder)], args.threads, tmp / "all.csv")
+        model = in_process_ms(checkpoint, stripes(32, seed=1), args.threads)
 
     what = f"--checkpoint {args.checkpoint}" if args.checkpoint else f"preset {args.preset}, 28x28 grey"
     print(f"anomem serve, {what}: {args.requests} requests x {args.images} image(s) per level, "
@@ -151,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"anomem score, one process per image: {1000 * single:.0f} ms per image (median of {args.cli_runs})")
     print(f"anomem score, one process for {args.requests} images: {1000 * whole / args.requests:.1f} ms per image "
           f"({whole:.1f} s)")
+    print(f"the model alone (AnoMem.anomaly_score in-process): {model[1]:.1f} ms for 1 image, "
+          f"{model[32]:.2f} ms per image in batches of 32")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import anomem
@@ -265,3 +266,25 @@ def test_serve_load_benchmark_prints_its_table():
     assert [r[0] for r in rows] == ["1", "8", "32"]
     assert all(float(v) > 0 for r in rows for v in r[1:])
     assert any(line.startswith("anomem score, one process per image: ") for line in lines)
+
+
+def test_the_scoring_thread_skips_cancelled_requests_and_goes_on():
+    from anomem.serve import MicroBatcher
+
+    release = threading.Event()
+
+    class SlowDetector:  # the first call blocks, so that the next jobs queue up behind it
+        def anomaly_score(self, images, batch_size):
+            release.wait(30)
+            return images.flatten(1)[:, 0].double().numpy()
+
+    batcher = MicroBatcher(SlowDetector(), max_batch=8)
+    first = batcher.submit(torch.full((1, 1, 2, 2), 1), maps=False)
+    time.sleep(0.2)  # the thread holds the first job
+    gone = batcher.submit(torch.full((1, 1, 2, 2), 2), maps=False)
+    kept = batcher.submit(torch.full((2, 1, 2, 2), 3), maps=False)
+    assert gone.cancel()  # its client disconnected
+    release.set()
+    assert first.result(30).scores.tolist() == [1.0] and kept.result(30).scores.tolist() == [3.0, 3.0]
+    assert gone.cancelled() and batcher.images == 3 and batcher.batches == 2
+    batcher.close()
