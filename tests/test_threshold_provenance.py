@@ -140,12 +140,13 @@ def test_an_asked_target_is_kept_and_warns_with_what_to_do():
 
 def test_fit_target_fpr_rule():
     assert fit_target_fpr(None, 0.01, 600) == (0.01, "")  # estimable: unchanged
-    assert fit_target_fpr(None, 0.01, 50)[0] == 0.1 and fit_target_fpr(None, 0.01, 30)[0] == 0.167
+    assert fit_target_fpr(None, 0.01, 50).fpr == 0.1 and fit_target_fpr(None, 0.01, 30).fpr == 0.167
+    assert "the smallest FPR 30 normals can estimate" in fit_target_fpr(None, 0.01, 30).reason
     assert fit_target_fpr(0.01, 0.01, 50) == (0.01, "")  # asked
     assert fit_target_fpr(None, 0.02, 50) == (0.02, "")  # configured
     assert fit_target_fpr(None, 0.01, 9) == (0.01, "")  # nothing below 0.5 is estimable from 9
     for n in range(10, 600, 7):
-        assert normals_needed(fit_target_fpr(None, 0.01, n)[0]) <= n
+        assert normals_needed(fit_target_fpr(None, 0.01, n).fpr) <= n
 
 
 def test_contamination_from_held_out_and_from_training_normals():

@@ -24,7 +24,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -55,8 +55,15 @@ _TRAINING_BIAS = ("training normals score lower than new normals (the detector's
 DEFAULT_TARGET_FPR: float = next(f.default for f in fields(ScorerConfig) if f.name == "target_fpr")
 
 
-def fit_target_fpr(asked: float | None, configured: float, n: int) -> tuple[float, str]:
-    """The target FPR for a threshold from ``n`` normals, and why it was chosen ("" if asked).
+class TargetFPR(NamedTuple):
+    """The FPR a threshold aims at, and why it was chosen ("" when asked for or configured)."""
+
+    fpr: float
+    reason: str = ""
+
+
+def fit_target_fpr(asked: float | None, configured: float, n: int) -> TargetFPR:
+    """The target FPR for a threshold from ``n`` normals, and why it was chosen.
 
     ``asked`` (an explicit ``fpr``) or a ``configured`` value other than
     :data:`DEFAULT_TARGET_FPR` is used as it is, estimable or not (the threshold then
@@ -64,14 +71,12 @@ def fit_target_fpr(asked: float | None, configured: float, n: int) -> tuple[floa
     can (:func:`~anomem.thresholds.smallest_estimable`; unchanged below 10 normals).
     """
     if asked is not None:
-        return asked, ""
-    if configured != DEFAULT_TARGET_FPR or n >= normals_needed(configured):
-        return configured, ""
+        return TargetFPR(asked)
     raised = smallest_estimable(n)
-    if raised is None:
-        return configured, ""
-    return raised, (f"chosen: the smallest FPR {n} normals can estimate (the default {configured:g} needs "
-                    f"{normals_needed(configured)}; set scorer.target_fpr or --fpr to choose)")
+    if configured != DEFAULT_TARGET_FPR or n >= normals_needed(configured) or raised is None:
+        return TargetFPR(configured)
+    return TargetFPR(raised, f"chosen: the smallest FPR {n} normals can estimate (the default {configured:g} needs "
+                             f"{normals_needed(configured)}; set scorer.target_fpr or --fpr to choose)")
 
 
 def calibration_count(n_normal: int, scorer: ScorerConfig) -> int:
@@ -96,10 +101,8 @@ def calibration_fraction_for(n_normal: int, scorer: ScorerConfig) -> float:
 
 def _at_fpr(scores: np.ndarray, asked: float | None, configured: float, source: str) -> Threshold:
     """:func:`~anomem.thresholds.threshold_at_fpr` at the target :func:`fit_target_fpr` picks."""
-    target, reason = fit_target_fpr(asked, configured, int(np.asarray(scores).size))
-    if not reason:
-        return threshold_at_fpr(scores, target, source=source)
-    return replace(threshold_at_fpr(scores, target, source=source), target_reason=reason)
+    target = fit_target_fpr(asked, configured, int(np.asarray(scores).size))
+    return replace(threshold_at_fpr(scores, target.fpr, source=source), target_reason=target.reason)
 
 
 class ThresholdMixin:
@@ -242,4 +245,5 @@ class ThresholdMixin:
         return self
 
 
-__all__ = ["DEFAULT_TARGET_FPR", "ThresholdMixin", "calibration_count", "calibration_fraction_for", "fit_target_fpr"]
+__all__ = ["DEFAULT_TARGET_FPR", "TargetFPR", "ThresholdMixin", "calibration_count", "calibration_fraction_for",
+           "fit_target_fpr"]

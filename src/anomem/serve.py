@@ -256,18 +256,24 @@ async def _collect_files(form: Any, limits: ServeLimits) -> list[tuple[str, byte
     return [(name, await up.read()) for name, up in zip(names, uploads)]
 
 
-def _decode_all(files: list[tuple[str, bytes]], det: Any) -> tuple[torch.Tensor, str | None]:
-    """The uploads at the detector's input, as ``anomem score`` reads files, and what was converted."""
-    tensors, infos = [], []
+class Uploads(NamedTuple):
+    """A request's images at the detector's input: ``images`` (n, C, H, W) uint8, and what
+    was converted to fit it (``anomem score``'s stderr line), or None."""
+
+    images: torch.Tensor
+    conversions: str | None
+
+
+def _decode_all(files: list[tuple[str, bytes]], det: Any) -> Uploads:
+    """The uploads decoded as ``anomem score`` reads files."""
+    decoded = []
     for name, data in files:
         try:
-            tensor, info = decode_image(data, name, det.image_size_, det.in_channels_)
+            decoded.append(decode_image(data, name, det.image_size_, det.in_channels_))
         except DataError as e:
             raise BadRequest(415, f"not an image: {e}") from None
-        tensors.append(tensor)
-        infos.append(info)
-    counts = count_conversions(infos, det.image_size_, det.in_channels_)
-    return torch.stack(tensors), describe_conversions(counts)  # (n, C, H, W) uint8
+    counts = count_conversions([d.info for d in decoded], det.image_size_, det.in_channels_)
+    return Uploads(torch.stack([d.image for d in decoded]), describe_conversions(counts))
 
 
 def _with_maps(records: list[dict], fused: np.ndarray) -> list[dict]:
@@ -298,18 +304,18 @@ def create_app(det: Any, checkpoint: str, limits: ServeLimits | None = None) -> 
             if maps not in (None, "png"):
                 raise BadRequest(400, f"maps must be 'png', got {maps!r}")
             files = await _read_uploads(request, limits)
-            images, converted = await run_in_threadpool(_decode_all, files, det)
+            uploads = await run_in_threadpool(_decode_all, files, det)
         except BadRequest as e:
             return _error(e.status, str(e))
         try:
-            got: Scored = await asyncio.wrap_future(state["batcher"].submit(images, maps == "png"))
+            got: Scored = await asyncio.wrap_future(state["batcher"].submit(uploads.images, maps == "png"))
             records = score_records([n for n, _ in files], got.scores, det.threshold_, key="name")
             if got.fused is not None:
                 records = await run_in_threadpool(_with_maps, records, got.fused)
         except Exception as e:  # noqa: BLE001 - one line to the client, the traceback to the log
             log.exception("scoring failed")
             return _error(500, f"scoring failed: {type(e).__name__}: {e}")
-        return JSONResponse({"results": records, "conversions": converted})
+        return JSONResponse({"results": records, "conversions": uploads.conversions})
 
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail))

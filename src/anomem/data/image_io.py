@@ -17,7 +17,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from anomem.errors import DataError
 
-__all__ = ["FOLDER_CLASSES", "IMAGE_EXTENSIONS", "ImageInfo", "conversions", "count_conversions", "decode_image",
+__all__ = ["FOLDER_CLASSES", "IMAGE_EXTENSIONS", "DecodedImage", "ImageInfo", "conversions", "count_conversions",
+           "decode_image",
            "describe_conversions", "image_hw",
            "probe_image", "read_image"]
 
@@ -213,9 +214,16 @@ def read_image(
     return _to_tensor(_decode(path), size, channels, path)
 
 
+class DecodedImage(NamedTuple):
+    """An image decoded from memory: ``image`` (C, H, W) uint8 and ``info``, what its file said."""
+
+    image: torch.Tensor
+    info: ImageInfo
+
+
 def decode_image(
     data: bytes, name: str, size: int | Sequence[int] | None = None, channels: int = 3
-) -> tuple[torch.Tensor, ImageInfo]:
+) -> DecodedImage:
     """:func:`read_image` for an image held in memory (an upload), decoded the same way.
 
     Args:
@@ -223,8 +231,8 @@ def decode_image(
         name: what messages call it (the upload's file name).
 
     Returns:
-        the (C, H, W) uint8 tensor, and the :class:`ImageInfo` of the file (for
-        :func:`count_conversions`).
+        the (C, H, W) uint8 tensor and the :class:`ImageInfo` of the file (for
+        :func:`count_conversions`), as a :class:`DecodedImage`.
 
     Raises:
         DataError: empty, truncated or not an image, naming ``name``.
@@ -235,7 +243,7 @@ def decode_image(
         raise DataError(f"cannot read image {name}: file is empty (0 bytes)")
     im = _decode_from(io.BytesIO(data), name)
     info = ImageInfo(Path(name), (im.height, im.width), _is_colour(im), im.mode)
-    return _to_tensor(im, size, channels, Path(name)), info
+    return DecodedImage(_to_tensor(im, size, channels, Path(name)), info)
 
 
 def _to_tensor(im: Image.Image, size: int | Sequence[int] | None, channels: int, path: Path) -> torch.Tensor:
