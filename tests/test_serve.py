@@ -214,11 +214,27 @@ def test_the_server_log_has_no_traceback(setup):
     assert "Traceback" not in setup[3].stderr
 
 
-def test_sigterm_ends_it_cleanly(setup):
-    root, images, _, _ = setup
+def test_sigterm_ends_it_cleanly_after_the_request_in_flight(setup):
+    root, images, expected, _ = setup
     server = Server(root / "model.ckpt")
     assert httpx.get(f"{server.url}/health").status_code == 200
-    assert server.stop() == 0
+    request = httpx.Request("POST", f"{server.url}/score", files=_files(images, ["i02.png", "i09.png"]))
+    body = request.read()
+    head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "connection")
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(f"POST /score HTTP/1.1\r\n{head}Connection: close\r\n\r\n".encode() + body[:50])
+        time.sleep(0.5)  # the server has the request's head: the request is in flight
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        conn.sendall(body[50:])
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    status, _, payload = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200"), answer[:300]
+    _check_same(json.loads(payload)["results"], ["i02.png", "i09.png"], expected)
+    assert server.proc.wait(60) == 0
     time.sleep(0.2)  # the reader thread takes the last lines
     assert server.lines[-1] == "anomem: server stopped" and "Traceback" not in server.stderr
     with pytest.raises(httpx.ConnectError):
