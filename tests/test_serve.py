@@ -241,6 +241,14 @@ def test_sigterm_ends_it_cleanly_after_the_request_in_flight(setup):
         httpx.get(f"{server.url}/health", timeout=5)
 
 
+def test_ctrl_c_ends_it_like_every_command(setup):
+    server = Server(setup[0] / "model.ckpt")
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(60) == 130
+    time.sleep(0.2)
+    assert server.lines[-1] == "anomem: interrupted" and "Traceback" not in server.stderr
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--port", "70000"], "--port must lie in [0, 65535], got 70000"),
     (["--max-file-mb", "0"], "--max-file-mb must be a number of MiB"),

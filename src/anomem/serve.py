@@ -359,9 +359,10 @@ def run_server(app: Any, host: str, port: int, announce: Callable[[str], None]) 
     """Serve ``app`` on ``host:port`` (0: a free port) until SIGTERM or Ctrl-C.
 
     The socket is bound here, so ``announce`` gets the real URL (with the port the system
-    chose). uvicorn shuts down gracefully on SIGTERM (requests in flight finish, then the
-    scoring thread stops) and raises the signal again once done; the handler installed
-    here takes it, so SIGTERM ends the process with exit code 0.
+    chose), once the application has started and the signal handlers are in place. uvicorn
+    shuts down gracefully on SIGTERM (requests in flight finish, then the scoring thread
+    stops) and raises the signal again once done; the handler installed here takes it, so
+    SIGTERM ends the process with exit code 0 (Ctrl-C raises KeyboardInterrupt).
 
     Raises:
         DataError: the address cannot be bound (in use, not local, no permission).
@@ -369,11 +370,18 @@ def run_server(app: Any, host: str, port: int, announce: Callable[[str], None]) 
     import uvicorn
 
     sock = listen_socket(host, port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30))
+    shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+    url = f"http://{shown}:{sock.getsockname()[1]}"
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                announce(url)
+
+    server = Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30))
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the re-raised SIGTERM: a clean exit
     try:
-        shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
-        announce(f"http://{shown}:{sock.getsockname()[1]}")
         server.run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
