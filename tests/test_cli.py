@@ -4,6 +4,7 @@ import csv
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 from PIL import Image
@@ -96,3 +97,30 @@ def test_corrupt_checkpoint_and_image_are_refused(trained, tmp_path, capsys):
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "anomem.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("anomem ")
+
+
+def test_small_runs_get_an_estimable_threshold_and_asked_targets_warn_once_at_the_end(trained, folder, tmp_path, capsys):
+    from anomem import AnoMem
+
+    t = AnoMem.load(trained / "model.ckpt").threshold_  # 12 held-out normals cannot estimate the default 1 %
+    assert t.note == "" and t.target == 0.417 and "chosen: the smallest FPR 12 normals can estimate" in str(t)
+    capsys.readouterr()
+    assert main(["threshold", str(trained / "model.ckpt"), "--fpr", "0.01", "--out", str(tmp_path / "m.ckpt")]) == 0
+    out, err = capsys.readouterr()
+    assert "WARNING" not in out and "not estimable" not in out  # the result line does not repeat it
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and err.splitlines()[-1] == warned[0], err  # said once, at the end
+    assert "target FPR 0.01 is not estimable from 12 normals" in warned[0]
+    assert "give 500 normals, or a target of at least 0.417" in warned[0] and "anomem threshold" in warned[0]
+    score_out = tmp_path / "s.csv"
+    assert main(["score", str(tmp_path / "m.ckpt"), str(folder / "test"), "--out", str(score_out)]) == 0
+    out, err = capsys.readouterr()
+    assert "WARNING" not in out and len([x for x in err.splitlines() if "warning" in x]) == 1
+
+
+def test_demo_prints_no_warnings(tmp_path, capsys):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["demo", "--classes", "0", "--set", "train.epochs=2", "--out", str(tmp_path / "demo")]) == 0
+    out, err = capsys.readouterr()
+    assert "mean" in out and "warning:" not in (out + err).lower() and not caught, (err, [str(w.message) for w in caught])

@@ -83,7 +83,7 @@ def test_save_load_round_trip_identical_scores(fitted, tmp_path):
     assert raw["seed"] == CFG.train.seed and "config" in raw
 
 
-def test_inputs_resized_and_channel_mismatch_refused(fitted):
+def test_inputs_resized_and_channels_converted(fitted):
     det, test, _ = fitted
     big = torch.nn.functional.interpolate(test[:4].float(), size=24).to(torch.uint8)
     assert det.anomaly_score(big).shape == (4,)
@@ -91,8 +91,8 @@ def test_inputs_resized_and_channel_mismatch_refused(fitted):
     np.testing.assert_array_equal(det.anomaly_score(test[:4].long()), det.anomaly_score(test[:4]))
     with pytest.raises(DataError, match=r"0\.\.255"):
         det.anomaly_score(test[:4].long() + 300)
-    with pytest.raises(DataError, match="trained on 1-channel"):
-        det.anomaly_score(test[:4].expand(4, 3, 16, 16))
+    # grey repeated as RGB converts back to the same grey (ITU-R 601 weights sum to 1)
+    np.testing.assert_array_equal(det.anomaly_score(test[:4].expand(4, 3, 16, 16)), det.anomaly_score(test[:4]))
     with pytest.raises(DataError, match="NaN"):
         det.anomaly_score(torch.full((2, 1, 16, 16), float("nan")))
     with pytest.raises(DataError, match=r"must be scaled to \[0, 1\]"):

@@ -3,8 +3,9 @@
 Every ``anomem`` line of the README's shell blocks is run in order, in a scratch
 directory holding small generated folders under the names the README uses
 (``path/to/folder``, ``new_images/``, ``mvtec/bottle``, ...). Lines on a named dataset
-(minutes of training on Fashion-MNIST) are only parsed, which checks that their verbs
-and options exist. The Python blocks are executed with generated images bound to the
+(minutes of training on Fashion-MNIST) and ``anomem serve`` (it runs until stopped;
+``tests/test_serve.py`` runs the real server) are only parsed, which checks that their
+verbs and options exist. The Python blocks are executed with generated images bound to the
 names they use.
 """
 
@@ -69,7 +70,7 @@ def _scratch(root: Path) -> None:
 
 def test_readme_has_the_documented_verbs():
     verbs = {argv[0] for argv in _commands()}
-    assert {"train", "score", "evaluate", "threshold", "refit", "export", "benchmark"} <= verbs
+    assert {"train", "score", "evaluate", "threshold", "refit", "export", "benchmark", "serve"} <= verbs
 
 
 def test_readme_shell_examples_run(tmp_path, monkeypatch):
@@ -78,8 +79,10 @@ def test_readme_shell_examples_run(tmp_path, monkeypatch):
     parser = build_parser()
     ran = 0
     for argv in _commands():
-        if any(name in argv for name in NAMED):
-            parser.parse_args(argv)  # a named dataset: options checked, not trained (minutes)
+        if any(name in argv for name in NAMED) or argv[0] == "serve":
+            # a named dataset (minutes of training), or a server that runs until stopped
+            # (tests/test_serve.py runs it): options checked, not run
+            parser.parse_args(argv)
             continue
         assert main(argv + (["--no-progress"] if argv[0] == "train" else [])) == 0, argv
         ran += 1

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from anomem import AnoMem, load_config
-from anomem.calibration import calibration_count, calibration_fraction_for
+from anomem.calibration import calibration_count, calibration_fraction_for, fit_target_fpr
 from anomem.config import ScorerConfig
 from anomem.errors import ConfigError
 from anomem.stage2 import bank_scores, calibration_split
@@ -114,15 +114,39 @@ def test_split_of_large_data_sets_is_unchanged():
 
 
 # -- the detector ----------------------------------------------------------------------
-def test_fit_on_a_small_folder_warns_and_records_provenance(tmp_path):
+def test_fit_on_a_small_folder_raises_the_default_target_and_records_why(tmp_path):
     cfg = load_config("tiny", None, FAST)
-    with pytest.warns(ThresholdWarning, match=r"not estimable from 15 normals: their resolution is 1/15"):
-        det = AnoMem(cfg, progress=False).fit(stripes(60, False, seed=0))
+    det = _no_threshold_warning(AnoMem(cfg, progress=False).fit, stripes(60, False, seed=0))
     t = det.threshold_
-    assert t.method == "fpr" and t.source == "held-out normals" and t.n_normal == 15 and t.fpr == 0.0
-    assert "not estimable" in t.note
+    assert t.method == "fpr" and t.source == "held-out normals" and t.n_normal == 15 and t.note == ""
+    assert t.target == 0.334 and normals_needed(t.target) <= 15  # 5 / 15, rounded up: estimable
+    assert "chosen: the smallest FPR 15 normals can estimate (the default 0.01 needs 500" in str(t)
     det.save(tmp_path / "m.ckpt")
     assert AnoMem.load(tmp_path / "m.ckpt").threshold_ == t
+    det.refit_scorer(stripes(6, True, seed=1))  # re-derived at the same target, with its reason
+    assert det.threshold_.target == 0.334 and det.threshold_.target_reason == t.target_reason
+    with pytest.warns(ThresholdWarning, match=r"not estimable from 15 normals: their resolution is 1/15"):
+        det.calibrate_threshold(fpr=0.01)  # asked for: kept, with the warning
+    assert det.threshold_.target == 0.01 and det.threshold_.target_reason == ""
+
+
+def test_an_asked_target_is_kept_and_warns_with_what_to_do():
+    cfg = load_config("tiny", None, [*FAST, "scorer.target_fpr=0.05"])
+    with pytest.warns(ThresholdWarning, match=r"not estimable from 15 normals.*give 100 normals, or a target of "
+                                              r"at least 0\.334"):
+        det = AnoMem(cfg, progress=False).fit(stripes(60, False, seed=0))
+    assert det.threshold_.target == 0.05 and "not estimable" in det.threshold_.note
+
+
+def test_fit_target_fpr_rule():
+    assert fit_target_fpr(None, 0.01, 600) == (0.01, "")  # estimable: unchanged
+    assert fit_target_fpr(None, 0.01, 50).fpr == 0.1 and fit_target_fpr(None, 0.01, 30).fpr == 0.167
+    assert "the smallest FPR 30 normals can estimate" in fit_target_fpr(None, 0.01, 30).reason
+    assert fit_target_fpr(0.01, 0.01, 50) == (0.01, "")  # asked
+    assert fit_target_fpr(None, 0.02, 50) == (0.02, "")  # configured
+    assert fit_target_fpr(None, 0.01, 9) == (0.01, "")  # nothing below 0.5 is estimable from 9
+    for n in range(10, 600, 7):
+        assert normals_needed(fit_target_fpr(None, 0.01, n).fpr) <= n
 
 
 def test_contamination_from_held_out_and_from_training_normals():
@@ -150,7 +174,7 @@ def test_contamination_from_held_out_and_from_training_normals():
 
 
 def test_warnings_point_at_the_callers_line():
-    cfg = load_config("tiny", None, FAST)
+    cfg = load_config("tiny", None, [*FAST, "scorer.target_fpr=0.05"])
     with pytest.warns(ThresholdWarning) as record:
         AnoMem(cfg, progress=False).fit(stripes(60, False, seed=0))
     assert record[0].filename == __file__  # the user's fit() line, not the library's

@@ -185,8 +185,9 @@ def build_split(s: BenchmarkSettings, cell: Cell) -> Split:
 
         ood = _load(s.ood, None, "test")
         c, size = train.images.shape[1], tuple(train.images.shape[2:])
-        ood_x = (match_geometry(ood.images, c, size, "OoD images") * 255).round().to(torch.uint8) \
-            if ood.images.shape[1:] != train.images.shape[1:] else ood.images
+        ood_x = match_geometry(ood.images, c, size, "OoD images")  # uint8 unless resized (then float [0, 1])
+        if ood_x.dtype != torch.uint8:
+            ood_x = (ood_x * 255).round().to(torch.uint8)
         normals = train.images
         if s.max_train is not None and s.max_train < normals.shape[0]:
             g = torch.Generator().manual_seed(cell.seed)

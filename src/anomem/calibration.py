@@ -11,15 +11,20 @@ that is too few to estimate the target FPR (``scorer.target_fpr``, or
 ``scorer.contamination`` when set), towards :func:`~anomem.thresholds.normals_needed`
 (5 expected false positives: 500 normals for 1 %), but never beyond
 ``scorer.calibration_max_fraction`` of the normals (:func:`calibration_fraction_for`).
-When even that is too few, the threshold warns with the resolution it can reach.
+When even that is too few for a target the user asked for, the threshold warns with the
+resolution it can reach. Where nobody asked (``scorer.target_fpr`` left at its default,
+or no ``fpr`` given to :meth:`ThresholdMixin.calibrate_threshold`), the target is raised
+instead to the smallest FPR the normals can estimate (:func:`fit_target_fpr`), and the
+threshold says why in its description: small training sets get a threshold without a
+warning, and the warning is kept for the targets people choose.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
+from dataclasses import fields, replace
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -31,6 +36,7 @@ from anomem.thresholds import (
     ThresholdWarning,
     normal_spread,
     normals_needed,
+    smallest_estimable,
     threshold_at_contamination,
     threshold_at_fpr,
     threshold_at_recall,
@@ -43,6 +49,34 @@ TRAINING = "training normals"
 GIVEN = "given normals"
 _TRAINING_BIAS = ("training normals score lower than new normals (the detector's banks hold them), so the FPR on new "
                   "normals will be higher than the contamination; keep scorer.calibration_fraction > 0")
+
+
+#: ``scorer.target_fpr`` when nobody set it: raised by :func:`fit_target_fpr` where too few normals resolve it.
+DEFAULT_TARGET_FPR: float = next(f.default for f in fields(ScorerConfig) if f.name == "target_fpr")
+
+
+class TargetFPR(NamedTuple):
+    """The FPR a threshold aims at, and why it was chosen ("" when asked for or configured)."""
+
+    fpr: float
+    reason: str = ""
+
+
+def fit_target_fpr(asked: float | None, configured: float, n: int) -> TargetFPR:
+    """The target FPR for a threshold from ``n`` normals, and why it was chosen.
+
+    ``asked`` (an explicit ``fpr``) or a ``configured`` value other than
+    :data:`DEFAULT_TARGET_FPR` is used as it is, estimable or not (the threshold then
+    warns). The default, when ``n`` normals cannot estimate it, becomes the smallest FPR they
+    can (:func:`~anomem.thresholds.smallest_estimable`; unchanged below 10 normals).
+    """
+    if asked is not None:
+        return TargetFPR(asked)
+    raised = smallest_estimable(n)
+    if configured != DEFAULT_TARGET_FPR or n >= normals_needed(configured) or raised is None:
+        return TargetFPR(configured)
+    return TargetFPR(raised, f"chosen: the smallest FPR {n} normals can estimate (the default {configured:g} needs "
+                             f"{normals_needed(configured)}; set scorer.target_fpr or --fpr to choose)")
 
 
 def calibration_count(n_normal: int, scorer: ScorerConfig) -> int:
@@ -63,6 +97,12 @@ def calibration_fraction_for(n_normal: int, scorer: ScorerConfig) -> float:
     if count == int(scorer.calibration_fraction * n_normal) or n_normal == 0:
         return scorer.calibration_fraction
     return (count + 0.5) / n_normal
+
+
+def _at_fpr(scores: np.ndarray, asked: float | None, configured: float, source: str) -> Threshold:
+    """:func:`~anomem.thresholds.threshold_at_fpr` at the target :func:`fit_target_fpr` picks."""
+    target = fit_target_fpr(asked, configured, int(np.asarray(scores).size))
+    return replace(threshold_at_fpr(scores, target.fpr, source=source), target_reason=target.reason)
 
 
 class ThresholdMixin:
@@ -99,7 +139,7 @@ class ThresholdMixin:
         else:
             return None
         if s.contamination <= 0:
-            return threshold_at_fpr(scores, s.target_fpr, source=source)
+            return _at_fpr(scores, None, s.target_fpr, source)
         t = threshold_at_contamination(scores, s.contamination, source=source)
         if source == TRAINING:
             warnings.warn(_TRAINING_BIAS, ThresholdWarning, stacklevel=user_stacklevel())
@@ -150,8 +190,7 @@ class ThresholdMixin:
                 raise ConfigError(f"method {method!r} sets the threshold from normals only; drop anomalies or use "
                                   "'f1'/'recall'")
             if method == "fpr":
-                target = self.config_.scorer.target_fpr if fpr is None else fpr
-                self.threshold_ = threshold_at_fpr(normal_scores, target, source=source)
+                self.threshold_ = _at_fpr(normal_scores, fpr, self.config_.scorer.target_fpr, source)
             else:
                 if fpr is not None:
                     raise ConfigError("fpr applies to method 'fpr' only, not 'contamination'")
@@ -180,7 +219,7 @@ class ThresholdMixin:
         if old is not None and old.method == "contamination" and old.target is not None:
             return threshold_at_contamination(scores, old.target, source=HELD_OUT)
         if old is not None and old.method == "fpr" and old.target is not None:
-            return threshold_at_fpr(scores, old.target, source=HELD_OUT)
+            return replace(threshold_at_fpr(scores, old.target, source=HELD_OUT), target_reason=old.target_reason)
         return self.fit_threshold()
 
     def set_threshold(self, value: float, scale: float | None = None) -> ThresholdMixin:
@@ -206,4 +245,5 @@ class ThresholdMixin:
         return self
 
 
-__all__ = ["ThresholdMixin", "calibration_count", "calibration_fraction_for"]
+__all__ = ["DEFAULT_TARGET_FPR", "TargetFPR", "ThresholdMixin", "calibration_count", "calibration_fraction_for",
+           "fit_target_fpr"]

@@ -135,16 +135,18 @@ def to_float(batch: torch.Tensor) -> torch.Tensor:
 
 
 def match_geometry(x: torch.Tensor, channels: int, size: tuple[int, int], name: str = "images") -> torch.Tensor:
-    """Resize ``x`` to the detector's input size; channel mismatches are errors.
+    """``x`` at the detector's channels and input size, converted as the CLI's image reader does.
 
-    Resizing (bilinear, antialiased) is what a user expects when scoring photos of a
-    different size; silently turning colour into grey or back is not, so it is refused.
+    Colour to grey uses ITU-R 601 luma (uint8 images with Pillow's own integer rounding, so a
+    file and its decoded array give the same pixels), grey to colour repeats the channel;
+    then the images are resized (bilinear, antialiased). :func:`geometry_conversions`
+    counts what changed, as ``anomem score`` reports it.
+
+    Shape:
+        (N, C', H', W') -> (N, ``channels``, *``size``); uint8 stays uint8 when not resized.
     """
     if x.shape[1] != channels:
-        raise DataError(
-            f"{name}: the detector was trained on {channels}-channel images, got {x.shape[1]} channels; "
-            "convert them first (e.g. PIL .convert('L') or .convert('RGB'))"
-        )
+        x = _convert_channels(x, channels)
     if tuple(x.shape[2:]) == tuple(size):
         return x
     was_uint8 = x.dtype == torch.uint8
@@ -152,14 +154,33 @@ def match_geometry(x: torch.Tensor, channels: int, size: tuple[int, int], name: 
     return y.clamp_(0, 1)
 
 
+# ITU-R 601 luma in Pillow's fixed point: L = (19595 R + 38470 G + 7471 B + 2^15) >> 16.
+_LUMA_FIXED = (19595, 38470, 7471)
+
+
+def _convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grey (N, 1, H, W) -> RGB by repetition; RGB (N, 3, H, W) -> grey by ITU-R 601 luma."""
+    if channels == 3:
+        return x.expand(-1, 3, -1, -1).contiguous()  # (N, 1, H, W) -> (N, 3, H, W)
+    if x.dtype == torch.uint8:
+        r, g, b = (x[:, i : i + 1].to(torch.int32) * w for i, w in enumerate(_LUMA_FIXED))
+        return ((r + g + b + 32768) >> 16).to(torch.uint8)  # (N, 1, H, W), as PIL .convert("L")
+    weights = torch.tensor([w / 65536 for w in _LUMA_FIXED], dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * weights).sum(1, keepdim=True).clamp_(0, 1)  # (N, 3, H, W) -> (N, 1, H, W)
+
+
 def geometry_conversions(x: torch.Tensor, channels: int, size: tuple[int, int]) -> dict[str, int]:
-    """What :func:`match_geometry` would change in ``x``, counted as
+    """What :func:`match_geometry` changes in ``x``, counted as
     :func:`anomem.data.image_io.count_conversions` does ({"images": n, kind: n})."""
-    counts: dict[str, int] = {"images": 0}
+    n = int(x.shape[0])
+    kinds = []
     if tuple(x.shape[2:]) != tuple(size):
         h, w = x.shape[2:]
-        counts["images"] = int(x.shape[0])
-        counts[f"resized {w}x{h}->{size[1]}x{size[0]}"] = int(x.shape[0])
+        kinds.append(f"resized {w}x{h}->{size[1]}x{size[0]}")
+    if x.shape[1] != channels:
+        kinds.append("RGB->grey" if channels == 1 else "grey->RGB")
+    counts: dict[str, int] = {"images": n if kinds else 0}
+    counts.update({kind: n for kind in kinds})
     return counts
 
 

@@ -144,6 +144,15 @@ def heatmap_rgb(fused: np.ndarray, vrange: tuple[float, float] | None = None) ->
     return colormaps[HEAT_CMAP](np.clip(t, 0.0, 1.0), bytes=True)[..., :3]
 
 
+def heatmap_png(fused: np.ndarray, vrange: tuple[float, float] | None = None) -> bytes:
+    """The fused map (H, W) coloured by :func:`heatmap_rgb`, as the bytes of an 8-bit RGB PNG."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(heatmap_rgb(fused, vrange), mode="RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_heatmap_map(path: str | Path, fused: np.ndarray, fmt: str = "png",
                      vrange: tuple[float, float] | None = None) -> Path:
     """Write the raw fused map at the image's resolution, no figure (fast, for many images):
@@ -152,10 +161,8 @@ def save_heatmap_map(path: str | Path, fused: np.ndarray, fmt: str = "png",
         arr = np.asarray(fused, dtype=np.float32)
         atomic_write_bytes(path, lambda f: np.save(f, arr))
     elif fmt == "png":
-        from PIL import Image
-
-        im = Image.fromarray(heatmap_rgb(fused, vrange), mode="RGB")
-        atomic_write_bytes(path, lambda f: im.save(f, format="PNG"))
+        png = heatmap_png(fused, vrange)
+        atomic_write_bytes(path, lambda f: f.write(png))
     else:
         raise DataError(f"heat-map format must be 'png' or 'npy', got {fmt!r}")
     return Path(path)

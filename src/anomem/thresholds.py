@@ -57,6 +57,7 @@ __all__ = [
     "estimability_note",
     "normal_spread",
     "normals_needed",
+    "smallest_estimable",
     "threshold_at_contamination",
     "threshold_at_fpr",
     "threshold_at_recall",
@@ -95,7 +96,20 @@ def estimability_note(fpr: float, n: int, what: str = "target FPR") -> str:
     return (f"{what} {fpr:g} is not estimable from {n} normals: their resolution is 1/{n} = {1 / n:.3g} and "
             f"{min(fpr, 1 - fpr) * n:.3g} false positives are expected where {MIN_FALSE_POSITIVES} are needed "
             f"({normals_needed(fpr)} normals); expect an FPR near {(k + 1) / (n + 1):.3g} on new normals; "
-            "give more normals or a larger target")
+            f"give {normals_needed(fpr)} normals{_or_larger_target(n) if fpr < 0.5 else ''}")
+
+
+def smallest_estimable(n: int) -> float | None:
+    """The smallest target FPR that ``n`` normals estimate (:data:`MIN_FALSE_POSITIVES` / n,
+    rounded up to 3 decimals), or None when no target below 0.5 is estimable (n < 10)."""
+    if n < 2 * MIN_FALSE_POSITIVES:
+        return None
+    return math.ceil(1000 * MIN_FALSE_POSITIVES / n - 1e-9) / 1000
+
+
+def _or_larger_target(n: int) -> str:
+    f = smallest_estimable(n)
+    return f" (fewer than {2 * MIN_FALSE_POSITIVES} estimate no target)" if f is None else f", or a target of at least {f:g}"
 
 
 def _high_fpr_note(method: str, fpr: float, n: int) -> str:
@@ -137,6 +151,8 @@ class Threshold:
             files from before provenance was recorded).
         note: why it may not hold (too few normals for its target, most normals
             flagged), or "" (see :class:`ThresholdWarning`).
+        target_reason: why ``target`` was chosen when nobody asked for it (a default
+            raised to what the normals can estimate, :func:`anomem.calibration.fit_target_fpr`), or "".
     """
 
     value: float
@@ -149,6 +165,7 @@ class Threshold:
     recall: float | None = None
     source: str = ""
     note: str = ""
+    target_reason: str = ""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -183,11 +200,13 @@ class Threshold:
         """The FPR step its normals can resolve, 1 / ``n_normal`` (None without normals)."""
         return 1.0 / self.n_normal if self.n_normal else None
 
-    def describe(self) -> str:
-        """One line for people: value, how it was set, from what, what it achieves."""
+    def describe(self, note: bool = True) -> str:
+        """One line for people: value, how it was set, from what, what it achieves, and
+        (unless ``note=False``: the command says it once, at its end) why it may not hold."""
         normals = self.source or "normals"
         if self.method == "fpr":
             how = f"target FPR {self.target:g} on {self.n_normal} {normals}"
+            how += f", {self.target_reason}" if self.target_reason else ""
         elif self.method == "contamination":
             how = f"contamination {self.target:g}: the {1 - self.target:g} quantile of {self.n_normal} {normals}"
         elif self.method == "recall":
@@ -204,7 +223,7 @@ class Threshold:
         if self.resolution is not None:
             got.append(f"resolution {self.resolution:.3g}")
         text = f"threshold {self.value:.6g} ({how}" + (f"; achieves {', '.join(got)})" if got else ")")
-        return text + (f" WARNING: {self.note}" if self.note else "")
+        return text + (f" WARNING: {self.note}" if self.note and note else "")
 
     __str__ = describe
 

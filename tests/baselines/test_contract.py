@@ -56,7 +56,7 @@ FLOOR: dict[str, dict[str, Any]] = {
 }
 SEED = {"anomem": "seed"}  # the seed parameter's name where it is not ``random_state``
 MESSAGES = {  # (baselines | AnoMem) wording of the same error
-    "channels": r"fitted on \(3, 32, 32\)|trained on 3-channel images, got 1",
+    "channels": r"fitted on \(3, 32, 32\)",  # AnoMem converts instead
     "label values": r"only 1 .normal. and 0|must be 0 \(anomaly\) or 1 \(normal\)",
     "no normal": r"no image as normal|at least 2 normal images, got 0",
 }
@@ -193,6 +193,9 @@ def test_three_channel_images(name: str, make_blobs, make_stripes) -> None:
     assert est.input_shape_ == (3, 32, 32)
     s = est.anomaly_score(te)
     assert s.shape == (8,) and np.isfinite(s).all()
+    if name == "anomem":  # converted grey -> RGB, as the README says (tests/test_conversions.py)
+        np.testing.assert_array_equal(est.anomaly_score(te[:, :1]), est.anomaly_score(np.repeat(te[:, :1], 3, axis=1)))
+        return
     with pytest.raises(DataError, match=MESSAGES["channels"]):
         est.anomaly_score(te[:, :1])
 

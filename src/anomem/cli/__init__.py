@@ -13,6 +13,7 @@ import sys
 import time
 import warnings
 
+from anomem.cli.common import threshold_warnings_at_end
 from anomem.cli.parser import build_parser
 from anomem.errors import AnoMemError
 
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (0.0 <= args.ratio < 1.0):
             ap.error(f"--ratio must lie in [0, 1), got {args.ratio}")
     try:
-        return args.func(args)
+        with threshold_warnings_at_end():
+            return args.func(args)
     except AnoMemError as e:
         print(f"anomem: error: {one_line(e)}", file=sys.stderr)
         return 2

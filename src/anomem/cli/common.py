@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import logging
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from anomem.errors import DataError
 from anomem.outputs import (
     prepare_dir,
 )
+from anomem.records import score_records  # noqa: F401  (the score files' records; the server shares them)
 
 log = logging.getLogger("anomem")
 
@@ -171,34 +175,6 @@ def _setup_log(run: Path) -> logging.Handler:
 SCORE_FORMATS = ("csv", "json", "jsonl")
 
 
-def score_records(paths, scores: np.ndarray, threshold=None, truth=None, heatmaps=None) -> list[dict]:
-    """One record per image, the columns every score file shares (docs/cli.md):
-
-    ``path`` (``index`` when the images have no file), ``score`` (raw, higher = more
-    anomalous), ``score_normalized`` (in [0, 1], 0.5 at the threshold), ``is_anomaly``
-    (the 0/1 prediction at the threshold), ``threshold``; then ``truth_is_anomaly`` (the
-    ground truth, where known) and ``heatmap`` (the heat-map file, with ``--maps``).
-    Without a threshold the last three are None (empty in CSV, null in JSON).
-    """
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    norm = pred = None
-    if threshold is not None:
-        norm, pred = threshold.normalize(scores), threshold.predict(scores)
-    key = "path" if paths is not None else "index"
-    rows = []
-    for i, s in enumerate(scores):
-        row = {key: str(paths[i]) if paths is not None else i, "score": float(s),
-               "score_normalized": None if norm is None else float(norm[i]),
-               "is_anomaly": None if pred is None else int(pred[i]),
-               "threshold": None if threshold is None else float(threshold.value)}
-        if truth is not None:
-            row["truth_is_anomaly"] = int(bool(truth[i]))
-        if heatmaps is not None:
-            row["heatmap"] = str(heatmaps[i])
-        rows.append(row)
-    return rows
-
-
 def format_records(rows: list[dict], fmt: str) -> str:
     """``rows`` as CSV (a header, then quoted rows; None is an empty cell), a JSON list or JSON lines."""
     if fmt == "json":
@@ -217,3 +193,46 @@ def _write_scores(path: Path, paths, scores: np.ndarray, threshold=None, truth=N
                   fmt: str = "csv") -> None:
     """The score file of ``anomem score --out`` and ``train``'s test_scores.csv, atomically."""
     atomic_write_text(path, format_records(score_records(paths, scores, threshold, truth, heatmaps), fmt))
+
+
+# -- threshold warnings: once, at the end of the command ----------------------------
+_DEFERRED: list[list[str]] = []  # the notes of the command running now (a stack: main() may nest in tests)
+
+
+@contextlib.contextmanager
+def threshold_warnings_at_end(stream=None) -> Iterator[None]:
+    """Hold back every :class:`~anomem.thresholds.ThresholdWarning` of one command and say it
+    once, at its end, with what to do: not once per threshold (the demo fits one per class),
+    nor inside the result lines (:func:`threshold_line`). Other warnings pass through at once."""
+    from anomem.thresholds import ThresholdWarning
+
+    notes: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ThresholdWarning)  # counted here, not deduplicated by location
+        passed = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:
+            if issubclass(category, ThresholdWarning):
+                notes.append(str(message))
+            else:
+                passed(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        _DEFERRED.append(notes)
+        try:
+            yield
+        finally:
+            _DEFERRED.pop()
+            said = list(dict.fromkeys(notes))
+            if said:
+                more = f" (and {len(said) - 1} more threshold(s) of this run alike)" if len(said) > 1 else ""
+                print(f"anomem: warning: {said[0]}{more}; `anomem threshold MODEL --fpr F` or `--normals DIR` "
+                      "sets a threshold again", file=stream or sys.stderr)
+
+
+def threshold_line(threshold) -> str:
+    """``threshold.describe()`` for a result line, its caveat held for the end of the command."""
+    if threshold.note and _DEFERRED:
+        _DEFERRED[-1].append(threshold.note)
+        return threshold.describe(note=False)
+    return threshold.describe()

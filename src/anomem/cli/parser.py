@@ -14,6 +14,7 @@ from anomem.cli.score import (
     cmd_score,
     cmd_threshold,
 )
+from anomem.cli.serve import cmd_serve
 from anomem.cli.train import (
     cmd_train,
 )
@@ -127,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="output file")
     ex.add_argument("--sigma", type=float, default=None, help="heat-map smoothing σ in pixels (default: the config's)")
     ex.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="serve a trained detector over HTTP: POST /score, GET /model, GET /health")
+    sv.add_argument("checkpoint")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+    sv.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port, printed at start)")
+    sv.add_argument("--max-files", type=int, default=64, help="images per request (default 64)")
+    sv.add_argument("--max-file-mb", type=float, default=10.0, help="MiB per image file, checked before decoding (default 10)")
+    sv.add_argument("--max-request-mb", type=float, default=64.0, help="MiB per request body (default 64)")
+    sv.add_argument("--max-batch", type=int, default=64, help="images of concurrent requests scored together (default 64)")
+    sv.add_argument("--device", default=None)
+    sv.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("benchmark", help="run a protocol with AnoMem and the baselines side by side (resumable)")
     b.add_argument("--protocol", default="one-vs-all", choices=("one-vs-all", "deep-sad", "cross-type", "ood"))

@@ -19,6 +19,7 @@ from anomem.cli.common import (
     format_records,
     report_conversions,
     score_records,
+    threshold_line,
 )
 from anomem.cli.train import (
     _existing,
@@ -67,7 +68,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out)
     atomic_write_text(out, text)
-    print(f"scored {len(scores)} images -> {out}" + ("" if th is None else f" ({th.describe()})"))
+    print(f"scored {len(scores)} images -> {out}" + ("" if th is None else f" ({threshold_line(th)})"))
     return 0
 
 
@@ -143,7 +144,7 @@ def cmd_threshold(args: argparse.Namespace) -> int:
         det.calibrate_threshold(normals, fpr=args.fpr)
     out = args.out or args.checkpoint
     det.save(out, meta=det.meta_)
-    print(f"{det.threshold_.describe()} -> {out}")
+    print(f"{threshold_line(det.threshold_)} -> {out}")
     return 0
 
 
@@ -278,6 +279,6 @@ def cmd_refit(args: argparse.Namespace) -> int:
     out = args.out or args.checkpoint
     det.save(out, meta=det.meta_)
     print(f"refitted stage 2 on {det.anomaly_bank_[0].shape[0]} anomalies in {time.time() - t0:.1f} s -> {out}")
-    print(det.threshold_.describe() if det.threshold_ is not None
+    print(threshold_line(det.threshold_) if det.threshold_ is not None
           else "no threshold stored (no held-out normals): set one with `anomem threshold`")
     return 0

@@ -5,6 +5,7 @@ loaders in :mod:`anomem.data.folder` and the dataset readers)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -12,11 +13,13 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from anomem.errors import DataError
 
-__all__ = ["FOLDER_CLASSES", "IMAGE_EXTENSIONS", "ImageInfo", "conversions", "count_conversions", "describe_conversions", "image_hw",
+__all__ = ["FOLDER_CLASSES", "IMAGE_EXTENSIONS", "DecodedImage", "ImageInfo", "conversions", "count_conversions",
+           "decode_image",
+           "describe_conversions", "image_hw",
            "probe_image", "read_image"]
 
 
@@ -149,12 +152,18 @@ def _check_file(path: Path) -> None:
 def _decode(path: Path) -> Image.Image:
     """Fully decode ``path`` (so truncation is caught) and apply its EXIF rotation."""
     _check_file(path)
+    return _decode_from(path, str(path))
+
+
+def _decode_from(source: Path | io.BytesIO, label: str) -> Image.Image:
     try:
-        with _refuse_bombs(), Image.open(path) as im:
+        with _refuse_bombs(), Image.open(source) as im:
             im.load()
             return ImageOps.exif_transpose(im)
     except Exception as e:  # noqa: BLE001 - any failure of an untrusted file is bad data
-        raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+        detail = "cannot identify image file" if isinstance(e, UnidentifiedImageError) and isinstance(
+            source, io.BytesIO) else str(e)  # Pillow names the in-memory object, which says nothing
+        raise DataError(f"cannot read image {label}: {type(e).__name__}: {detail}") from e
 
 
 def _to_mode(im: Image.Image, channels: int, path: Path) -> Image.Image:
@@ -202,7 +211,44 @@ def read_image(
     path = Path(path)
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels!r}")
-    im = _to_mode(_decode(path), channels, path)
+    return _to_tensor(_decode(path), size, channels, path)
+
+
+class DecodedImage(NamedTuple):
+    """An image decoded from memory: ``image`` (C, H, W) uint8 and ``info``, what its file said."""
+
+    image: torch.Tensor
+    info: ImageInfo
+
+
+def decode_image(
+    data: bytes, name: str, size: int | Sequence[int] | None = None, channels: int = 3
+) -> DecodedImage:
+    """:func:`read_image` for an image held in memory (an upload), decoded the same way.
+
+    Args:
+        data: the file's bytes.
+        name: what messages call it (the upload's file name).
+
+    Returns:
+        the (C, H, W) uint8 tensor and the :class:`ImageInfo` of the file (for
+        :func:`count_conversions`), as a :class:`DecodedImage`.
+
+    Raises:
+        DataError: empty, truncated or not an image, naming ``name``.
+    """
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels!r}")
+    if not data:
+        raise DataError(f"cannot read image {name}: file is empty (0 bytes)")
+    im = _decode_from(io.BytesIO(data), name)
+    info = ImageInfo(Path(name), (im.height, im.width), _is_colour(im), im.mode)
+    return DecodedImage(_to_tensor(im, size, channels, Path(name)), info)
+
+
+def _to_tensor(im: Image.Image, size: int | Sequence[int] | None, channels: int, path: Path) -> torch.Tensor:
+    """A decoded image in ``channels`` at ``size`` (bilinear) as a (C, H, W) uint8 tensor."""
+    im = _to_mode(im, channels, path)
     if size is not None:
         h, w = image_hw(size)
         if im.size != (w, h):

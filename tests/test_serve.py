@@ -1,0 +1,314 @@
+"""`anomem serve` against the real server: a subprocess on an ephemeral port, spoken to
+over HTTP with httpx. Scores equal `anomem score`'s, 40 concurrent requests each get
+their own rows, bad uploads get a 4xx JSON error and the server keeps serving, and
+SIGTERM ends it with exit code 0."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import anomem
+from anomem import AnoMem, load_config
+from anomem.cli import main
+
+from synthetic import stripes
+
+httpx = pytest.importorskip("httpx", reason="the serve extra (pip install -e '.[serve]')")
+
+FAST = ["train.epochs=2", "train.batch_size=16", "scorer.steps=20", "scorer.prototype_cache=0"]
+LIMITS = ["--max-files", "8", "--max-file-mb", "0.05", "--max-request-mb", "0.25", "--max-batch", "16"]
+
+
+class Server:
+    """``anomem serve CKPT --port 0 ...`` in a subprocess; ``url`` once it listens."""
+
+    def __init__(self, checkpoint: Path, *extra: str) -> None:
+        src = str(Path(anomem.__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+               "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "anomem.cli", "serve", str(checkpoint), "--port", "0", *extra],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(120):
+            self.proc.kill()
+            pytest.fail(f"the server did not start: {self.stderr}")
+        self.url = self.lines[0].split(" on ")[1].split(";")[0]
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            if " on http://" in line:
+                self._ready.set()
+        self._ready.set()
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    det = AnoMem(load_config("tiny", None, FAST), progress=False).fit(stripes(48, False, seed=0))
+    det.save(root / "model.ckpt")
+    images = root / "images"
+    images.mkdir()
+    test = np.concatenate([stripes(6, False, seed=1), stripes(6, True, seed=2)])
+    for i, im in enumerate(test):
+        (images / f"i{i:02d}.png").write_bytes(_png(im[0]))
+    colour = np.zeros((20, 24, 3), np.uint8)
+    colour[5:9] = (250, 120, 30)
+    (images / "z-colour.png").write_bytes(_png(colour))  # another size and colour: converted like the CLI does
+    out = root / "cli.json"
+    assert main(["score", str(root / "model.ckpt"), str(images), "--out", str(out)]) == 0
+    expected = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
+    server = Server(root / "model.ckpt", *LIMITS)
+    yield root, images, expected, server
+    if server.proc.poll() is None:
+        server.stop()
+
+
+def _files(images: Path, names: list[str]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("file", (n, (images / n).read_bytes(), "image/png")) for n in names]
+
+
+def _check_same(results: list[dict], names: list[str], expected: dict) -> None:
+    assert [r["name"] for r in results] == names  # the order sent
+    for r in results:
+        want = expected[r["name"]]
+        assert r["score"] == pytest.approx(want["score"], rel=1e-5, abs=1e-6)
+        assert r["score_normalized"] == pytest.approx(want["score_normalized"], rel=1e-5, abs=1e-6)
+        assert r["is_anomaly"] == want["is_anomaly"] and r["threshold"] == want["threshold"]
+
+
+def test_health_and_model(setup):
+    root, _, _, server = setup
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+    info = httpx.get(f"{server.url}/model").json()
+    assert info["anomem_version"] == anomem.__version__ and info["preset"] == "tiny"
+    assert info["input"] == {"channels": 1, "height": 16, "width": 16, "colour": "grey"}
+    det = AnoMem.load(root / "model.ckpt")
+    th = info["threshold"]
+    assert th["value"] == det.threshold_.value and th["method"] == "fpr" and th["source"] == "held-out normals"
+    assert th["description"] == det.threshold_.describe() and "chosen" in th["target_reason"]
+    assert info["training"]["held_out_normals"] == 12 and info["training"]["epochs"] == 2
+
+
+def test_batch_scores_equal_anomem_score(setup):
+    _, images, expected, server = setup
+    names = ["i07.png", "z-colour.png", "i00.png", "i11.png", "i03.png"]
+    r = httpx.post(f"{server.url}/score", files=_files(images, names), timeout=60)
+    assert r.status_code == 200, r.text
+    _check_same(r.json()["results"], names, expected)
+    assert r.json()["conversions"] == "converted 1 image: 1 resized 24x20->16x16, 1 RGB->grey"
+
+
+def test_maps_are_base64_pngs_like_the_cli_maps(setup, tmp_path):
+    root, images, expected, server = setup
+    names = sorted(expected)[4:12]  # the colour range is the set's: the CLI scores the same 8 files
+    r = httpx.post(f"{server.url}/score", params={"maps": "png"}, files=_files(images, names), timeout=60)
+    assert r.status_code == 200, r.text
+    _check_same(r.json()["results"], names, expected)
+    assert main(["score", str(root / "model.ckpt"), *(str(images / n) for n in names), "--maps", str(tmp_path / "maps"),
+                 "--out", str(tmp_path / "s.csv")]) == 0
+    for rec in r.json()["results"]:
+        served = np.asarray(Image.open(io.BytesIO(base64.b64decode(rec["heatmap_png"]))))
+        written = np.asarray(Image.open(tmp_path / "maps" / rec["name"]))
+        assert served.shape == (16, 16, 3) and np.abs(served.astype(int) - written).max() <= 1
+
+
+def test_40_concurrent_requests_get_their_own_results(setup):
+    _, images, expected, server = setup
+    pool = sorted(expected)
+    asks = [[pool[(i + k) % len(pool)] for k in range(1 + i % 4)][:: 1 if i % 2 else -1] for i in range(40)]
+    before = httpx.get(f"{server.url}/health").json()
+
+    def ask(names: list[str]) -> tuple[list[str], httpx.Response]:
+        return names, httpx.post(f"{server.url}/score", files=_files(images, names), timeout=120)
+
+    with ThreadPoolExecutor(40) as ex:
+        answers = list(ex.map(ask, asks))
+    for names, r in answers:
+        assert r.status_code == 200, r.text
+        _check_same(r.json()["results"], names, expected)
+    after = httpx.get(f"{server.url}/health").json()
+    scored = after["images_scored"] - before["images_scored"]
+    assert scored == sum(map(len, asks)) and 1 <= after["batches"] - before["batches"] <= 40
+
+
+@pytest.mark.parametrize("case, status, message", [
+    ("not an image", 415, "not an image: cannot read image notes.txt"),
+    ("empty file", 415, "empty.png: file is empty"),
+    ("too many files", 413, "too many files: at most 8 per request (--max-files)"),
+    ("file too large", 413, "big.png is 60000 bytes; the limit is 52428 bytes per image"),
+    ("request too large", 413, "the limit is 262144 bytes (--max-request-mb)"),
+    ("streamed too large", 413, "request body is over 262144 bytes (--max-request-mb)"),
+    ("no file field", 400, "unexpected form field(s) 'image'"),
+    ("text field", 400, "field 'file' #1 is text, not a file upload"),
+    ("not multipart", 415, "multipart/form-data fields named 'file'"),
+    ("bad maps", 400, "maps must be 'png', got 'jpg'"),
+])
+def test_bad_uploads_get_a_4xx_json_error_and_the_server_goes_on(setup, case, status, message):
+    _, images, expected, server = setup
+    good = (images / "i00.png").read_bytes()
+    url, kw = f"{server.url}/score", {}
+    if case == "not an image":
+        kw["files"] = [("file", ("notes.txt", b"hello, not a picture", "text/plain"))]
+    elif case == "empty file":
+        kw["files"] = [("file", ("empty.png", b"", "image/png"))]
+    elif case == "too many files":
+        kw["files"] = [("file", (f"{i}.png", good, "image/png")) for i in range(9)]
+    elif case == "file too large":
+        kw["files"] = [("file", ("big.png", good + b"\0" * (60000 - len(good)), "image/png"))]
+    elif case == "request too large":
+        kw["files"] = [("file", (f"{i}.png", b"\0" * 40000, "image/png")) for i in range(7)]
+    elif case == "streamed too large":  # chunked: no Content-Length, counted as it arrives
+        part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n' + b"\0" * 100000
+        kw["content"] = iter([part, b"\0" * 100000, b"\0" * 100000, b"\r\n--b--\r\n"])
+        kw["headers"] = {"content-type": "multipart/form-data; boundary=b"}
+    elif case == "no file field":
+        kw["files"] = [("image", ("i00.png", good, "image/png"))]
+    elif case == "text field":
+        kw["data"], kw["files"] = {"file": "i00.png"}, [("file", ("i00.png", good, "image/png"))]
+    elif case == "not multipart":
+        kw["json"] = {"file": "i00.png"}
+    else:
+        url, kw["files"] = f"{url}?maps=jpg", [("file", ("i00.png", good, "image/png"))]
+    r = httpx.post(url, timeout=60, **kw)
+    assert r.status_code == status and message in r.json()["error"], (r.status_code, r.text)
+    assert "Traceback" not in r.text
+    ok = httpx.post(f"{server.url}/score", files=_files(images, ["i01.png"]), timeout=60)
+    assert ok.status_code == 200
+    _check_same(ok.json()["results"], ["i01.png"], expected)
+
+
+def test_the_server_log_has_no_traceback(setup):
+    assert "Traceback" not in setup[3].stderr
+
+
+def test_sigterm_ends_it_cleanly_after_the_request_in_flight(setup):
+    root, images, expected, _ = setup
+    server = Server(root / "model.ckpt")
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    request = httpx.Request("POST", f"{server.url}/score", files=_files(images, ["i02.png", "i09.png"]))
+    body = request.read()
+    head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "connection")
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(f"POST /score HTTP/1.1\r\n{head}Connection: close\r\n\r\n".encode() + body[:50])
+        time.sleep(0.5)  # the server has the request's head: the request is in flight
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        conn.sendall(body[50:])
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    status, _, payload = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200"), answer[:300]
+    _check_same(json.loads(payload)["results"], ["i02.png", "i09.png"], expected)
+    assert server.proc.wait(60) == 0
+    time.sleep(0.2)  # the reader thread takes the last lines
+    assert server.lines[-1] == "anomem: server stopped" and "Traceback" not in server.stderr
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/health", timeout=5)
+
+
+def test_ctrl_c_ends_it_like_every_command(setup):
+    server = Server(setup[0] / "model.ckpt")
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(60) == 130
+    time.sleep(0.2)
+    assert server.lines[-1] == "anomem: interrupted" and "Traceback" not in server.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--port", "70000"], "--port must lie in [0, 65535], got 70000"),
+    (["--max-file-mb", "0"], "--max-file-mb must be a number of MiB"),
+    (["--max-files", "0"], "--max-files must lie in [1, 100000]"),
+])
+def test_bad_arguments_exit_2_with_one_line(setup, argv, message, capsys):
+    assert main(["serve", str(setup[0] / "model.ckpt"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("anomem: error:") and message in err and "\n" not in err
+
+
+def test_missing_checkpoint_and_busy_port_exit_2(setup, capsys):
+    assert main(["serve", str(setup[0] / "missing.ckpt")]) == 2
+    assert "missing.ckpt" in capsys.readouterr().err
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        assert main(["serve", str(setup[0] / "model.ckpt"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"anomem: error: cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+
+
+def test_connections_are_served_without_nagle_delays():
+    from anomem.serve import listen_socket
+
+    # asyncio turns Nagle off only on sockets of proto IPPROTO_TCP; with proto 0 every answer
+    # on a kept-alive connection waited 40 ms for the client's delayed ACK
+    with listen_socket("127.0.0.1", 0) as sock:
+        assert sock.proto == socket.IPPROTO_TCP and sock.getsockname()[1] > 0
+
+
+def test_serve_load_benchmark_prints_its_table():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "passive"}
+    run = subprocess.run([sys.executable, str(script), "--requests", "6", "--cli-runs", "1"], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    rows = [line.split() for line in lines if line.split() and line.split()[0] in ("1", "8", "32")]
+    assert [r[0] for r in rows] == ["1", "8", "32"]
+    assert all(float(v) > 0 for r in rows for v in r[1:])
+    assert any(line.startswith("anomem score, one process per image: ") for line in lines)
+
+
+def test_the_scoring_thread_skips_cancelled_requests_and_goes_on():
+    from anomem.serve import MicroBatcher
+
+    release = threading.Event()
+
+    class SlowDetector:  # the first call blocks, so that the next jobs queue up behind it
+        def anomaly_score(self, images, batch_size):
+            release.wait(30)
+            return images.flatten(1)[:, 0].double().numpy()
+
+    batcher = MicroBatcher(SlowDetector(), max_batch=8)
+    first = batcher.submit(torch.full((1, 1, 2, 2), 1), maps=False)
+    time.sleep(0.2)  # the thread holds the first job
+    gone = batcher.submit(torch.full((1, 1, 2, 2), 2), maps=False)
+    kept = batcher.submit(torch.full((2, 1, 2, 2), 3), maps=False)
+    assert gone.cancel()  # its client disconnected
+    release.set()
+    assert first.result(30).scores.tolist() == [1.0] and kept.result(30).scores.tolist() == [3.0, 3.0]
+    assert gone.cancelled() and batcher.images == 3 and batcher.batches == 2
+    batcher.close()
