@@ -65,7 +65,9 @@ from anomem.calibration import calibration_count  # noqa: E402
 from anomem.config import AnoMemConfig, ScorerConfig, load_config, with_overrides  # noqa: E402
 from anomem.engine import resolve_device  # noqa: E402
 from anomem.factory import build_net, build_scorer  # noqa: E402
+from anomem.patches import pixel_descriptors
 from anomem.scoring import Scorer  # noqa: E402
+from anomem.stage2 import PATCH_FIT_IMAGES
 
 FLOAT_BYTES = 4  # banks are stored in fp32
 
@@ -114,6 +116,9 @@ class CheckpointModel:
     feature_floats: int = 0  # Σ_s C_s: one row of the normal feature bank (scorer.bank)
     feature_bank_cap: int = 0  # scorer.bank (0 = no feature bank)
     pixel_floats: int = 0  # C·h·w: one row of the raw-pixel bank (same normals as the feature bank)
+    # per patch bank (anomem.patches): (positions per image, floats per descriptor, coreset cap)
+    patch_banks: tuple[tuple[int, int, int], ...] = ()
+    patch_held_out: float = 0.1  # patches.held_out: training normals left out of the coresets
 
     def split(self, n: int) -> tuple[int, int]:
         """(calibration normals, training normals) out of n, as ``AnoMem.fit`` splits them."""
@@ -133,7 +138,15 @@ class CheckpointModel:
             "calibration bank (capped)": min(cal, self.normal_bank_cap) * (row + self.scales * FLOAT_BYTES + bank_scores),
             "feature bank (capped)": min(train, self.feature_bank_cap) * self.feature_floats * FLOAT_BYTES,
             "pixel bank (capped)": min(train, self.feature_bank_cap) * self.pixel_floats * FLOAT_BYTES,
+            "patch banks (capped)": sum(min(cap, self._patch_images(train) * pos) * d * FLOAT_BYTES
+                                        for pos, d, cap in self.patch_banks)
+            + (min(cal, self.normal_bank_cap) * 2 * FLOAT_BYTES if self.patch_banks else 0),  # held-out patch scores
         }
+
+    def _patch_images(self, train: int) -> int:
+        """Training normals whose descriptors feed the coresets (stage2.fit_patch_banks)."""
+        held = min(max(1, round(self.patch_held_out * train)), train - 1, 64)
+        return min(train - held, PATCH_FIT_IMAGES)
 
     def total(self, n: int) -> int:
         return self.fixed + sum(self.parts(n).values())
@@ -204,9 +217,14 @@ def measure(args: argparse.Namespace) -> ScalingReport:
     pixel_active = sc.merge == "standardized" and max(sc.pixel_weight, sc.local_weight, sc.map_pixel_weight) > 0
     pixel_floats = int(build_scorer(cfg, net.backbone.tap_channels).pixels.features(torch.zeros(1, *IMAGE_SHAPE)).shape[1])
     pixel_floats = pixel_floats if pixel_active else 0
+    with torch.no_grad():
+        probe = torch.zeros(1, *IMAGE_SHAPE, device=device)
+        descriptors = (net.evidence(probe).local_features, pixel_descriptors(probe))
+    patch_banks = tuple((int(d.shape[2] * d.shape[3]), int(d.shape[1]), n)
+                        for d, n in zip(descriptors, (cfg.patches.feature_bank, cfg.patches.pixel_bank)) if n > 0)
     shape_model = CheckpointModel(
         0, row_floats, len(net.memories), cfg.scorer.normal_bank, cfg.scorer,
-        feature_floats, cfg.scorer.bank, pixel_floats,
+        feature_floats, cfg.scorer.bank, pixel_floats, patch_banks, cfg.patches.held_out,
     )
     fits: dict[int, int] = {}
     for n in args.fit_sizes:
@@ -229,6 +247,8 @@ def measure(args: argparse.Namespace) -> ScalingReport:
         feature_floats,
         cfg.scorer.bank,
         pixel_floats,
+        patch_banks,
+        cfg.patches.held_out,
     )
 
     gen = torch.Generator().manual_seed(args.seed)

@@ -41,8 +41,9 @@ def test_contrast_is_the_standardised_knn_difference():
 
 @pytest.fixture(scope="module")
 def semi():
+    # the global score alone (no fitted fusion with the patch banks): the formula under test
     cfg = load_config("tiny", overrides=["train.epochs=1", "train.batch_size=32", "scorer.steps=10",
-                                         "scorer.prototype_cache=0"])
+                                         "scorer.prototype_cache=0", "patches.fit_fusion=false"])
     det = AnoMem(cfg, progress=False).fit(stripes(80, False, seed=0), anomalies=stripes(8, True, seed=1))
     return det
 

@@ -135,11 +135,11 @@ def test_pseudo_anomalies_enter_stage_one_as_negatives(monkeypatch):
 
 
 def test_paper_switch_gives_the_paper_score_exactly():
-    """pseudo.enabled=false, scorer.bank=0: the score is Eq. 9 merged by Eq. 13, nothing else."""
+    """pseudo.enabled=false, no banks: the score is Eq. 9 merged by Eq. 13, nothing else."""
     from anomem.scoring import merge_scales, one_class_scores
 
     x = (_images(40) * 255).to(torch.uint8)
-    det = _fit_tiny(x, "pseudo.enabled=false", "scorer.bank=0")
+    det = _fit_tiny(x, "pseudo.enabled=false", "scorer.bank=0", "patches.feature_bank=0", "patches.pixel_bank=0")
     assert not det.scorer_.has_banks
     with torch.inference_mode():
         devs = det.net_.eval().deviation_maps(x.float() / 255)
@@ -232,7 +232,7 @@ def test_euclidean_bank_distance_matches_scikit_learn():
 def test_pixel_bank_mixes_into_the_image_score_and_survives_save_load(tmp_path):
     """score = (1 - w) · Eq. 13 + w · z_pixel, z standardised by the bank's leave-one-out stats."""
     x = (_images(60) * 255).to(torch.uint8)
-    det = _fit_tiny(x, "scorer.pixel_weight=0.25")
+    det = _fit_tiny(x, "scorer.pixel_weight=0.25", "patches.fit_fusion=false")  # the global score alone
     s = det.scorer_
     assert s.pixels.ready and s.pixels.bank.shape[1] == 16 * 16
     y = (_images(7, seed=8) * 255).to(torch.uint8)

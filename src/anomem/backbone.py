@@ -76,14 +76,23 @@ class TappedResNet(nn.Module):
         self.layers = nn.ModuleDict({STAGES[i]: stages[i] for i in range(last + 1)})
         self.tap_channels = tuple(stage_channels[STAGES.index(t)] for t in self.taps)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def stage_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every computed stage's map by name (up to the deepest tap), one pass."""
         x = self.stem(x)
-        out = []
+        out = {}
         for name, stage in self.layers.items():
             x = stage(x)
-            if name in self.taps:
-                out.append(x)  # (B, C_s, H_s, W_s)
+            out[name] = x  # (B, C_s, H_s, W_s)
         return out
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps = self.stage_maps(x)
+        return [maps[t] for t in self.taps]
+
+    def stage_channels(self, name: str) -> int:
+        """Output channels of a computed stage."""
+        last = self.layers[name][-1]
+        return int(getattr(last, "bn3", getattr(last, "bn2", None)).num_features)
 
     @classmethod
     def build(
@@ -133,7 +142,7 @@ class TappedResNet(nn.Module):
             if not hasattr(model, attr):
                 raise ConfigError(f"model {type(model).__name__} is not a torchvision ResNet (missing {attr})")
         width = model.conv1.out_channels
-        if stem == "small" or in_channels != model.conv1.in_channels:
+        if stem in ("small", "imagenet8") or in_channels != model.conv1.in_channels:
             stem_mod = _make_stem(in_channels, width, stem)
         else:
             stem_mod = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
@@ -238,14 +247,33 @@ def load_resnet_weights(backbone: TappedResNet, path: str | Path) -> WeightsRepo
     return WeightsReport(len(take), tuple(mismatched), tuple(unused), missing, summed)
 
 
+STEMS = ("small", "imagenet", "imagenet8", "auto")
+
+
+def resolve_stem(stem: str, image_size: Sequence[int] | None) -> str:
+    """The stem for images of ``image_size`` (H, W): ``auto`` keeps the grids of every
+    tap those of a 32-px image under the small stem (28-48 px: ``small``, stride 1; up to
+    ~192 px: ``imagenet``, stride 4; larger: ``imagenet8``, stride 8), so the memories and
+    banks see patches of about the same share of the image from 28 px to 512 px and the
+    cost per image stays near that of a 32-px one. Any other name is returned as is."""
+    if stem != "auto":
+        return stem
+    side = max(image_size) if image_size else 32
+    return "small" if side <= 64 else "imagenet" if side <= 192 else "imagenet8"
+
+
 def _make_stem(in_channels: int, width: int, stem: str) -> nn.Module:
+    if stem == "imagenet8":  # the ImageNet stem and one more halving, for large inputs
+        conv = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
+        return nn.Sequential(conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
+                             nn.AvgPool2d(2))
     if stem == "small":
         conv = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
         return nn.Sequential(conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True))
     if stem == "imagenet":
         conv = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
         return nn.Sequential(conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
-    raise ConfigError(f"unknown stem {stem!r}; expected 'small' or 'imagenet'")
+    raise ConfigError(f"unknown stem {stem!r}; expected one of {STEMS}")
 
 
 def _init_weights(net: nn.Module) -> None:
@@ -257,4 +285,4 @@ def _init_weights(net: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-__all__ = ["STAGES", "TappedResNet", "WeightsReport", "load_resnet_weights"]
+__all__ = ["STAGES", "STEMS", "TappedResNet", "resolve_stem", "WeightsReport", "load_resnet_weights"]

@@ -23,6 +23,7 @@ simclr                 ``simclr-knn``, ``simclr-kmeans``: the same encoder train
                        "contrastive + k-means" ablation); labelled anomalies unused
 deepsad                ``deepsad``: Deep SAD (Ruff et al. 2020), uses labelled anomalies
 knn, ocsvm, iforest    raw-pixel scikit-learn baselines (normals only)
+patch-knn              raw-pixel patch nearest neighbours (local defects; normals only)
 =====================  ==================================================================
 """
 
@@ -248,7 +249,8 @@ def _anomem_config(s: BenchmarkSettings, seed: int, group: str = "anomem") -> An
     cfg = replace(base, train=replace(base.train, seed=seed))
     b, m, sc = cfg.backbone, cfg.memory, cfg.scorer
     if group == "anomem-paper":  # the paper's method: no pseudo-anomalies, no normal or pixel bank
-        return replace(cfg, pseudo=replace(cfg.pseudo, enabled=False), scorer=replace(sc, bank=0, pixel_weight=0.0, local_weight=0.0, map_pixel_weight=0.0, contrast_weight=0.0))
+        return replace(cfg, pseudo=replace(cfg.pseudo, enabled=False), scorer=replace(sc, bank=0, pixel_weight=0.0, local_weight=0.0, map_pixel_weight=0.0, contrast_weight=0.0),
+                       patches=replace(cfg.patches, feature_bank=0, pixel_bank=0))
     if group == "anomem-single-scale":  # the deepest tap only (paper Tab. 5)
         return replace(cfg, backbone=replace(b, taps=b.taps[-1:]),
                        memory=replace(m, sizes=m.sizes[-1:], sample_ratios=m.sample_ratios[-1:], scale_weights=None))

@@ -19,13 +19,14 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "simclr": ("simclr-knn", "simclr-kmeans"),
     "deepsad": ("deepsad",),
     "knn": ("knn",),
+    "patch-knn": ("patch-knn",),
     "ocsvm": ("ocsvm",),
     "iforest": ("iforest",),
 }
 #: Groups that never see labelled anomalies: under one-vs-all their training set (the
 #: normals) is the same at every γ, so γ > 0 cells copy the γ = 0 result instead of
 #: training again.
-LABEL_FREE = frozenset({"simclr", "knn", "ocsvm", "iforest"})
+LABEL_FREE = frozenset({"simclr", "knn", "patch-knn", "ocsvm", "iforest"})
 #: Table columns, in order.
 METHODS: tuple[str, ...] = tuple(m for ms in GROUPS.values() for m in ms)
 PROTOCOLS = ("one-vs-all", "deep-sad", "cross-type", "ood")

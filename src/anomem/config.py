@@ -23,6 +23,7 @@ from anomem.config_sections import (  # noqa: F401  (re-exported: the sections a
     BackboneConfig,
     LossConfig,
     MemoryConfig,
+    PatchConfig,
     PseudoConfig,
     ScorerConfig,
     TrainConfig,
@@ -44,6 +45,7 @@ class AnoMemConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    patches: PatchConfig = field(default_factory=PatchConfig)
 
     def __post_init__(self) -> None:
         s = len(self.backbone.taps)
@@ -81,21 +83,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Milder crops than SimCLR's (0.2-1): on 28-px images a small crop no longer shows the
     # object's shape (Fashion-MNIST validation, docs/method.md, Decision 5).
     "cpu-small": {
-        "backbone": {"arch": "resnet18", "width": 16, "stem": "small", "taps": ["layer3", "layer4"]},
+        "backbone": {"arch": "resnet18", "width": 16, "stem": "auto", "taps": ["layer3", "layer4"]},
         "memory": {"sizes": [128, 64], "sample_ratios": [0.3, 1.0]},
         "augment": {"crop_scale": [0.6, 1.0]},
-        "train": {"epochs": 15, "batch_size": 256, "lr": 0.3, "warmup_epochs": 1},
+        "train": {"epochs": 15, "min_steps": 100, "batch_size": 256, "lr": 0.3, "warmup_epochs": 1},
     },
     # torchvision-sized ResNet-18 on one GPU.
     "gpu-r18": {
-        "backbone": {"arch": "resnet18", "width": 64, "stem": "small", "taps": ["layer3", "layer4"]},
+        "backbone": {"arch": "resnet18", "width": 64, "stem": "auto", "taps": ["layer3", "layer4"]},
         "memory": {"sizes": [512, 256], "sample_ratios": [0.3, 1.0]},
         "train": {"epochs": 100, "batch_size": 1024, "lr": 0.5},
     },
     # The paper's setting (§4.2): ResNet-50, taps after stages 3 and 4, β = 2 on raw
     # (unnormalised) features, the literal reading of Eq. 1.
     "paper-r50": {
-        "backbone": {"arch": "resnet50", "width": 64, "stem": "small", "taps": ["layer3", "layer4"]},
+        "backbone": {"arch": "resnet50", "width": 64, "stem": "auto", "taps": ["layer3", "layer4"]},
         "memory": {"sizes": [512, 256], "sample_ratios": [0.3, 1.0], "beta": 2.0, "normalize": "none"},
         "loss": {"temperature": 0.1, "variance_weight": 0.05},
         "scorer": {"margin": 2.0},
@@ -103,7 +105,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # Tiny network for tests and the scikit-learn digits demo.
     "tiny": {
-        "backbone": {"arch": "resnet18", "width": 8, "stem": "small", "taps": ["layer3", "layer4"]},
+        "backbone": {"arch": "resnet18", "width": 8, "stem": "auto", "taps": ["layer3", "layer4"]},
         "memory": {"sizes": [32, 16], "sample_ratios": [0.5, 1.0]},
         "train": {"epochs": 30, "batch_size": 128, "lr": 0.3, "warmup_epochs": 1},
         "scorer": {"steps": 200},
@@ -198,6 +200,7 @@ __all__ = [
     "LossConfig",
     "MemoryConfig",
     "PRESETS",
+    "PatchConfig",
     "PseudoConfig",
     "ScorerConfig",
     "TrainConfig",

@@ -7,6 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from anomem.backbone import STEMS
 from anomem.errors import ConfigError
 from anomem.inference import MODES as SCORE_MODES
 from anomem.memory import NORMALISATIONS
@@ -31,7 +32,9 @@ class BackboneConfig:
 
     arch: str = "resnet18"
     width: int = 64  # channels of the first stage; torchvision's ResNets use 64
-    stem: str = "small"  # "small": 3x3 conv stride 1, no max-pool (28-32 px); "imagenet"
+    # "small": 3x3 conv stride 1, no max-pool (28-32 px); "imagenet" (stride 4);
+    # "imagenet8" (stride 8); "auto": chosen from the image size (anomem.backbone.resolve_stem)
+    stem: str = "auto"
     taps: tuple[str, ...] = ("layer3", "layer4")
     # A local torchvision ResNet state dict (.pth) to start stage 1 from; "" = from scratch.
     # Never downloaded; tensors matching in name and shape are loaded at fit
@@ -44,7 +47,7 @@ class BackboneConfig:
             f"backbone.arch must be one of {ARCHS} or 'torchvision:<name>', got {self.arch!r}",
         )
         _check(self.width >= 4, f"backbone.width must be >= 4, got {self.width}")
-        _check(self.stem in ("small", "imagenet"), f"backbone.stem must be 'small' or 'imagenet', got {self.stem!r}")
+        _check(self.stem in STEMS, f"backbone.stem must be one of {STEMS}, got {self.stem!r}")
         _check(len(self.taps) >= 1, "backbone.taps must name at least one stage")
         valid = ("layer1", "layer2", "layer3", "layer4")
         for t in self.taps:
@@ -149,6 +152,7 @@ class TrainConfig:
     """Stage-1 optimisation (paper §4.2: SGD + Nesterov, cosine annealing)."""
 
     epochs: int = 100
+    min_steps: int = 0  # at least this many optimizer steps: more epochs for small sets
     batch_size: int = 1024
     lr: float = 0.5  # for batch 256; scaled linearly with batch_size
     momentum: float = 0.9
@@ -162,6 +166,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        _check(self.min_steps >= 0, f"train.min_steps must be >= 0, got {self.min_steps}")
         _check(self.batch_size >= 2, f"train.batch_size must be >= 2 (contrastive pairs need negatives), got {self.batch_size}")
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
         _check(0 <= self.momentum < 1, f"train.momentum must be in [0, 1), got {self.momentum}")
@@ -285,3 +290,28 @@ class PseudoConfig:
         _check(0 <= self.min_separability <= 1, f"pseudo.min_separability must lie in [0, 1], got {self.min_separability}")
         _check(0 <= self.defect_fraction <= 1, f"pseudo.defect_fraction must lie in [0, 1], got {self.defect_fraction}")
         _check(len(self.defect_size) == 2 and 0 < self.defect_size[0] <= self.defect_size[1] < 1, f"pseudo.defect_size must be a pair 0 < lo <= hi < 1, got {self.defect_size}")
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Patch-level evidence (:mod:`anomem.patches`) and how it joins the image score.
+
+    Two banks of local descriptors of the training normals, each a greedy coreset:
+    the encoder's finest stages and raw-pixel patches. The image score is the fusion
+    w_global · (memory, feature bank, pixel bank) + w_feature · feature patches +
+    w_pixel · pixel patches, with weights fitted per dataset at fit time on held-out
+    normals against pseudo-anomalies (:func:`anomem.fusion.fit_fusion`).
+    """
+
+    feature_bank: int = 2048  # coreset rows of encoder patch descriptors (0 = off)
+    pixel_bank: int = 2048  # coreset rows of raw-pixel patches (0 = off)
+    top_k: float = 0.01  # share of a map's largest positions averaged into the image score
+    held_out: float = 0.1  # share of training normals left out of the banks, for their statistics
+    fit_fusion: bool = True  # fit the weights at fit time (False: the global score alone)
+    min_validation: int = 8  # held-out normals needed to fit the weights
+
+    def __post_init__(self) -> None:
+        _check(self.feature_bank >= 0 and self.pixel_bank >= 0, f"patches.*_bank must be >= 0, got {self.feature_bank}, {self.pixel_bank}")
+        _check(0 < self.top_k <= 1, f"patches.top_k must lie in (0, 1], got {self.top_k}")
+        _check(0 < self.held_out < 1, f"patches.held_out must lie in (0, 1), got {self.held_out}")
+        _check(self.min_validation >= 2, f"patches.min_validation must be >= 2, got {self.min_validation}")

@@ -29,6 +29,7 @@ from anomem.config import AnoMemConfig, load_config
 from anomem.engine import EpochLog, Stage1Trainer, resolve_device
 from anomem.errors import ConfigError, DataError, NotFittedError
 from anomem.factory import build_net, build_scorer, load_backbone_weights
+from anomem.fusion import fit_fusion
 from anomem.inference import AnoMemModel, smooth_maps
 from anomem.inputs import (
     as_images,
@@ -174,7 +175,7 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         self.in_channels_ = int(x.shape[1])
         self.image_size_ = (int(x.shape[2]), int(x.shape[3]))
         self.device_ = resolve_device(cfg.train.device)
-        net = build_net(cfg, self.in_channels_)
+        net = build_net(cfg, self.in_channels_, self.image_size_)
         self.backbone_weights_ = load_backbone_weights(net, cfg)  # None unless backbone.weights names a file
         normals_f = to_float(x[normal])
         net.pixel_mean.copy_(normals_f.mean((0, 2, 3)))
@@ -193,6 +194,7 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         if calibration.shape[0]:
             self.calibration_bank_ = stage2.calibration_bank(self.model_, calibration, cfg.scorer.normal_bank,
                                                              cfg.train.seed)
+        self.fusion_ = fit_fusion(self.model_, cfg, calibration, self.calibration_bank_)
         self.threshold_ = self.fit_threshold(lambda: x[normal])
         self.prototype_cache_: PrototypeCache | None = None
         if cfg.scorer.prototype_cache > 0:
@@ -200,9 +202,9 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         return self
 
     def _train_stage1(self, trainer: Stage1Trainer, on_epoch_end: EpochCallback | None) -> None:
-        bar = _progress(self.config_.train.epochs, trainer.epoch, self.progress)
+        bar = _progress(trainer.epochs, trainer.epoch, self.progress)
         try:
-            while trainer.epoch < self.config_.train.epochs:
+            while trainer.epoch < trainer.epochs:
                 log = trainer.run_epoch()
                 self.history_.append(log)
                 if bar is not None:

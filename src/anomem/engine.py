@@ -39,6 +39,9 @@ class TrainingDivergedError(AnoMemError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+BATCH_PIXELS = 128 * 128 * 128  # a stage-1 batch holds at most this many input pixels (per view)
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
     if name == "auto":
@@ -106,12 +109,17 @@ class Stage1Trainer:
         self.normal = normal.to(device)
         n = images.shape[0]
         # Global batch; drop the ragged last one: NT-Xent needs negatives, BatchNorm a full batch.
-        self.batch_size = min(cfg.train.batch_size, n) // self.world * self.world
+        # Memory bounded whatever the image size: at most BATCH_PIXELS input pixels a batch.
+        cap = max(2 * self.world, BATCH_PIXELS // (int(images.shape[-2]) * int(images.shape[-1])))
+        self.batch_size = min(cfg.train.batch_size, n, cap) // self.world * self.world
         if self.batch_size < 2 * self.world:
             raise ConfigError(f"stage 1 needs at least {2 * self.world} training images, got {n}")
         self.local_batch = self.batch_size // self.world
         self.steps_per_epoch = max(1, n // self.batch_size)
-        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        # Training is measured in optimizer steps: a small set gets more epochs, so that
+        # at least train.min_steps are taken whatever the number of images.
+        self.epochs = max(cfg.train.epochs, math.ceil(cfg.train.min_steps / self.steps_per_epoch))
+        self.total_steps = self.epochs * self.steps_per_epoch
         self.views = build_views(cfg, tuple(images.shape[2:]), images.shape[1]).to(device)
         self.loss_fn = ContrastedMemoryLoss(
             make_objective(cfg.loss.objective, cfg.loss.temperature, cfg.loss.barlow_lambda),

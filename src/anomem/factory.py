@@ -13,7 +13,7 @@ import warnings
 from dataclasses import asdict
 
 from anomem.augment import SimCLRViews
-from anomem.backbone import TappedResNet, WeightsReport, load_resnet_weights
+from anomem.backbone import TappedResNet, WeightsReport, load_resnet_weights, resolve_stem
 from anomem.config import AnoMemConfig
 from anomem.memory import HopfieldMemory
 from anomem.model import AnoMemNet
@@ -21,10 +21,12 @@ from anomem.scoring import Scorer
 from anomem.thresholds import user_stacklevel
 
 
-def build_net(cfg: AnoMemConfig, in_channels: int) -> AnoMemNet:
-    """Encoder with the configured taps and one Hopfield memory per tap (untrained)."""
+def build_net(cfg: AnoMemConfig, in_channels: int, image_size: tuple[int, int] | None = None) -> AnoMemNet:
+    """Encoder with the configured taps and one Hopfield memory per tap (untrained);
+    ``image_size`` (H, W) picks the stem when ``backbone.stem`` is ``auto``."""
     b, m = cfg.backbone, cfg.memory
-    backbone = TappedResNet.build(b.arch, b.taps, in_channels=in_channels, width=b.width, stem=b.stem)
+    stem = resolve_stem(b.stem, image_size)
+    backbone = TappedResNet.build(b.arch, b.taps, in_channels=in_channels, width=b.width, stem=stem)
     memories = [
         HopfieldMemory(k, c, beta=m.beta, normalize=m.normalize, max_steps=m.max_steps, learn_beta=m.learn_beta, tol=m.tol)
         for k, c in zip(m.sizes, backbone.tap_channels)
@@ -53,7 +55,8 @@ def build_scorer(cfg: AnoMemConfig, channels: tuple[int, ...]) -> Scorer:
     s = cfg.scorer
     return Scorer(channels, cfg.memory.weights(len(channels)), s.pool_size, s.hidden, s.merge == "standardized",
                   s.bank_k, s.bank_weight, s.pixel_weight, s.pixel_side, s.local_weight, s.map_pixel_weight,
-                  s.local_k, s.map_sigma, s.contrast_weight)
+                  s.local_k, s.map_sigma, s.contrast_weight,
+                  (cfg.patches.feature_bank, cfg.patches.pixel_bank), cfg.patches.top_k)
 
 
 def build_views(cfg: AnoMemConfig, image_size: tuple[int, int], channels: int) -> SimCLRViews:

@@ -32,6 +32,7 @@ from torch import nn
 from anomem.inputs import to_float
 from anomem.maps import smooth_maps
 from anomem.model import AnoMemNet, Evidence
+from anomem.patches import pixel_descriptors
 from anomem.scoring import Scorer
 
 MODES = ("auto", "one-class", "supervised")
@@ -89,10 +90,25 @@ class AnoMemModel(nn.Module):
         """Δ^(s) (Eq. 8) and pooled tap features of a batch (see :meth:`AnoMemNet.evidence`),
         and the input's pixel vectors when the scorer keeps a pixel bank."""
         ev = self.net.evidence(x, associations)
-        if not self.scorer.pixels.ready:
-            return ev
-        scores, z_map = self.scorer.pixel_scores(self.scorer.pixels.features(x))
-        return ev._replace(pixel_scores=scores, pixel_map=z_map)
+        s = self.scorer
+        if s.pixels.ready:
+            scores, z_map = s.pixel_scores(s.pixels.features(x))
+            ev = ev._replace(pixel_scores=scores, pixel_map=z_map)
+        if s.has_patches:
+            ev = self.with_patches(ev, x)
+        return ev
+
+    def with_patches(self, ev: Evidence, x: torch.Tensor, every: bool = False) -> Evidence:
+        """``ev`` with the patch banks' standardised scores (B, 2) and maps; a bank the
+        fusion gives no weight is skipped (its score is 0) unless ``every``."""
+        s = self.scorer
+        descriptors = (lambda: ev.local_features, lambda: pixel_descriptors(x))
+        weight = torch.maximum(s.fusion[1:], s.map_fusion[1:])
+        parts = [bank.scores(make()) if bank.ready and (every or float(w) > 0) and make() is not None else None
+                 for bank, w, make in zip(s.patches.values(), weight, descriptors)]
+        zero = x.new_zeros(x.shape[0])
+        scores = torch.stack([zero if p is None else p.score for p in parts], 1)  # (B, 2)
+        return ev._replace(patch_scores=scores, patch_maps=[None if p is None else p.map for p in parts])
 
     def scale_scores(self, evidence: Evidence) -> torch.Tensor:
         """Per-scale scores (B, S): Eq. 9 or 10, standardised and mixed with the bank."""
@@ -103,8 +119,19 @@ class AnoMemModel(nn.Module):
         pixel bank's score when one is kept (:meth:`Scorer.image_score`)."""
         return self.scorer(evidence, self.use_heads)
 
-    def heatmaps(self, evidence: Evidence, sigma: float | None = None) -> Heatmaps:
-        """Per-scale and fused maps at input size; ``sigma`` pixels (None = ``map_sigma``)."""
+    def heatmaps(self, evidence: Evidence, sigma: float | None = None, weights: torch.Tensor | None = None) -> Heatmaps:
+        """Per-scale and fused maps at input size; ``sigma`` pixels (None = ``map_sigma``).
+
+        The fused map is w · (memory map, feature-patch map, pixel-patch map) with the
+        fitted ``scorer.map_fusion`` weights, or ``weights`` (3,)."""
+        maps, parts = self.heatmap_parts(evidence, sigma)
+        w = self.scorer.map_fusion if weights is None else weights.to(parts)
+        return Heatmaps(maps, (parts * w[None, :, None, None]).sum(1))
+
+    def heatmap_parts(self, evidence: Evidence, sigma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-scale maps (B, S, H, W) and the three standardised maps the fused one mixes
+        (B, 3, H, W): the memory's (Eq. 13 per position, with the pixel bank's local map),
+        the feature patches' and the pixel patches' (zeros where a bank is not used)."""
         sigma = self.map_sigma if sigma is None else sigma
         norms = torch.stack(
             [F.interpolate(d.norm(dim=1, keepdim=True), size=self.image_size, mode="bilinear",
@@ -112,13 +139,18 @@ class AnoMemModel(nn.Module):
             dim=1,
         )  # (B, S, H, W)
         maps = smooth_maps(norms, sigma)
-        fused = self.scorer.merge(self.scorer.map_scores(maps))
+        memory = self.scorer.merge(self.scorer.map_scores(maps))  # (B, H, W)
         w = self.scorer.map_pixel_weight
         if w > 0 and evidence.pixel_map is not None:  # the pixel bank's local map, at input size
             local = F.interpolate(evidence.pixel_map[:, None], size=self.image_size, mode="bilinear",
                                   align_corners=False)[:, 0]
-            fused = (1 - w) * fused + w * local
-        return Heatmaps(maps, fused)
+            memory = (1 - w) * memory + w * local
+        parts = [memory, torch.zeros_like(memory), torch.zeros_like(memory)]
+        for i, m in enumerate(evidence.patch_maps or ()):
+            if m is not None:
+                up = F.interpolate(m[:, None], size=self.image_size, mode="bilinear", align_corners=False)
+                parts[i + 1] = (smooth_maps(up, sigma) if sigma > 0 else up)[:, 0]
+        return maps, torch.stack(parts, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(score (B,), fused map (B, H, W)) — a plain tuple, as tracing and ONNX need."""
@@ -128,9 +160,10 @@ class AnoMemModel(nn.Module):
     # -- batching ------------------------------------------------------------------------
     @torch.inference_mode()
     def evidence_batches(self, images: torch.Tensor, batch_size: int = 256,
-                         associations: bool = False) -> Iterator[Evidence]:
+                         associations: bool = False, patches: bool = False) -> Iterator[Evidence]:
         """Evidence of many images (uint8 or float), ``batch_size`` at a time, on the
-        model's device in eval mode; bfloat16 autocast on CUDA, float32 out."""
+        model's device in eval mode; bfloat16 autocast on CUDA, float32 out. With
+        ``patches`` every patch bank scores, weighted or not (to fit the fusion)."""
         self.eval()
         device = self.net.pixel_mean.device
         amp = device.type == "cuda"
@@ -138,9 +171,12 @@ class AnoMemModel(nn.Module):
             x = to_float(images[i : i + batch_size].to(device))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 ev = self.evidence(x, associations)
+                if patches and not self.scorer.has_patches:
+                    ev = self.with_patches(ev, x, every=True)
             f = lambda t: None if t is None else t.float()  # noqa: E731
             yield Evidence([d.float() for d in ev.deviations], [e.float() for e in ev.embeddings], ev.recalled,
-                           f(ev.pixel_scores), f(ev.pixel_map))
+                           f(ev.pixel_scores), f(ev.pixel_map), f(ev.local_features), f(ev.patch_scores),
+                           None if ev.patch_maps is None else [f(m) for m in ev.patch_maps])
 
 
 __all__ = ["AnoMemModel", "Heatmaps", "MODES", "smooth_maps"]

@@ -19,6 +19,7 @@ from torch import nn
 from anomem.backbone import TappedResNet
 from anomem.losses import ScalePairs
 from anomem.memory import HopfieldMemory, retrieve_map
+from anomem.patches import feature_descriptors
 
 
 class AnoMemNet(nn.Module):
@@ -133,14 +134,17 @@ class AnoMemNet(nn.Module):
             recalled S x Recall of (B, H_s, W_s) tensors (or None)
         """
         devs, embs, recalled = [], [], []
-        for fmap, mem in zip(self.features(x), self.memories):
+        x = (x - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
+        stages = self.backbone.stage_maps(x)
+        local = feature_descriptors(stages) if "layer2" in stages else None
+        for fmap, mem in zip([stages[t] for t in self.backbone.taps], self.memories):
             r = retrieve_map(mem, fmap)
             devs.append(r.query - r.recollection)  # Eq. 8
             embs.append(fmap.mean((2, 3)))
             if associations:
                 weight, pattern = r.weights.max(-1)  # argmax_k of softmax(β ξ Xᵀ)
                 recalled.append(Recall(pattern, weight))
-        return Evidence(devs, embs, recalled if associations else None)
+        return Evidence(devs, embs, recalled if associations else None, local_features=local)
 
 
 class Recall(NamedTuple):
@@ -165,6 +169,10 @@ class Evidence(NamedTuple):
         pixel_scores: (B, 3) standardised global, local and contrast pixel-bank scores, and
         pixel_map: (B, h, w) the standardised local map, when the scorer keeps a pixel
             bank (set by :class:`anomem.inference.AnoMemModel`).
+        local_features: (B, D, h, w) the encoder's patch descriptors
+            (:func:`anomem.patches.feature_descriptors`), or None.
+        patch_scores: (B, 2) standardised feature-patch and pixel-patch image scores, and
+        patch_maps: their (B, h, w) maps, when the scorer keeps patch banks.
     """
 
     deviations: list[torch.Tensor]
@@ -172,3 +180,6 @@ class Evidence(NamedTuple):
     recalled: list[Recall] | None = None
     pixel_scores: torch.Tensor | None = None
     pixel_map: torch.Tensor | None = None
+    local_features: torch.Tensor | None = None
+    patch_scores: torch.Tensor | None = None
+    patch_maps: list[torch.Tensor] | None = None

@@ -102,7 +102,8 @@ def save_detector(det: AnoMem, path: str | Path, meta: dict[str, Any] | None = N
         "raw": cal.raw.cpu(), "pooled": _cpu(cal.pooled),
         "bank": torch.zeros(cal.raw.shape[0], 0) if cal.bank is None else cal.bank.cpu(),
         "pixel": torch.zeros(0) if cal.pixel is None else cal.pixel.cpu(),
-        "pixel_features": torch.zeros(0) if cal.pixel_features is None else cal.pixel_features.cpu()}
+        "pixel_features": torch.zeros(0) if cal.pixel_features is None else cal.pixel_features.cpu(),
+        "patches": torch.zeros(0) if cal.patches is None else cal.patches.cpu()}
     state["threshold"] = "" if det.threshold_ is None else det.threshold_.to_json()
     cache = det.prototype_cache_
     state["prototype_cache"] = {} if cache is None else cache.to_state()
@@ -141,11 +142,14 @@ def _from_checkpoint(cls: type[AnoMem], ckpt: dict[str, Any], path: str | Path, 
     det.in_channels_ = int(ckpt["in_channels"])
     det.image_size_ = tuple(int(v) for v in ckpt["image_size"])
     det.device_ = resolve_device(device)
-    net = build_net(cfg, det.in_channels_)
+    net = build_net(cfg, det.in_channels_, det.image_size_)
     channels = net.backbone.tap_channels
     scorer = build_scorer(cfg, channels)
     # Files from before the pixel bank lack its (empty) buffers: take the fresh ones.
-    state = {**{k: v for k, v in scorer.state_dict().items() if k.startswith("pixels.")}, **ckpt["scorer"]}
+    # Files from before the patch banks lack them (and their fusion weights): fresh ones
+    # score exactly as those files did (banks empty, the global score alone).
+    fresh = ("pixels.", "patches.", "fusion", "map_fusion")
+    state = {**{k: v for k, v in scorer.state_dict().items() if k.startswith(fresh)}, **ckpt["scorer"]}
     try:
         net.load_state_dict(ckpt["net"])
         scorer.resize_banks(state)
@@ -165,7 +169,8 @@ def _from_checkpoint(cls: type[AnoMem], ckpt: dict[str, Any], path: str | Path, 
     )
     cal = ckpt.get("calibration_bank") or None
     det.calibration_bank_ = None if cal is None else ScoreBank(cal["raw"], list(cal["pooled"]), cal.get("bank"),
-                                                               cal.get("pixel"), _non_empty(cal.get("pixel_features")))
+                                                               cal.get("pixel"), _non_empty(cal.get("pixel_features")),
+                                                               _non_empty(cal.get("patches")))
     det.threshold_ = Threshold.from_json(ckpt["threshold"]) if ckpt.get("threshold") else None
     cache = ckpt.get("prototype_cache") or None
     det.prototype_cache_ = None if cache is None else PrototypeCache.from_state(cache)

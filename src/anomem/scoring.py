@@ -19,7 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomem.patches import PatchBank
 from anomem.pixel_bank import PixelBank, euclidean_distances
+
+PATCH_SIGNALS = ("feature", "pixel")  # the patch banks, in the order of the fusion weights
 
 
 def one_class_scores(deviations: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -157,7 +160,8 @@ class Scorer(nn.Module):
     def __init__(self, channels: Sequence[int], scale_weights: Sequence[float], pool: int, hidden: int,
                  standardize: bool, bank_k: int = 2, bank_weight: float = 0.5, pixel_weight: float = 0.0,
                  pixel_side: int = 32, local_weight: float = 0.0, map_pixel_weight: float = 0.0,
-                 local_k: int = 20, map_sigma: float = 0.04, contrast_weight: float = 0.0) -> None:
+                 local_k: int = 20, map_sigma: float = 0.04, contrast_weight: float = 0.0,
+                 patch_banks: tuple[int, int] = (0, 0), patch_top_k: float = 0.01) -> None:
         super().__init__()
         s = len(channels)
         self.standardize = standardize
@@ -180,6 +184,11 @@ class Scorer(nn.Module):
         for i, c in enumerate(channels):
             self.register_buffer(f"bank{i}", torch.zeros(0, c))
         self.heads = nn.ModuleList(DeviationHead(c, pool, hidden) for c in channels)
+        # Patch-level evidence (anomem.patches) and the fusion of the image score:
+        # w_global · (the score above) + w_feature · feature patches + w_pixel · pixel patches.
+        self.patches = nn.ModuleDict({name: PatchBank(n, patch_top_k) for name, n in zip(PATCH_SIGNALS, patch_banks)})
+        self.register_buffer("fusion", torch.tensor([1.0, 0.0, 0.0]))  # (global, *PATCH_SIGNALS), fitted
+        self.register_buffer("map_fusion", torch.tensor([1.0, 0.0, 0.0]))  # the same for heat-maps
 
     @property
     def banks(self) -> list[torch.Tensor]:
@@ -207,6 +216,23 @@ class Scorer(nn.Module):
         for name in ("bank", "anomalies"):
             if f"pixels.{name}" in state:
                 setattr(self.pixels, name, torch.zeros_like(state[f"pixels.{name}"]))
+        for name, bank in self.patches.items():
+            bank.resize_like(state, f"patches.{name}.")
+
+    @property
+    def has_patches(self) -> bool:
+        """True when a patch bank is kept and the fusion gives it weight."""
+        weight = torch.maximum(self.fusion[1:], self.map_fusion[1:])
+        return any(b.ready and float(w) > 0 for b, w in zip(self.patches.values(), weight))
+
+    def fuse(self, image: torch.Tensor, patch_scores: torch.Tensor | None,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The fused image score: w · (image-level score (B,), patch scores (B, 2)), with
+        the fitted :attr:`fusion` weights or ``weights`` (3,). The one place they meet."""
+        w = self.fusion if weights is None else weights.to(image)
+        if patch_scores is None or not patch_scores.numel():
+            return image
+        return w[0] * image + (patch_scores * w[1:]).sum(1)
 
     def image_score(self, per_scale: torch.Tensor, pixels: torch.Tensor | None, supervised: bool = False) -> torch.Tensor:
         """The image score: Eq. 13 over the scales, then, when the pixel bank is kept,
@@ -271,5 +297,7 @@ class Scorer(nn.Module):
         return merge_scales(per_scale, self.scale_weights)
 
     def forward(self, evidence, supervised: bool) -> torch.Tensor:
-        """Image anomaly score (B,), higher = more anomalous (Eq. 13, then the pixel bank)."""
-        return self.image_score(self.per_scale(evidence, supervised), evidence.pixel_scores, supervised)
+        """Image anomaly score (B,), higher = more anomalous (Eq. 13, then the pixel bank,
+        then the fusion with the patch banks)."""
+        image = self.image_score(self.per_scale(evidence, supervised), evidence.pixel_scores, supervised)
+        return self.fuse(image, evidence.patch_scores)

@@ -22,6 +22,7 @@ from anomem.engine import fit_heads
 from anomem.errors import ConfigError
 from anomem.inference import AnoMemModel
 from anomem.inputs import to_float
+from anomem.patches import pixel_descriptors
 from anomem.pseudo import make_pseudo_anomalies, shift_separability
 from anomem.scoring import one_class_scores
 
@@ -35,6 +36,7 @@ class DeviationSummary(NamedTuple):
     map_mean: torch.Tensor  # (S,) mean of per-position ‖Δ_ij‖ over all images
     map_sq: torch.Tensor  # (S,) mean of per-position ‖Δ_ij‖²
     pixels: torch.Tensor | None = None  # (N, 2) pixel-bank scores, when the bank is ready
+    patches: torch.Tensor | None = None  # (N, 2) feature- and pixel-patch scores, when the banks are ready
 
 
 class ScoreBank(NamedTuple):
@@ -57,6 +59,7 @@ class ScoreBank(NamedTuple):
     bank: torch.Tensor | None = None
     pixel: torch.Tensor | None = None
     pixel_features: torch.Tensor | None = None
+    patches: torch.Tensor | None = None  # (N, 2) standardised patch-bank scores (never change after fit)
 
 
 class Stage2Banks(NamedTuple):
@@ -80,9 +83,13 @@ def summarise(model: AnoMemModel, images: torch.Tensor, batch_size: int = 256) -
     """Eq. 9 scores, pooled deviations, embeddings and map statistics of ``images``."""
     heads = model.scorer.heads
     scores, pooled, embs, pix, msum, msq, count = [], [], [], [], 0.0, 0.0, 0
-    for ev in model.evidence_batches(images, batch_size):
+    patches = []
+    ready = any(b.ready for b in model.scorer.patches.values())
+    for ev in model.evidence_batches(images, batch_size, patches=ready):
         if ev.pixel_scores is not None:
             pix.append(ev.pixel_scores)
+        if ev.patch_scores is not None:
+            patches.append(ev.patch_scores)
         devs = ev.deviations
         embs.append(ev.embeddings)
         scores.append(one_class_scores(devs))
@@ -93,7 +100,7 @@ def summarise(model: AnoMemModel, images: torch.Tensor, batch_size: int = 256) -
         count += devs[0].shape[0]
     return DeviationSummary(torch.cat(scores), [torch.cat(p) for p in zip(*pooled)],
                             [torch.cat(e) for e in zip(*embs)], msum / count, msq / count,
-                            torch.cat(pix) if pix else None)
+                            torch.cat(pix) if pix else None, torch.cat(patches) if patches else None)
 
 
 @torch.inference_mode()
@@ -107,7 +114,9 @@ def bank_scores(model: AnoMemModel, bank: ScoreBank) -> np.ndarray:
     pixels = None if bank.pixel is None else bank.pixel.to(device)
     if bank.pixel_features is not None and bank.pixel_features.numel() and s.pixels.ready:
         pixels = s.pixel_scores(bank.pixel_features.to(device))[0]
-    return s.image_score(s.standardise(raw, sup, near), pixels, sup).float().cpu().numpy()  # Eq. 13 (+ pixel bank)
+    image = s.image_score(s.standardise(raw, sup, near), pixels, sup)  # Eq. 13 (+ pixel bank)
+    patches = None if bank.patches is None or not s.has_patches else bank.patches.to(device)
+    return s.fuse(image, patches).float().cpu().numpy()
 
 
 def fit_scorer(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, anomalies: torch.Tensor,
@@ -130,6 +139,7 @@ def fit_scorer(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, ano
         scorer.set_banks([e[pick[: cfg.scorer.bank].to(e.device)] for e in summ.embeddings])
         if scorer.pixels.active:
             scorer.pixels.fit(to_float(normals[pick[: cfg.scorer.bank]]).to(scorer.score_mean.device))
+    fit_patch_banks(model, cfg, normals)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     keep = torch.randperm(normals.shape[0], generator=gen)[: cfg.scorer.normal_bank]
     empty = [p.new_zeros((0, p.shape[1])) for p in summ.pooled]  # fresh: a p[:0] view would keep every row
@@ -184,7 +194,48 @@ def calibration_bank(model: AnoMemModel, images: torch.Tensor, cap: int, seed: i
     feats = None
     if s.pixels.ready:
         feats = s.pixels.features(to_float(images[keep.to(images.device)]).to(s.pixels.bank.device))
-    return ScoreBank(summ.scores[keep], [p[keep.to(p.device)] for p in summ.pooled], near, pixels, feats)
+    patches = None if summ.patches is None else summ.patches[keep.to(summ.patches.device)]
+    return ScoreBank(summ.scores[keep], [p[keep.to(p.device)] for p in summ.pooled], near, pixels, feats, patches)
+
+
+PATCH_FIT_IMAGES = 1024  # training normals whose descriptors feed the coresets, at most
+
+
+@torch.inference_mode()
+def fit_patch_banks(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor) -> None:
+    """Fill the patch banks (:mod:`anomem.patches`): a seeded share ``patches.held_out``
+    of the normals (at least one) is left out of the coresets and sets their statistics."""
+    banks = model.scorer.patches
+    if not any(b.size > 0 for b in banks.values()) or normals.shape[0] < 2:
+        return
+    gen = torch.Generator().manual_seed(cfg.train.seed + 4099)
+    order = torch.randperm(normals.shape[0], generator=gen)
+    n_out = min(max(1, round(cfg.patches.held_out * normals.shape[0])), normals.shape[0] - 1, 64)
+    held, train = order[:n_out], order[n_out:][:PATCH_FIT_IMAGES]
+    for name, bank in banks.items():
+        if bank.size <= 0:
+            continue
+        desc = [patch_descriptors(model, normals[idx], name) for idx in (train, held)]
+        if desc[0] is None:
+            continue
+        bank.fit(desc[0], desc[1], gen)
+    model.scorer.fusion.copy_(torch.tensor([1.0, 0.0, 0.0]))  # until fit_fusion weighs them
+    model.scorer.map_fusion.copy_(torch.tensor([1.0, 0.0, 0.0]))
+
+
+def patch_descriptors(model: AnoMemModel, images: torch.Tensor, name: str, batch_size: int = 128) -> torch.Tensor | None:
+    """Descriptors (N, D, h, w) of one patch bank (``feature`` or ``pixel``) of ``images``."""
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        x = to_float(images[i : i + batch_size].to(model.net.pixel_mean.device))
+        if name == "pixel":
+            out.append(pixel_descriptors(x))
+            continue
+        d = model.net.evidence(x).local_features
+        if d is None:
+            return None
+        out.append(d.float())
+    return torch.cat(out)
 
 
 def calibration_split(normal: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
@@ -199,6 +250,16 @@ def calibration_split(normal: torch.Tensor, fraction: float, seed: int) -> torch
     return idx[torch.randperm(idx.numel(), generator=gen)[:m]].sort().values
 
 
+def usable_shifts(x: torch.Tensor, shifts: tuple[str, ...], cfg: AnoMemConfig) -> tuple[str, ...]:
+    """The shifts that move these normals (N, C, H, W) off their distribution: a shift the
+    class is (nearly) invariant to makes pseudo-anomalies that look normal."""
+    p = cfg.pseudo
+    if shifts and p.min_separability > 0 and x.shape[0] >= 4:
+        sep = shift_separability(x, shifts, generator=torch.Generator().manual_seed(cfg.train.seed + 7))
+        shifts = tuple(k for k in shifts if sep[k] >= p.min_separability)
+    return shifts
+
+
 def pseudo_anomalies(normals: torch.Tensor, cfg: AnoMemConfig) -> torch.Tensor:
     """``pseudo.ratio`` x N pseudo-anomalies of the training normals (float, CPU), seeded
     by ``train.seed`` on a stream of their own (:mod:`anomem.pseudo`)."""
@@ -211,10 +272,7 @@ def pseudo_anomalies(normals: torch.Tensor, cfg: AnoMemConfig) -> torch.Tensor:
         if not shifts and not p.defects:
             raise ConfigError("pseudo.shifts holds only quarter turns, which need square images; add rot180 or vflip")
     x = to_float(normals)
-    if shifts and p.min_separability > 0 and x.shape[0] >= 4:
-        # a shift this class is (nearly) invariant to makes pseudo-anomalies that look normal
-        sep = shift_separability(x, shifts, generator=torch.Generator().manual_seed(cfg.train.seed + 7))
-        shifts = tuple(k for k in shifts if sep[k] >= p.min_separability)
+    shifts = usable_shifts(x, shifts, cfg)
     if not shifts and (p.defect_fraction == 0 or not p.defects):
         return x[:0]  # nothing left that makes an anomaly: the paper's stage 1
     return make_pseudo_anomalies(x, count, shifts, p.defects, p.defect_fraction, p.defect_size, gen).images
@@ -227,8 +285,10 @@ __all__ = [
     "bank_scores",
     "calibration_bank",
     "calibration_split",
+    "fit_patch_banks",
     "fit_scorer",
     "pseudo_anomalies",
     "summarise",
     "train_heads",
+    "usable_shifts",
 ]

@@ -190,7 +190,28 @@ def _scorer(value: Any) -> list[int]:
     if "supervised" in s and s["supervised"].numel() != 1:
         raise _Bad("scorer['supervised'] must be one flag")
     _pixel_bank(s)
+    _patch_banks(s)
     return dims
+
+
+def _patch_banks(s: Mapping[str, torch.Tensor]) -> None:
+    """The optional patch banks (``patches.*``) and fusion weights; older files have none."""
+    for key in ("fusion", "map_fusion"):
+        if key not in s:
+            continue
+        w = _tensor(s[key], f"scorer['{key}']", ndim=1, floating=True)
+        if w.shape[0] != 3 or bool((w < 0).any()) or not 0.99 <= float(w.sum()) <= 1.01:
+            raise _Bad(f"scorer['{key}'] must be 3 weights >= 0 summing to 1, got {w.tolist()}")
+    for name in ("feature", "pixel"):
+        key = f"patches.{name}.bank"
+        if key not in s:
+            continue
+        _tensor(s[key], f"scorer['{key}']", ndim=2, floating=True)
+        for stat in ("map", "score"):
+            _tensor(s.get(f"patches.{name}.{stat}_mean"), f"scorer['patches.{name}.{stat}_mean']", ndim=0, floating=True)
+            std = _tensor(s.get(f"patches.{name}.{stat}_std"), f"scorer['patches.{name}.{stat}_std']", ndim=0, floating=True)
+            if not float(std) > 0:
+                raise _Bad(f"scorer['patches.{name}.{stat}_std'] must be > 0 (a standard deviation), got {float(std)}")
 
 
 def _pixel_bank(s: Mapping[str, torch.Tensor]) -> None:
@@ -281,6 +302,11 @@ def _validate_detector(ckpt: Mapping[str, Any]) -> None:
             if pf.numel() and (pf.ndim != 2 or pf.shape[0] != raw.shape[0] or pf.shape[1] != d):
                 raise _Bad(f"calibration_bank['pixel_features'] must be ({raw.shape[0]}, {d}) (the pixel bank's "
                            f"width) or empty, got {tuple(pf.shape)}")
+        pt = cal.get("patches")
+        if pt is not None:
+            pt = _tensor(pt, "calibration_bank['patches']", floating=True)
+            if pt.numel() and (pt.ndim != 2 or pt.shape != (raw.shape[0], 2)):
+                raise _Bad(f"calibration_bank['patches'] must be ({raw.shape[0]}, 2) or empty, got {tuple(pt.shape)}")
         if cal.get("bank") is not None:
             b = _tensor(cal["bank"], "calibration_bank['bank']", ndim=2, floating=True)
             if b.shape[0] != raw.shape[0] or b.shape[1] not in (0, n):

@@ -41,6 +41,7 @@ FAST: dict[str, dict[str, Any]] = {
     "ocsvm": {},
     "iforest": {"n_estimators": 25},
     "knn": {},
+    "patch-knn": {"max_patches": 2000},
     "deepsad": {"epochs": 2, "batch_size": 16, "device": "cpu"},
     # both spellings of a config override; no held-out normals (40 cannot resolve a 1 % FPR)
     "anomem": {"config": "tiny", "progress": False, "epochs": 1, "train__batch_size": 16, "scorer__steps": 5,
@@ -51,6 +52,7 @@ FLOOR: dict[str, dict[str, Any]] = {
     "ocsvm": {},
     "iforest": {},
     "knn": {},
+    "patch-knn": {},
     "deepsad": {"epochs": 10, "batch_size": 16, "device": "cpu"},
     "anomem": {**FAST["anomem"], "epochs": 3},
 }

@@ -10,14 +10,15 @@ from anomem.baselines import (
     RawPixelIsolationForest,
     RawPixelKNN,
     RawPixelOCSVM,
+    RawPixelPatchKNN,
     make_baseline,
 )
 from anomem.errors import ConfigError
 
 
 def test_names_and_classes() -> None:
-    assert BASELINES == ("ocsvm", "iforest", "knn", "deepsad")
-    classes = [RawPixelOCSVM, RawPixelIsolationForest, RawPixelKNN, DeepSAD]
+    assert BASELINES == ("ocsvm", "iforest", "knn", "patch-knn", "deepsad")
+    classes = [RawPixelOCSVM, RawPixelIsolationForest, RawPixelKNN, RawPixelPatchKNN, DeepSAD]
     for name, cls in zip(BASELINES, classes, strict=True):
         assert type(make_baseline(name)) is cls
     assert type(make_baseline(" KNN ")) is RawPixelKNN
@@ -36,7 +37,7 @@ def test_defaults() -> None:
 
 
 def test_unknown_name_lists_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown baseline 'svdd'.*ocsvm, iforest, knn, deepsad"):
+    with pytest.raises(ConfigError, match="unknown baseline 'svdd'.*ocsvm, iforest, knn, patch-knn, deepsad"):
         make_baseline("svdd")
     with pytest.raises(ConfigError, match="unknown baseline"):
         make_baseline(None)  # type: ignore[arg-type]

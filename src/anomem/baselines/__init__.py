@@ -8,6 +8,7 @@ anomalous. See :mod:`anomem.baselines.base` for the full contract.
 * :class:`RawPixelOCSVM` — one-class SVM (RBF) on raw pixels.
 * :class:`RawPixelIsolationForest` — Isolation Forest on raw pixels.
 * :class:`RawPixelKNN` — mean distance to the k nearest training normals.
+* :class:`RawPixelPatchKNN` — largest nearest-neighbour distance of raw-pixel patches (local defects).
 * :class:`DeepSAD` — Deep SAD (Ruff et al., ICLR 2020), uses labelled anomalies.
 
 :func:`make_baseline` builds one by name (:data:`BASELINES`).
@@ -15,7 +16,12 @@ anomalous. See :mod:`anomem.baselines.base` for the full contract.
 
 from anomem.baselines.base import BaseDetector
 from anomem.baselines.deep_sad import DeepSAD
-from anomem.baselines.raw_pixel import RawPixelIsolationForest, RawPixelKNN, RawPixelOCSVM
+from anomem.baselines.raw_pixel import (
+    RawPixelIsolationForest,
+    RawPixelKNN,
+    RawPixelOCSVM,
+    RawPixelPatchKNN,
+)
 from anomem.baselines.registry import BASELINES, make_baseline
 
 __all__ = [
@@ -25,5 +31,6 @@ __all__ = [
     "RawPixelIsolationForest",
     "RawPixelKNN",
     "RawPixelOCSVM",
+    "RawPixelPatchKNN",
     "make_baseline",
 ]

@@ -21,7 +21,7 @@ from sklearn.svm import OneClassSVM
 from anomem.baselines.base import BaseDetector, _check_number, check_random_state_seed
 from anomem.errors import ConfigError, DataError
 
-__all__ = ["RawPixelIsolationForest", "RawPixelKNN", "RawPixelOCSVM"]
+__all__ = ["RawPixelIsolationForest", "RawPixelKNN", "RawPixelOCSVM", "RawPixelPatchKNN"]
 
 
 def _flatten(images: torch.Tensor) -> np.ndarray:
@@ -208,3 +208,58 @@ class RawPixelKNN(BaseDetector):
             dist, _ = self.nn_.kneighbors(flat[start : start + step], return_distance=True)
             out[start : start + step] = dist.mean(axis=1)
         return out
+
+
+class RawPixelPatchKNN(BaseDetector):
+    """Nearest-neighbour distance of raw-pixel patches: the simplest strong detector of
+    small local defects (the patch-matching idea behind PatchCore, Roth et al. 2022, on
+    pixels instead of pretrained features).
+
+    Every ``patch`` x ``patch`` patch at stride ``stride`` of the training normals is a
+    candidate (``max_patches`` of them kept, a seeded uniform draw); the image's score is
+    the largest distance from any of its patches to its nearest stored patch.
+    Labelled anomalies (``y == 0``) are ignored.
+
+    Args:
+        patch: patch side in pixels.
+        stride: step between patches.
+        max_patches: stored patches at most (seeded draw from ``random_state``).
+        random_state: seed of the draw.
+
+    Attributes:
+        bank_: (K, C·patch²) the stored patches.
+        input_shape_: (C, H, W) of the training images.
+    """
+
+    def __init__(self, patch: int = 8, stride: int = 4, max_patches: int = 40000, random_state: int | None = None):
+        self.patch = patch
+        self.stride = stride
+        self.max_patches = max_patches
+        self.random_state = random_state
+
+    def _check_params(self) -> None:
+        name = type(self).__name__
+        _check_number(name, "patch", self.patch, kind=int, low=1)
+        _check_number(name, "stride", self.stride, kind=int, low=1)
+        _check_number(name, "max_patches", self.max_patches, kind=int, low=1)
+        if self.random_state is not None:
+            check_random_state_seed(self.random_state)
+
+    def _patches(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, L, C·p·p)."""
+        if min(images.shape[-2:]) < self.patch:
+            raise DataError(f"RawPixelPatchKNN: images of {tuple(images.shape[-2:])} px are smaller than patch={self.patch}")
+        return torch.nn.functional.unfold(images.float(), int(self.patch), stride=int(self.stride)).transpose(1, 2)
+
+    def _fit(self, images: torch.Tensor, normal: np.ndarray) -> None:
+        rows = self._patches(images[torch.from_numpy(normal)]).reshape(-1, images.shape[1] * int(self.patch) ** 2)
+        gen = torch.Generator().manual_seed(0 if self.random_state is None else int(self.random_state))
+        self.bank_ = rows[torch.randperm(rows.shape[0], generator=gen)[: int(self.max_patches)]].contiguous()
+
+    def _score(self, images: torch.Tensor) -> np.ndarray:
+        out = []
+        for chunk in images.split(16):
+            q = self._patches(chunk)  # (B, L, D)
+            near = torch.cdist(q.reshape(-1, q.shape[-1]), self.bank_).min(1).values.view(q.shape[0], q.shape[1])
+            out.append(near.max(1).values)
+        return torch.cat(out).double().numpy()

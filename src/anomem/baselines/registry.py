@@ -7,7 +7,12 @@ from typing import Any
 
 from anomem.baselines.base import BaseDetector
 from anomem.baselines.deep_sad import DeepSAD
-from anomem.baselines.raw_pixel import RawPixelIsolationForest, RawPixelKNN, RawPixelOCSVM
+from anomem.baselines.raw_pixel import (
+    RawPixelIsolationForest,
+    RawPixelKNN,
+    RawPixelOCSVM,
+    RawPixelPatchKNN,
+)
 from anomem.errors import ConfigError
 
 __all__ = ["BASELINES", "make_baseline"]
@@ -16,6 +21,7 @@ _REGISTRY: dict[str, type[BaseDetector]] = {
     "ocsvm": RawPixelOCSVM,
     "iforest": RawPixelIsolationForest,
     "knn": RawPixelKNN,
+    "patch-knn": RawPixelPatchKNN,
     "deepsad": DeepSAD,
 }
 
@@ -27,7 +33,8 @@ def make_baseline(name: str, **kwargs: Any) -> BaseDetector:
     """Construct the baseline detector called ``name`` with constructor arguments ``kwargs``.
 
     Names: ``"ocsvm"`` (:class:`RawPixelOCSVM`), ``"iforest"``
-    (:class:`RawPixelIsolationForest`), ``"knn"`` (:class:`RawPixelKNN`), ``"deepsad"``
+    (:class:`RawPixelIsolationForest`), ``"knn"`` (:class:`RawPixelKNN`), ``"patch-knn"``
+    (:class:`RawPixelPatchKNN`), ``"deepsad"``
     (:class:`DeepSAD`). Every one accepts ``random_state``.
 
     Raises:

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--normal-class", type=int, default=None, help="one-vs-all: the normal class index")
     t.add_argument("--ratio", type=float, default=0.0, help="γ: fraction of labelled anomalies in the training set")
     t.add_argument("--channels", type=int, default=None, choices=(1, 3), help="folders: force grey (1) or colour (3)")
+    t.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="folders: resize every image to N x N (default: the folder's common size); scoring resizes "
+                        "to the trained size")
     t.add_argument("--out", default=None, help="run directory (default runs/<time>)")
     t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run from its last.ckpt")
     t.add_argument("--no-progress", dest="progress", action="store_false")

@@ -190,7 +190,10 @@ def _train(args: argparse.Namespace) -> int:
     check_outputs([("--out", run)], _train_inputs(args))
     if not args.resume and is_main_process():
         check_new_run_dir(run)
-    data = load_train_data(args)
+    size = getattr(args, "image_size", None)
+    if size is not None and not (8 <= size <= 4096):
+        raise ConfigError(f"--image-size must lie in [8, 4096] pixels, got {size}")
+    data = load_train_data(args, image_size=size)
     check_trainable_size(data.normals.shape[2:])
     if cfg.scorer.mode == "supervised" and data.anomalies is None:
         raise ConfigError("scorer.mode=supervised needs labelled anomalies (train/anomaly/ or --ratio > 0), "

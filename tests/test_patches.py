@@ -1,0 +1,97 @@
+"""Patch-level evidence (anomem.patches), the fitted fusion (anomem.fusion) and the
+photo benchmark's generator (anomem.data.photos), against reference implementations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anomem.baselines import make_baseline
+from anomem.data.photos import OBVIOUS, SUBTLE, photo_category
+from anomem.fusion import candidates
+from anomem.metrics import image_auroc
+from anomem.patches import PatchBank, feature_descriptors, greedy_coreset, pixel_descriptors
+
+
+def test_pixel_descriptors_are_unfolded_patches():
+    x = torch.rand(3, 3, 20, 24)
+    d = pixel_descriptors(x, side=128, patch=8)  # (B, C·p·p, h, w), stride 4
+    ref = F.unfold(x, 8, stride=4)  # (B, C·p·p, L), same channel order
+    assert d.shape == (3, 3 * 64, 4, 5)
+    torch.testing.assert_close(d.flatten(2), ref)
+
+
+def test_pixel_descriptors_bring_large_images_down():
+    assert pixel_descriptors(torch.rand(1, 1, 256, 256), side=128, patch=8).shape == (1, 64, 31, 31)
+
+
+def test_feature_descriptors_concatenate_both_stages_on_the_coarse_grid():
+    stages = {"layer1": torch.rand(2, 4, 16, 16), "layer2": torch.rand(2, 8, 8, 8), "layer3": torch.rand(2, 16, 4, 4)}
+    d = feature_descriptors(stages)
+    assert d.shape == (2, 12, 8, 8)
+    torch.testing.assert_close(d[:, 4:], F.avg_pool2d(stages["layer2"], 3, 1, 1))
+
+
+def test_greedy_coreset_covers_every_cluster():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(6, 10, generator=g) * 20
+    x = torch.cat([c + 0.1 * torch.randn(50, 10, generator=g) for c in centres])  # 6 tight clusters
+    pick = greedy_coreset(x, 6, torch.Generator().manual_seed(1))
+    assert sorted((pick // 50).tolist()) == list(range(6))  # one point from each cluster
+    assert torch.equal(greedy_coreset(x[:5], 8, g), torch.arange(5))
+
+
+def test_patch_bank_distances_match_brute_force_and_standardise_on_held_out():
+    g = torch.Generator().manual_seed(0)
+    train, held, q = torch.rand(20, 6, 4, 4, generator=g), torch.rand(8, 6, 4, 4, generator=g), torch.rand(3, 6, 4, 4, generator=g)
+    bank = PatchBank(size=10_000, top_k=0.25)  # larger than the pool: every row kept
+    bank.fit(train, held, torch.Generator().manual_seed(0))
+    rows = train.permute(0, 2, 3, 1).reshape(-1, 6)
+    assert bank.bank.shape == rows.shape
+    ref = torch.cdist(q.permute(0, 2, 3, 1).reshape(-1, 6), rows).min(1).values.view(3, 4, 4)
+    torch.testing.assert_close(bank.distance_map(q), ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(bank.image_score(ref), ref.flatten(1).topk(4, dim=1).values.mean(1))
+    held_scores = bank.scores(held)
+    assert abs(float(held_scores.score.mean())) < 1e-4 and abs(float(held_scores.map.mean())) < 1e-4
+    # far-away descriptors score far above the held-out normals
+    assert bool((bank.scores(q + 5).score > held_scores.score.max()).all())
+
+
+def test_fusion_candidates_are_the_simplex_grid_with_every_single_signal():
+    c = candidates((True, True, True))
+    assert len(c) == 15 and all(abs(sum(w) - 1) < 1e-9 for w in c)
+    assert {(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)} <= set(c)
+    assert c[0] == (1.0, 0.0, 0.0)  # ties go to the larger global weight
+    assert all(w[2] == 0 for w in candidates((True, True, False)))
+
+
+def test_photo_categories_are_reproducible_with_masks_on_every_defect():
+    a = photo_category("brick", n_train=6, n_test_normal=3, per_kind=2, seed=3)
+    b = photo_category("brick", n_train=6, n_test_normal=3, per_kind=2, seed=3)
+    assert np.array_equal(a.test_defect, b.test_defect) and np.array_equal(a.train, b.train)
+    assert a.train.shape == (6, 1, 128, 128) and a.test_defect.shape[0] == 2 * len(OBVIOUS + SUBTLE)
+    assert a.masks.any((1, 2)).all()  # every defect marks pixels
+    changed = np.abs(a.test_defect - 0).sum(1) >= 0  # sanity of shapes
+    assert changed.shape == a.masks.shape
+    assert photo_category("tissue", n_train=2, n_test_normal=1, per_kind=1, kinds=("colour",)).train.shape[1] == 3
+
+
+def test_patch_knn_finds_obvious_defects_that_whole_image_knn_misses():
+    sp = photo_category("gravel", n_train=60, n_test_normal=30, per_kind=15, kinds=("scratch",), seed=0)
+    u8 = lambda a: torch.from_numpy(np.round(a * 255).astype(np.uint8))  # noqa: E731
+    labels = np.r_[np.zeros(30), np.ones(15)]
+    test = torch.cat([u8(sp.test_normal), u8(sp.test_defect)])
+    patch = make_baseline("patch-knn", random_state=0).fit(u8(sp.train)).anomaly_score(test)
+    whole = make_baseline("knn").fit(u8(sp.train)).anomaly_score(test)
+    assert image_auroc(labels, patch) >= 0.95
+    assert image_auroc(labels, patch) > image_auroc(labels, whole) + 0.1
+
+
+@pytest.mark.parametrize("kind", SUBTLE)
+def test_subtle_defects_keep_the_photographs_values(kind):
+    sp = photo_category("brick", n_train=1, n_test_normal=1, per_kind=3, kinds=(kind,), seed=1)
+    for img, mask in zip(sp.test_defect, sp.masks):
+        inside = img[:, mask]
+        assert 0.0 <= inside.min() and inside.max() <= 1.0 and mask.sum() > 20
