@@ -95,3 +95,44 @@ def test_subtle_defects_keep_the_photographs_values(kind):
     for img, mask in zip(sp.test_defect, sp.masks):
         inside = img[:, mask]
         assert 0.0 <= inside.min() and inside.max() <= 1.0 and mask.sum() > 20
+
+
+@pytest.fixture(scope="module")
+def photo_detector():
+    """A tiny detector fitted on 48-px crops of a real photograph (held-out normals: 12)."""
+    from anomem import AnoMem
+
+    sp = photo_category("brick", size=48, n_train=80, n_test_normal=20, per_kind=10, kinds=("stain", "scratch"), seed=0)
+    u8 = lambda a: torch.from_numpy(np.round(a * 255).astype(np.uint8))  # noqa: E731
+    det = AnoMem("tiny", progress=False, epochs=2, scorer__steps=10, prototype_cache=0,
+                 calibration_fraction=0.15).fit(u8(sp.train))
+    return det, sp, u8
+
+
+def test_fitted_fusion_is_never_worse_on_validation_than_any_single_signal(photo_detector):
+    det, _, _ = photo_detector
+    fit = det.fusion_
+    assert fit is not None and fit.normals >= 8 and fit.families[0] == "defects"
+    mean = {w: float(np.mean(v)) for w, v in fit.table.items()}
+    assert mean[fit.weights] == max(mean.values())
+    for single in ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)):
+        assert mean[fit.weights] >= mean[single]
+    assert fit.map_table[fit.map_weights] == max(fit.map_table.values())
+    torch.testing.assert_close(det.scorer_.fusion, torch.tensor(fit.weights))
+
+
+def test_patch_evidence_finds_stains_and_survives_save_load(photo_detector, tmp_path):
+    det, sp, u8 = photo_detector
+    x = torch.cat([u8(sp.test_normal), u8(sp.test_defect)])
+    labels = np.r_[np.zeros(len(sp.test_normal)), np.ones(len(sp.test_defect))]
+    scores = det.anomaly_score(x)
+    assert image_auroc(labels, scores) >= 0.9
+    det.save(tmp_path / "m.ckpt")
+    from anomem import AnoMem
+
+    back = AnoMem.load(tmp_path / "m.ckpt")
+    np.testing.assert_allclose(back.anomaly_score(x), scores, atol=1e-5)
+    assert back.calibrate_threshold().threshold_.value == pytest.approx(det.threshold_.value)
+    maps = back.anomaly_maps(x[-4:])
+    np.testing.assert_allclose(maps.scores, scores[-4:], atol=1e-5)
+    assert maps.fused.shape == (4, 48, 48)
