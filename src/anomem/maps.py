@@ -21,7 +21,7 @@ def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     from kornia.filters import gaussian_blur2d
 
     k = max(3, 2 * math.ceil(3 * sigma) + 1)
-    k = min(k, 2 * min(maps.shape[-2:]) - 1)
+    k = min(k, 2 * int(min(maps.shape[-2:])) - 1)  # an int also while tracing (export)
     if k < 3:  # a 1-pixel side: nothing to smooth
         return maps
     return gaussian_blur2d(maps, (k, k), (sigma, sigma), border_type="reflect")

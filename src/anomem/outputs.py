@@ -13,6 +13,14 @@ Every command that writes a file or fills a directory goes through this module:
   (report, heat-maps) must be new, empty, or one the same command filled before (it
   holds the marker file ``.anomem-output``); files someone else put there are never
   overwritten.
+* :class:`StagedDir` — such a directory is all-or-nothing and never mixed: it is filled
+  in a hidden staging folder beside it and put in place in one step at the end, so an
+  interrupted command leaves the old folder (or none), a reused folder holds only the
+  new files, and of two commands filling one folder at once the second is refused.
+* Outputs that are not regular files (``-`` = stdout, character devices, FIFOs,
+  ``/dev/stdout``) are written through and never renamed over (see
+  :func:`anomem.checkpoint.is_stream`); the kind checks only ``stat`` them, so no check
+  opens a FIFO and blocks.
 * :class:`RunLock` — a training run directory is owned by one process at a time
   (``.anomem.lock``, an ``flock`` the kernel releases when the process dies, so a killed
   run never leaves a stale lock).
@@ -26,12 +34,25 @@ a refused command leaves the file system exactly as it was.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import stat
+import tempfile
+import time
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from anomem.checkpoint import atomic_write_text, is_temp_of
+from anomem.checkpoint import (
+    NAME_MAX,
+    atomic_write_text,
+    current_umask,
+    is_stream,
+    is_temp_of,
+    special_kind,
+    temp_prefix,
+)
 from anomem.errors import OutputError
 
 MARKER = ".anomem-output"
@@ -69,7 +90,7 @@ def check_outputs(outputs: Labelled, inputs: Labelled) -> None:
     Raises:
         OutputError: naming both paths and the relation.
     """
-    outs = [(label, Path(p), real(p)) for label, p in outputs if p is not None]
+    outs = [(label, Path(p), real(p)) for label, p in outputs if p is not None and os.fspath(p) != "-"]
     ins = [(label, Path(p), real(p)) for label, p in inputs if p is not None]
     for olabel, opath, o in outs:
         for ilabel, ipath, i in ins:
@@ -89,12 +110,18 @@ def check_outputs(outputs: Labelled, inputs: Labelled) -> None:
 
 
 def file_kind(path: Path) -> str:
-    """What an existing file is, from its first bytes: "missing", "directory", "checkpoint"
-    (a torch.save zip), "torchscript", "onnx", "zip", "image", "text" or "binary"."""
+    """What an existing file is: "missing", "directory", "stream" (``-``, a character
+    device, a FIFO, ``/dev/stdout``: written through, never opened here), "special" (a
+    block device or socket), else from a regular file's first bytes: "checkpoint" (a
+    torch.save zip), "torchscript", "onnx", "zip", "image", "text" or "binary"."""
+    if is_stream(path):
+        return "stream"
     if not os.path.lexists(path):
         return "missing"
     if path.is_dir():
         return "directory"
+    if special_kind(path) is not None or not stat.S_ISREG(os.stat(path).st_mode):
+        return "special"
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
@@ -125,17 +152,19 @@ def file_kind(path: Path) -> str:
 def check_file_target(label: str, path: str | os.PathLike[str], allowed: Iterable[str]) -> None:
     """Refuse to write ``path`` if it exists and is not one of the ``allowed`` kinds.
 
-    ``allowed`` are :func:`file_kind` names ("missing" is always allowed): a score CSV
-    may replace a text file, a checkpoint only a checkpoint, and so on.
+    ``allowed`` are :func:`file_kind` names ("missing" and "stream" are always allowed):
+    a score CSV may replace a text file, a checkpoint only a checkpoint, and so on.
     """
     path = Path(path)
+    if is_stream(path):
+        return
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"cannot write {str(path)!r}: directory {str(parent)!r} does not exist")
     kind = file_kind(path)
     ok = {"missing", *allowed}
     if kind not in ok:
-        what = {"directory": "a directory", "checkpoint": "a checkpoint", "torchscript": "a TorchScript file",
+        what = {"directory": "a directory", "special": special_kind(path) or "a special file", "checkpoint": "a checkpoint", "torchscript": "a TorchScript file",
                 "zip": "a zip archive", "onnx": "an ONNX file", "image": "an image", "text": "a text file", "binary": "a binary file"}[kind]
         raise OutputError(f"{label} {str(path)!r} already exists and is {what}; refusing to overwrite it "
                           "(choose another path or remove it first)")
@@ -148,6 +177,8 @@ def check_claimable(label: str, path: str | os.PathLike[str], kind: str, legacy:
     holds one of ``legacy`` (a file the same command wrote before markers existed).
     """
     d = Path(path)
+    if os.fspath(path) == "-" or is_stream(d):
+        raise OutputError(f"{label} {str(path)!r} must be a directory (it receives several files), not a stream")
     if d.exists() and not d.is_dir():
         raise OutputError(f"cannot write to output directory {str(d)!r}: it exists and is not a directory")
     if not d.is_dir():
@@ -177,6 +208,125 @@ def claim_output_dir(label: str, path: str | os.PathLike[str], kind: str, legacy
     return d
 
 
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What tells whether ``path`` changed: (device, inode, mtime), None when missing."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+class StagedDir:
+    """A directory that a command fills with several files, all-or-nothing, never mixed.
+
+    ``path`` is a hidden staging folder beside the target (``.<name>.XXXXXXXX.tmp``, with
+    the marker of ``kind``), where the command writes; :meth:`commit` puts it in the
+    target's place: a new or empty target in one rename, a target that the same command
+    filled before is moved aside, replaced and then deleted (so it holds only the new
+    files). If the target changed since the check (another command committed into it),
+    commit refuses and replaces nothing. Leaving the ``with`` block by an error or Ctrl-C
+    deletes the staging folder; the staging folder of a killed process is deleted by a
+    later command on the same target once it is an hour old.
+    """
+
+    def __init__(self, label: str, target: str | os.PathLike[str], kind: str, legacy: Sequence[str] = ()) -> None:
+        check_claimable(label, target, kind, legacy)
+        self.label, self.kind = label, kind
+        self.target = Path(os.path.abspath(os.fspath(target)))
+        self._seen = _identity(self.target)
+        parent = prepare_dir(self.target.parent)
+        _remove_stale_staging(self.target, kind)
+        try:
+            self.path = Path(tempfile.mkdtemp(prefix=temp_prefix(self.target.name), suffix=".tmp", dir=parent))
+        except OSError as e:
+            raise OutputError(f"cannot write to output directory {str(parent)!r}: {e.strerror or e}") from None
+        os.chmod(self.path, 0o777 & ~current_umask())  # mkdtemp makes 0700; the folder is the user's
+        atomic_write_text(self.path / MARKER, kind + "\n")
+
+    def final(self, path: str | os.PathLike[str]) -> Path:
+        """Where a file written at ``path`` (inside the staging folder) will be after commit."""
+        return self.target / Path(path).relative_to(self.path)
+
+    def commit(self) -> Path:
+        parent = self.target.parent
+        with _DirLock(parent):
+            if _identity(self.target) != self._seen:
+                raise OutputError(f"{self.label} {str(self.target)!r} was changed by another process while this "
+                                  f"command ran (another anomem {self.kind} into it?); it was left as that process "
+                                  "wrote it: run again or choose another directory")
+            try:
+                os.replace(self.path, self.target)  # a missing or empty target: one atomic step
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise OutputError(f"cannot write {str(self.target)!r}: {e.strerror or e}") from None
+                old = Path(tempfile.mkdtemp(prefix=temp_prefix(self.target.name), suffix=".tmp", dir=parent))
+                os.replace(self.target, old)  # our earlier output (it holds our marker)
+                os.replace(self.path, self.target)
+                shutil.rmtree(old, ignore_errors=True)
+        return self.target
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> StagedDir:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self.discard()
+
+
+def _remove_stale_staging(target: Path, kind: str) -> None:
+    """Staging folders of ``target`` left by killed commands: an hour old and holding our marker."""
+    cutoff = time.time() - 3600
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return
+    for name in names:
+        d = target.parent / name
+        try:
+            if (not is_temp_of(name, target.name) or not stat.S_ISDIR(os.lstat(d).st_mode)
+                    or os.lstat(d).st_mtime >= cutoff
+                    or (d / MARKER).read_text(encoding="utf-8").strip() != kind):
+                continue
+        except (OSError, UnicodeDecodeError):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class _DirLock:
+    """An ``flock`` on a directory while a staged folder is put in place in it, so two
+    anomem processes never swap into one target at once (a few milliseconds each)."""
+
+    def __init__(self, directory: Path, timeout: float = 30.0) -> None:
+        self.directory, self.timeout, self._fd = directory, timeout, -1
+
+    def __enter__(self) -> _DirLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: the identity check alone
+            return self
+        self._fd = os.open(self.directory, os.O_RDONLY)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    os.close(self._fd)
+                    raise OutputError(f"directory {str(self.directory)!r} stays locked by another anomem "
+                                      "process") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # drops the flock
+            self._fd = -1
+
+
 def unique_names(paths: Sequence[str | os.PathLike[str]], suffix: str) -> list[str]:
     """One output file name per input path, all different, for a directory of outputs
     (heat-maps): the input's stem plus ``suffix``; a name already given (compared without
@@ -187,13 +337,20 @@ def unique_names(paths: Sequence[str | os.PathLike[str]], suffix: str) -> list[s
     names = []
     for p in paths:
         stem = Path(p).stem or "image"
-        name, k = stem + suffix, 1
+        name, k = _fit_name(stem, suffix), 1
         while name.lower() in used or name == MARKER or name == LOCK:
             k += 1
-            name = f"{stem}_{k}{suffix}"
+            name = _fit_name(stem, f"_{k}{suffix}")
         used.add(name.lower())
         names.append(name)
     return names
+
+
+def _fit_name(stem: str, tail: str) -> str:
+    """``stem + tail``, the stem cut (in bytes) so the name stays a legal file name."""
+    raw = os.fsencode(stem)
+    room = NAME_MAX - len(os.fsencode(tail))
+    return (stem if len(raw) <= room else os.fsdecode(raw[:room])) + tail
 
 
 def prepare_dir(d: Path) -> Path:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 
 from anomem import __version__
-from anomem.checkpoint import atomic_write_text
+from anomem.checkpoint import atomic_write_text, is_stream
 from anomem.cli.common import (
     _load_detector,
     _warn_inverted,
@@ -27,10 +27,10 @@ from anomem.errors import DataError
 from anomem.inputs import check_batch_size, check_int_range
 from anomem.limits import check_seed
 from anomem.outputs import (
+    StagedDir,
     check_claimable,
     check_file_target,
     check_outputs,
-    claim_output_dir,
     real,
     unique_names,
 )
@@ -43,31 +43,31 @@ def cmd_score(args: argparse.Namespace) -> int:
     check_outputs([("--out", args.out), ("--maps", args.maps)],
                   [("checkpoint", args.checkpoint), *(("path", p) for p in args.inputs)])
     fmt = args.format or _format_of(args.out)
-    if args.out is not None:
-        check_file_target("--out", args.out, ("text",))
+    out = args.out or "-"  # stdout
+    check_file_target("--out", out, ("text",))
     if args.maps is not None:
         check_claimable("--maps", args.maps, "score --maps")
     det = _load_detector(args.checkpoint, device=args.device or "cpu")
     imgs = load_images(args.inputs, image_size=det.image_size_, channels=det.in_channels_, skip_invalid=args.skip_invalid)
     report_conversions(imgs.meta.get("conversions"), det, args.strict)
     _report_skipped(imgs)
-    maps_dir = None if args.maps is None else claim_output_dir("--maps", args.maps, "score --maps")
-    if maps_dir is None:
-        scores = det.anomaly_score(imgs.images, batch_size=args.batch_size)
-    else:
-        maps = det.anomaly_maps(imgs.images, batch_size=args.batch_size)
-        scores = maps.scores
     th = det.threshold_
-    heatmaps = None
-    if maps_dir is not None:
-        heatmaps = _write_heatmaps(det, maps_dir, imgs, maps, th, args.maps_format)
-    text = format_records(score_records(imgs.paths, scores, th, heatmaps=heatmaps), fmt)
-    if args.out is None:
-        sys.stdout.write(text)
-        return 0
-    out = Path(args.out)
-    atomic_write_text(out, text)
-    print(f"scored {len(scores)} images -> {out}" + ("" if th is None else f" ({th.describe()})"))
+    if args.maps is None:
+        scores, heatmaps = det.anomaly_score(imgs.images, batch_size=args.batch_size), None
+    else:  # filled beside the target and put in place whole: never half a folder, never mixed
+        with StagedDir("--maps", args.maps, "score --maps") as staged:
+            maps = det.anomaly_maps(imgs.images, batch_size=args.batch_size)
+            scores = maps.scores
+            heatmaps = [str(staged.final(f)) for f in _write_heatmaps(det, staged.path, imgs, maps, th, args.maps_format)]
+            staged.commit()
+        print(f"heat-maps: {len(heatmaps)} {args.maps_format} files in {staged.target}", file=sys.stderr)
+    atomic_write_text(out, format_records(score_records(imgs.paths, scores, th, heatmaps=heatmaps), fmt))
+    if args.out is not None:  # on stdout's stream (`-`, /dev/stdout) the summary would join the scores
+        print(f"scored {len(scores)} images -> {out}" + ("" if th is None else f" ({th.describe()})"),
+              file=sys.stderr if is_stream(out) else sys.stdout)
+    if th is None:
+        print("anomem: this detector has no threshold: the is_anomaly column is empty (set one with "
+              "`anomem threshold`)", file=sys.stderr)
     return 0
 
 
@@ -94,7 +94,7 @@ def _report_skipped(imgs) -> None:
 MAP_SUFFIX = {"figure": ".png", "png": ".png", "npy": ".npy"}
 
 
-def _write_heatmaps(det, out: Path, imgs, maps, th, fmt: str) -> list[str]:
+def _write_heatmaps(det, out: Path, imgs, maps, th, fmt: str) -> list[Path]:
     """One file per image, named after it (unique, see outputs.unique_names); returns the paths.
 
     ``figure``: image, fused overlay, per-scale maps, score (+ prediction) in the title;
@@ -111,11 +111,11 @@ def _write_heatmaps(det, out: Path, imgs, maps, th, fmt: str) -> list[str]:
             save_heatmap_map(files[i], maps.fused[i], fmt, vrange=vrange)
             continue
         label = "" if pred is None else f" ({'anomaly' if pred[i] else 'normal'})"
-        title = f"{Path(path).name}: score {float(maps.scores[i]):.4g}{label}"
+        name = Path(path).name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # any file name draws
+        title = f"{name}: score {float(maps.scores[i]):.4g}{label}"
         save_heatmap_png(files[i], imgs.images[i], maps.fused[i], maps.per_scale[i], title,
                          scale_names=det.config_.backbone.taps, vrange=vrange)
-    print(f"heat-maps: {len(files)} {fmt} files in {out}", file=sys.stderr)
-    return [str(f) for f in files]
+    return files
 
 
 def cmd_threshold(args: argparse.Namespace) -> int:
@@ -227,16 +227,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = _evaluation_set(args, det)
     images, desc = data.images, data.description
     report_conversions(data.conversions, det, args.strict)
-    out = claim_output_dir("--out", args.out, "evaluate", legacy=("report.html",))
-    ev = evaluate(det, images, data.is_anomaly, data.masks, data.names, batch_size=args.batch_size, types=data.types)
-    details = {"checkpoint": str(args.checkpoint), "data": desc, "anomem": __version__,
-               "threshold": "none" if det.threshold_ is None else det.threshold_.describe()}
-    files = write_report(ev, images, out, title=args.title, details=details)
+    with StagedDir("--out", args.out, "evaluate", legacy=("report.html",)) as staged:
+        ev = evaluate(det, images, data.is_anomaly, data.masks, data.names, batch_size=args.batch_size, types=data.types)
+        details = {"checkpoint": str(args.checkpoint), "data": desc, "anomem": __version__,
+                   "threshold": "none" if det.threshold_ is None else det.threshold_.describe()}
+        files = write_report(ev, images, staged.path, title=args.title, details=details)
+        staged.commit()
     shown = ", ".join(f"{k} {ev.metrics[k]:.4f}" for k in ("image_auroc", "pixel_auroc", "aupro") if k in ev.metrics)
     print(f"{desc}: {shown or 'no ranking metric (one class only)'}")
     for key in ("image_auroc", "pixel_auroc"):
         _warn_inverted(ev.metrics.get(key), key.replace("_", " "))
-    print(f"report: {files.html} (and {files.markdown.name}, {files.metrics.name})")
+    print(f"report: {staged.final(files.html)} (and {files.markdown.name}, {files.metrics.name})")
     return 0
 
 

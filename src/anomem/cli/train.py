@@ -13,7 +13,13 @@ from typing import Any
 import torch
 
 from anomem import __version__
-from anomem.checkpoint import atomic_write_text, git_commit, load_checkpoint, save_checkpoint
+from anomem.checkpoint import (
+    atomic_write_text,
+    git_commit,
+    load_checkpoint,
+    save_checkpoint,
+    verify_content_hash,
+)
 from anomem.cli.common import (
     TrainData,
     _auroc,
@@ -169,7 +175,7 @@ def _train(args: argparse.Namespace) -> int:
             hint = (" (the run stopped before its first epoch ended: start it again with the same --out)"
                     if (run / "args.json").is_file() else "")
             raise DataError(f"cannot resume: {str(last)!r} does not exist{hint}")
-        state = load_checkpoint(last)
+        state = load_checkpoint(last, verify=False)  # the hash is checked once the fields are
         saved = _load_saved_args(run)
         saved_digest = saved.get("data_sha256")
         # Write into RUN_DIR even if the run was started with another --out and then moved.
@@ -180,6 +186,7 @@ def _train(args: argparse.Namespace) -> int:
             raise CheckpointError(f"cannot resume: {str(last)!r} holds no readable config: {e}") from None
         validate_training_checkpoint(state, last)
         _check_same_config(run / "config.json", cfg)
+        verify_content_hash(state, last, prefix="cannot resume: ")
     else:
         state = None
         cfg = _config_from_args(args)
