@@ -97,6 +97,14 @@ class ThresholdMixin:
         elif s.contamination > 0 and training_normals is not None:
             scores, source = self.anomaly_score(training_normals()), TRAINING
         else:
+            if s.calibration_fraction > 0:  # one was expected: say why there is none
+                n = int(self.banks_.normal[0].shape[0])
+                need = next((m for m in range(3, 10_000) if calibration_count(m, s) > 0), "thousands of")
+                warnings.warn(f"no threshold was set: {n} normal images are too few to hold any out for it (at "
+                              f"least {need} are needed with scorer.calibration_fraction={s.calibration_fraction:g}); "
+                              "predict() and the is_anomaly column need one: set it from other normals with "
+                              "calibrate_threshold(normals) or `anomem threshold --normals DIR`",
+                              ThresholdWarning, stacklevel=user_stacklevel())
             return None
         if s.contamination <= 0:
             return threshold_at_fpr(scores, s.target_fpr, source=source)

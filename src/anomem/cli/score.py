@@ -20,6 +20,7 @@ from anomem.cli.common import (
     report_conversions,
     score_records,
 )
+from anomem.cli.flags import FOLDER_LAYOUT
 from anomem.cli.train import (
     _existing,
 )
@@ -213,6 +214,47 @@ def _evaluation_set(args: argparse.Namespace, det) -> _EvaluationSet:
                           geometry_conversions(images, det.in_channels_, det.image_size_), types)
 
 
+def _use_recorded_split(args: argparse.Namespace, det) -> None:
+    """On the dataset folder a model was trained on, evaluate with the split it was
+    trained with (``meta["split"]``, written by `anomem train`): flags left out take the
+    recorded values, flags that differ are refused (their test set holds training images)."""
+    split = det.meta_.get("split") if isinstance(det.meta_, dict) else None
+    if not isinstance(split, dict) or not Path(args.data).is_dir() or real(args.data) != real(str(split.get("data"))):
+        return
+    for key in FOLDER_LAYOUT:
+        given, recorded = getattr(args, key, None), split.get(key)
+        if given is None:
+            setattr(args, key, recorded)
+        elif (list(given) if key == "abnormal_dir" else given) != recorded:
+            flag = "--" + key.replace("_", "-")
+            raise DataError(f"{flag} {given!r} differs from the split {args.checkpoint} was trained with "
+                            f"({key}={recorded!r}): its test images would include training images; drop {flag} "
+                            "to evaluate on the recorded split")
+
+
+def _without_training_images(data: _EvaluationSet, det) -> _EvaluationSet:
+    """``data`` less the images ``det`` was trained on (same pixels), said on stderr."""
+    from anomem.inputs import image_digests, to_float
+
+    seen = [t for t in (det.training_digests_ or {}).values() if t.numel()]
+    if not seen:
+        return data
+    test = data.images if data.images.dtype == torch.uint8 else to_float(data.images)
+    known = torch.isin(image_digests(test), torch.cat(seen))
+    if not bool(known.any()):
+        return data
+    keep = ~known
+    if not bool(keep.any()):
+        raise DataError(f"every test image of {data.description} is an image the model was trained on; "
+                        "evaluate on images it has not seen")
+    print(f"anomem: left out {int(known.sum())} of {known.numel()} test images: the model was trained on them "
+          "(identical pixels)", file=sys.stderr)
+    pick = lambda v: None if v is None else [x for x, k in zip(v, keep.tolist()) if k]  # noqa: E731
+    return data._replace(images=data.images[keep], is_anomaly=data.is_anomaly[keep],
+                         masks=None if data.masks is None else data.masks[keep], names=pick(data.names),
+                         types=pick(data.types))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from anomem.report import evaluate, write_report
 
@@ -224,7 +266,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                           ("--data-root", _existing(args.data_root))])
     check_claimable("--out", args.out, "evaluate", legacy=("report.html",))
     det = _load_detector(args.checkpoint, device=args.device or "cpu")
-    data = _evaluation_set(args, det)
+    _use_recorded_split(args, det)
+    data = _without_training_images(_evaluation_set(args, det), det)
     images, desc = data.images, data.description
     report_conversions(data.conversions, det, args.strict)
     with StagedDir("--out", args.out, "evaluate", legacy=("report.html",)) as staged:

@@ -28,10 +28,12 @@ from anomem.cli.common import (
     _setup_log,
     _warn_inverted,
     _write_scores,
+    folder_layout,
     load_train_data,
     log,
     progress_mode,
 )
+from anomem.cli.flags import FOLDER_LAYOUT
 from anomem.config import AnoMemConfig, config_differences, load_config
 from anomem.errors import CheckpointError, ConfigError, DataError
 from anomem.inputs import check_trainable_size
@@ -150,6 +152,17 @@ def _check_same_config(path: Path, cfg: AnoMemConfig) -> None:
                         f"in {', '.join(diff[:5])}; restore config.json or start a new run")
 
 
+def _split_record(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"split": ...}``: the dataset folder and the layout that split it, so that
+    `anomem evaluate` tests on the same split ({} for named datasets)."""
+    if not Path(args.data).is_dir():
+        return {}
+    layout = folder_layout(args)
+    split = {key: getattr(layout, key) for key in FOLDER_LAYOUT}
+    split["abnormal_dir"] = list(layout.abnormal_dirs)
+    return {"split": {"data": str(Path(args.data).resolve()), **split}}
+
+
 # -- commands -----------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from anomem.distributed import init_from_env, shutdown
@@ -265,7 +278,7 @@ def _train_in(args, cfg, state, data, digest, run: Path, handler) -> int:
         metrics["test_auroc"] = _auroc(data.test_is_anomaly, scores)
         metrics["test_size"] = int(data.test_images.shape[0])
         _write_scores(run / "test_scores.csv", data.test_paths, scores, det.threshold_, truth=data.test_is_anomaly)
-    det.save(run / "model.ckpt", meta={"metrics": metrics, "config": cfg.to_dict()})
+    det.save(run / "model.ckpt", meta={"metrics": metrics, "config": cfg.to_dict(), **_split_record(args)})
     atomic_write_text(run / "metrics.json", json.dumps(metrics, indent=2))
     log.info("done: %s", json.dumps(metrics))
     auc = metrics.get("test_auroc")
