@@ -36,7 +36,7 @@ from anomem.cli.common import (
 from anomem.cli.flags import FOLDER_LAYOUT
 from anomem.config import AnoMemConfig, config_differences, load_config
 from anomem.errors import CheckpointError, ConfigError, DataError
-from anomem.inputs import check_trainable_size
+from anomem.inputs import training_set
 from anomem.limits import check_config_limits
 from anomem.outputs import (
     RunLock,
@@ -211,7 +211,7 @@ def _train(args: argparse.Namespace) -> int:
     if not args.resume and is_main_process():
         check_new_run_dir(run)
     data = load_train_data(args)
-    check_trainable_size(data.normals.shape[2:])
+    training_set(data.normals, data.anomalies, None)  # degenerate data refused before anything is written
     if cfg.scorer.mode == "supervised" and data.anomalies is None:
         raise ConfigError("scorer.mode=supervised needs labelled anomalies (train/anomaly/ or --ratio > 0), "
                           "and the training data hold none")
