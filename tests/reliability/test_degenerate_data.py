@@ -107,8 +107,8 @@ def test_training_normals_given_again_as_anomalies_are_refused(trained_run, fold
     mixed.mkdir()
     shutil.copy(sorted(train_normal.glob("*.png"))[4], mixed / "sneaky.png")
     shutil.copy(sorted((folder_dataset / "test" / "anomaly").glob("*.png"))[0], mixed / "real.png")
-    for given in (train_normal, mixed):
-        assert main(["refit", str(model), "--anomalies", str(given)]) == 2
+    for folder in (train_normal, mixed):
+        assert main(["refit", str(model), "--anomalies", str(folder)]) == 2
         one_line_error(capsys, "trained on as normal")
         assert model.read_bytes() == before
     det = AnoMem.load(model)
