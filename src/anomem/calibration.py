@@ -25,6 +25,7 @@ import numpy as np
 
 from anomem.config import ScorerConfig
 from anomem.errors import ConfigError, DataError, NotFittedError
+from anomem.inputs import check_disjoint, image_digests
 from anomem.stage2 import ScoreBank, bank_scores
 from anomem.thresholds import (
     Threshold,
@@ -170,6 +171,9 @@ class ThresholdMixin:
             raise ConfigError(f"method {method!r} needs labelled anomalies")
         if fpr is not None:
             raise ConfigError(f"fpr applies to method 'fpr' only, not {method!r}")
+        known = (getattr(self, "training_digests_", None) or {}).get("normal")
+        check_disjoint(image_digests(self.prepare_images(anomalies, "anomalies")), known, "anomalies",
+                       "images this detector was trained on as normal")
         a_scores = self.anomaly_score(anomalies)
         scores = np.r_[normal_scores, a_scores]
         is_anomaly = np.r_[np.zeros(normal_scores.size, bool), np.ones(a_scores.size, bool)]

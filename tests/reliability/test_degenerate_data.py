@@ -107,8 +107,12 @@ def test_training_normals_given_again_as_anomalies_are_refused(trained_run, fold
     mixed.mkdir()
     shutil.copy(sorted(train_normal.glob("*.png"))[4], mixed / "sneaky.png")
     shutil.copy(sorted((folder_dataset / "test" / "anomaly").glob("*.png"))[0], mixed / "real.png")
-    for folder in (train_normal, mixed):
-        assert main(["refit", str(model), "--anomalies", str(folder)]) == 2
+    labelled = tmp_path / "labelled"
+    shutil.copytree(train_normal, labelled / "anomaly")
+    shutil.copytree(folder_dataset / "test" / "normal", labelled / "normal")
+    for cmd in (["refit", str(model), "--anomalies", str(train_normal)], ["refit", str(model), "--anomalies", str(mixed)],
+                ["threshold", str(model), "--labelled", str(labelled)]):
+        assert main(cmd) == 2, cmd
         one_line_error(capsys, "trained on as normal")
         assert model.read_bytes() == before
     det = AnoMem.load(model)

@@ -55,8 +55,19 @@ def _is_folder(spec: str | None) -> bool:
 def check_flags(args: argparse.Namespace, given: set[str]) -> None:
     """Raise DataError naming the first option that conflicts or does nothing."""
     cmd = args.command
-    if cmd == "score" and args.maps is None:
-        _refuse(given, ("maps_format",), "without --maps")
+    if cmd == "score":
+        if args.maps is None:
+            _refuse(given, ("maps_format",), "without --maps")
+        implied = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}.get(
+            Path(args.out or "").suffix.lower())
+        if "format" in given and implied is not None and implied != args.format:
+            raise DataError(f"--format {args.format} conflicts with --out {args.out!r} (a .{implied} name); "
+                            "give one or make them agree")
+    elif cmd == "benchmark":
+        if args.protocol != "deep-sad":
+            _refuse(given, ("pollution",), f"with --protocol {args.protocol} (γ_p is the deep-sad protocol's)")
+        if args.protocol != "ood":
+            _refuse(given, ("ood",), f"with --protocol {args.protocol} (it names the ood protocol's test set)")
     elif cmd == "threshold":
         if args.value is not None:
             _refuse(given, ("fpr", "method", "recall"), "with --value (the threshold is set by hand)")
