@@ -29,29 +29,22 @@ from anomem.errors import CheckpointError
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-@pytest.fixture
-def model(trained_run, tmp_path) -> Path:
-    m = tmp_path / "M.ckpt"
-    shutil.copy(trained_run / "model.ckpt", m)
-    return m
-
-
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=st.floats(-1e6, -1e-6), style=st.sampled_from(["{:e}", "{:.3E}", "{!r}", "{:g}", "{:.0e}"]))
-def test_negative_numbers_in_any_notation_are_values(model, tmp_path, value, style, capsys):
+def test_negative_numbers_in_any_notation_are_values(model_copy, tmp_path, value, style, capsys):
     text = style.format(value)
     out = tmp_path / "t.ckpt"
-    assert main(["threshold", str(model), "--value", text, "--out", str(out)]) == 0, text
+    assert main(["threshold", str(model_copy), "--value", text, "--out", str(out)]) == 0, text
     capsys.readouterr()
     assert AnoMem.load(out).threshold_.value == float(text)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sigma=st.one_of(st.sampled_from([0.0, 5.1, 7.5, 8.0, 15.9, 40.0]), st.floats(0, 64)))
-def test_export_sigma_works_on_a_small_model(model, tmp_path, sigma, capsys):
+def test_export_sigma_works_on_a_small_model(model_copy, tmp_path, sigma, capsys):
     out = tmp_path / "e.pt"
     out.unlink(missing_ok=True)
-    assert main(["export", str(model), "--format", "torchscript", "--out", str(out), "--sigma", repr(sigma)]) == 0
+    assert main(["export", str(model_copy), "--format", "torchscript", "--out", str(out), "--sigma", repr(sigma)]) == 0
     capsys.readouterr()
     assert out.is_file()
 
@@ -77,9 +70,9 @@ def test_a_run_folder_stands_for_its_model(trained_run, folder_dataset, tmp_path
 
 
 @pytest.mark.parametrize("delay", [0.05, 0.4, 1.0, 2.0])
-def test_ctrl_c_at_any_moment_is_one_line(model, folder_dataset, tmp_path, delay):
+def test_ctrl_c_at_any_moment_is_one_line(model_copy, folder_dataset, tmp_path, delay):
     """SIGINT while Python imports torch, parses, loads or scores: exit 130, no traceback."""
-    proc = subprocess.Popen([sys.executable, "-m", "anomem.cli", "score", str(model), str(folder_dataset)],
+    proc = subprocess.Popen([sys.executable, "-m", "anomem.cli", "score", str(model_copy), str(folder_dataset)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": SRC})
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
@@ -125,12 +118,12 @@ def test_arrays_in_either_byte_order_score_the_same(trained_run, dtype, order, s
      "--normal-dir does nothing with the named dataset"),
     (["train", "--data", "digits", "--normal-class", "1", "--channels", "3", "--out", "{t}/r"], "--channels does nothing"),
 ])
-def test_conflicting_or_inert_flags_are_refused(argv, needle, model, trained_run, folder_dataset, tmp_path, capsys):
+def test_conflicting_or_inert_flags_are_refused(argv, needle, model_copy, trained_run, folder_dataset, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     images = folder_dataset / "test" / "normal"
-    argv = [a.format(m=model, i=images, d=folder_dataset, t=tmp_path, r=run) for a in argv]
+    argv = [a.format(m=model_copy, i=images, d=folder_dataset, t=tmp_path, r=run) for a in argv]
     assert main(argv) == 2
     one_line_error(capsys, needle)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

@@ -30,18 +30,10 @@ from anomem.outputs import StagedDir, check_file_target, file_kind, unique_names
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-@pytest.fixture
-def model(trained_run, tmp_path) -> Path:
-    m = tmp_path / "M.ckpt"
-    shutil.copy(trained_run / "model.ckpt", m)
-    return m
-
-
-@pytest.fixture
-def images(folder_dataset, tmp_path) -> Path:
-    d = tmp_path / "images"
-    shutil.copytree(folder_dataset / "test" / "normal", d)
-    return d
+def run_cli(*argv, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m anomem.cli ARGV` in a real process (real stdout, real signals)."""
+    return subprocess.run([sys.executable, "-m", "anomem.cli", *map(str, argv)], timeout=120,
+                          env={**os.environ, "PYTHONPATH": SRC}, **kwargs)
 
 
 class FifoReader:
@@ -72,9 +64,9 @@ def _char_device(tmp_path: Path) -> Path:
     return dev
 
 
-def test_score_out_to_a_character_device_streams_and_keeps_the_device(model, images, tmp_path, capsys):
+def test_score_out_to_a_character_device_streams_and_keeps_the_device(model_copy, images_copy, tmp_path, capsys):
     dev = _char_device(tmp_path)
-    assert main(["score", str(model), str(images), "--out", str(dev)]) == 0
+    assert main(["score", str(model_copy), str(images_copy), "--out", str(dev)]) == 0
     assert stat.S_ISCHR(os.stat(dev).st_mode), "the device was replaced by a file"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".null.")]
     assert "scored 6 images" in capsys.readouterr().err  # the summary never joins a stream's data
@@ -82,38 +74,37 @@ def test_score_out_to_a_character_device_streams_and_keeps_the_device(model, ima
     assert is_stream("/dev/null") and file_kind(Path("/dev/null")) == "stream"
 
 
-def test_score_out_to_a_fifo_with_a_reader_streams_and_never_blocks_the_check(model, images, tmp_path, capsys):
+def test_score_out_to_a_fifo_with_a_reader_streams_and_never_blocks_the_check(model_copy, images_copy, tmp_path, capsys):
     fifo = tmp_path / "f.csv"
     os.mkfifo(fifo)
     assert file_kind(fifo) == "stream"  # only stat: a check that opened it would block here
     check_file_target("--out", fifo, ("text",))
     reader = FifoReader(fifo)
-    assert main(["score", str(model), str(images), "--out", str(fifo)]) == 0
+    assert main(["score", str(model_copy), str(images_copy), "--out", str(fifo)]) == 0
     text = reader.join().decode()
     assert text.startswith("path,score") and len(text.splitlines()) == 7
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 
 
 @pytest.mark.parametrize("how", ["-", "/dev/stdout"])
-def test_dash_and_dev_stdout_are_stdout(model, images, tmp_path, how):
+def test_dash_and_dev_stdout_are_stdout(model_copy, images_copy, tmp_path, how):
     """In a real process, stdout redirected to a file: the file holds the CSV alone."""
     out = tmp_path / "captured.csv"
     with open(out, "wb") as f:
-        proc = subprocess.run([sys.executable, "-m", "anomem.cli", "score", str(model), str(images), "--out", how],
-                              stdout=f, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": SRC}, timeout=120)
+        proc = run_cli("score", model_copy, images_copy, "--out", how, stdout=f, stderr=subprocess.PIPE)
     assert proc.returncode == 0, proc.stderr.decode()
     lines = out.read_text().splitlines()
     assert lines[0].startswith("path,score") and len(lines) == 7
     assert os.path.islink("/dev/stdout") or not os.path.exists("/dev/stdout") or is_stream("/dev/stdout")
 
 
-def test_block_devices_and_sockets_are_refused(tmp_path, model, images, capsys):
+def test_block_devices_and_sockets_are_refused(tmp_path, model_copy, images_copy, capsys):
     sock_path = tmp_path / "s.csv"
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(sock_path))
     try:
         assert file_kind(sock_path) == "special"
-        assert main(["score", str(model), str(images), "--out", str(sock_path)]) == 2
+        assert main(["score", str(model_copy), str(images_copy), "--out", str(sock_path)]) == 2
         one_line_error(capsys, "a socket")
         with pytest.raises(CheckpointError, match="a socket"):
             atomic_write_text(sock_path, "x")
@@ -123,8 +114,8 @@ def test_block_devices_and_sockets_are_refused(tmp_path, model, images, capsys):
 
 
 @pytest.mark.parametrize("cmd", [["score", "{m}", "{i}", "--maps", "-"], ["evaluate", "{m}", "--data", "{d}", "--out", "-"]])
-def test_a_directory_output_cannot_be_a_stream(cmd, model, images, folder_dataset, capsys):
-    argv = [a.format(m=model, i=images, d=folder_dataset) for a in cmd]
+def test_a_directory_output_cannot_be_a_stream(cmd, model_copy, images_copy, folder_dataset, capsys):
+    argv = [a.format(m=model_copy, i=images_copy, d=folder_dataset) for a in cmd]
     assert main(argv) == 2
     one_line_error(capsys, "must be a directory")
 
@@ -140,58 +131,45 @@ name_bytes = st.one_of(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=name_bytes)
-def test_any_legal_name_is_written_atomically(tmp_path, raw):
+def test_any_legal_name_is_written_atomically_and_can_name_a_heat_map_folder(tmp_path, raw):
     name = os.fsdecode(raw[:NAME_MAX])
     d = tmp_path / "names"
-    d.mkdir(exist_ok=True)
-    target = d / name
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
     prefix = temp_prefix(name)
-    assert len(os.fsencode(prefix)) + 13 <= NAME_MAX
-    assert is_temp_of(prefix + "abcd_123.tmp", name)
-    atomic_write_text(target, "one")
-    atomic_write_text(target, "two")  # replaces it
-    assert target.read_text() == "two"
-    assert sorted(os.listdir(d)) == [name]
-    target.unlink()
-
-
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(raw=name_bytes)
-def test_any_legal_name_can_be_a_staged_folder_and_a_heat_map(tmp_path, raw):
-    name = os.fsdecode(raw[:NAME_MAX])
-    parent = tmp_path / "p"
-    parent.mkdir(exist_ok=True)
-    with StagedDir("--maps", parent / name, "score --maps") as staged:
+    assert len(os.fsencode(prefix)) + 13 <= NAME_MAX and is_temp_of(prefix + "abcd_123.tmp", name)
+    atomic_write_text(d / name, "one")
+    atomic_write_text(d / name, "two")  # replaces it
+    assert (d / name).read_text() == "two" and os.listdir(d) == [name]
+    (d / name).unlink()
+    with StagedDir("--maps", d / name, "score --maps") as staged:  # the name as a folder of heat-maps
         for n in unique_names([f"x/{name}.png", f"y/{name}.png"], ".npy"):
             assert len(os.fsencode(n)) <= NAME_MAX
             atomic_write_text(staged.path / n, "m")
         staged.commit()
-    assert len(os.listdir(parent / name)) == 3  # two maps and the marker
-    assert os.listdir(parent) == [name]
-    shutil.rmtree(parent / name)
+    assert len(os.listdir(d / name)) == 3 and os.listdir(d) == [name]  # two maps and the marker
 
 
 @pytest.mark.parametrize("fmt", ["png", "figure"])
-def test_long_and_non_utf8_image_names_score_with_maps(model, images, tmp_path, capsys, fmt):
-    src = sorted(images.glob("*.png"))
+def test_long_and_non_utf8_image_names_score_with_maps(model_copy, images_copy, tmp_path, capsys, fmt):
+    src = sorted(images_copy.glob("*.png"))
     long_name = "L" * (NAME_MAX - 4) + ".png"  # 255 bytes
     odd_name = os.fsdecode(b"caf\xe9-\xff.png")  # Latin-1 bytes: not UTF-8
-    shutil.copy(src[0], images / long_name)
-    shutil.copy(src[1], images / odd_name)
+    shutil.copy(src[0], images_copy / long_name)
+    shutil.copy(src[1], images_copy / odd_name)
     out, maps = tmp_path / "s.csv", tmp_path / ("M" * 200)
-    assert main(["score", str(model), str(images), "--out", str(out), "--maps", str(maps), "--maps-format", fmt]) == 0
+    assert main(["score", str(model_copy), str(images_copy), "--out", str(out), "--maps", str(maps), "--maps-format", fmt]) == 0
     raw = out.read_bytes()
     assert b"caf\xe9-\xff.png" in raw and long_name.encode() in raw  # the names' own bytes
     assert len([p for p in maps.iterdir() if p.suffix == ".png"]) == 8
     if fmt == "png":  # stdout too, in a real process (pytest's capture decodes strictly)
-        proc = subprocess.run([sys.executable, "-m", "anomem.cli", "score", str(model), str(images)],
-                              capture_output=True, env={**os.environ, "PYTHONPATH": SRC}, timeout=120)
+        proc = run_cli("score", model_copy, images_copy, capture_output=True)
         assert proc.returncode == 0 and b"caf\xe9-\xff.png" in proc.stdout, proc.stderr
 
 
-def test_output_check_refusals_still_name_the_kind(tmp_path, model, images, capsys):
+def test_output_check_refusals_still_name_the_kind(tmp_path, model_copy, images_copy, capsys):
     """The stat-first kind check keeps every old refusal (a checkpoint, an image, a directory)."""
-    for target, kind in [(model, "checkpoint"), (sorted(images.glob("*.png"))[0], "image"), (tmp_path, "directory")]:
+    for target, kind in [(model_copy, "checkpoint"), (sorted(images_copy.glob("*.png"))[0], "image"), (tmp_path, "directory")]:
         with pytest.raises(OutputError, match="already exists and is"):
             check_file_target("--out", target, ("text",))
         assert file_kind(Path(target)) == kind
