@@ -124,6 +124,8 @@ def _write_through(path: str, data: bytes) -> None:
                 return
         with os.fdopen(os.open(path, os.O_WRONLY), "wb") as f:
             f.write(data)
+    except BrokenPipeError:  # the reader went away: the command stops (the CLI exits quietly)
+        raise
     except OSError as e:
         raise CheckpointError(f"cannot write {path!r}: {e.strerror or e}") from None
 
@@ -139,7 +141,8 @@ def _same_inode(st: os.stat_result, fd: int) -> bool:
 def atomic_write_bytes(path: str | Path, write: Any) -> None:
     """Call ``write(fileobj)`` on a temp file next to ``path``, then rename it over ``path``.
 
-    A stream target (:func:`is_stream`) gets the complete content written through instead.
+    A stream target (:func:`is_stream`) gets the complete content written through instead;
+    a symlink is followed (the file it names is replaced, the link stays).
     """
     if is_stream(path):
         buf = io.BytesIO()
@@ -149,6 +152,8 @@ def atomic_write_bytes(path: str | Path, write: Any) -> None:
     special = special_kind(path)
     if special is not None:
         raise CheckpointError(f"cannot write {str(path)!r}: it is {special}; refusing to write onto it")
+    if os.path.islink(path):  # replace the file the link names, never the link itself
+        path = os.path.realpath(path)
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():

@@ -233,7 +233,7 @@ class StagedDir:
     def __init__(self, label: str, target: str | os.PathLike[str], kind: str, legacy: Sequence[str] = ()) -> None:
         check_claimable(label, target, kind, legacy)
         self.label, self.kind = label, kind
-        self.target = Path(os.path.abspath(os.fspath(target)))
+        self.target = real(target)  # a symlink to a folder: that folder is replaced, the link stays
         self._seen = _identity(self.target)
         parent = prepare_dir(self.target.parent)
         _remove_stale_staging(self.target, kind)

@@ -22,6 +22,7 @@ from cli_checks import one_line_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from anomem import AnoMem
 from anomem.checkpoint import NAME_MAX, atomic_write_text, is_stream, is_temp_of, temp_prefix
 from anomem.cli import main
 from anomem.errors import CheckpointError, OutputError
@@ -96,6 +97,27 @@ def test_dash_and_dev_stdout_are_stdout(model_copy, images_copy, tmp_path, how):
     lines = out.read_text().splitlines()
     assert lines[0].startswith("path,score") and len(lines) == 7
     assert os.path.islink("/dev/stdout") or not os.path.exists("/dev/stdout") or is_stream("/dev/stdout")
+
+
+@pytest.mark.parametrize("cmd", [["export", "{m}", "--format", "torchscript"], ["threshold", "{m}", "--fpr", "0.2"],
+                                 ["refit", "{m}", "--anomalies", "{a}"]])
+def test_binary_outputs_to_stdout_hold_only_the_file(cmd, model_copy, folder_dataset, tmp_path):
+    """`--out -` streams the file alone; the command's summary goes to stderr."""
+    argv = [a.format(m=model_copy, a=folder_dataset / "test" / "anomaly") for a in cmd]
+    proc = run_cli(*argv, "--out", "-", capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.startswith(b"PK\x03\x04") and b"->" in proc.stderr
+    (tmp_path / "out.bin").write_bytes(proc.stdout)
+    if cmd[0] != "export":  # a whole checkpoint came through the pipe
+        assert AnoMem.load(tmp_path / "out.bin").threshold_ is not None
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(model_copy, images_copy):
+    proc = subprocess.Popen([sys.executable, "-m", "anomem.cli", "score", str(model_copy), str(images_copy)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": SRC})
+    proc.stdout.close()  # `anomem score … | head -c 0`: the reader is gone before the scores come
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "Exception ignored" not in err, err
 
 
 def test_block_devices_and_sockets_are_refused(tmp_path, model_copy, images_copy, capsys):

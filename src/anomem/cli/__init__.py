@@ -9,6 +9,7 @@ Every user mistake (bad path, bad value, corrupt file) ends with a one-line
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -32,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("anomem: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`anomem score … | head`): stop quietly, as Unix tools do
+        try:  # and keep Python's own flush at exit from failing on the closed pipe
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass  # not a real stream (a test's capture)
+        return 141  # 128 + SIGPIPE, what a shell reports for such a pipe
 
 
 def _main(argv: list[str] | None) -> int:

@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -219,3 +220,11 @@ def _write_scores(path: Path, paths, scores: np.ndarray, threshold=None, truth=N
                   fmt: str = "csv") -> None:
     """The score file of ``anomem score --out`` and ``train``'s test_scores.csv, atomically."""
     atomic_write_text(path, format_records(score_records(paths, scores, threshold, truth, heatmaps), fmt))
+
+
+def summary_stream(out) -> TextIO:
+    """Where a command's summary line goes: stderr when its output file is a stream
+    (``-``, ``/dev/stdout``, a FIFO, a device), where the line would join the data."""
+    from anomem.checkpoint import is_stream
+
+    return sys.stderr if out is not None and is_stream(out) else sys.stdout

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 
 from anomem import __version__
-from anomem.checkpoint import atomic_write_text, is_stream
+from anomem.checkpoint import atomic_write_text
 from anomem.cli.common import (
     _load_detector,
     _warn_inverted,
@@ -19,6 +19,7 @@ from anomem.cli.common import (
     format_records,
     report_conversions,
     score_records,
+    summary_stream,
 )
 from anomem.cli.flags import FOLDER_LAYOUT
 from anomem.cli.train import (
@@ -65,7 +66,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     atomic_write_text(out, format_records(score_records(imgs.paths, scores, th, heatmaps=heatmaps), fmt))
     if args.out is not None:  # on stdout's stream (`-`, /dev/stdout) the summary would join the scores
         print(f"scored {len(scores)} images -> {out}" + ("" if th is None else f" ({th.describe()})"),
-              file=sys.stderr if is_stream(out) else sys.stdout)
+              file=summary_stream(out))
     if th is None:
         print("anomem: this detector has no threshold: the is_anomaly column is empty (set one with "
               "`anomem threshold`)", file=sys.stderr)
@@ -144,7 +145,7 @@ def cmd_threshold(args: argparse.Namespace) -> int:
         det.calibrate_threshold(normals, fpr=args.fpr)
     out = args.out or args.checkpoint
     det.save(out, meta=det.meta_)
-    print(f"{det.threshold_.describe()} -> {out}")
+    print(f"{det.threshold_.describe()} -> {out}", file=summary_stream(out))
     return 0
 
 
@@ -293,7 +294,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = export_scorer(det, args.out, args.format, sigma=args.sigma)
     c, (h, w) = det.in_channels_, det.image_size_
     print(f"exported {args.format} scorer -> {path}: input 'image' float [0, 1] (B, {c}, {h}, {w}); "
-          f"outputs 'score' (B,), 'fused_map' (B, {h}, {w})")
+          f"outputs 'score' (B,), 'fused_map' (B, {h}, {w})", file=summary_stream(args.out))
     return 0
 
 
@@ -321,7 +322,8 @@ def cmd_refit(args: argparse.Namespace) -> int:
                      keep_previous=not args.replace)
     out = args.out or args.checkpoint
     det.save(out, meta=det.meta_)
-    print(f"refitted stage 2 on {det.anomaly_bank_[0].shape[0]} anomalies in {time.time() - t0:.1f} s -> {out}")
+    print(f"refitted stage 2 on {det.anomaly_bank_[0].shape[0]} anomalies in {time.time() - t0:.1f} s -> {out}",
+          file=summary_stream(out))
     print(det.threshold_.describe() if det.threshold_ is not None
-          else "no threshold stored (no held-out normals): set one with `anomem threshold`")
+          else "no threshold stored (no held-out normals): set one with `anomem threshold`", file=summary_stream(out))
     return 0
