@@ -13,10 +13,11 @@ Every command that writes a file or fills a directory goes through this module:
   (report, heat-maps) must be new, empty, or one the same command filled before (it
   holds the marker file ``.anomem-output``); files someone else put there are never
   overwritten.
-* :class:`StagedDir` — such a directory is all-or-nothing and never mixed: it is filled
-  in a hidden staging folder beside it and put in place in one step at the end, so an
-  interrupted command leaves the old folder (or none), a reused folder holds only the
-  new files, and of two commands filling one folder at once the second is refused.
+* :class:`anomem.staging.StagedDir` — such a directory is all-or-nothing and never
+  mixed: it is filled in a hidden staging folder beside it and put in place in one step
+  at the end, so an interrupted command leaves the old folder (or none), a reused folder
+  holds only the new files, and of two commands filling one folder at once the second is
+  refused.
 * Outputs that are not regular files (``-`` = stdout, character devices, FIFOs,
   ``/dev/stdout``) are written through and never renamed over (see
   :func:`anomem.checkpoint.is_stream`); the kind checks only ``stat`` them, so no check
@@ -34,12 +35,8 @@ a refused command leaves the file system exactly as it was.
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
 import stat
-import tempfile
-import time
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -47,11 +44,9 @@ from pathlib import Path
 from anomem.checkpoint import (
     NAME_MAX,
     atomic_write_text,
-    current_umask,
     is_stream,
     is_temp_of,
     special_kind,
-    temp_prefix,
 )
 from anomem.errors import OutputError
 
@@ -170,6 +165,18 @@ def check_file_target(label: str, path: str | os.PathLike[str], allowed: Iterabl
                           "(choose another path or remove it first)")
 
 
+def marker_of(d: Path) -> str | None:
+    """The command named by ``d``'s marker; None unless it is a small regular file (a FIFO
+    or device planted there is never opened, so the check never blocks)."""
+    try:
+        st = os.lstat(d / MARKER)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 256:
+            return None
+        return (d / MARKER).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def check_claimable(label: str, path: str | os.PathLike[str], kind: str, legacy: Sequence[str] = ()) -> None:
     """Raise unless :func:`claim_output_dir` may use ``path`` (nothing is written here).
 
@@ -187,12 +194,7 @@ def check_claimable(label: str, path: str | os.PathLike[str], kind: str, legacy:
         entries = sorted(os.listdir(d))
     except OSError as e:
         raise OutputError(f"cannot write to output directory {str(d)!r}: {e.strerror or e}") from None
-    ours = False
-    if MARKER in entries:
-        try:
-            ours = (d / MARKER).read_text(encoding="utf-8").strip() == kind
-        except (OSError, UnicodeDecodeError):
-            ours = False
+    ours = MARKER in entries and marker_of(d) == kind
     if entries and not ours and not any(name in entries for name in legacy):
         shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
         raise OutputError(f"{label} {str(d)!r} is not empty ({shown}) and was not written by anomem {kind}; "
@@ -206,125 +208,6 @@ def claim_output_dir(label: str, path: str | os.PathLike[str], kind: str, legacy
     d = prepare_dir(Path(path))
     atomic_write_text(d / MARKER, kind + "\n")
     return d
-
-
-def _identity(path: Path) -> tuple[int, int, int] | None:
-    """What tells whether ``path`` changed: (device, inode, mtime), None when missing."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_mtime_ns
-
-
-class StagedDir:
-    """A directory that a command fills with several files, all-or-nothing, never mixed.
-
-    ``path`` is a hidden staging folder beside the target (``.<name>.XXXXXXXX.tmp``, with
-    the marker of ``kind``), where the command writes; :meth:`commit` puts it in the
-    target's place: a new or empty target in one rename, a target that the same command
-    filled before is moved aside, replaced and then deleted (so it holds only the new
-    files). If the target changed since the check (another command committed into it),
-    commit refuses and replaces nothing. Leaving the ``with`` block by an error or Ctrl-C
-    deletes the staging folder; the staging folder of a killed process is deleted by a
-    later command on the same target once it is an hour old.
-    """
-
-    def __init__(self, label: str, target: str | os.PathLike[str], kind: str, legacy: Sequence[str] = ()) -> None:
-        check_claimable(label, target, kind, legacy)
-        self.label, self.kind = label, kind
-        self.target = real(target)  # a symlink to a folder: that folder is replaced, the link stays
-        self._seen = _identity(self.target)
-        parent = prepare_dir(self.target.parent)
-        _remove_stale_staging(self.target, kind)
-        try:
-            self.path = Path(tempfile.mkdtemp(prefix=temp_prefix(self.target.name), suffix=".tmp", dir=parent))
-        except OSError as e:
-            raise OutputError(f"cannot write to output directory {str(parent)!r}: {e.strerror or e}") from None
-        os.chmod(self.path, 0o777 & ~current_umask())  # mkdtemp makes 0700; the folder is the user's
-        atomic_write_text(self.path / MARKER, kind + "\n")
-
-    def final(self, path: str | os.PathLike[str]) -> Path:
-        """Where a file written at ``path`` (inside the staging folder) will be after commit."""
-        return self.target / Path(path).relative_to(self.path)
-
-    def commit(self) -> Path:
-        parent = self.target.parent
-        with _DirLock(parent):
-            if _identity(self.target) != self._seen:
-                raise OutputError(f"{self.label} {str(self.target)!r} was changed by another process while this "
-                                  f"command ran (another anomem {self.kind} into it?); it was left as that process "
-                                  "wrote it: run again or choose another directory")
-            try:
-                os.replace(self.path, self.target)  # a missing or empty target: one atomic step
-            except OSError as e:
-                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise OutputError(f"cannot write {str(self.target)!r}: {e.strerror or e}") from None
-                old = Path(tempfile.mkdtemp(prefix=temp_prefix(self.target.name), suffix=".tmp", dir=parent))
-                os.replace(self.target, old)  # our earlier output (it holds our marker)
-                os.replace(self.path, self.target)
-                shutil.rmtree(old, ignore_errors=True)
-        return self.target
-
-    def discard(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-    def __enter__(self) -> StagedDir:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is not None:
-            self.discard()
-
-
-def _remove_stale_staging(target: Path, kind: str) -> None:
-    """Staging folders of ``target`` left by killed commands: an hour old and holding our marker."""
-    cutoff = time.time() - 3600
-    try:
-        names = os.listdir(target.parent)
-    except OSError:
-        return
-    for name in names:
-        d = target.parent / name
-        try:
-            if (not is_temp_of(name, target.name) or not stat.S_ISDIR(os.lstat(d).st_mode)
-                    or os.lstat(d).st_mtime >= cutoff
-                    or (d / MARKER).read_text(encoding="utf-8").strip() != kind):
-                continue
-        except (OSError, UnicodeDecodeError):
-            continue
-        shutil.rmtree(d, ignore_errors=True)
-
-
-class _DirLock:
-    """An ``flock`` on a directory while a staged folder is put in place in it, so two
-    anomem processes never swap into one target at once (a few milliseconds each)."""
-
-    def __init__(self, directory: Path, timeout: float = 30.0) -> None:
-        self.directory, self.timeout, self._fd = directory, timeout, -1
-
-    def __enter__(self) -> _DirLock:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: the identity check alone
-            return self
-        self._fd = os.open(self.directory, os.O_RDONLY)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    os.close(self._fd)
-                    raise OutputError(f"directory {str(self.directory)!r} stays locked by another anomem "
-                                      "process") from None
-                time.sleep(0.05)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)  # drops the flock
-            self._fd = -1
 
 
 def unique_names(paths: Sequence[str | os.PathLike[str]], suffix: str) -> list[str]:

@@ -26,7 +26,8 @@ from anomem import AnoMem
 from anomem.checkpoint import NAME_MAX, atomic_write_text, is_stream, is_temp_of, temp_prefix
 from anomem.cli import main
 from anomem.errors import CheckpointError, OutputError
-from anomem.outputs import StagedDir, check_file_target, file_kind, unique_names
+from anomem.outputs import MARKER, check_file_target, file_kind, unique_names
+from anomem.staging import StagedDir
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -85,6 +86,20 @@ def test_score_out_to_a_fifo_with_a_reader_streams_and_never_blocks_the_check(mo
     text = reader.join().decode()
     assert text.startswith("path,score") and len(text.splitlines()) == 7
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_a_fifo_planted_as_the_folder_marker_never_blocks_the_check(model_copy, images_copy, tmp_path, capsys):
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    os.mkfifo(maps / MARKER)  # nobody writes it: reading it would block for ever
+    done = []
+    worker = threading.Thread(target=lambda: done.append(main(["score", str(model_copy), str(images_copy),
+                                                               "--maps", str(maps)])), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert done == [2], "the output check blocked on a FIFO"
+    one_line_error(capsys, "not empty")
+    assert stat.S_ISFIFO(os.lstat(maps / MARKER).st_mode)
 
 
 @pytest.mark.parametrize("how", ["-", "/dev/stdout"])

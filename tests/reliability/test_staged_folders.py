@@ -20,7 +20,8 @@ import anomem.cli.score as score_cli
 import anomem.report as report
 from anomem.cli import main
 from anomem.errors import CheckpointError, OutputError
-from anomem.outputs import MARKER, StagedDir
+from anomem.outputs import MARKER
+from anomem.staging import StagedDir
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

@@ -29,13 +29,13 @@ from anomem.errors import DataError
 from anomem.inputs import check_batch_size, check_int_range
 from anomem.limits import check_seed
 from anomem.outputs import (
-    StagedDir,
     check_claimable,
     check_file_target,
     check_outputs,
     real,
     unique_names,
 )
+from anomem.staging import StagedDir
 
 
 def cmd_score(args: argparse.Namespace) -> int:
