@@ -76,6 +76,16 @@ class ThresholdMixin:
                 "or set_threshold() (or `anomem threshold`)"
             )
 
+    def check_labels(self, normals: Any = None, anomalies: Any = None) -> None:
+        """Refuse images given with the label opposite to the one this detector learned
+        them with (:attr:`training_digests_`): an image cannot be both normal and anomalous."""
+        known = getattr(self, "training_digests_", None) or {}
+        for images, name, other, what in ((anomalies, "anomalies", "normal", "was trained on as normal"),
+                                          (normals, "normals", "anomaly", "was given as anomalies")):
+            if images is not None and other in known:
+                check_disjoint(image_digests(self.prepare_images(images, name)), known[other], name,
+                               f"images this detector {what}")
+
     def _held_out_scores(self) -> np.ndarray:
         if self.calibration_bank_ is None:
             raise DataError(
@@ -150,6 +160,7 @@ class ThresholdMixin:
             raise ConfigError(f"threshold method must be 'fpr', 'f1', 'recall' or 'contamination', got {method!r}")
         if contamination is not None and method != "contamination":
             raise ConfigError(f"contamination applies to method 'contamination' only, not {method!r}")
+        self.check_labels(normals, anomalies)
         if normals is None:
             normal_scores, source = self._held_out_scores(), HELD_OUT
         else:
@@ -171,9 +182,6 @@ class ThresholdMixin:
             raise ConfigError(f"method {method!r} needs labelled anomalies")
         if fpr is not None:
             raise ConfigError(f"fpr applies to method 'fpr' only, not {method!r}")
-        known = (getattr(self, "training_digests_", None) or {}).get("normal")
-        check_disjoint(image_digests(self.prepare_images(anomalies, "anomalies")), known, "anomalies",
-                       "images this detector was trained on as normal")
         a_scores = self.anomaly_score(anomalies)
         scores = np.r_[normal_scores, a_scores]
         is_anomaly = np.r_[np.zeros(normal_scores.size, bool), np.ones(a_scores.size, bool)]

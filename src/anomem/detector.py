@@ -33,7 +33,6 @@ from anomem.inference import AnoMemModel, smooth_maps
 from anomem.inputs import (
     as_images,
     check_batch_size,
-    check_disjoint,
     image_digests,
     match_geometry,
     to_float,
@@ -241,10 +240,9 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         Returns:
             self
         """
+        self.check_labels(normals, anomalies)
         a = self.prepare_images(anomalies, "anomalies")
-        seen = getattr(self, "training_digests_", None) or {}
-        mine = image_digests(a)
-        check_disjoint(mine, seen.get("normal"), "anomalies", "images this detector was trained on as normal")
+        seen, mine = getattr(self, "training_digests_", None) or {}, image_digests(a)
         new = stage2.summarise(self.model_, a).pooled
         banks = self.banks_
         if normals is not None:

@@ -213,3 +213,29 @@ def test_wide_integer_images_mean_what_they_hold(tmp_path, bits, top, fmt, order
     Image.fromarray(stored.astype(np.uint16 if bits == 16 else np.uint32)).save(path)
     assert read_image(path, channels=1).flatten().tolist() == expect.flatten().tolist()
     assert conversions(probe_image(path), (16, 16), 1) == [f"{bits}-bit->8-bit"]
+
+
+def test_evaluate_refuses_another_normal_class_of_the_training_dataset(tmp_path, tiny_train, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--normal-class", "0", "--epochs", "1", "--out", str(run), *tiny_train]) == 0
+    capsys.readouterr()
+    for cls in ("3", "9"):
+        assert main(["evaluate", str(run), "--data", "digits", "--normal-class", cls, "--out", str(tmp_path / "r")]) == 2
+        one_line_error(capsys, "differs from the normal class")
+    assert main(["evaluate", str(run), "--data", "digits", "--normal-class", "0", "--max-images", "40",
+                 "--out", str(tmp_path / "r")]) == 0
+
+
+def test_images_learned_as_anomalies_are_refused_as_normals(trained_run, folder_dataset, tmp_path):
+    from anomem.data.folder import load_images
+
+    det = AnoMem.load(trained_run)
+    bad = stripes(4, True, seed=11)
+    det.refit_scorer(bad)
+    trained_normal = load_images([folder_dataset / "train" / "normal"], image_size=(16, 16), channels=1).images[:1]
+    for call in (lambda: det.refit_scorer(stripes(2, True, seed=12), normals=bad[:2]),
+                 lambda: det.calibrate_threshold(bad[1:3]),
+                 lambda: det.calibrate_threshold(stripes(6, False, seed=13), trained_normal)):
+        with pytest.raises(DataError, match="an image cannot be both normal and anomalous"):
+            call()
+    det.calibrate_threshold(stripes(6, False, seed=13), stripes(3, True, seed=14))  # new images: fine

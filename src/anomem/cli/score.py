@@ -186,6 +186,10 @@ def _evaluation_set(args: argparse.Namespace, det) -> _EvaluationSet:
     test = load_dataset(spec, "test", root=args.data_root)
     cls = args.normal_class
     c = validate_class_index(test.class_names, int(cls) if cls.lstrip("-").isdigit() else cls)
+    split = det.meta_.get("split") if isinstance(det.meta_, dict) else None
+    if isinstance(split, dict) and split.get("data") == spec and split.get("normal_class") not in (None, c):
+        raise DataError(f"--normal-class {cls} differs from the normal class {args.checkpoint} was trained with "
+                        f"({split['normal_class']}): its scores would rank the wrong class as normal")
     gen = torch.Generator().manual_seed(args.seed)
     if args.defects:
         from anomem.data.defects import add_defects

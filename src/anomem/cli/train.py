@@ -153,10 +153,10 @@ def _check_same_config(path: Path, cfg: AnoMemConfig) -> None:
 
 
 def _split_record(args: argparse.Namespace) -> dict[str, Any]:
-    """``{"split": ...}``: the dataset folder and the layout that split it, so that
-    `anomem evaluate` tests on the same split ({} for named datasets)."""
-    if not Path(args.data).is_dir():
-        return {}
+    """``{"split": ...}``: the dataset folder and the layout that split it (or the named
+    dataset and its normal class), so that `anomem evaluate` tests on the same split."""
+    if not Path(args.data).is_dir():  # a named dataset: its one-vs-all normal class
+        return {"split": {"data": args.data, "normal_class": args.normal_class, "ratio": args.ratio}}
     layout = folder_layout(args)
     split = {key: getattr(layout, key) for key in FOLDER_LAYOUT}
     split["abnormal_dir"] = list(layout.abnormal_dirs)
