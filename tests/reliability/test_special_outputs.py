@@ -148,6 +148,14 @@ def test_block_devices_and_sockets_are_refused(tmp_path, model_copy, images_copy
         assert stat.S_ISSOCK(os.stat(sock_path).st_mode)
     finally:
         server.close()
+    block = tmp_path / "disk"
+    try:
+        os.mknod(block, 0o600 | stat.S_IFBLK, os.makedev(7, 250))  # a loop device number nothing uses
+    except OSError:
+        return  # not root
+    assert main(["score", str(model_copy), str(images_copy), "--out", str(block)]) == 2
+    one_line_error(capsys, "a block device")
+    assert stat.S_ISBLK(os.lstat(block).st_mode)
 
 
 @pytest.mark.parametrize("cmd", [["score", "{m}", "{i}", "--maps", "-"], ["evaluate", "{m}", "--data", "{d}", "--out", "-"]])
