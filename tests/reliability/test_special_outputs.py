@@ -158,7 +158,9 @@ def test_block_devices_and_sockets_are_refused(tmp_path, model_copy, images_copy
     assert stat.S_ISBLK(os.lstat(block).st_mode)
 
 
-@pytest.mark.parametrize("cmd", [["score", "{m}", "{i}", "--maps", "-"], ["evaluate", "{m}", "--data", "{d}", "--out", "-"]])
+@pytest.mark.parametrize("cmd", [["score", "{m}", "{i}", "--maps", "-"], ["evaluate", "{m}", "--data", "{d}", "--out", "-"],
+                                 ["train", "--data", "{d}", "--out", "-"], ["demo", "--out", "-"],
+                                 ["benchmark", "--data", "digits", "--out", "-"]])
 def test_a_directory_output_cannot_be_a_stream(cmd, model_copy, images_copy, folder_dataset, capsys):
     argv = [a.format(m=model_copy, i=images_copy, d=folder_dataset) for a in cmd]
     assert main(argv) == 2
