@@ -250,7 +250,7 @@ def prepare_dir(d: Path) -> Path:
 def check_new_run_dir(run: Path) -> None:
     """A new run may not go where a run already saved work (nothing is silently mixed)."""
     if os.fspath(run) == "-" or is_stream(run):
-        raise OutputError(f"--out {str(run)!r} must be a run directory (it receives several files), not a stream")
+        raise OutputError(f"--out {str(run)!r} must be a directory (a run receives several files), not a stream")
     if not run.exists():
         return
     if not run.is_dir():
