@@ -15,9 +15,9 @@ too long to take the 14 extra bytes, ``<name>`` in it is cut and followed by ``~
 hex digits of its sha256 (:func:`temp_prefix`), so every legal name can be written.
 
 What is not a regular file is never renamed over: ``-`` is standard output, and a
-character device, a FIFO or a path through ``/dev`` or ``/proc`` (``/dev/stdout``) is
-written through, in one piece once the content is complete (:func:`is_stream`). Block
-devices and sockets are refused.
+character device, a FIFO or a path through a process's open files (``/dev/stdout``,
+``/dev/fd/N``, ``/proc/self/fd/N``) is written through, in one piece once the content is
+complete (:func:`is_stream`). Block devices and sockets are refused.
 
 Every checkpoint carries ``content_sha256``, a sha256 over every field and every
 tensor's dtype, shape and bytes in a fixed order (:func:`content_hash`); the loaders
@@ -79,8 +79,8 @@ def _link_hops(path: str) -> list[str]:
 
 def is_stream(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is written through, never renamed over: ``-`` (stdout), a
-    character device or FIFO, or a path leading through /proc or /dev/fd (``/dev/stdout``
-    when standard output is a file).
+    character device or FIFO, or a path leading through a process's open files
+    (``/dev/stdout``, ``/dev/fd/N``, ``/proc/<pid>/fd/N``: stdout when it is a file).
     Only ``stat`` is used: nothing is opened, so the check never blocks."""
     p = os.fspath(path)
     if p == "-":
@@ -91,10 +91,11 @@ def is_stream(path: str | os.PathLike[str]) -> bool:
         return False
     if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
         return True
-    return any(h.startswith(("/proc/", "/dev/fd/")) or h in _STD_DEVICES for h in _link_hops(p))
+    return any(_OPEN_FILE.fullmatch(h) for h in _link_hops(p))
 
 
-_STD_DEVICES = ("/dev/stdin", "/dev/stdout", "/dev/stderr")
+# A process's open file: /dev/stdout and friends, /dev/fd/N, /proc/<pid>/fd/N.
+_OPEN_FILE = re.compile(r"/dev/std(in|out|err)|/dev/fd/\d+|/proc/(self|thread-self|\d+)/fd/\d+")
 
 
 def special_kind(path: str | os.PathLike[str]) -> str | None:

@@ -74,6 +74,8 @@ def test_score_out_to_a_character_device_streams_and_keeps_the_device(model_copy
     assert "scored 6 images" in capsys.readouterr().err  # the summary never joins a stream's data
     # the system's /dev/null is only ever classified here, never written by a test
     assert is_stream("/dev/null") and file_kind(Path("/dev/null")) == "stream"
+    assert is_stream("/proc/self/fd/1") and is_stream("/dev/stdout")  # our own stdout
+    assert not is_stream("/proc/sys/kernel/hostname")  # other /proc files are not streams: never written through
 
 
 def test_score_out_to_a_fifo_with_a_reader_streams_and_never_blocks_the_check(model_copy, images_copy, tmp_path, capsys):
