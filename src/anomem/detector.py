@@ -85,6 +85,9 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         banks_: pooled deviations kept for refits (:class:`~anomem.stage2.Stage2Banks`).
         calibration_bank_: stage-2 inputs of the held-out normals, or None.
         threshold_: the decision threshold (:class:`~anomem.thresholds.Threshold`) or None.
+        training_digests_: {"normal", "anomaly"}: (N,) int64 pixel digests of the images
+            it learned from (:func:`anomem.inputs.image_digests`), for the label check
+            and evaluation; empty for files from before them.
         prototype_cache_, history_, config_, in_channels_, image_size_, device_.
         backbone_weights_ (after fit only): what ``backbone.weights`` loaded
             (:class:`~anomem.backbone.WeightsReport`), or None.
