@@ -22,6 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from anomem.config import ScorerConfig
 from anomem.errors import ConfigError, DataError, NotFittedError
@@ -85,6 +86,18 @@ class ThresholdMixin:
             if images is not None and other in known:
                 check_disjoint(image_digests(self.prepare_images(images, name)), known[other], name,
                                f"images this detector {what}")
+
+    def _warn_if_trained_on(self, normals: Any) -> None:
+        """A threshold from normals the detector was trained on is biased: say so (ThresholdWarning)."""
+        known = (getattr(self, "training_digests_", None) or {}).get("normal")
+        if known is None or not known.numel():
+            return
+        trained = torch.isin(image_digests(self.prepare_images(normals, "normals")), known)
+        if bool(trained.any()):
+            warnings.warn(f"{int(trained.sum())} of the {trained.numel()} given normals are images this detector "
+                          "was trained on: they score lower than new normals, so the threshold will flag more new "
+                          "normals than its target; set it from normals it has not seen", ThresholdWarning,
+                          stacklevel=user_stacklevel())
 
     def _held_out_scores(self) -> np.ndarray:
         if self.calibration_bank_ is None:
@@ -165,6 +178,7 @@ class ThresholdMixin:
             normal_scores, source = self._held_out_scores(), HELD_OUT
         else:
             normal_scores, source = self.anomaly_score(normals), GIVEN
+            self._warn_if_trained_on(normals)
         if method in ("fpr", "contamination"):
             if anomalies is not None:
                 raise ConfigError(f"method {method!r} sets the threshold from normals only; drop anomalies or use "

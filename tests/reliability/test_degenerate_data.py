@@ -240,4 +240,9 @@ def test_images_learned_as_anomalies_are_refused_as_normals(trained_run, folder_
                  lambda: det.calibrate_threshold(stripes(6, False, seed=13), trained_normal)):
         with pytest.raises(DataError, match="an image cannot be both normal and anomalous"):
             call()
-    det.calibrate_threshold(stripes(6, False, seed=13), stripes(3, True, seed=14))  # new images: fine
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ThresholdWarning)
+        det.calibrate_threshold(stripes(6, False, seed=13), stripes(3, True, seed=14))  # new images: fine
+    trained_normals = load_images([folder_dataset / "train" / "normal"], image_size=(16, 16), channels=1).images
+    with pytest.warns(ThresholdWarning, match="32 of the 32 given normals are images this detector was trained on"):
+        det.calibrate_threshold(trained_normals, fpr=0.1)  # allowed, but biased: said
