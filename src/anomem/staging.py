@@ -10,18 +10,38 @@ used at all are :func:`anomem.outputs.check_claimable`'s.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from anomem.checkpoint import atomic_write_text, current_umask, is_temp_of, temp_prefix
 from anomem.errors import OutputError
 from anomem.outputs import MARKER, check_claimable, marker_of, prepare_dir, real
+
+
+@contextlib.contextmanager
+def _deferred_interrupts() -> Iterator[None]:
+    """Ctrl-C waits until the block ends, then interrupts: a pair of renames or a clean-up
+    is never cut in half. (Only the main thread can take over SIGINT; elsewhere a no-op.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
@@ -53,12 +73,17 @@ class StagedDir:
         self._seen = _identity(self.target)
         parent = prepare_dir(self.target.parent)
         _remove_stale_staging(self.target, kind)
-        try:
-            self.path = Path(tempfile.mkdtemp(prefix=temp_prefix(self.target.name), suffix=".tmp", dir=parent))
-        except OSError as e:
-            raise OutputError(f"cannot write to output directory {str(parent)!r}: {e.strerror or e}") from None
-        os.chmod(self.path, 0o777 & ~current_umask())  # mkdtemp makes 0700; the folder is the user's
-        atomic_write_text(self.path / MARKER, kind + "\n")
+        with _deferred_interrupts():  # a staging folder exists only with its marker, inside the `with`
+            try:
+                self.path = Path(tempfile.mkdtemp(prefix=temp_prefix(self.target.name), suffix=".tmp", dir=parent))
+            except OSError as e:
+                raise OutputError(f"cannot write to output directory {str(parent)!r}: {e.strerror or e}") from None
+            try:
+                os.chmod(self.path, 0o777 & ~current_umask())  # mkdtemp makes 0700; the folder is the user's
+                atomic_write_text(self.path / MARKER, kind + "\n")
+            except BaseException:
+                shutil.rmtree(self.path, ignore_errors=True)
+                raise
 
     def final(self, path: str | os.PathLike[str]) -> Path:
         """Where a file written at ``path`` (inside the staging folder) will be after commit."""
@@ -66,7 +91,7 @@ class StagedDir:
 
     def commit(self) -> Path:
         parent = self.target.parent
-        with _DirLock(parent):
+        with _DirLock(parent), _deferred_interrupts():
             if _identity(self.target) != self._seen:
                 raise OutputError(f"{self.label} {str(self.target)!r} was changed by another process while this "
                                   f"command ran (another anomem {self.kind} into it?); it was left as that process "
@@ -83,7 +108,8 @@ class StagedDir:
         return self.target
 
     def discard(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        with _deferred_interrupts():
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def __enter__(self) -> StagedDir:
         return self

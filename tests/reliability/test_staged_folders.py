@@ -8,7 +8,12 @@ files, and when two commands fill one folder at once the later one is refused.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +27,8 @@ from anomem.cli import main
 from anomem.errors import CheckpointError, OutputError
 from anomem.outputs import MARKER
 from anomem.staging import StagedDir
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -150,3 +157,28 @@ def test_interrupted_evaluate_report_leaves_nothing(setup, folder_dataset, monke
     monkeypatch.undo()
     assert main(["evaluate", str(model), "--data", str(folder_dataset), "--out", str(rep)]) == 0
     assert (rep / "report.html").is_file() and leftovers(out) == []
+
+
+@pytest.mark.parametrize("delay", [2.0, 6.0, 10.0])  # loading, scoring, writing maps (~16 s in all)
+def test_real_ctrl_c_during_maps_of_many_images_leaves_all_or_nothing(setup, delay):
+    """SIGINT to a real `score --maps` of 1,500 images at some moment: either no folder, no
+    CSV and no staging folder (exit 130), or every map and the CSV (it finished first)."""
+    model, images, out = setup
+    many = out / "many"
+    many.mkdir()
+    first = sorted(images.glob("*.png"))[0]
+    for i in range(1500):
+        os.link(first, many / f"{i:04d}.png")
+    maps, csv = out / "maps", out / "s.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "anomem.cli", "score", str(model), str(many), "--maps", str(maps),
+                             "--out", str(csv)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": SRC})
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=300)[1].decode()
+    assert "Traceback" not in err, err
+    if proc.returncode == 0:
+        assert len(list(maps.glob("*.png"))) == 1500 and len(csv.read_text().splitlines()) == 1501
+    else:
+        assert proc.returncode == 130 and not maps.exists() and not csv.exists(), err
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
