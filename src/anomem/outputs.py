@@ -35,6 +35,7 @@ a refused command leaves the file system exactly as it was.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import zipfile
@@ -165,16 +166,33 @@ def check_file_target(label: str, path: str | os.PathLike[str], allowed: Iterabl
                           "(choose another path or remove it first)")
 
 
-def marker_of(d: Path) -> str | None:
-    """The command named by ``d``'s marker; None unless it is a small regular file (a FIFO
-    or device planted there is never opened, so the check never blocks)."""
+def _marker_lines(d: Path) -> list[str] | None:
+    """The lines of ``d``'s marker; None unless it is a regular file of at most 16 MiB (a
+    FIFO or device planted there is never opened, so no check blocks)."""
     try:
         st = os.lstat(d / MARKER)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > 256:
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 16 * 2**20:
             return None
-        return (d / MARKER).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
+        return (d / MARKER).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError:
         return None
+
+
+def marker_of(d: Path) -> str | None:
+    """The command named by ``d``'s marker (its first line), or None."""
+    lines = _marker_lines(d)
+    return lines[0].strip() if lines else None
+
+
+def marker_files(d: Path) -> list[str] | None:
+    """The entries the command wrote into ``d``, as its marker lists them (a JSON list on
+    the second line, written by :class:`anomem.staging.StagedDir`); None for older markers."""
+    lines = _marker_lines(d)
+    try:
+        names = json.loads(lines[1]) if lines and len(lines) > 1 else None
+    except ValueError:
+        return None
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
 
 
 def check_claimable(label: str, path: str | os.PathLike[str], kind: str, legacy: Sequence[str] = ()) -> None:

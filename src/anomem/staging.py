@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from anomem.checkpoint import atomic_write_text, current_umask, is_temp_of, temp_prefix
 from anomem.errors import OutputError
-from anomem.outputs import MARKER, check_claimable, marker_of, prepare_dir, real
+from anomem.outputs import MARKER, check_claimable, marker_files, marker_of, prepare_dir, real
 
 
 @contextlib.contextmanager
@@ -70,6 +71,7 @@ class StagedDir:
         check_claimable(label, target, kind, legacy)
         self.label, self.kind = label, kind
         self.target = real(target)  # a symlink to a folder: that folder is replaced, the link stays
+        _refuse_foreign_files(label, self.target, kind)
         self._seen = _identity(self.target)
         parent = prepare_dir(self.target.parent)
         _remove_stale_staging(self.target, kind)
@@ -96,6 +98,8 @@ class StagedDir:
                 raise OutputError(f"{self.label} {str(self.target)!r} was changed by another process while this "
                                   f"command ran (another anomem {self.kind} into it?); it was left as that process "
                                   "wrote it: run again or choose another directory")
+            written = sorted(n for n in os.listdir(self.path) if n != MARKER)  # what a later reuse may delete
+            atomic_write_text(self.path / MARKER, self.kind + "\n" + json.dumps(written) + "\n")
             try:
                 os.replace(self.path, self.target)  # a missing or empty target: one atomic step
             except OSError as e:
@@ -117,6 +121,27 @@ class StagedDir:
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if exc_type is not None:
             self.discard()
+
+
+# What the commands wrote before markers listed their files: a reused folder may hold these.
+_WRITTEN_BEFORE_LISTS = {"score --maps": lambda name: name.endswith((".png", ".npy")),
+                         "evaluate": lambda name: name in ("report.html", "report.md", "metrics.json", "figures")}
+
+
+def _refuse_foreign_files(label: str, target: Path, kind: str) -> None:
+    """A reused folder is replaced whole: refuse while it holds files the command did not
+    write there (a user's notes beside the heat-maps), so that nothing of theirs is deleted."""
+    try:
+        entries = [n for n in os.listdir(target) if n != MARKER]
+    except OSError:
+        return  # new (or unreadable: check_claimable said so)
+    listed = marker_files(target)
+    ours = set(listed).__contains__ if listed is not None else _WRITTEN_BEFORE_LISTS.get(kind, lambda n: False)
+    foreign = sorted(n for n in entries if not ours(n))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputError(f"{label} {str(target)!r} holds files anomem {kind} did not write ({shown}); a new run "
+                          "replaces the whole folder, so move them out or choose another directory")
 
 
 def _remove_stale_staging(target: Path, kind: str) -> None:

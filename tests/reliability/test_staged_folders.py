@@ -89,6 +89,13 @@ def test_a_reused_maps_folder_holds_only_the_new_maps(setup, folder_dataset, cap
     assert main(["score", str(model), str(images), "--maps", str(maps), "--maps-format", "npy"]) == 0
     assert sorted(p.name for p in maps.iterdir()) == sorted([MARKER, *(f"n{i:03d}.npy" for i in range(6))])
     assert leftovers(out) == []
+    (maps / "notes.txt").write_text("mine")  # the user's file beside the maps is never deleted by a reuse
+    (maps / "n000.npy").unlink()
+    before = snapshot(maps)
+    capsys.readouterr()
+    assert main(["score", str(model), str(images), "--maps", str(maps)]) == 2
+    one_line_error(capsys, "holds files anomem score --maps did not write (notes.txt)")
+    assert snapshot(maps) == before and leftovers(out) == []
 
 
 def test_two_scores_into_one_new_folder_the_later_is_refused(setup, trained_run, tmp_path, monkeypatch, capsys):
@@ -126,6 +133,17 @@ def test_staged_dir_rules(tmp_path):
     with pytest.raises(OutputError, match="not empty"):
         StagedDir("--maps", foreign, "score --maps")
     assert (foreign / "photo.png").read_bytes() == b"mine"
+    older = tmp_path / "older"  # a folder from before markers listed files: its own kinds of files only
+    older.mkdir()
+    (older / MARKER).write_text("score --maps\n")
+    (older / "a.png").write_bytes(b"old map")
+    (older / "thesis.pdf").write_bytes(b"mine")
+    with pytest.raises(OutputError, match="did not write \\(thesis.pdf\\)"):
+        StagedDir("--maps", older, "score --maps")
+    (older / "thesis.pdf").unlink()
+    with StagedDir("--maps", older, "score --maps") as s:
+        s.commit()
+    assert sorted(p.name for p in older.iterdir()) == [MARKER]
     empty = tmp_path / "empty"
     empty.mkdir()
     for k, where in enumerate((target, empty, target)):  # new, empty, ours again
