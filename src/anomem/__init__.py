@@ -6,11 +6,12 @@ prototypes with a contrastive loss; stage 2 scores images by their deviation fro
 the recalled prototypes, one-class or with a few labelled anomalies.
 """
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
 from anomem._version import __version__
 from anomem.errors import AnoMemError, CheckpointError, ConfigError, DataError, NotFittedError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: the command starts sooner
 if TYPE_CHECKING:  # pragma: no cover
     from anomem.config import AnoMemConfig, load_config
     from anomem.detector import AnomalyMaps, AnoMem
@@ -21,7 +22,7 @@ _LAZY = {"AnoMem": "anomem.detector", "AnomalyMaps": "anomem.detector", "AnoMemC
          "load_config": "anomem.config"}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         import importlib
 

@@ -31,8 +31,11 @@ from anomem.outputs import MARKER, check_claimable, marker_files, marker_of, pre
 @contextlib.contextmanager
 def _deferred_interrupts() -> Iterator[None]:
     """Ctrl-C waits until the block ends, then interrupts: a pair of renames or a clean-up
-    is never cut in half. (Only the main thread can take over SIGINT; elsewhere a no-op.)"""
-    if threading.current_thread() is not threading.main_thread():
+    is never cut in half. A no-op outside the main thread (only it can take over SIGINT)
+    and where SIGINT is not Python's default (ignored in a background job, or the
+    application's own handler)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield
         return
     caught: list[int] = []
