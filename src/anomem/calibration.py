@@ -27,9 +27,11 @@ from dataclasses import fields, replace
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 
 from anomem.config import ScorerConfig
 from anomem.errors import ConfigError, DataError, NotFittedError
+from anomem.inputs import check_disjoint, image_digests
 from anomem.stage2 import ScoreBank, bank_scores
 from anomem.thresholds import (
     Threshold,
@@ -115,6 +117,28 @@ class ThresholdMixin:
                 "or set_threshold() (or `anomem threshold`)"
             )
 
+    def check_labels(self, normals: Any = None, anomalies: Any = None) -> None:
+        """Refuse images given with the label opposite to the one this detector learned
+        them with (:attr:`training_digests_`): an image cannot be both normal and anomalous."""
+        known = getattr(self, "training_digests_", None) or {}
+        for images, name, other, what in ((anomalies, "anomalies", "normal", "was trained on as normal"),
+                                          (normals, "normals", "anomaly", "was given as anomalies")):
+            if images is not None and other in known:
+                check_disjoint(image_digests(self.prepare_images(images, name)), known[other], name,
+                               f"images this detector {what}")
+
+    def _warn_if_trained_on(self, normals: Any) -> None:
+        """A threshold from normals the detector was trained on is biased: say so (ThresholdWarning)."""
+        known = (getattr(self, "training_digests_", None) or {}).get("normal")
+        if known is None or not known.numel():
+            return
+        trained = torch.isin(image_digests(self.prepare_images(normals, "normals")), known)
+        if bool(trained.any()):
+            warnings.warn(f"{int(trained.sum())} of the {trained.numel()} given normals are images this detector "
+                          "was trained on: they score lower than new normals, so the threshold will flag more new "
+                          "normals than its target; set it from normals it has not seen", ThresholdWarning,
+                          stacklevel=user_stacklevel())
+
     def _held_out_scores(self) -> np.ndarray:
         if self.calibration_bank_ is None:
             raise DataError(
@@ -137,6 +161,14 @@ class ThresholdMixin:
         elif s.contamination > 0 and training_normals is not None:
             scores, source = self.anomaly_score(training_normals()), TRAINING
         else:
+            if s.calibration_fraction > 0:  # one was expected: say why there is none
+                n = int(self.banks_.normal[0].shape[0])
+                need = next((m for m in range(3, 10_000) if calibration_count(m, s) > 0), "thousands of")
+                warnings.warn(f"no threshold was set: {n} normal images are too few to hold any out for it (at "
+                              f"least {need} are needed with scorer.calibration_fraction={s.calibration_fraction:g}); "
+                              "predict() and the is_anomaly column need one: set it from other normals with "
+                              "calibrate_threshold(normals) or `anomem threshold --normals DIR`",
+                              ThresholdWarning, stacklevel=user_stacklevel())
             return None
         if s.contamination <= 0:
             return _at_fpr(scores, None, s.target_fpr, source)
@@ -181,10 +213,12 @@ class ThresholdMixin:
             raise ConfigError(f"threshold method must be 'fpr', 'f1', 'recall' or 'contamination', got {method!r}")
         if contamination is not None and method != "contamination":
             raise ConfigError(f"contamination applies to method 'contamination' only, not {method!r}")
+        self.check_labels(normals, anomalies)
         if normals is None:
             normal_scores, source = self._held_out_scores(), HELD_OUT
         else:
             normal_scores, source = self.anomaly_score(normals), GIVEN
+            self._warn_if_trained_on(normals)
         if method in ("fpr", "contamination"):
             if anomalies is not None:
                 raise ConfigError(f"method {method!r} sets the threshold from normals only; drop anomalies or use "

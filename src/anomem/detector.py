@@ -27,17 +27,17 @@ from anomem import persistence, stage2
 from anomem.calibration import ThresholdMixin, calibration_fraction_for
 from anomem.config import AnoMemConfig, load_config
 from anomem.engine import EpochLog, Stage1Trainer, resolve_device
-from anomem.errors import ConfigError, DataError, NotFittedError
+from anomem.errors import ConfigError, NotFittedError
 from anomem.factory import build_net, build_scorer, load_backbone_weights
 from anomem.fusion import fit_fusion
 from anomem.inference import AnoMemModel, smooth_maps
 from anomem.inputs import (
     as_images,
-    as_labels,
     check_batch_size,
-    check_trainable_size,
+    image_digests,
     match_geometry,
     to_float,
+    training_set,
 )
 from anomem.model import AnoMemNet
 from anomem.params import ParamsMixin, apply_overrides, check_overrides
@@ -86,6 +86,9 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         banks_: pooled deviations kept for refits (:class:`~anomem.stage2.Stage2Banks`).
         calibration_bank_: stage-2 inputs of the held-out normals, or None.
         threshold_: the decision threshold (:class:`~anomem.thresholds.Threshold`) or None.
+        training_digests_: {"normal", "anomaly"}: (N,) int64 pixel digests of the images
+            it learned from (:func:`anomem.inputs.image_digests`), for the label check
+            and evaluation; empty for files from before them.
         prototype_cache_, history_, config_, in_channels_, image_size_, device_.
         backbone_weights_ (after fit only): what ``backbone.weights`` loaded
             (:class:`~anomem.backbone.WeightsReport`), or None.
@@ -150,8 +153,8 @@ class AnoMem(ParamsMixin, ThresholdMixin):
             self
         """
         cfg = self._resolve_config()
-        x, normal = _training_set(X, anomalies, y)
-        check_trainable_size(x.shape[2:])
+        x, normal = training_set(X, anomalies, y)
+        digests = {"normal": image_digests(x[normal]), "anomaly": image_digests(x[~normal])}
         if cfg.scorer.mode == "supervised" and bool(normal.all()) and not (cfg.pseudo.enabled and cfg.pseudo.heads):
             raise ConfigError("scorer.mode is 'supervised' but no labelled anomalies were given; pass anomalies= "
                               "(or y=) or use scorer.mode=auto")
@@ -199,6 +202,8 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         self.prototype_cache_: PrototypeCache | None = None
         if cfg.scorer.prototype_cache > 0:
             self.prototype_cache_ = build_prototype_cache(net, x[normal][: cfg.scorer.prototype_cache], self.device_)
+        self.training_digests_ = digests  # which images it learned from (refit and evaluation check them)
+        persistence.check_loadable(self, "the fitted detector")  # degenerate data stop here, not at load
         return self
 
     def _train_stage1(self, trainer: Stage1Trainer, on_epoch_end: EpochCallback | None) -> None:
@@ -240,7 +245,9 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         Returns:
             self
         """
+        self.check_labels(normals, anomalies)
         a = self.prepare_images(anomalies, "anomalies")
+        seen, mine = getattr(self, "training_digests_", None) or {}, image_digests(a)
         new = stage2.summarise(self.model_, a).pooled
         banks = self.banks_
         if normals is not None:
@@ -249,6 +256,9 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         if keep_previous:
             new = [torch.cat([old, n]) for old, n in zip(banks.anomaly, new)]
         self.banks_ = banks._replace(anomaly=new)
+        if seen:
+            old = seen.get("anomaly", mine[:0]) if keep_previous else mine[:0]
+            self.training_digests_ = {**seen, "anomaly": torch.cat([old, mine])}
         cal = self.calibration_bank_
         if cal is None or cal.pixel_features is not None:  # else (older files) the threshold could not follow
             stage2.store_pixel_anomalies(self.model_, a, keep_previous)
@@ -410,23 +420,6 @@ class AnoMem(ParamsMixin, ThresholdMixin):
                 or holds entries of the wrong kind (a clear message, never a traceback).
         """
         return persistence.load_detector(cls, path, device)
-
-
-def _training_set(X: Any, anomalies: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training images (normals, then labelled anomalies) and their normal mask."""
-    x = as_images(X, "X")
-    normal = torch.ones(x.shape[0], dtype=torch.bool) if y is None else as_labels(y, x.shape[0], "y")
-    if anomalies is not None:
-        a = as_images(anomalies, "anomalies")
-        if a.shape[1:] != x.shape[1:]:
-            raise DataError(f"anomalies have shape {tuple(a.shape[1:])} per image but X has {tuple(x.shape[1:])}")
-        if a.dtype != x.dtype:
-            a, x = to_float(a), to_float(x)
-        x = torch.cat([x, a])
-        normal = torch.cat([normal, torch.zeros(a.shape[0], dtype=torch.bool)])
-    if int(normal.sum()) < 2:
-        raise DataError(f"fit needs at least 2 normal images, got {int(normal.sum())}")
-    return x, normal
 
 
 def _progress(total: int, initial: int, enabled: bool):  # -> tqdm | None

@@ -11,6 +11,7 @@ Shape:
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from os import PathLike
 from typing import Any
@@ -47,6 +48,7 @@ def as_images(x: Any, name: str = "images") -> torch.Tensor:
             raise DataError(f"{name}: object arrays are not images; pass a numeric array")
         if x.dtype.kind not in "buifc":
             raise DataError(f"{name}: unsupported dtype {x.dtype}; use uint8 or float in [0, 1]")
+        x = _native(x)
         with warnings.catch_warnings():  # read-only arrays are fine: they are never written to
             warnings.simplefilter("ignore", UserWarning)
             x = torch.from_numpy(np.ascontiguousarray(x))
@@ -73,10 +75,8 @@ def as_images(x: Any, name: str = "images") -> torch.Tensor:
         return x
     if x.dtype == torch.bool or x.is_complex():
         raise DataError(f"{name}: unsupported dtype {str(x.dtype).removeprefix('torch.')}; use uint8 or float in [0, 1]")
-    if x.dtype in _WIDE_UNSIGNED:  # 16/32-bit images (16-bit PNG, TIFF): the full range maps to 0..255
-        top = _WIDE_UNSIGNED[x.dtype]
-        wide = x.to(torch.int64)
-        return ((wide * 255 + top // 2) // top).to(torch.uint8)
+    if x.dtype in _WIDE_UNSIGNED:  # 16/32/64-bit images (16-bit PNG, TIFF)
+        return torch.from_numpy(wide_to_uint8(x.cpu().numpy(), _WIDE_UNSIGNED[x.dtype]))
     if not x.is_floating_point():  # other integer types: pixel values 0..255
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi > 255:
@@ -95,9 +95,30 @@ def as_images(x: Any, name: str = "images") -> torch.Tensor:
     return x
 
 
-# Unsigned integer images wider than 8 bits, scaled by their full range (max value).
-_WIDE_UNSIGNED = {getattr(torch, name): 2**bits - 1 for name, bits in (("uint16", 16), ("uint32", 32))
+# Unsigned integer images wider than 8 bits: their bits per sample (see wide_to_uint8).
+_WIDE_UNSIGNED = {getattr(torch, name): bits for name, bits in (("uint16", 16), ("uint32", 32), ("uint64", 64))
                   if hasattr(torch, name)}
+
+
+def wide_to_uint8(arr: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned samples of ``bits`` > 8 bits as 0..255 uint8, for arrays and files alike.
+
+    16-bit samples are scaled by their range (65535 -> 255): 16-bit images mean that.
+    Wider integers have no usual range, so they are read at the smallest depth that
+    holds their values: 0..255 as they are, else 0..65535 as 16-bit, else 0..2^32-1 as
+    32-bit (2^32-1 -> 255), else 64-bit; a 32-bit TIFF holding 0..255 stays 0..255.
+    """
+    a = np.asarray(arr).astype(np.uint64)
+    hi = int(a.max()) if a.size else 0
+    top = 65535 if bits <= 16 else next(t for t in (255, 65535, 2**32 - 1, 2**64 - 1) if hi <= t)
+    if top == 255:
+        return a.astype(np.uint8)
+    return np.round(a.astype(np.float64) * (255.0 / top)).astype(np.uint8)
+
+
+def _native(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in the machine's byte order (torch reads no big-endian arrays), values unchanged."""
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
 
 
 def _from_dataset(ds: torch.utils.data.Dataset, name: str) -> torch.Tensor:
@@ -119,7 +140,7 @@ def _from_dataset(ds: torch.utils.data.Dataset, name: str) -> torch.Tensor:
             arr = np.asarray(item)
             if arr.dtype.kind not in "buif":
                 raise DataError(f"{name}: the Dataset yields {arr.dtype} values at index {i}, not image pixels")
-            item = torch.from_numpy(np.ascontiguousarray(arr))
+            item = torch.from_numpy(np.ascontiguousarray(_native(arr)))
         items.append(item)
     shapes = {tuple(t.shape) for t in items}
     if len(shapes) != 1:
@@ -236,3 +257,57 @@ def check_trainable_size(hw: Any, name: str = "training images") -> None:
     if min(h, w) < MIN_TRAIN_SIDE:
         raise DataError(f"{name} are {h}x{w} pixels; training needs at least {MIN_TRAIN_SIDE}x{MIN_TRAIN_SIDE} "
                         "(the Gaussian-blur augmentation's 3x3 kernel with reflect padding); use larger images")
+
+
+def training_set(X: Any, anomalies: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training images (normals, then labelled anomalies) and their normal mask.
+
+    Degenerate sets are refused: fewer than 2 normals, images too small to train on
+    (:func:`check_trainable_size`), normals that are all one image
+    (all black, all white: nothing normal varies), an image labelled both ways.
+    """
+    x = as_images(X, "X")
+    normal = torch.ones(x.shape[0], dtype=torch.bool) if y is None else as_labels(y, x.shape[0], "y")
+    if anomalies is not None:
+        a = as_images(anomalies, "anomalies")
+        if a.shape[1:] != x.shape[1:]:
+            raise DataError(f"anomalies have shape {tuple(a.shape[1:])} per image but X has {tuple(x.shape[1:])}")
+        if a.dtype != x.dtype:
+            a, x = to_float(a), to_float(x)
+        x = torch.cat([x, a])
+        normal = torch.cat([normal, torch.zeros(a.shape[0], dtype=torch.bool)])
+    n = int(normal.sum())
+    if n < 2:
+        raise DataError(f"fit needs at least 2 normal images, got {n}")
+    check_trainable_size(x.shape[2:])
+    normals = image_digests(x[normal])
+    if bool((normals == normals[0]).all()):
+        first = to_float(x[normal][:1]).mul(255)
+        lo, hi = float(first.min()), float(first.max())
+        what = f"constant images of pixel value {lo:.0f} of 255" if lo == hi else "copies of one image"
+        raise DataError(f"the {n} training normals are all the same image ({what}): there is no normal variation "
+                        "to learn from; give varied normal images")
+    check_disjoint(image_digests(x[~normal]), normals, "anomalies", "also given as normal images")
+    return x, normal
+
+
+def image_digests(x: torch.Tensor) -> torch.Tensor:
+    """(N,) int64: the first 8 bytes of each image's blake2b over its shape and pixels,
+    float images quantised to 0..255 first, so an image has one digest whether it is
+    passed as uint8 or as float in [0, 1]."""
+    q = x if x.dtype == torch.uint8 else (x.float() * 255).round_().clamp_(0, 255).to(torch.uint8)
+    q = q.detach().cpu().contiguous().numpy()
+    out = [int.from_bytes(hashlib.blake2b(f"{im.shape}".encode() + im.tobytes(), digest_size=8).digest(), "little",
+                          signed=True) for im in q]
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def check_disjoint(digests: torch.Tensor, known: torch.Tensor | None, name: str, what: str) -> None:
+    """Refuse when images (by :func:`image_digests`) are among ``known`` ones: ``name`` says
+    which images, ``what`` what the known ones are."""
+    if known is None or not digests.numel() or not known.numel():
+        return
+    hit = torch.isin(digests, known.to(digests.device)).nonzero().flatten()
+    if hit.numel():
+        raise DataError(f"{name}: {hit.numel()} of {digests.numel()} images are {what} (first: index "
+                        f"{hit[:5].tolist()}); an image cannot be both normal and anomalous")

@@ -13,6 +13,15 @@ Every command that writes a file or fills a directory goes through this module:
   (report, heat-maps) must be new, empty, or one the same command filled before (it
   holds the marker file ``.anomem-output``); files someone else put there are never
   overwritten.
+* :class:`anomem.staging.StagedDir` — such a directory is all-or-nothing and never
+  mixed: it is filled in a hidden staging folder beside it and put in place in one step
+  at the end, so an interrupted command leaves the old folder (or none), a reused folder
+  holds only the new files, and of two commands filling one folder at once the second is
+  refused.
+* Outputs that are not regular files (``-`` = stdout, character devices, FIFOs,
+  ``/dev/stdout``) are written through and never renamed over (see
+  :func:`anomem.checkpoint.is_stream`); the kind checks only ``stat`` them, so no check
+  opens a FIFO and blocks.
 * :class:`RunLock` — a training run directory is owned by one process at a time
   (``.anomem.lock``, an ``flock`` the kernel releases when the process dies, so a killed
   run never leaves a stale lock).
@@ -26,12 +35,20 @@ a refused command leaves the file system exactly as it was.
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from anomem.checkpoint import atomic_write_text, is_temp_of
+from anomem.checkpoint import (
+    NAME_MAX,
+    atomic_write_text,
+    is_stream,
+    is_temp_of,
+    special_kind,
+)
 from anomem.errors import OutputError
 
 MARKER = ".anomem-output"
@@ -69,7 +86,7 @@ def check_outputs(outputs: Labelled, inputs: Labelled) -> None:
     Raises:
         OutputError: naming both paths and the relation.
     """
-    outs = [(label, Path(p), real(p)) for label, p in outputs if p is not None]
+    outs = [(label, Path(p), real(p)) for label, p in outputs if p is not None and os.fspath(p) != "-"]
     ins = [(label, Path(p), real(p)) for label, p in inputs if p is not None]
     for olabel, opath, o in outs:
         for ilabel, ipath, i in ins:
@@ -89,12 +106,18 @@ def check_outputs(outputs: Labelled, inputs: Labelled) -> None:
 
 
 def file_kind(path: Path) -> str:
-    """What an existing file is, from its first bytes: "missing", "directory", "checkpoint"
-    (a torch.save zip), "torchscript", "onnx", "zip", "image", "text" or "binary"."""
+    """What an existing file is: "missing", "directory", "stream" (``-``, a character
+    device, a FIFO, ``/dev/stdout``: written through, never opened here), "special" (a
+    block device or socket), else from a regular file's first bytes: "checkpoint" (a
+    torch.save zip), "torchscript", "onnx", "zip", "image", "text" or "binary"."""
+    if is_stream(path):
+        return "stream"
     if not os.path.lexists(path):
         return "missing"
     if path.is_dir():
         return "directory"
+    if special_kind(path) is not None or not stat.S_ISREG(os.stat(path).st_mode):
+        return "special"
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
@@ -125,20 +148,51 @@ def file_kind(path: Path) -> str:
 def check_file_target(label: str, path: str | os.PathLike[str], allowed: Iterable[str]) -> None:
     """Refuse to write ``path`` if it exists and is not one of the ``allowed`` kinds.
 
-    ``allowed`` are :func:`file_kind` names ("missing" is always allowed): a score CSV
-    may replace a text file, a checkpoint only a checkpoint, and so on.
+    ``allowed`` are :func:`file_kind` names ("missing" and "stream" are always allowed):
+    a score CSV may replace a text file, a checkpoint only a checkpoint, and so on.
     """
     path = Path(path)
+    if is_stream(path):
+        return
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"cannot write {str(path)!r}: directory {str(parent)!r} does not exist")
     kind = file_kind(path)
     ok = {"missing", *allowed}
     if kind not in ok:
-        what = {"directory": "a directory", "checkpoint": "a checkpoint", "torchscript": "a TorchScript file",
+        what = {"directory": "a directory", "special": special_kind(path) or "a special file", "checkpoint": "a checkpoint", "torchscript": "a TorchScript file",
                 "zip": "a zip archive", "onnx": "an ONNX file", "image": "an image", "text": "a text file", "binary": "a binary file"}[kind]
         raise OutputError(f"{label} {str(path)!r} already exists and is {what}; refusing to overwrite it "
                           "(choose another path or remove it first)")
+
+
+def _marker_lines(d: Path) -> list[str] | None:
+    """The lines of ``d``'s marker; None unless it is a regular file of at most 16 MiB (a
+    FIFO or device planted there is never opened, so no check blocks)."""
+    try:
+        st = os.lstat(d / MARKER)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 16 * 2**20:
+            return None
+        return (d / MARKER).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError:
+        return None
+
+
+def marker_of(d: Path) -> str | None:
+    """The command named by ``d``'s marker (its first line), or None."""
+    lines = _marker_lines(d)
+    return lines[0].strip() if lines else None
+
+
+def marker_files(d: Path) -> list[str] | None:
+    """The entries the command wrote into ``d``, as its marker lists them (a JSON list on
+    the second line, written by :class:`anomem.staging.StagedDir`); None for older markers."""
+    lines = _marker_lines(d)
+    try:
+        names = json.loads(lines[1]) if lines and len(lines) > 1 else None
+    except ValueError:
+        return None
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
 
 
 def check_claimable(label: str, path: str | os.PathLike[str], kind: str, legacy: Sequence[str] = ()) -> None:
@@ -148,6 +202,8 @@ def check_claimable(label: str, path: str | os.PathLike[str], kind: str, legacy:
     holds one of ``legacy`` (a file the same command wrote before markers existed).
     """
     d = Path(path)
+    if os.fspath(path) == "-" or is_stream(d):
+        raise OutputError(f"{label} {str(path)!r} must be a directory (it receives several files), not a stream")
     if d.exists() and not d.is_dir():
         raise OutputError(f"cannot write to output directory {str(d)!r}: it exists and is not a directory")
     if not d.is_dir():
@@ -156,12 +212,7 @@ def check_claimable(label: str, path: str | os.PathLike[str], kind: str, legacy:
         entries = sorted(os.listdir(d))
     except OSError as e:
         raise OutputError(f"cannot write to output directory {str(d)!r}: {e.strerror or e}") from None
-    ours = False
-    if MARKER in entries:
-        try:
-            ours = (d / MARKER).read_text(encoding="utf-8").strip() == kind
-        except (OSError, UnicodeDecodeError):
-            ours = False
+    ours = MARKER in entries and marker_of(d) == kind
     if entries and not ours and not any(name in entries for name in legacy):
         shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
         raise OutputError(f"{label} {str(d)!r} is not empty ({shown}) and was not written by anomem {kind}; "
@@ -187,13 +238,20 @@ def unique_names(paths: Sequence[str | os.PathLike[str]], suffix: str) -> list[s
     names = []
     for p in paths:
         stem = Path(p).stem or "image"
-        name, k = stem + suffix, 1
+        name, k = _fit_name(stem, suffix), 1
         while name.lower() in used or name == MARKER or name == LOCK:
             k += 1
-            name = f"{stem}_{k}{suffix}"
+            name = _fit_name(stem, f"_{k}{suffix}")
         used.add(name.lower())
         names.append(name)
     return names
+
+
+def _fit_name(stem: str, tail: str) -> str:
+    """``stem + tail``, the stem cut (in bytes) so the name stays a legal file name."""
+    raw = os.fsencode(stem)
+    room = NAME_MAX - len(os.fsencode(tail))
+    return (stem if len(raw) <= room else os.fsdecode(raw[:room])) + tail
 
 
 def prepare_dir(d: Path) -> Path:
@@ -209,6 +267,8 @@ def prepare_dir(d: Path) -> Path:
 
 def check_new_run_dir(run: Path) -> None:
     """A new run may not go where a run already saved work (nothing is silently mixed)."""
+    if os.fspath(run) == "-" or is_stream(run):
+        raise OutputError(f"--out {str(run)!r} must be a directory (a run receives several files), not a stream")
     if not run.exists():
         return
     if not run.is_dir():

@@ -5,7 +5,9 @@ strings and numbers, loaded without executing code) holding the config as JSON, 
 network and scorer state dicts, the stage-2 banks, the calibration bank, the threshold,
 the prototype cache, the training history and free-form metadata. Loading rebuilds the
 modules from the config (:mod:`anomem.factory`) and refuses, with one clear line, a file
-whose entries do not fit it.
+whose entries do not fit it, or whose content hash (:func:`anomem.checkpoint.content_hash`)
+does not match. Saving validates the state with the loader's own checks first, so
+``save()`` never writes a file that ``load()`` refuses (:func:`check_loadable`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from anomem._version import __version__
-from anomem.checkpoint import git_commit, load_checkpoint, save_checkpoint
+from anomem.checkpoint import (
+    git_commit,
+    load_checkpoint,
+    resolve_checkpoint_path,
+    save_checkpoint,
+    verify_content_hash,
+)
 from anomem.config import AnoMemConfig, config_differences
 from anomem.engine import EpochLog, Stage1Trainer, resolve_device
-from anomem.errors import AnoMemError, CheckpointError, ConfigError
+from anomem.errors import AnoMemError, CheckpointError, ConfigError, DataError
 from anomem.factory import build_net, build_scorer
 from anomem.prototypes import PrototypeCache
 from anomem.stage2 import ScoreBank, Stage2Banks
@@ -89,8 +97,29 @@ def _non_empty(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None or t.numel() == 0 else t
 
 
+def check_loadable(det: AnoMem, what: str = "this detector") -> dict[str, Any]:
+    """The state :func:`save_detector` writes, checked as :func:`load_detector` will check
+    it. Raises DataError naming the field (degenerate training data end here: all-black
+    images blow memory patterns up past what a loader accepts)."""
+    state = detector_state(det)
+    try:
+        validate_detector_checkpoint(state, "the fitted state")
+    except CheckpointError as e:
+        reason = str(e).split("is a malformed checkpoint: ", 1)[-1]
+        raise DataError(f"{what} is not usable and would not load: {reason}; the training images are "
+                        "degenerate (constant or nearly identical?) or training diverged") from None
+    return state
+
+
 def save_detector(det: AnoMem, path: str | Path, meta: dict[str, Any] | None = None) -> None:
-    """Write a fitted detector to one file, atomically."""
+    """Write a fitted detector to one file, atomically, once its state passed the loader's checks."""
+    state = check_loadable(det, "the detector to save")
+    state["meta"] = json.dumps(meta or {})
+    save_checkpoint(state, path)
+
+
+def detector_state(det: AnoMem) -> dict[str, Any]:
+    """Every entry of a detector file (``meta`` empty), tensors on the CPU."""
     model = det.model_
     state = base_state(det, model.net.state_dict())
     state["scorer"] = {k: v.detach().cpu() for k, v in model.scorer.state_dict().items()}
@@ -108,8 +137,9 @@ def save_detector(det: AnoMem, path: str | Path, meta: dict[str, Any] | None = N
     cache = det.prototype_cache_
     state["prototype_cache"] = {} if cache is None else cache.to_state()
     state["history"] = history_json(det.history_)
-    state["meta"] = json.dumps(meta or {})
-    save_checkpoint(state, path)
+    state["training_digests"] = {k: v.cpu() for k, v in (getattr(det, "training_digests_", None) or {}).items()}
+    state["meta"] = "{}"
+    return state
 
 
 def load_detector(cls: type[AnoMem], path: str | Path, device: str = "cpu") -> AnoMem:
@@ -120,14 +150,17 @@ def load_detector(cls: type[AnoMem], path: str | Path, device: str = "cpu") -> A
             holds entries of the wrong kind (a clear message, never a traceback).
     """
     check_device(device)
-    ckpt = load_checkpoint(path)
+    path = resolve_checkpoint_path(path)
+    ckpt = load_checkpoint(path, verify=False)
     validate_detector_checkpoint(ckpt, path)  # every field checked before anything is built from it
     try:
-        return _from_checkpoint(cls, ckpt, path, device)
+        det = _from_checkpoint(cls, ckpt, path, device)
     except AnoMemError:
         raise
     except _MALFORMED as e:
         raise CheckpointError(f"{str(path)!r} is a malformed checkpoint: {type(e).__name__}: {e}") from None
+    verify_content_hash(ckpt, path)  # last, so that a field's own error is the one reported
+    return det
 
 
 def _from_checkpoint(cls: type[AnoMem], ckpt: dict[str, Any], path: str | Path, device: str) -> AnoMem:
@@ -177,6 +210,7 @@ def _from_checkpoint(cls: type[AnoMem], ckpt: dict[str, Any], path: str | Path, 
     det.history_ = history_from_json(ckpt.get("history", "[]"))
     det.meta_ = json.loads(ckpt.get("meta", "{}"))
     det.library_version_ = ckpt.get("library_version")
+    det.training_digests_ = dict(ckpt.get("training_digests") or {})  # files from before them: none
     return det
 
 

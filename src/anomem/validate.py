@@ -336,6 +336,13 @@ def _validate_detector(ckpt: Mapping[str, Any]) -> None:
                 raise _Bad(f"prototype_cache scale {i}: patches, similarity and source do not match")
     if "meta" in ckpt:
         _json(ckpt["meta"], "meta", dict)
+    digests = ckpt.get("training_digests")
+    if digests:  # files from before them have none
+        if not isinstance(digests, Mapping) or not set(digests) <= {"normal", "anomaly"}:
+            raise _Bad("training_digests must be a mapping with 'normal' and 'anomaly'")
+        for key, t in digests.items():
+            if _tensor(t, f"training_digests[{key!r}]", ndim=1).dtype != torch.int64:
+                raise _Bad(f"training_digests[{key!r}] must be int64, got {t.dtype}")
 
 
 def validate_detector_checkpoint(ckpt: Mapping[str, Any], path: str | Path) -> None:

@@ -6,6 +6,7 @@ batch 16 and a few epochs, so the whole suite runs in about a minute on 2 CPU co
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,19 @@ def trained_run(folder_dataset, tmp_path_factory) -> Path:
     code = main(["train", "--data", str(folder_dataset), "--epochs", str(TRAINED_EPOCHS), "--out", str(run), *TINY_TRAIN])
     assert code == 0
     return run
+
+
+@pytest.fixture
+def model_copy(trained_run, tmp_path) -> Path:
+    """A private copy of the shared run's model.ckpt (tests try to overwrite or damage it)."""
+    m = tmp_path / "M.ckpt"
+    shutil.copy(trained_run / "model.ckpt", m)
+    return m
+
+
+@pytest.fixture
+def images_copy(folder_dataset, tmp_path) -> Path:
+    """A private copy of the 6 normal test images."""
+    d = tmp_path / "images"
+    shutil.copytree(folder_dataset / "test" / "normal", d)
+    return d

@@ -39,11 +39,9 @@ def snapshot(*roots: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def images(folder_dataset, tmp_path) -> Path:
+def images(images_copy) -> Path:
     """A private copy of 6 test images (the tests try to overwrite them)."""
-    d = tmp_path / "images"
-    shutil.copytree(folder_dataset / "test" / "normal", d)
-    return d
+    return images_copy
 
 
 @pytest.fixture

@@ -9,12 +9,11 @@ Every user mistake (bad path, bad value, corrupt file) ends with a one-line
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
 
-from anomem.cli.common import threshold_warnings_at_end
-from anomem.cli.parser import build_parser
 from anomem.errors import AnoMemError
 
 
@@ -29,7 +28,28 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:  # Ctrl-C at any moment, imports included, ends with one line and exit code 130
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("anomem: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (`anomem score … | head`): stop quietly, as Unix tools do
+        try:  # and keep Python's own flush at exit from failing on the closed pipe
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass  # not a real stream (a test's capture)
+        return 141  # 128 + SIGPIPE, what a shell reports for such a pipe
+
+
+def _main(argv: list[str] | None) -> int:
+    from anomem.cli.common import threshold_warnings_at_end
+    from anomem.cli.flags import check_flags, given_flags
+    from anomem.cli.parser import build_parser
+
     warnings.formatwarning = _one_line_warning
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:  # file names that are not UTF-8 print as their own bytes, not a traceback
+        reconfigure(errors="surrogateescape")
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.command == "train":
@@ -43,14 +63,24 @@ def main(argv: list[str] | None = None) -> int:
         if not (0.0 <= args.ratio < 1.0):
             ap.error(f"--ratio must lie in [0, 1), got {args.ratio}")
     try:
+        check_flags(args, given_flags(build_parser, sys.argv[1:] if argv is None else argv))
+        if getattr(args, "checkpoint", None) is not None:  # a run directory means its model.ckpt
+            from anomem.checkpoint import resolve_checkpoint_path
+
+            args.checkpoint = str(resolve_checkpoint_path(args.checkpoint))
         with threshold_warnings_at_end():
             return args.func(args)
     except AnoMemError as e:
         print(f"anomem: error: {one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("anomem: interrupted", file=sys.stderr)
-        return 130
+
+
+def __getattr__(name: str):
+    if name == "build_parser":  # imported on use: it pulls in torch
+        from anomem.cli.parser import build_parser
+
+        return build_parser
+    raise AttributeError(f"module 'anomem.cli' has no attribute {name!r}")
 
 
 __all__ = ["build_parser", "main", "one_line"]

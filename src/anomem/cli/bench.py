@@ -17,6 +17,7 @@ from anomem.cli.common import (
     _auroc,
     _load_detector,
     progress_mode,
+    summary_stream,
 )
 from anomem.cli.train import (
     _existing,
@@ -96,7 +97,8 @@ def cmd_linear_eval(args: argparse.Namespace) -> int:
     t0 = time.time()
     acc = linear_evaluation(det, train, test, max_train=args.max_train, seed=args.seed)
     print(f"linear evaluation on {args.data} ({len(test)} test images, {time.time() - t0:.0f} s): "
-          f"frozen encoder {100 * acc['encoder']:.1f}% accuracy, raw pixels {100 * acc['raw_pixels']:.1f}%")
+          f"frozen encoder {100 * acc['encoder']:.1f}% accuracy, raw pixels {100 * acc['raw_pixels']:.1f}%",
+          file=summary_stream(args.out))
     if args.out:
         atomic_write_text(Path(args.out), json.dumps({"checkpoint": str(args.checkpoint), "data": args.data,
                                                       "max_train": args.max_train, "seed": args.seed, **acc}, indent=2))

@@ -12,6 +12,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -83,6 +84,8 @@ def load_train_data(args: argparse.Namespace, image_size: int | None = None) -> 
         how = ""
         if train.meta["layout"] == "flat" and layout.normal_test_dir is not None:
             how = f" (flat layout: every normal trains; test normals from {layout.normal_test_dir}/)"
+        elif train.meta["layout"] == "flat" and test is None:  # small data: say what it cannot do
+            how = " (flat layout: too few images to hold any out: no test split, no test AUROC)"
         elif train.meta["layout"] == "flat":
             share = layout.normal_split_ratio
             how = (f" (flat layout: {1 - share:.0%} of the normals train, the other {share:.0%} and the abnormal "
@@ -167,7 +170,7 @@ def _prepare_run_dir(out: str) -> Path:
 
 
 def _setup_log(run: Path) -> logging.Handler:
-    handler = logging.FileHandler(run / "train.log")
+    handler = logging.FileHandler(run / "train.log", encoding="utf-8", errors="surrogateescape")  # any file name
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -238,3 +241,11 @@ def threshold_line(threshold) -> str:
         _DEFERRED[-1].append(threshold.note)
         return threshold.describe(note=False)
     return threshold.describe()
+
+
+def summary_stream(out) -> TextIO:
+    """Where a command's summary line goes: stderr when its output file is a stream
+    (``-``, ``/dev/stdout``, a FIFO, a device), where the line would join the data."""
+    from anomem.checkpoint import is_stream
+
+    return sys.stderr if out is not None and is_stream(out) else sys.stdout

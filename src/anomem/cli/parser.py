@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from anomem import __version__
 from anomem.cli.bench import cmd_benchmark, cmd_demo, cmd_linear_eval
@@ -18,6 +19,14 @@ from anomem.cli.serve import cmd_serve
 from anomem.cli.train import (
     cmd_train,
 )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with ``-2.5e-1`` read as a negative number (a value), not an option."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -45,7 +54,7 @@ def _add_folder_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="anomem", description="Anomaly detection via multi-scale contrasted memory.")
+    ap = _Parser(prog="anomem", description="Anomaly detection via multi-scale contrasted memory.")
     ap.add_argument("--version", action="version", version=f"anomem {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 

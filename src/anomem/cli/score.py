@@ -19,8 +19,10 @@ from anomem.cli.common import (
     format_records,
     report_conversions,
     score_records,
+    summary_stream,
     threshold_line,
 )
+from anomem.cli.flags import FOLDER_LAYOUT
 from anomem.cli.train import (
     _existing,
 )
@@ -31,10 +33,10 @@ from anomem.outputs import (
     check_claimable,
     check_file_target,
     check_outputs,
-    claim_output_dir,
     real,
     unique_names,
 )
+from anomem.staging import StagedDir
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -44,31 +46,31 @@ def cmd_score(args: argparse.Namespace) -> int:
     check_outputs([("--out", args.out), ("--maps", args.maps)],
                   [("checkpoint", args.checkpoint), *(("path", p) for p in args.inputs)])
     fmt = args.format or _format_of(args.out)
-    if args.out is not None:
-        check_file_target("--out", args.out, ("text",))
+    out = args.out or "-"  # stdout
+    check_file_target("--out", out, ("text",))
     if args.maps is not None:
         check_claimable("--maps", args.maps, "score --maps")
     det = _load_detector(args.checkpoint, device=args.device or "cpu")
     imgs = load_images(args.inputs, image_size=det.image_size_, channels=det.in_channels_, skip_invalid=args.skip_invalid)
     report_conversions(imgs.meta.get("conversions"), det, args.strict)
     _report_skipped(imgs)
-    maps_dir = None if args.maps is None else claim_output_dir("--maps", args.maps, "score --maps")
-    if maps_dir is None:
-        scores = det.anomaly_score(imgs.images, batch_size=args.batch_size)
-    else:
-        maps = det.anomaly_maps(imgs.images, batch_size=args.batch_size)
-        scores = maps.scores
     th = det.threshold_
-    heatmaps = None
-    if maps_dir is not None:
-        heatmaps = _write_heatmaps(det, maps_dir, imgs, maps, th, args.maps_format)
-    text = format_records(score_records(imgs.paths, scores, th, heatmaps=heatmaps), fmt)
-    if args.out is None:
-        sys.stdout.write(text)
-        return 0
-    out = Path(args.out)
-    atomic_write_text(out, text)
-    print(f"scored {len(scores)} images -> {out}" + ("" if th is None else f" ({threshold_line(th)})"))
+    if args.maps is None:
+        scores, heatmaps = det.anomaly_score(imgs.images, batch_size=args.batch_size), None
+    else:  # filled beside the target and put in place whole: never half a folder, never mixed
+        with StagedDir("--maps", args.maps, "score --maps") as staged:
+            maps = det.anomaly_maps(imgs.images, batch_size=args.batch_size)
+            scores = maps.scores
+            heatmaps = [str(staged.final(f)) for f in _write_heatmaps(det, staged.path, imgs, maps, th, args.maps_format)]
+            staged.commit()
+        print(f"heat-maps: {len(heatmaps)} {args.maps_format} files in {staged.target}", file=sys.stderr)
+    atomic_write_text(out, format_records(score_records(imgs.paths, scores, th, heatmaps=heatmaps), fmt))
+    if args.out is not None:  # on stdout's stream (`-`, /dev/stdout) the summary would join the scores
+        print(f"scored {len(scores)} images -> {out}" + ("" if th is None else f" ({threshold_line(th)})"),
+              file=summary_stream(out))
+    if th is None:
+        print("anomem: this detector has no threshold: the is_anomaly column is empty (set one with "
+              "`anomem threshold`)", file=sys.stderr)
     return 0
 
 
@@ -95,7 +97,7 @@ def _report_skipped(imgs) -> None:
 MAP_SUFFIX = {"figure": ".png", "png": ".png", "npy": ".npy"}
 
 
-def _write_heatmaps(det, out: Path, imgs, maps, th, fmt: str) -> list[str]:
+def _write_heatmaps(det, out: Path, imgs, maps, th, fmt: str) -> list[Path]:
     """One file per image, named after it (unique, see outputs.unique_names); returns the paths.
 
     ``figure``: image, fused overlay, per-scale maps, score (+ prediction) in the title;
@@ -112,11 +114,11 @@ def _write_heatmaps(det, out: Path, imgs, maps, th, fmt: str) -> list[str]:
             save_heatmap_map(files[i], maps.fused[i], fmt, vrange=vrange)
             continue
         label = "" if pred is None else f" ({'anomaly' if pred[i] else 'normal'})"
-        title = f"{Path(path).name}: score {float(maps.scores[i]):.4g}{label}"
+        name = Path(path).name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # any file name draws
+        title = f"{name}: score {float(maps.scores[i]):.4g}{label}"
         save_heatmap_png(files[i], imgs.images[i], maps.fused[i], maps.per_scale[i], title,
                          scale_names=det.config_.backbone.taps, vrange=vrange)
-    print(f"heat-maps: {len(files)} {fmt} files in {out}", file=sys.stderr)
-    return [str(f) for f in files]
+    return files
 
 
 def cmd_threshold(args: argparse.Namespace) -> int:
@@ -144,7 +146,7 @@ def cmd_threshold(args: argparse.Namespace) -> int:
         det.calibrate_threshold(normals, fpr=args.fpr)
     out = args.out or args.checkpoint
     det.save(out, meta=det.meta_)
-    print(f"{threshold_line(det.threshold_)} -> {out}")
+    print(f"{threshold_line(det.threshold_)} -> {out}", file=summary_stream(out))
     return 0
 
 
@@ -185,6 +187,10 @@ def _evaluation_set(args: argparse.Namespace, det) -> _EvaluationSet:
     test = load_dataset(spec, "test", root=args.data_root)
     cls = args.normal_class
     c = validate_class_index(test.class_names, int(cls) if cls.lstrip("-").isdigit() else cls)
+    split = det.meta_.get("split") if isinstance(det.meta_, dict) else None
+    if isinstance(split, dict) and split.get("data") == spec and split.get("normal_class") not in (None, c):
+        raise DataError(f"--normal-class {cls} differs from the normal class {args.checkpoint} was trained with "
+                        f"({split['normal_class']}): its scores would rank the wrong class as normal")
     gen = torch.Generator().manual_seed(args.seed)
     if args.defects:
         from anomem.data.defects import add_defects
@@ -214,6 +220,47 @@ def _evaluation_set(args: argparse.Namespace, det) -> _EvaluationSet:
                           geometry_conversions(images, det.in_channels_, det.image_size_), types)
 
 
+def _use_recorded_split(args: argparse.Namespace, det) -> None:
+    """On the dataset folder a model was trained on, evaluate with the split it was
+    trained with (``meta["split"]``, written by `anomem train`): flags left out take the
+    recorded values, flags that differ are refused (their test set holds training images)."""
+    split = det.meta_.get("split") if isinstance(det.meta_, dict) else None
+    if not isinstance(split, dict) or not Path(args.data).is_dir() or real(args.data) != real(str(split.get("data"))):
+        return
+    for key in FOLDER_LAYOUT:
+        given, recorded = getattr(args, key, None), split.get(key)
+        if given is None:
+            setattr(args, key, recorded)
+        elif (list(given) if key == "abnormal_dir" else given) != recorded:
+            flag = "--" + key.replace("_", "-")
+            raise DataError(f"{flag} {given!r} differs from the split {args.checkpoint} was trained with "
+                            f"({key}={recorded!r}): its test images would include training images; drop {flag} "
+                            "to evaluate on the recorded split")
+
+
+def _without_training_images(data: _EvaluationSet, det) -> _EvaluationSet:
+    """``data`` less the images ``det`` was trained on (same pixels), said on stderr."""
+    from anomem.inputs import image_digests, to_float
+
+    seen = [t for t in (det.training_digests_ or {}).values() if t.numel()]
+    if not seen:
+        return data
+    test = data.images if data.images.dtype == torch.uint8 else to_float(data.images)
+    known = torch.isin(image_digests(test), torch.cat(seen))
+    if not bool(known.any()):
+        return data
+    keep = ~known
+    if not bool(keep.any()):
+        raise DataError(f"every test image of {data.description} is an image the model was trained on; "
+                        "evaluate on images it has not seen")
+    print(f"anomem: left out {int(known.sum())} of {known.numel()} test images: the model was trained on them "
+          "(identical pixels)", file=sys.stderr)
+    pick = lambda v: None if v is None else [x for x, k in zip(v, keep.tolist()) if k]  # noqa: E731
+    return data._replace(images=data.images[keep], is_anomaly=data.is_anomaly[keep],
+                         masks=None if data.masks is None else data.masks[keep], names=pick(data.names),
+                         types=pick(data.types))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from anomem.report import evaluate, write_report
 
@@ -225,19 +272,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                           ("--data-root", _existing(args.data_root))])
     check_claimable("--out", args.out, "evaluate", legacy=("report.html",))
     det = _load_detector(args.checkpoint, device=args.device or "cpu")
-    data = _evaluation_set(args, det)
+    _use_recorded_split(args, det)
+    data = _without_training_images(_evaluation_set(args, det), det)
     images, desc = data.images, data.description
     report_conversions(data.conversions, det, args.strict)
-    out = claim_output_dir("--out", args.out, "evaluate", legacy=("report.html",))
-    ev = evaluate(det, images, data.is_anomaly, data.masks, data.names, batch_size=args.batch_size, types=data.types)
-    details = {"checkpoint": str(args.checkpoint), "data": desc, "anomem": __version__,
-               "threshold": "none" if det.threshold_ is None else det.threshold_.describe()}
-    files = write_report(ev, images, out, title=args.title, details=details)
+    with StagedDir("--out", args.out, "evaluate", legacy=("report.html",)) as staged:
+        ev = evaluate(det, images, data.is_anomaly, data.masks, data.names, batch_size=args.batch_size, types=data.types)
+        details = {"checkpoint": str(args.checkpoint), "data": desc, "anomem": __version__,
+                   "threshold": "none" if det.threshold_ is None else det.threshold_.describe()}
+        files = write_report(ev, images, staged.path, title=args.title, details=details)
+        staged.commit()
     shown = ", ".join(f"{k} {ev.metrics[k]:.4f}" for k in ("image_auroc", "pixel_auroc", "aupro") if k in ev.metrics)
     print(f"{desc}: {shown or 'no ranking metric (one class only)'}")
     for key in ("image_auroc", "pixel_auroc"):
         _warn_inverted(ev.metrics.get(key), key.replace("_", " "))
-    print(f"report: {files.html} (and {files.markdown.name}, {files.metrics.name})")
+    print(f"report: {staged.final(files.html)} (and {files.markdown.name}, {files.metrics.name})")
     return 0
 
 
@@ -250,7 +299,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = export_scorer(det, args.out, args.format, sigma=args.sigma)
     c, (h, w) = det.in_channels_, det.image_size_
     print(f"exported {args.format} scorer -> {path}: input 'image' float [0, 1] (B, {c}, {h}, {w}); "
-          f"outputs 'score' (B,), 'fused_map' (B, {h}, {w})")
+          f"outputs 'score' (B,), 'fused_map' (B, {h}, {w})", file=summary_stream(args.out))
     return 0
 
 
@@ -278,7 +327,8 @@ def cmd_refit(args: argparse.Namespace) -> int:
                      keep_previous=not args.replace)
     out = args.out or args.checkpoint
     det.save(out, meta=det.meta_)
-    print(f"refitted stage 2 on {det.anomaly_bank_[0].shape[0]} anomalies in {time.time() - t0:.1f} s -> {out}")
+    print(f"refitted stage 2 on {det.anomaly_bank_[0].shape[0]} anomalies in {time.time() - t0:.1f} s -> {out}",
+          file=summary_stream(out))
     print(threshold_line(det.threshold_) if det.threshold_ is not None
-          else "no threshold stored (no held-out normals): set one with `anomem threshold`")
+          else "no threshold stored (no held-out normals): set one with `anomem threshold`", file=summary_stream(out))
     return 0

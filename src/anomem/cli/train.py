@@ -13,7 +13,13 @@ from typing import Any
 import torch
 
 from anomem import __version__
-from anomem.checkpoint import atomic_write_text, git_commit, load_checkpoint, save_checkpoint
+from anomem.checkpoint import (
+    atomic_write_text,
+    git_commit,
+    load_checkpoint,
+    save_checkpoint,
+    verify_content_hash,
+)
 from anomem.cli.common import (
     TrainData,
     _auroc,
@@ -22,13 +28,15 @@ from anomem.cli.common import (
     _setup_log,
     _warn_inverted,
     _write_scores,
+    folder_layout,
     load_train_data,
     log,
     progress_mode,
 )
+from anomem.cli.flags import FOLDER_LAYOUT
 from anomem.config import AnoMemConfig, config_differences, load_config
 from anomem.errors import CheckpointError, ConfigError, DataError
-from anomem.inputs import check_trainable_size
+from anomem.inputs import training_set
 from anomem.limits import check_config_limits
 from anomem.outputs import (
     RunLock,
@@ -144,6 +152,17 @@ def _check_same_config(path: Path, cfg: AnoMemConfig) -> None:
                         f"in {', '.join(diff[:5])}; restore config.json or start a new run")
 
 
+def _split_record(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"split": ...}``: the dataset folder and the layout that split it (or the named
+    dataset and its normal class), so that `anomem evaluate` tests on the same split."""
+    if not Path(args.data).is_dir():  # a named dataset: its one-vs-all normal class
+        return {"split": {"data": args.data, "normal_class": args.normal_class, "ratio": args.ratio}}
+    layout = folder_layout(args)
+    split = {key: getattr(layout, key) for key in FOLDER_LAYOUT}
+    split["abnormal_dir"] = list(layout.abnormal_dirs)
+    return {"split": {"data": str(Path(args.data).resolve()), **split}}
+
+
 # -- commands -----------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from anomem.distributed import init_from_env, shutdown
@@ -169,7 +188,7 @@ def _train(args: argparse.Namespace) -> int:
             hint = (" (the run stopped before its first epoch ended: start it again with the same --out)"
                     if (run / "args.json").is_file() else "")
             raise DataError(f"cannot resume: {str(last)!r} does not exist{hint}")
-        state = load_checkpoint(last)
+        state = load_checkpoint(last, verify=False)  # the hash is checked once the fields are
         saved = _load_saved_args(run)
         saved_digest = saved.get("data_sha256")
         # Write into RUN_DIR even if the run was started with another --out and then moved.
@@ -180,6 +199,7 @@ def _train(args: argparse.Namespace) -> int:
             raise CheckpointError(f"cannot resume: {str(last)!r} holds no readable config: {e}") from None
         validate_training_checkpoint(state, last)
         _check_same_config(run / "config.json", cfg)
+        verify_content_hash(state, last, prefix="cannot resume: ")
     else:
         state = None
         cfg = _config_from_args(args)
@@ -194,7 +214,7 @@ def _train(args: argparse.Namespace) -> int:
     if size is not None and not (8 <= size <= 4096):
         raise ConfigError(f"--image-size must lie in [8, 4096] pixels, got {size}")
     data = load_train_data(args, image_size=size)
-    check_trainable_size(data.normals.shape[2:])
+    training_set(data.normals, data.anomalies, None)  # degenerate data refused before anything is written
     if cfg.scorer.mode == "supervised" and data.anomalies is None:
         raise ConfigError("scorer.mode=supervised needs labelled anomalies (train/anomaly/ or --ratio > 0), "
                           "and the training data hold none")
@@ -261,7 +281,7 @@ def _train_in(args, cfg, state, data, digest, run: Path, handler) -> int:
         metrics["test_auroc"] = _auroc(data.test_is_anomaly, scores)
         metrics["test_size"] = int(data.test_images.shape[0])
         _write_scores(run / "test_scores.csv", data.test_paths, scores, det.threshold_, truth=data.test_is_anomaly)
-    det.save(run / "model.ckpt", meta={"metrics": metrics, "config": cfg.to_dict()})
+    det.save(run / "model.ckpt", meta={"metrics": metrics, "config": cfg.to_dict(), **_split_record(args)})
     atomic_write_text(run / "metrics.json", json.dumps(metrics, indent=2))
     log.info("done: %s", json.dumps(metrics))
     auc = metrics.get("test_auroc")

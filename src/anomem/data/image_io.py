@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from anomem.errors import DataError
+from anomem.inputs import wide_to_uint8
 
 __all__ = ["FOLDER_CLASSES", "IMAGE_EXTENSIONS", "DecodedImage", "ImageInfo", "conversions", "count_conversions",
            "decode_image",
@@ -47,6 +48,7 @@ class ImageInfo(NamedTuple):
     size: tuple[int, int]  # (H, W)
     colour: bool
     mode: str = ""  # Pillow's mode ("L", "RGB", "RGBA", "I;16", ...)
+    bits: int = 8  # bits per integer sample in the file (16 or 32 for wide grey images)
 
 
 def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -95,7 +97,7 @@ def probe_image(path: str | Path) -> ImageInfo:
             w, h = im.size
             if im.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):  # rotated by 90 degrees
                 w, h = h, w
-            return ImageInfo(path, (h, w), _is_colour(im), im.mode)
+            return ImageInfo(path, (h, w), _is_colour(im), im.mode, _bits(im))
     except Exception as e:  # noqa: BLE001 - any failure of an untrusted file is bad data
         raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
 
@@ -112,7 +114,7 @@ def conversions(info: ImageInfo, size: tuple[int, int], channels: int) -> list[s
     elif not info.colour and channels == 3:
         kinds.append("grey->RGB")
     if info.mode in _SIXTEEN_BIT:
-        kinds.append("16-bit->8-bit")
+        kinds.append(f"{info.bits}-bit->8-bit")
     if info.mode in ("RGBA", "LA", "La", "PA", "RGBa"):
         kinds.append("alpha dropped")
     return kinds
@@ -166,19 +168,27 @@ def _decode_from(source: Path | io.BytesIO, label: str) -> Image.Image:
         raise DataError(f"cannot read image {label}: {type(e).__name__}: {detail}") from e
 
 
+def _bits(im: Image.Image) -> int:
+    """Bits per sample of a grey integer image: 16 for the "I;16" modes and 16-bit PNGs,
+    a TIFF's BitsPerSample, else 32 (Pillow's "I" holds 32-bit integers); 8 otherwise."""
+    if im.mode not in _SIXTEEN_BIT:
+        return 8
+    if im.mode != "I" or im.format == "PNG":  # PNG has no 32-bit samples
+        return 16
+    tags = getattr(im, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None  # TIFF BitsPerSample
+    bits = max(bits) if isinstance(bits, tuple) and bits else bits
+    return bits if isinstance(bits, int) and bits in (16, 32) else 32
+
+
 def _to_mode(im: Image.Image, channels: int, path: Path) -> Image.Image:
     """Convert to "L" (channels=1) or "RGB" (channels=3) explicitly."""
     if im.mode == "F":
         raise DataError(f"{path}: floating-point images are not supported; save it as 8 or 16 bit")
     if im.mode in _SIXTEEN_BIT:
-        arr = np.asarray(im).astype(np.int64)
-        if im.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
-            # 32 bits per pixel: Pillow reads unsigned 32-bit TIFFs as signed "I", so take the
-            # bits as unsigned and map the full 32-bit range to 0..255.
-            wide = (arr & 0xFFFFFFFF).astype(np.float64)
-            im = Image.fromarray(np.round(wide / 16843009.0).astype(np.uint8), mode="L")  # 2^32-1 -> 255
-        else:
-            im = Image.fromarray(np.round(arr / 257.0).astype(np.uint8), mode="L")  # 65535 -> 255
+        # Pillow reads unsigned 32-bit TIFFs as signed "I": their bits are taken as unsigned
+        samples = np.asarray(im).astype(np.int64) & 0xFFFFFFFF
+        im = Image.fromarray(wide_to_uint8(samples, _bits(im)), mode="L")
     elif im.mode in ("P", "PA") and ("transparency" in im.info or im.mode == "PA"):
         im = im.convert("RGBA")
     target = "L" if channels == 1 else "RGB"
@@ -199,8 +209,9 @@ def read_image(
         path: any file Pillow can read.
         size: output (H, W) or a square side; None keeps the file's size.
         channels: 1 (converted to "L", ITU-R 601 luma) or 3 ("RGB"). 16-bit images are
-            scaled to 8 bits (65535 -> 255), 32-bit integer images (TIFF) by their full
-            unsigned range (2^32 - 1 -> 255); alpha is dropped.
+            scaled to 8 bits (65535 -> 255); 32-bit integer images (TIFF) at the smallest
+            depth that holds their values (0..255 kept, 0..65535 as 16-bit, else the full
+            unsigned 32-bit range, 2^32 - 1 -> 255); alpha is dropped.
 
     Raises:
         DataError: the file is missing, empty, truncated or not an image.
