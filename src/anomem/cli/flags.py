@@ -81,12 +81,12 @@ def check_flags(args: argparse.Namespace, given: set[str]) -> None:
             _refuse(given, FOLDER_LAYOUT, f"with the named dataset {args.data!r} (they describe dataset folders)")
     elif cmd == "train":
         if args.resume:
-            _refuse(given, ("data", "data_root", "normal_class", "ratio", "channels", "out", "preset", "config",
-                            "set", "seed", "epochs", "device", *FOLDER_LAYOUT),
+            _refuse(given, ("data", "data_root", "normal_class", "ratio", "channels", "image_size", "out", "preset",
+                            "config", "set", "seed", "epochs", "device", *FOLDER_LAYOUT),
                     "with --resume (a run continues with the arguments it was started with, from args.json)")
         elif _is_folder(args.data):
             _refuse(given, ("normal_class", "ratio", "data_root"),
                     f"with the dataset folder {args.data!r} (its anomalies are the ones in its folders)")
         elif args.data is not None:
-            _refuse(given, ("channels", *FOLDER_LAYOUT),
+            _refuse(given, ("channels", "image_size", *FOLDER_LAYOUT),
                     f"with the named dataset {args.data!r} (they describe dataset folders)")
