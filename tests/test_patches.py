@@ -136,3 +136,22 @@ def test_patch_evidence_finds_stains_and_survives_save_load(photo_detector, tmp_
     maps = back.anomaly_maps(x[-4:])
     np.testing.assert_allclose(maps.scores, scores[-4:], atol=1e-5)
     assert maps.fused.shape == (4, 48, 48)
+
+
+def test_other_fusion_weights_through_the_api_leave_the_detector_unchanged(photo_detector):
+    det, sp, u8 = photo_detector
+    x = u8(sp.test_defect[:6])
+    fitted = det.anomaly_score(x)
+    before = det.scorer_.fusion.clone()
+    glob = det.anomaly_score(x, fusion=(1, 0, 0))
+    pix = det.anomaly_score(x, fusion=[0, 0, 1])
+    assert torch.equal(det.scorer_.fusion, before)
+    np.testing.assert_allclose(det.anomaly_score(x), fitted)
+    w = det.scorer_.fusion.double().numpy()
+    feat = det.anomaly_score(x, fusion=(0, 1, 0))
+    np.testing.assert_allclose(w[0] * glob + w[1] * feat + w[2] * pix, fitted, atol=1e-4)  # linear in the weights
+    from anomem.errors import ConfigError
+
+    for bad in ((1, 1, 0), (0.5, 0.5), (-1, 1, 1), "abc"):
+        with pytest.raises(ConfigError, match="fusion must be 3 numbers"):
+            det.anomaly_score(x, fusion=bad)

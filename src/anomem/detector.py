@@ -29,7 +29,7 @@ from anomem.config import AnoMemConfig, load_config
 from anomem.engine import EpochLog, Stage1Trainer, resolve_device
 from anomem.errors import ConfigError, NotFittedError
 from anomem.factory import build_net, build_scorer, load_backbone_weights
-from anomem.fusion import fit_fusion
+from anomem.fusion import check_fusion, fit_fusion
 from anomem.inference import AnoMemModel, smooth_maps
 from anomem.inputs import (
     as_images,
@@ -324,7 +324,8 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         return torch.cat(out).cpu().numpy()
 
     @torch.inference_mode()
-    def anomaly_score(self, X: Any, batch_size: int = 256, normalized: bool = False) -> np.ndarray:
+    def anomaly_score(self, X: Any, batch_size: int = 256, normalized: bool = False,
+                      fusion: Any = None) -> np.ndarray:
         """Anomaly score of each image, float64 (N,), higher = more anomalous (Eq. 9/10 + 13).
 
         Args:
@@ -332,11 +333,16 @@ class AnoMem(ParamsMixin, ThresholdMixin):
                 0.5 (:meth:`anomem.thresholds.Threshold.normalize`: a logistic centred
                 on the threshold, scaled by the spread of normal scores); needs a
                 threshold. The default is the raw score.
+            fusion: other weights (global, feature patches, pixel patches) for this call
+                instead of the fitted ``scorer.fusion`` (sweeps and ablations); the
+                detector is not changed. (1, 0, 0) is the score without patch banks.
         """
         model, batch_size = self.inference_model, check_batch_size(batch_size)
         if normalized:
             self.require_threshold("normalized scores")
-        out = [model.merged_score(ev) for ev in model.evidence_batches(self.prepare_images(X), batch_size)]
+        w = None if fusion is None else check_fusion(fusion)
+        evidence = model.evidence_batches(self.prepare_images(X), batch_size, patches=w is not None)
+        out = [model.merged_score(ev, w) for ev in evidence]
         raw = torch.cat(out).double().cpu().numpy()  # float64 (N,), the estimator contract
         return self.threshold_.normalize(raw) if normalized else raw
 

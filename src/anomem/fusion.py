@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from anomem.config import AnoMemConfig
+from anomem.errors import ConfigError
 from anomem.inference import AnoMemModel
 from anomem.inputs import to_float
 from anomem.metrics import image_auroc
@@ -57,6 +58,18 @@ class FusionFit(NamedTuple):
     normals: int
     map_weights: tuple[float, ...] = (1.0, 0.0, 0.0)
     map_table: dict[tuple[float, ...], float] | None = None
+
+
+def check_fusion(weights: object) -> torch.Tensor:
+    """Fusion weights as a (3,) tensor: three finite numbers >= 0 summing to 1."""
+    try:
+        w = torch.as_tensor(weights, dtype=torch.float32).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"fusion must be 3 numbers (global, feature patches, pixel patches), got {weights!r}") from None
+    if w.numel() != 3 or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or abs(float(w.sum()) - 1) > 1e-6:
+        raise ConfigError(f"fusion must be 3 numbers >= 0 summing to 1 (global, feature patches, pixel patches), "
+                          f"got {w.tolist()}")
+    return w
 
 
 def candidates(ready: tuple[bool, ...], step: int = 4) -> list[tuple[float, ...]]:
@@ -147,4 +160,4 @@ def fit_map_fusion(model: AnoMemModel, ready: tuple[bool, ...], normals: torch.T
     return {w: image_auroc(labels, np.asarray(w) @ flat) for w in candidates(ready)}
 
 
-__all__ = ["FusionFit", "SIGNALS", "candidates", "fit_fusion", "signal_scores"]
+__all__ = ["FusionFit", "SIGNALS", "candidates", "check_fusion", "fit_fusion", "signal_scores"]

@@ -114,10 +114,10 @@ class AnoMemModel(nn.Module):
         """Per-scale scores (B, S): Eq. 9 or 10, standardised and mixed with the bank."""
         return self.scorer.per_scale(evidence, self.use_heads)
 
-    def merged_score(self, evidence: Evidence) -> torch.Tensor:
+    def merged_score(self, evidence: Evidence, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Image anomaly score s_a (B,), higher = more anomalous: Eq. 13, mixed with the
         pixel bank's score when one is kept (:meth:`Scorer.image_score`)."""
-        return self.scorer(evidence, self.use_heads)
+        return self.scorer(evidence, self.use_heads, weights)
 
     def heatmaps(self, evidence: Evidence, sigma: float | None = None, weights: torch.Tensor | None = None) -> Heatmaps:
         """Per-scale and fused maps at input size; ``sigma`` pixels (None = ``map_sigma``).

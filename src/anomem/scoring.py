@@ -296,8 +296,8 @@ class Scorer(nn.Module):
         """Eq. 13 with this scorer's λ: (B, S, *) -> (B, *)."""
         return merge_scales(per_scale, self.scale_weights)
 
-    def forward(self, evidence, supervised: bool) -> torch.Tensor:
+    def forward(self, evidence, supervised: bool, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Image anomaly score (B,), higher = more anomalous (Eq. 13, then the pixel bank,
-        then the fusion with the patch banks)."""
+        then the fusion with the patch banks, with the fitted or the given ``weights``)."""
         image = self.image_score(self.per_scale(evidence, supervised), evidence.pixel_scores, supervised)
-        return self.fuse(image, evidence.patch_scores)
+        return self.fuse(image, evidence.patch_scores, weights)
