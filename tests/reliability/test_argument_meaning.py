@@ -63,6 +63,7 @@ def test_a_run_folder_stands_for_its_model(trained_run, folder_dataset, tmp_path
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     shutil.copy(trained_run / "last.ckpt", unfinished / "last.ckpt")
+    capsys.readouterr()  # the commands above may end with their own warnings
     assert main(["score", str(unfinished), images]) == 2
     one_line_error(capsys, "without a model.ckpt", "--resume")
     with pytest.raises(CheckpointError, match="directory without a model.ckpt"):

@@ -228,11 +228,12 @@ def threshold_warnings_at_end(stream=None) -> Iterator[None]:
             yield
         finally:
             _DEFERRED.pop()
-            said = list(dict.fromkeys(notes))
-            if said:
-                more = f" (and {len(said) - 1} more threshold(s) of this run alike)" if len(said) > 1 else ""
-                print(f"anomem: warning: {said[0]}{more}; `anomem threshold MODEL --fpr F` or `--normals DIR` "
-                      "sets a threshold again", file=stream or sys.stderr)
+        # said only when the command succeeded: a failed command prints its one error line alone
+        said = list(dict.fromkeys(notes))
+        if said:
+            more = f" (and {len(said) - 1} more threshold(s) of this run alike)" if len(said) > 1 else ""
+            print(f"anomem: warning: {said[0]}{more}; `anomem threshold MODEL --fpr F` or `--normals DIR` "
+                  "sets a threshold again", file=stream or sys.stderr)
 
 
 def threshold_line(threshold) -> str:
