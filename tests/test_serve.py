@@ -104,8 +104,8 @@ def _check_same(results: list[dict], names: list[str], expected: dict) -> None:
     assert [r["name"] for r in results] == names  # the order sent
     for r in results:
         want = expected[r["name"]]
-        assert r["score"] == pytest.approx(want["score"], rel=1e-5, abs=1e-6)
-        assert r["score_normalized"] == pytest.approx(want["score_normalized"], rel=1e-5, abs=1e-6)
+        assert r["score"] == pytest.approx(want["score"], rel=1e-4, abs=1e-5)  # other batch sizes round apart
+        assert r["score_normalized"] == pytest.approx(want["score_normalized"], rel=1e-4, abs=1e-5)
         assert r["is_anomaly"] == want["is_anomaly"] and r["threshold"] == want["threshold"]
 
 

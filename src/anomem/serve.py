@@ -383,6 +383,8 @@ def run_server(app: Any, host: str, port: int, announce: Callable[[str], None]) 
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the re-raised SIGTERM: a clean exit
     try:
         server.run(sockets=[sock])
+        if signal.SIGINT in getattr(server, "_captured_signals", ()):  # Ctrl-C that uvicorn did not raise again
+            raise KeyboardInterrupt
     finally:
         signal.signal(signal.SIGTERM, previous)
         sock.close()
