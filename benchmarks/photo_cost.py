@@ -30,7 +30,9 @@ def child(method: str, size: int, n_train: int, n_score: int) -> None:
     from anomem.baselines import make_baseline
     from anomem.data.photos import photo_category
 
-    sp = photo_category("brick", size=size, n_train=n_train, n_test_normal=n_score, per_kind=1, kinds=("stain",))
+    # brick is 512 px tall: 256-px crops need half of it for each split
+    sp = photo_category("brick", size=size, n_train=n_train, n_test_normal=n_score, per_kind=1, kinds=("stain",),
+                        test_fraction=0.35 if size <= 160 else 0.5)
     u8 = lambda a: torch.from_numpy(np.round(a * 255).astype(np.uint8))  # noqa: E731
     train, test = u8(sp.train), u8(sp.test_normal)
     t0 = time.perf_counter()
