@@ -174,3 +174,19 @@ def test_other_fusion_weights_through_the_api_leave_the_detector_unchanged(photo
     for bad in ((1, 1, 0), (0.5, 0.5), (-1, 1, 1), "abc"):
         with pytest.raises(ConfigError, match="fusion must be 3 numbers"):
             det.anomaly_score(x, fusion=bad)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
+def test_export_parity_with_the_patch_banks_in_use(photo_detector, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from anomem.export import export_scorer
+
+    det, sp, u8 = photo_detector
+    assert det.scorer_.has_patches  # the fitted fusion weighs at least one patch bank
+    imgs = u8(sp.test_defect[:5])
+    ref, maps = det.anomaly_score(imgs), det.anomaly_maps(imgs).fused
+    path = export_scorer(det, tmp_path / "m.onnx", "onnx")
+    sess = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    score, fused = sess.run(None, {"image": (imgs.float() / 255).numpy()})
+    np.testing.assert_allclose(score, ref, atol=1e-4)
+    np.testing.assert_allclose(fused, maps, atol=1e-3)
