@@ -208,6 +208,7 @@ def fit_patch_banks(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor
     banks = model.scorer.patches
     if not any(b.size > 0 for b in banks.values()) or normals.shape[0] < 2:
         return
+    model.eval()  # BatchNorm must not move while the descriptors are read
     gen = torch.Generator().manual_seed(cfg.train.seed + 4099)
     order = torch.randperm(normals.shape[0], generator=gen)
     n_out = min(max(1, round(cfg.patches.held_out * normals.shape[0])), normals.shape[0] - 1, 64)
