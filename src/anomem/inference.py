@@ -104,8 +104,10 @@ class AnoMemModel(nn.Module):
         s = self.scorer
         descriptors = (lambda: ev.local_features, lambda: pixel_descriptors(x))
         weight = torch.maximum(s.fusion[1:], s.map_fusion[1:])
-        parts = [bank.scores(make()) if bank.ready and (every or float(w) > 0) and make() is not None else None
-                 for bank, w, make in zip(s.patches.values(), weight, descriptors)]
+        parts = []
+        for bank, w, make in zip(s.patches.values(), weight, descriptors):
+            d = make() if bank.ready and (every or float(w) > 0) else None  # computed once, only when used
+            parts.append(None if d is None else bank.scores(d))
         zero = x.new_zeros(x.shape[0])
         scores = torch.stack([zero if p is None else p.score for p in parts], 1)  # (B, 2)
         return ev._replace(patch_scores=scores, patch_maps=[None if p is None else p.map for p in parts])

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from anomem.checkpoint import atomic_write_text
-from anomem.errors import ConfigError, DataError
+from anomem.errors import DataError
 from anomem.outputs import (
     prepare_dir,
 )
@@ -100,8 +100,6 @@ def load_train_data(args: argparse.Namespace, image_size: int | None = None) -> 
         )
     from anomem.data.registry import load_dataset
 
-    if image_size is not None:
-        raise ConfigError("--image-size resizes folder datasets; a named dataset keeps its own size")
     if args.normal_class is None:
         raise DataError(f"--normal-class is required with the named dataset {spec!r} (one-vs-all protocol)")
     train = load_dataset(spec, "train", root=args.data_root)
