@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     try:  # Ctrl-C at any moment, imports included, ends with one line and exit code 130
         return _main(argv)
     except KeyboardInterrupt:
+        import signal
+
+        if argv is None:  # the command itself (not a caller's in-process main([...])): a late Ctrl-C while
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the interpreter shuts down must not kill it mid-exit
         print("anomem: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (`anomem score … | head`): stop quietly, as Unix tools do
