@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import onnxruntime as ort
 
-    from anomem.export import read_metadata
+    from anomem.io.export import read_metadata
 
     secs, _ = anomem("export", str(model), "--format", "onnx", "--out", str(out / "model.onnx"))
     meta = read_metadata(out / "model.onnx")

@@ -36,7 +36,7 @@ from anomem.baselines import make_baseline
 from anomem.data.defects import add_defects
 from anomem.data.registry import load_dataset
 from anomem.metrics import aupro, image_auroc, pixel_auroc
-from anomem.report import save_heatmap_png
+from anomem.bench.report import save_heatmap_png
 
 SINGLE = ["backbone.taps=[layer4]", "memory.sizes=[64]", "memory.sample_ratios=[1.0]"]
 

@@ -31,7 +31,7 @@ import torch
 
 from anomem import AnoMem
 from anomem.baselines import make_baseline
-from anomem.checkpoint import atomic_write_text
+from anomem.io.checkpoint import atomic_write_text
 from anomem.data.photos import CATEGORIES, OBVIOUS, SUBTLE, make_photo_benchmark, photo_category
 from anomem.metrics import aupro, image_auroc, pixel_auroc
 

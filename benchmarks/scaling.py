@@ -65,9 +65,9 @@ from anomem.calibration import calibration_count  # noqa: E402
 from anomem.config import AnoMemConfig, ScorerConfig, load_config, with_overrides  # noqa: E402
 from anomem.engine import resolve_device  # noqa: E402
 from anomem.factory import build_net, build_scorer  # noqa: E402
-from anomem.patches import pixel_descriptors
-from anomem.scoring import Scorer  # noqa: E402
-from anomem.stage2 import PATCH_FIT_IMAGES
+from anomem.stage2.patch_bank import pixel_descriptors
+from anomem.stage2.scorer import Scorer  # noqa: E402
+from anomem.stage2.fit import PATCH_FIT_IMAGES
 
 FLOAT_BYTES = 4  # banks are stored in fp32
 
@@ -116,7 +116,7 @@ class CheckpointModel:
     feature_floats: int = 0  # Σ_s C_s: one row of the normal feature bank (scorer.bank)
     feature_bank_cap: int = 0  # scorer.bank (0 = no feature bank)
     pixel_floats: int = 0  # C·h·w: one row of the raw-pixel bank (same normals as the feature bank)
-    # per patch bank (anomem.patches): (positions per image, floats per descriptor, coreset cap)
+    # per patch bank (anomem.stage2.patch_bank): (positions per image, floats per descriptor, coreset cap)
     patch_banks: tuple[tuple[int, int, int], ...] = ()
     patch_held_out: float = 0.1  # patches.held_out: training normals left out of the coresets
 

@@ -34,8 +34,8 @@ from sklearn.metrics import roc_auc_score
 from anomem import AnoMem, load_config
 from anomem.data.registry import load_dataset
 from anomem.inputs import to_float
-from anomem.protocols import validation_split
-from anomem.scoring import bank_distances
+from anomem.bench.protocols import validation_split
+from anomem.stage2.scorer import bank_distances
 
 
 def embeddings(det: AnoMem, x: torch.Tensor) -> list[torch.Tensor]:

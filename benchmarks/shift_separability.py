@@ -1,7 +1,7 @@
 """Which distribution shifts move each class off its own distribution (label-free).
 
 For every class of a dataset's training split, prints
-:func:`anomem.pseudo.shift_separability` of each shift: the pixel-kNN AUROC of shifted
+:func:`anomem.model.pseudo.shift_separability` of each shift: the pixel-kNN AUROC of shifted
 against unshifted normals (half of a 256-image sample is the bank). ~0.5 means the class
 is invariant to the shift (a pseudo-anomaly made with it looks normal), ~1 a clear
 outlier. ``pseudo.min_separability`` drops shifts below its value at fit time.
@@ -17,7 +17,7 @@ import torch
 
 from anomem.data.registry import load_dataset
 from anomem.inputs import to_float
-from anomem.pseudo import SHIFTS, shift_separability
+from anomem.model.pseudo import SHIFTS, shift_separability
 
 
 def main() -> None:

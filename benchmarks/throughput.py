@@ -61,8 +61,8 @@ from anomem.engine import Stage1Trainer, resolve_device
 from anomem.factory import build_net, build_scorer
 from anomem.inference import AnoMemModel
 from anomem.inputs import to_float
-from anomem.model import AnoMemNet
-from anomem.scoring import Scorer
+from anomem.model.net import AnoMemNet
+from anomem.stage2.scorer import Scorer
 
 DEFAULT_PRESETS = ("cpu-small", "gpu-r18", "paper-r50")
 IMAGE_SHAPE = (3, 32, 32)  # the presets' natural input: CIFAR-sized colour images
@@ -432,7 +432,7 @@ def profile_overhead(
     """
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from anomem.memory import HopfieldMemory
+    from anomem.model.memory import HopfieldMemory
 
     device = meter.device
     gen = torch.Generator().manual_seed(seed)

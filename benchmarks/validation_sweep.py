@@ -30,7 +30,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomem import AnoMem, load_config
 from anomem.data.registry import load_dataset
-from anomem.protocols import validation_split
+from anomem.bench.protocols import validation_split
 
 
 def main() -> None:

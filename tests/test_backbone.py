@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from anomem.backbone import TappedResNet
+from anomem.model.backbone import TappedResNet
 from anomem.errors import ConfigError
 
 

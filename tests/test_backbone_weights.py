@@ -8,7 +8,7 @@ import torch
 from torchvision.models import resnet18
 
 from anomem import AnoMem
-from anomem.backbone import TappedResNet, load_resnet_weights
+from anomem.model.backbone import TappedResNet, load_resnet_weights
 from anomem.errors import ConfigError
 
 from synthetic import stripes

@@ -10,9 +10,9 @@ import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.colors import to_hex
 
-from anomem import benchmark_report
-from anomem.benchmark_plan import METHODS
-from anomem.benchmark_report import METHOD_COLOURS, PLOTS_DIR, method_colour, summarise
+from anomem.bench import tables as benchmark_report
+from anomem.bench.plan import METHODS
+from anomem.bench.tables import METHOD_COLOURS, PLOTS_DIR, method_colour, summarise
 
 matplotlib.use("Agg")
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "fashion-mnist-one-vs-all"

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from anomem.benchmark import (
+from anomem.bench.runner import (
     BenchmarkSettings,
     Cell,
     feature_kmeans_scores,
@@ -226,7 +226,7 @@ def test_parallel_jobs_give_the_same_cells(tmp_path):
 
 def test_paper_column_trains_the_paper_method(monkeypatch):
     """anomem-paper: same preset and budget, no pseudo-anomalies, no bank; anomem: both on."""
-    from anomem import benchmark
+    from anomem.bench import runner as benchmark
     from anomem.detector import AnoMem
 
     seen = {}
@@ -248,7 +248,7 @@ def test_paper_column_trains_the_paper_method(monkeypatch):
 def test_in_process_cells_restore_the_thread_count():
     import torch
 
-    from anomem.benchmark import run_cell
+    from anomem.bench.runner import run_cell
 
     before = torch.get_num_threads()
     run_cell(_settings(), Cell("one-vs-all", 0, 0.0, 0, "knn"), threads=before + 1)
@@ -260,7 +260,7 @@ def test_settings_carry_the_config_object_without_changing_their_identity():
     overrides, so directories written before the config was carried still resume."""
     from dataclasses import replace
 
-    from anomem.benchmark import _anomem_config
+    from anomem.bench.runner import _anomem_config
     from anomem.config import load_config
 
     s = _settings()

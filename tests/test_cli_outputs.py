@@ -15,7 +15,7 @@ from anomem import AnoMem, load_config
 from anomem.cli import main
 from anomem.cli.common import progress_mode
 from anomem.data.folder import load_images
-from anomem.outputs import unique_names
+from anomem.io.outputs import unique_names
 
 from synthetic import stripes
 

@@ -5,8 +5,8 @@ import torch
 from anomem.config import load_config
 from anomem.engine import Stage1Trainer, cosine_with_warmup, fit_heads
 from anomem.factory import build_net
-from anomem.losses import ContrastedMemoryLoss, NTXent
-from anomem.scoring import DeviationHead, merge_scales, one_class_scores
+from anomem.model.losses import ContrastedMemoryLoss, NTXent
+from anomem.stage2.scorer import DeviationHead, merge_scales, one_class_scores
 
 from synthetic import stripes
 

@@ -10,7 +10,7 @@ import torch
 import anomem
 from anomem import AnoMem, load_config
 from anomem.cli import main
-from anomem.export import export_scorer, exportable_model
+from anomem.io.export import export_scorer, exportable_model
 
 from synthetic import stripes
 

@@ -11,7 +11,7 @@ import torch
 import anomem
 from anomem import AnoMem
 from anomem.errors import DataError
-from anomem.export import METADATA_FILE, export_scorer, read_metadata
+from anomem.io.export import METADATA_FILE, export_scorer, read_metadata
 from anomem.thresholds import Threshold, ThresholdWarning
 
 from synthetic import stripes

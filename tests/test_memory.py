@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from anomem.memory import HopfieldMemory, hopfield_energy, hopfield_retrieve, retrieve_map
+from anomem.model.memory import HopfieldMemory, hopfield_energy, hopfield_retrieve, retrieve_map
 
 
 def test_single_pattern_is_always_retrieved():

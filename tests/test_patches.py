@@ -1,4 +1,4 @@
-"""Patch-level evidence (anomem.patches), the fitted fusion (anomem.fusion) and the
+"""Patch-level evidence (anomem.stage2.patch_bank), the fitted fusion (anomem.stage2.fit_fusion) and the
 photo benchmark's generator (anomem.data.photos), against reference implementations."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from anomem.baselines import make_baseline
 from anomem.data.photos import OBVIOUS, SUBTLE, photo_category
-from anomem.fusion import candidates
+from anomem.stage2.fit_fusion import candidates
 from anomem.metrics import image_auroc
-from anomem.patches import PatchBank, feature_descriptors, greedy_coreset, pixel_descriptors
+from anomem.stage2.patch_bank import PatchBank, feature_descriptors, greedy_coreset, pixel_descriptors
 
 
 def test_pixel_descriptors_are_unfolded_patches():
@@ -109,7 +109,7 @@ def photo_detector():
 
 
 def test_choose_keeps_the_shifts_then_takes_the_best_mean():
-    from anomem.fusion import choose
+    from anomem.stage2.fit_fusion import choose
 
     # Fashion-MNIST class 0's validation table (rounded): patches help defects, cost shifts
     table = {(1.0, 0.0, 0.0): (0.660, 0.9938), (0.75, 0.25, 0.0): (0.717, 0.9928),
@@ -122,7 +122,7 @@ def test_choose_keeps_the_shifts_then_takes_the_best_mean():
 
 
 def test_fitted_fusion_is_the_best_on_validation_among_those_that_keep_the_shifts(photo_detector):
-    from anomem.fusion import SHIFT_SLACK
+    from anomem.stage2.fit_fusion import SHIFT_SLACK
 
     det, _, _ = photo_detector
     fit = det.fusion_
@@ -178,7 +178,7 @@ def test_other_fusion_weights_through_the_api_leave_the_detector_unchanged(photo
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
 def test_export_parity_with_the_patch_banks_in_use(photo_detector, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
-    from anomem.export import export_scorer
+    from anomem.io.export import export_scorer
 
     det, sp, u8 = photo_detector
     assert det.scorer_.has_patches  # the fitted fusion weighs at least one patch bank

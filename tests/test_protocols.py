@@ -5,7 +5,7 @@ import torch
 
 from anomem.data import ImageSet
 from anomem.errors import DataError
-from anomem.protocols import deep_sad_split, one_vs_all
+from anomem.bench.protocols import deep_sad_split, one_vs_all
 
 
 def _dataset(n_per_class=(40, 30, 30, 30), tag_pixels=True) -> ImageSet:

@@ -1,4 +1,4 @@
-"""Pseudo-anomalies (anomem.pseudo), the normal bank and how both enter the detector."""
+"""Pseudo-anomalies (anomem.model.pseudo), the normal bank and how both enter the detector."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from anomem import AnoMem, load_config
 from anomem.calibration import calibration_count
 from anomem.errors import ConfigError
 from anomem.metrics import inverted_warning
-from anomem.pseudo import DEFECTS, SHIFTS, cutpaste, make_pseudo_anomalies, noise_patch, scar, shift
-from anomem.scoring import Scorer, bank_distances
+from anomem.model.pseudo import DEFECTS, SHIFTS, cutpaste, make_pseudo_anomalies, noise_patch, scar, shift
+from anomem.stage2.scorer import Scorer, bank_distances
 
 
 def _images(n=32, c=1, h=16, w=16, seed=0):
@@ -84,7 +84,7 @@ def test_pseudo_config_is_validated():
 
 
 def test_bank_distances_match_sklearn_knn():
-    from anomem.benchmark import feature_knn_scores
+    from anomem.bench.runner import feature_knn_scores
 
     rng = np.random.default_rng(0)
     bank, q = rng.normal(size=(50, 8)), rng.normal(size=(20, 8))
@@ -136,7 +136,7 @@ def test_pseudo_anomalies_enter_stage_one_as_negatives(monkeypatch):
 
 def test_paper_switch_gives_the_paper_score_exactly():
     """pseudo.enabled=false, no banks: the score is Eq. 9 merged by Eq. 13, nothing else."""
-    from anomem.scoring import merge_scales, one_class_scores
+    from anomem.stage2.scorer import merge_scales, one_class_scores
 
     x = (_images(40) * 255).to(torch.uint8)
     det = _fit_tiny(x, "pseudo.enabled=false", "scorer.bank=0", "patches.feature_bank=0", "patches.pixel_bank=0")
@@ -162,7 +162,7 @@ def test_bank_survives_save_load_and_threshold(tmp_path):
 
 
 def test_refit_uses_the_pseudo_anomalies_beside_the_new_ones(monkeypatch):
-    from anomem import stage2
+    from anomem.stage2 import fit as stage2
 
     x = (_images(40) * 255).to(torch.uint8)
     det = _fit_tiny(x, "pseudo.ratio=0.5", "scorer.calibration_fraction=0", "pseudo.min_separability=0")
@@ -180,7 +180,7 @@ def test_refit_uses_the_pseudo_anomalies_beside_the_new_ones(monkeypatch):
 
 
 def test_shift_separability_tells_invariant_shifts_from_real_ones():
-    from anomem.pseudo import shift_separability
+    from anomem.model.pseudo import shift_separability
 
     from synthetic import stripes
 
@@ -245,7 +245,7 @@ def test_pixel_bank_mixes_into_the_image_score_and_survives_save_load(tmp_path):
     assert np.array_equal(back.anomaly_score(y), det.anomaly_score(y))
     assert back.calibrate_threshold().threshold_.value == pytest.approx(det.threshold_.value)
     # a file from before the pixel bank (no pixels.* entries) loads and scores without it
-    from anomem.checkpoint import load_checkpoint, save_checkpoint
+    from anomem.io.checkpoint import load_checkpoint, save_checkpoint
 
     old = load_checkpoint(tmp_path / "m.ckpt")
     old["scorer"] = {k: v for k, v in old["scorer"].items() if not k.startswith("pixels.")}
@@ -257,7 +257,7 @@ def test_pixel_bank_mixes_into_the_image_score_and_survives_save_load(tmp_path):
 
 
 def test_pixel_bank_downsamples_large_images():
-    from anomem.pixel_bank import PixelBank
+    from anomem.stage2.pixel_bank import PixelBank
 
     p = PixelBank(side=8)
     assert p.features(torch.rand(2, 3, 32, 16)).shape == (2, 3 * 8 * 4)
@@ -267,7 +267,7 @@ def test_pixel_bank_downsamples_large_images():
 
 
 def test_local_map_is_the_per_position_minimum_over_the_nearest_normals_and_finds_a_defect():
-    from anomem.pixel_bank import PixelBank
+    from anomem.stage2.pixel_bank import PixelBank
 
     g = torch.Generator().manual_seed(0)
     base = torch.rand(1, 1, 12, 12, generator=g)

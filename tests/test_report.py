@@ -15,7 +15,7 @@ from anomem import AnoMem, load_config
 from anomem.cli import main
 from anomem.data.defects import add_defects
 from anomem.metrics import aupro, image_auroc, pixel_auroc
-from anomem.report import evaluate
+from anomem.bench.report import evaluate
 
 from synthetic import stripes
 
@@ -107,7 +107,7 @@ def test_evaluate_named_dataset_with_generated_defects(setup, tmp_path, capsys):
 
 
 def test_report_without_threshold_says_so(setup, tmp_path):
-    from anomem.report import write_report
+    from anomem.bench.report import write_report
 
     _, det, _ = setup
     x = torch.cat([stripes(4, False, seed=3), stripes(4, True, seed=4)])
@@ -126,7 +126,7 @@ def test_per_type_results(setup, tmp_path):
     recall at the threshold, hardest first; shown in both report pages."""
     from sklearn.metrics import roc_auc_score
 
-    from anomem.report import write_report
+    from anomem.bench.report import write_report
 
     _, det, _ = setup
     x = torch.cat([stripes(6, False, seed=7), stripes(4, True, seed=8), add_defects(stripes(4, False, seed=9), seed=1).images])

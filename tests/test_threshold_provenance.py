@@ -12,7 +12,7 @@ from anomem import AnoMem, load_config
 from anomem.calibration import calibration_count, calibration_fraction_for, fit_target_fpr
 from anomem.config import ScorerConfig
 from anomem.errors import ConfigError
-from anomem.stage2 import bank_scores, calibration_split
+from anomem.stage2.fit import bank_scores, calibration_split
 from anomem.thresholds import (
     Threshold,
     ThresholdWarning,

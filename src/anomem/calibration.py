@@ -3,7 +3,7 @@
 :class:`ThresholdMixin` is the part of :class:`anomem.AnoMem` that chooses
 ``threshold_`` (the rules themselves are in :mod:`anomem.thresholds`); stage 1 and
 stage 2 are never touched. Scores of the normals held out at fit time come from their
-stored :class:`~anomem.stage2.ScoreBank`, so a threshold can be re-derived without the
+stored :class:`~anomem.stage2.fit.ScoreBank`, so a threshold can be re-derived without the
 images.
 
 **How many normals are held out.** ``scorer.calibration_fraction`` of them, raised, when
@@ -32,7 +32,7 @@ import torch
 from anomem.config import ScorerConfig
 from anomem.errors import ConfigError, DataError, NotFittedError
 from anomem.inputs import check_disjoint, image_digests
-from anomem.stage2 import ScoreBank, bank_scores
+from anomem.stage2.fit import ScoreBank, bank_scores
 from anomem.thresholds import (
     Threshold,
     ThresholdWarning,
@@ -92,7 +92,7 @@ def calibration_count(n_normal: int, scorer: ScorerConfig) -> int:
 
 
 def calibration_fraction_for(n_normal: int, scorer: ScorerConfig) -> float:
-    """The fraction to pass to :func:`anomem.stage2.calibration_split` so that it holds out
+    """The fraction to pass to :func:`anomem.stage2.fit.calibration_split` so that it holds out
     :func:`calibration_count` normals (``scorer.calibration_fraction`` itself when that
     is already enough, so splits of large data sets are unchanged)."""
     count = calibration_count(n_normal, scorer)

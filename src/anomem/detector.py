@@ -8,8 +8,8 @@ y = 0 anomaly convention stays internal).
 The estimator is a thin layer: all inference is one module, ``model_``
 (:class:`anomem.inference.AnoMemModel`: images -> Δ (Eq. 8) -> per-scale scores (Eq. 9
 or 10) -> merged score (Eq. 13) and maps). Fitting runs stage 1 (:mod:`anomem.engine`),
-then stage 2 (:mod:`anomem.stage2`); thresholds live in :mod:`anomem.calibration`,
-files in :mod:`anomem.persistence`. Stage 1 is shared by the one-class and
+then stage 2 (:mod:`anomem.stage2.fit`); thresholds live in :mod:`anomem.calibration`,
+files in :mod:`anomem.io.persistence`. Stage 1 is shared by the one-class and
 semi-supervised settings: :meth:`AnoMem.refit_scorer` retrains only stage 2 with new
 labelled anomalies, in seconds, leaving every stage-1 weight bit-identical.
 """
@@ -23,13 +23,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from anomem import persistence, stage2
+from anomem.io import persistence
+from anomem.stage2 import fit as stage2
 from anomem.calibration import ThresholdMixin, calibration_fraction_for
 from anomem.config import AnoMemConfig, load_config
 from anomem.engine import EpochLog, Stage1Trainer, resolve_device
 from anomem.errors import ConfigError, NotFittedError
 from anomem.factory import build_net, build_scorer, load_backbone_weights
-from anomem.fusion import check_fusion, fit_fusion
+from anomem.stage2.fit_fusion import check_fusion, fit_fusion
 from anomem.inference import AnoMemModel, smooth_maps
 from anomem.inputs import (
     as_images,
@@ -39,11 +40,11 @@ from anomem.inputs import (
     to_float,
     training_set,
 )
-from anomem.model import AnoMemNet
+from anomem.model.net import AnoMemNet
 from anomem.params import ParamsMixin, apply_overrides, check_overrides
-from anomem.prototypes import PrototypeCache, build_prototype_cache
-from anomem.scoring import Scorer
-from anomem.stage2 import ScoreBank, Stage2Banks
+from anomem.model.prototypes import PrototypeCache, build_prototype_cache
+from anomem.stage2.scorer import Scorer
+from anomem.stage2.fit import ScoreBank, Stage2Banks
 from anomem.thresholds import Threshold
 
 EpochCallback = Callable[["AnoMem", Stage1Trainer, EpochLog], None]
@@ -83,7 +84,7 @@ class AnoMem(ParamsMixin, ThresholdMixin):
 
     Attributes (after fit or load):
         model_: the inference module (:class:`~anomem.inference.AnoMemModel`).
-        banks_: pooled deviations kept for refits (:class:`~anomem.stage2.Stage2Banks`).
+        banks_: pooled deviations kept for refits (:class:`~anomem.stage2.fit.Stage2Banks`).
         calibration_bank_: stage-2 inputs of the held-out normals, or None.
         threshold_: the decision threshold (:class:`~anomem.thresholds.Threshold`) or None.
         training_digests_: {"normal", "anomaly"}: (N,) int64 pixel digests of the images
@@ -91,7 +92,7 @@ class AnoMem(ParamsMixin, ThresholdMixin):
             and evaluation; empty for files from before them.
         prototype_cache_, history_, config_, in_channels_, image_size_, device_.
         backbone_weights_ (after fit only): what ``backbone.weights`` loaded
-            (:class:`~anomem.backbone.WeightsReport`), or None.
+            (:class:`~anomem.model.backbone.WeightsReport`), or None.
 
     Example:
         >>> det = AnoMem("tiny").fit(normal_images)            # doctest: +SKIP

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from anomem.errors import DataError
-from anomem.prototypes import PrototypeCache, build_prototype_cache, patch_box
+from anomem.model.prototypes import PrototypeCache, build_prototype_cache, patch_box
 
 if TYPE_CHECKING:  # pragma: no cover
     from anomem.detector import AnoMem

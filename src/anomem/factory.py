@@ -1,7 +1,7 @@
 """Build the pure-torch parts from a config: the one place config meets model code.
 
-:mod:`anomem.model`, :mod:`anomem.memory`, :mod:`anomem.backbone`, :mod:`anomem.losses`
-and :mod:`anomem.augment` take plain arguments and know nothing of
+:mod:`anomem.model.net`, :mod:`anomem.model.memory`, :mod:`anomem.model.backbone`, :mod:`anomem.model.losses`
+and :mod:`anomem.model.augment` take plain arguments and know nothing of
 :class:`~anomem.config.AnoMemConfig`; the estimator, the training engine, benchmarks and
 tests build them through these functions, so fit and load always build the same thing.
 """
@@ -12,12 +12,12 @@ import logging
 import warnings
 from dataclasses import asdict
 
-from anomem.augment import SimCLRViews
-from anomem.backbone import TappedResNet, WeightsReport, load_resnet_weights, resolve_stem
+from anomem.model.augment import SimCLRViews
+from anomem.model.backbone import TappedResNet, WeightsReport, load_resnet_weights, resolve_stem
 from anomem.config import AnoMemConfig
-from anomem.memory import HopfieldMemory
-from anomem.model import AnoMemNet
-from anomem.scoring import Scorer
+from anomem.model.memory import HopfieldMemory
+from anomem.model.net import AnoMemNet
+from anomem.stage2.scorer import Scorer
 from anomem.thresholds import user_stacklevel
 
 

@@ -12,7 +12,7 @@ the stage-2 scorer, and reads them in one straight line:
       -> fused heat-map                        (Eq. 13 position by position)
 
 Every equation is computed by exactly one function; the estimator
-(:class:`anomem.AnoMem`), the export (:mod:`anomem.export` traces this module) and the
+(:class:`anomem.AnoMem`), the export (:mod:`anomem.io.export` traces this module) and the
 explanations (:mod:`anomem.explain`) all go through it. Nothing here knows about
 configs, files, thresholds or training.
 
@@ -31,9 +31,9 @@ from torch import nn
 
 from anomem.inputs import to_float
 from anomem.maps import smooth_maps
-from anomem.model import AnoMemNet, Evidence
-from anomem.patches import pixel_descriptors
-from anomem.scoring import Scorer
+from anomem.model.net import AnoMemNet, Evidence
+from anomem.stage2.patch_bank import pixel_descriptors
+from anomem.stage2.scorer import Scorer
 
 MODES = ("auto", "one-class", "supervised")
 

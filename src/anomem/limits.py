@@ -7,7 +7,7 @@ outside ``[0, 2³² − 1]`` fails in NumPy's generators. The bounds are far abo
 setting we use (the paper's largest preset is width 64, memories of 2048, 300 steps).
 
 :func:`check_config_limits` runs on every config the CLI builds and on every config read
-from a checkpoint (:mod:`anomem.validate`), before anything is allocated.
+from a checkpoint (:mod:`anomem.io.validate`), before anything is allocated.
 """
 
 from __future__ import annotations

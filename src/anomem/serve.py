@@ -12,7 +12,7 @@ Routes (docs/cli.md, "Serving"):
 
 Uploads are decoded exactly as ``anomem score`` reads files
 (:func:`anomem.data.image_io.decode_image`, resized and converted grey/colour to fit), and
-the records are the score files' (:func:`anomem.records.score_records`), so the two give
+the records are the score files' (:func:`anomem.io.records.score_records`), so the two give
 the same scores. Bad input is a 4xx ``{"error": "..."}`` naming the problem; sizes are
 checked before anything is decoded (:class:`ServeLimits`).
 
@@ -51,7 +51,7 @@ from anomem import __version__
 from anomem.data.image_io import count_conversions, decode_image, describe_conversions
 from anomem.errors import DataError
 from anomem.inputs import check_int_range
-from anomem.records import score_records
+from anomem.io.records import score_records
 
 log = logging.getLogger("anomem.serve")
 MIB = 2**20
@@ -277,7 +277,7 @@ def _decode_all(files: list[tuple[str, bytes]], det: Any) -> Uploads:
 
 
 def _with_maps(records: list[dict], fused: np.ndarray) -> list[dict]:
-    from anomem.report import heatmap_png, map_range
+    from anomem.bench.report import heatmap_png, map_range
 
     vrange = map_range(fused)  # one colour range over the request's images
     for record, fmap in zip(records, fused):

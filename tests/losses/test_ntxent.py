@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from anomem.losses import nt_xent
+from anomem.model.losses import nt_xent
 
 
 def reference_ntxent(a, b, tau):

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from anomem.losses import (
+from anomem.model.losses import (
     ContrastedMemoryLoss,
     NTXent,
     ScalePairs,
@@ -60,8 +60,8 @@ def test_multiscale_loss_weights_and_normalisation():
     normal = torch.ones(6, dtype=torch.bool)
     loss = ContrastedMemoryLoss(NTXent(0.1), (1.0, 2.0), variance_weight=0.05, variance_eps=1e-4)
     got = loss([p1, p2], normal)
-    from anomem.losses import nt_xent
-    from anomem.losses import variance_loss as vl
+    from anomem.model.losses import nt_xent
+    from anomem.model.losses import variance_loss as vl
 
     want_com = (nt_xent(*p1, 0.1).sum() + 2 * nt_xent(*p2, 0.1).sum()) / 8
     want_var = (vl(p1.mem, normal).sum() + 2 * vl(p2.mem, normal).sum()) / 8

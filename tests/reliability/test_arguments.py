@@ -21,7 +21,7 @@ from cli_checks import one_line_error
 from PIL import Image
 
 from anomem import AnoMemError, CheckpointError, DataError
-from anomem.checkpoint import load_checkpoint
+from anomem.io.checkpoint import load_checkpoint
 from anomem.cli import main
 from anomem.data.folder import load_folder, load_images, read_image, scan_image_files
 from anomem.detector import AnoMem

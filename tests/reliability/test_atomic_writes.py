@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import anomem.checkpoint as ckpt_mod
+import anomem.io.checkpoint as ckpt_mod
 from anomem import AnoMem, CheckpointError
-from anomem.checkpoint import (
+from anomem.io.checkpoint import (
     atomic_write_bytes,
     atomic_write_text,
     load_checkpoint,
@@ -301,4 +301,4 @@ def test_source_writes_files_only_through_the_atomic_writer():
                 rel == f and snippet in line for f, snippet in ALLOWED_DIRECT_WRITES
             ):
                 offenders.append(f"{rel}:{no}: {line.strip()}")
-    assert not offenders, "write these through anomem.checkpoint.atomic_write_*:\n" + "\n".join(offenders)
+    assert not offenders, "write these through anomem.io.checkpoint.atomic_write_*:\n" + "\n".join(offenders)

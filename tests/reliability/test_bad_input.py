@@ -22,7 +22,7 @@ from anomem.cli import main
 from anomem.data import ImageSet
 from anomem.data.folder import load_folder, load_images
 from anomem.data.registry import load_dataset
-from anomem.protocols import one_vs_all
+from anomem.bench.protocols import one_vs_all
 
 from synthetic import stripes
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from anomem import AnoMem, CheckpointError
 from anomem.cli import main
-from anomem.validate import check_device, validate_training_checkpoint
+from anomem.io.validate import check_device, validate_training_checkpoint
 
 
 def _rewrite(src: Path, dst: Path, edit) -> Path:

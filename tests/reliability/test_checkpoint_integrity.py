@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anomem import AnoMem
-from anomem.checkpoint import HASH_KEY, content_hash, load_checkpoint, save_checkpoint
+from anomem.io.checkpoint import HASH_KEY, content_hash, load_checkpoint, save_checkpoint
 from anomem.cli import main
 from anomem.errors import CheckpointError
 

@@ -25,7 +25,7 @@ import anomem
 from anomem import AnoMem
 from anomem.cli import main
 from anomem.errors import OutputError
-from anomem.outputs import LOCK, MARKER, RunLock, check_outputs, file_kind
+from anomem.io.outputs import LOCK, MARKER, RunLock, check_outputs, file_kind
 
 
 def snapshot(*roots: Path) -> dict[str, bytes]:
@@ -168,7 +168,7 @@ def test_two_concurrent_trains_one_wins_and_the_run_is_consistent(folder_dataset
 def test_a_killed_owner_leaves_no_stale_lock(folder_dataset, tiny_train, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    code = "import sys, time; from pathlib import Path; from anomem.outputs import RunLock; " \
+    code = "import sys, time; from pathlib import Path; from anomem.io.outputs import RunLock; " \
            "RunLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(120)"
     holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, env=_env(), text=True)
     try:
@@ -310,7 +310,7 @@ def test_a_run_directory_with_a_write_in_flight_is_a_run_not_a_foreign_folder(tm
     """The temp file of another run's atomic write (it may be writing right now) marks the
     folder as a run directory; anything else still makes it a foreign folder."""
     from anomem.errors import OutputError
-    from anomem.outputs import check_new_run_dir
+    from anomem.io.outputs import check_new_run_dir
 
     run = tmp_path / "race"
     run.mkdir()

@@ -10,10 +10,10 @@ import torch
 
 import anomem.cli.train as cli
 from anomem import AnoMem, load_config
-from anomem.checkpoint import load_checkpoint
+from anomem.io.checkpoint import load_checkpoint
 from anomem.cli import main
 from anomem.engine import Stage1Trainer, TrainingDivergedError
-from anomem.losses import ContrastedMemoryLoss, LossTerms
+from anomem.model.losses import ContrastedMemoryLoss, LossTerms
 
 from synthetic import stripes
 

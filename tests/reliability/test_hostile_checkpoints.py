@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anomem import AnoMem, CheckpointError
-from anomem.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint
+from anomem.io.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint
 from anomem.cli import main
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from anomem import AnoMem, __version__, load_config
-from anomem.checkpoint import git_commit, load_checkpoint
+from anomem.io.checkpoint import git_commit, load_checkpoint
 
 from synthetic import stripes
 

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anomem import AnoMem
-from anomem.checkpoint import load_checkpoint
+from anomem.io.checkpoint import load_checkpoint
 from anomem.cli import main
 
 VOLATILE = {"meta", "history"}  # wall-clock timings; compared separately below

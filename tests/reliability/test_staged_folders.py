@@ -1,7 +1,7 @@
 """Issue 19, rule 3: heat-map (and report) folders are all-or-nothing and never mixed.
 
 ``score --maps`` and ``evaluate --out`` fill a hidden staging folder beside the target
-and put it in place in one step (:class:`anomem.outputs.StagedDir`): Ctrl-C or an error
+and put it in place in one step (:class:`anomem.io.outputs.StagedDir`): Ctrl-C or an error
 leaves the old folder byte-identical (or none), a reused folder holds only the new
 files, and when two commands fill one folder at once the later one is refused.
 """
@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import anomem.cli.score as score_cli
-import anomem.report as report
+import anomem.bench.report as report
 from anomem.cli import main
 from anomem.errors import CheckpointError, OutputError
-from anomem.outputs import MARKER
-from anomem.staging import StagedDir
+from anomem.io.outputs import MARKER
+from anomem.io.staging import StagedDir
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 

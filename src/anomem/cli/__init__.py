@@ -69,7 +69,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         check_flags(args, given_flags(build_parser, sys.argv[1:] if argv is None else argv))
         if getattr(args, "checkpoint", None) is not None:  # a run directory means its model.ckpt
-            from anomem.checkpoint import resolve_checkpoint_path
+            from anomem.io.checkpoint import resolve_checkpoint_path
 
             args.checkpoint = str(resolve_checkpoint_path(args.checkpoint))
         with threshold_warnings_at_end():

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from anomem import __version__
-from anomem.checkpoint import atomic_write_text, git_commit
+from anomem.io.checkpoint import atomic_write_text, git_commit
 from anomem.cli.common import (
     _auroc,
     _load_detector,
@@ -26,7 +26,7 @@ from anomem.config import load_config
 from anomem.errors import DataError
 from anomem.inputs import check_int_range
 from anomem.limits import check_config_limits, check_seed
-from anomem.outputs import (
+from anomem.io.outputs import (
     check_claimable,
     check_file_target,
     check_outputs,
@@ -36,7 +36,7 @@ from anomem.outputs import (
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """Protocol x classes x ratios x seeds, AnoMem beside every baseline; resumable."""
-    from anomem.benchmark import GROUPS, BenchmarkSettings, run_benchmark
+    from anomem.bench.runner import GROUPS, BenchmarkSettings, run_benchmark
 
     check_int_range("--jobs", args.jobs, 1, 256)
     if args.threads is not None:
@@ -82,7 +82,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def cmd_linear_eval(args: argparse.Namespace) -> int:
     """Linear evaluation of a trained detector's frozen encoder on a labelled dataset."""
-    from anomem.benchmark import linear_evaluation
+    from anomem.bench.runner import linear_evaluation
     from anomem.data.registry import load_dataset
 
     check_seed("--seed", args.seed)
@@ -117,7 +117,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from anomem.baselines import make_baseline
     from anomem.data.registry import load_dataset
     from anomem.detector import AnoMem
-    from anomem.protocols import one_vs_all
+    from anomem.bench.protocols import one_vs_all
 
     check_claimable("--out", args.out, "demo", legacy=("demo.json",))
     demo = list(DEMO_OVERRIDES)

@@ -17,12 +17,12 @@ from typing import TextIO
 import numpy as np
 import torch
 
-from anomem.checkpoint import atomic_write_text
+from anomem.io.checkpoint import atomic_write_text
 from anomem.errors import DataError
-from anomem.outputs import (
+from anomem.io.outputs import (
     prepare_dir,
 )
-from anomem.records import score_records  # noqa: F401  (the score files' records; the server shares them)
+from anomem.io.records import score_records  # noqa: F401  (the score files' records; the server shares them)
 
 log = logging.getLogger("anomem")
 
@@ -68,7 +68,7 @@ def _check_data_spec(spec: str) -> None:
 def load_train_data(args: argparse.Namespace, image_size: int | None = None) -> TrainData:
     """A named dataset in one-vs-all mode, or a user folder (any :class:`FolderLayout`)."""
     from anomem.data.folder import folder_splits, load_folder
-    from anomem.protocols import one_vs_all
+    from anomem.bench.protocols import one_vs_all
 
     spec = args.data
     _check_data_spec(spec)
@@ -245,6 +245,6 @@ def threshold_line(threshold) -> str:
 def summary_stream(out) -> TextIO:
     """Where a command's summary line goes: stderr when its output file is a stream
     (``-``, ``/dev/stdout``, a FIFO, a device), where the line would join the data."""
-    from anomem.checkpoint import is_stream
+    from anomem.io.checkpoint import is_stream
 
     return sys.stderr if out is not None and is_stream(out) else sys.stdout

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 
 from anomem import __version__
-from anomem.checkpoint import atomic_write_text
+from anomem.io.checkpoint import atomic_write_text
 from anomem.cli.common import (
     _load_detector,
     _warn_inverted,
@@ -29,14 +29,14 @@ from anomem.cli.train import (
 from anomem.errors import DataError
 from anomem.inputs import check_batch_size, check_int_range
 from anomem.limits import check_seed
-from anomem.outputs import (
+from anomem.io.outputs import (
     check_claimable,
     check_file_target,
     check_outputs,
     real,
     unique_names,
 )
-from anomem.staging import StagedDir
+from anomem.io.staging import StagedDir
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -104,7 +104,7 @@ def _write_heatmaps(det, out: Path, imgs, maps, th, fmt: str) -> list[Path]:
     ``png``: the fused map alone, coloured, at the detector's input size; ``npy``: its float32 values.
     Colours share one range over the whole set (report.map_range).
     """
-    from anomem.report import map_range, save_heatmap_map, save_heatmap_png
+    from anomem.bench.report import map_range, save_heatmap_map, save_heatmap_png
 
     vrange = map_range(maps.fused)
     pred = None if th is None else th.predict(maps.scores)
@@ -262,7 +262,7 @@ def _without_training_images(data: _EvaluationSet, det) -> _EvaluationSet:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from anomem.report import evaluate, write_report
+    from anomem.bench.report import evaluate, write_report
 
     check_batch_size(args.batch_size, "--batch-size")
     check_seed("--seed", args.seed)
@@ -291,7 +291,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from anomem.export import export_scorer
+    from anomem.io.export import export_scorer
 
     check_outputs([("--out", args.out)], [("checkpoint", args.checkpoint)])
     check_file_target("--out", args.out, (args.format,))

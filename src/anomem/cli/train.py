@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from anomem import __version__
-from anomem.checkpoint import (
+from anomem.io.checkpoint import (
     atomic_write_text,
     git_commit,
     load_checkpoint,
@@ -38,12 +38,12 @@ from anomem.config import AnoMemConfig, config_differences, load_config
 from anomem.errors import CheckpointError, ConfigError, DataError
 from anomem.inputs import training_set
 from anomem.limits import check_config_limits
-from anomem.outputs import (
+from anomem.io.outputs import (
     RunLock,
     check_new_run_dir,
     check_outputs,
 )
-from anomem.validate import validate_training_checkpoint
+from anomem.io.validate import validate_training_checkpoint
 
 
 def _existing(path: str | None) -> str | None:

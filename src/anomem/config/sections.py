@@ -7,10 +7,10 @@ import math
 import re
 from dataclasses import dataclass
 
-from anomem.backbone import STEMS
+from anomem.model.backbone import STEMS
 from anomem.errors import ConfigError
 from anomem.inference import MODES as SCORE_MODES
-from anomem.memory import NORMALISATIONS
+from anomem.model.memory import NORMALISATIONS
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 OBJECTIVES = ("ntxent", "barlow")
@@ -33,12 +33,12 @@ class BackboneConfig:
     arch: str = "resnet18"
     width: int = 64  # channels of the first stage; torchvision's ResNets use 64
     # "small": 3x3 conv stride 1, no max-pool (28-32 px); "imagenet" (stride 4);
-    # "imagenet8" (stride 8); "auto": chosen from the image size (anomem.backbone.resolve_stem)
+    # "imagenet8" (stride 8); "auto": chosen from the image size (anomem.model.backbone.resolve_stem)
     stem: str = "auto"
     taps: tuple[str, ...] = ("layer3", "layer4")
     # A local torchvision ResNet state dict (.pth) to start stage 1 from; "" = from scratch.
     # Never downloaded; tensors matching in name and shape are loaded at fit
-    # (anomem.backbone.load_resnet_weights), and the file is not needed to load a detector.
+    # (anomem.model.backbone.load_resnet_weights), and the file is not needed to load a detector.
     weights: str = ""
 
     def __post_init__(self) -> None:
@@ -260,7 +260,7 @@ class ScorerConfig:
 
 @dataclass(frozen=True)
 class PseudoConfig:
-    """Pseudo-anomalies made from the training normals (:mod:`anomem.pseudo`).
+    """Pseudo-anomalies made from the training normals (:mod:`anomem.model.pseudo`).
 
     They join stage 1 as y = 0 samples (Eq. 3: no memory, hard negatives) and stage 2
     as the anomalies the heads learn from (Eq. 10-12), beside any real labelled
@@ -275,11 +275,11 @@ class PseudoConfig:
     defect_size: tuple[float, float] = (0.1, 0.25)  # box side as a fraction of the image side
     heads: bool = False  # without real anomalies, also train the stage-2 heads on pseudo-anomalies alone
     # keep only the shifts that move this class's normals off their distribution: pixel-kNN
-    # AUROC of shifted vs unshifted normals at least this (0 = keep all; anomem.pseudo.shift_separability)
+    # AUROC of shifted vs unshifted normals at least this (0 = keep all; anomem.model.pseudo.shift_separability)
     min_separability: float = 0.7
 
     def __post_init__(self) -> None:
-        from anomem.pseudo import DEFECTS, SHIFTS
+        from anomem.model.pseudo import DEFECTS, SHIFTS
 
         _check(self.ratio > 0, f"pseudo.ratio must be > 0, got {self.ratio}")
         for k in self.shifts:
@@ -294,13 +294,13 @@ class PseudoConfig:
 
 @dataclass(frozen=True)
 class PatchConfig:
-    """Patch-level evidence (:mod:`anomem.patches`) and how it joins the image score.
+    """Patch-level evidence (:mod:`anomem.stage2.patch_bank`) and how it joins the image score.
 
     Two banks of local descriptors of the training normals, each a greedy coreset:
     the encoder's finest stages and raw-pixel patches. The image score is the fusion
     w_global · (memory, feature bank, pixel bank) + w_feature · feature patches +
     w_pixel · pixel patches, with weights fitted per dataset at fit time on held-out
-    normals against pseudo-anomalies (:func:`anomem.fusion.fit_fusion`).
+    normals against pseudo-anomalies (:func:`anomem.stage2.fit_fusion.fit_fusion`).
     """
 
     feature_bank: int = 2048  # coreset rows of encoder patch descriptors (0 = off)

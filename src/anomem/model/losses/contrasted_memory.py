@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from anomem.losses.variance import variance_loss
+from anomem.model.losses.variance import variance_loss
 
 PairwiseObjective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(a (P, B, C), b (P, B, C)) -> (P,) loss per position, e.g. NTXent or BarlowTwins."""

@@ -3,7 +3,7 @@
 Beside the memories' deviations, stage 2 can keep up to ``scorer.bank`` training normals
 as pixel vectors (the longer side brought to at most ``pixel_side``). Two signals come
 from it, both standardised by the bank's own leave-one-out statistics (each stored
-normal scored against the others), like the feature bank of :mod:`anomem.scoring`:
+normal scored against the others), like the feature bank of :mod:`anomem.stage2.scorer`:
 
 * **global**: the mean Euclidean distance to the k nearest stored normals (kNN on raw
   pixels, k = ``bank_k``): evidence for images unlike any normal as a whole;

@@ -1,16 +1,16 @@
 """Fit the fusion of the image score per dataset, without labels.
 
 The image score is w_global · (memory, feature bank and pixel bank, as merged by
-:meth:`anomem.scoring.Scorer.image_score`) + w_feature · feature patches + w_pixel ·
-pixel patches (:meth:`anomem.scoring.Scorer.fuse`). Which evidence matters depends on
+:meth:`anomem.stage2.scorer.Scorer.image_score`) + w_feature · feature patches + w_pixel ·
+pixel patches (:meth:`anomem.stage2.scorer.Scorer.fuse`). Which evidence matters depends on
 the data: semantic anomalies (another object) move the global signals, small local
 defects on a photograph move only a few patches. So the weights are chosen at fit time
 on the held-out normals (never seen by stage 1, the banks or the heads) against
-pseudo-anomalies of two families made from those same normals (:mod:`anomem.pseudo`):
+pseudo-anomalies of two families made from those same normals (:mod:`anomem.model.pseudo`):
 
 * ``defects``: local defects (cut-paste, scars, noise patches);
 * ``shifts``: the distribution shifts these normals are not invariant to (rotations,
-  flips; :func:`anomem.stage2.usable_shifts`), a stand-in for semantic anomalies.
+  flips; :func:`anomem.stage2.fit.usable_shifts`), a stand-in for semantic anomalies.
 
 Each candidate on a grid of the simplex (step 1/4, every single signal included) is
 scored by its validation AUROC in each family. The shifts family comes first: a
@@ -41,8 +41,8 @@ from anomem.errors import ConfigError
 from anomem.inference import AnoMemModel
 from anomem.inputs import to_float
 from anomem.metrics import image_auroc
-from anomem.pseudo import make_pseudo_anomalies
-from anomem.stage2 import ScoreBank, bank_scores, usable_shifts
+from anomem.model.pseudo import make_pseudo_anomalies
+from anomem.stage2.fit import ScoreBank, bank_scores, usable_shifts
 
 SIGNALS = ("global", "feature", "pixel")
 

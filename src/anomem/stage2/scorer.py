@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomem.patches import PatchBank
-from anomem.pixel_bank import PixelBank, euclidean_distances
+from anomem.stage2.patch_bank import PatchBank
+from anomem.stage2.pixel_bank import PixelBank, euclidean_distances
 
 PATCH_SIGNALS = ("feature", "pixel")  # the patch banks, in the order of the fusion weights
 
@@ -184,7 +184,7 @@ class Scorer(nn.Module):
         for i, c in enumerate(channels):
             self.register_buffer(f"bank{i}", torch.zeros(0, c))
         self.heads = nn.ModuleList(DeviationHead(c, pool, hidden) for c in channels)
-        # Patch-level evidence (anomem.patches) and the fusion of the image score:
+        # Patch-level evidence (anomem.stage2.patch_bank) and the fusion of the image score:
         # w_global · (the score above) + w_feature · feature patches + w_pixel · pixel patches.
         self.patches = nn.ModuleDict({name: PatchBank(n, patch_top_k) for name, n in zip(PATCH_SIGNALS, patch_banks)})
         self.register_buffer("fusion", torch.tensor([1.0, 0.0, 0.0]))  # (global, *PATCH_SIGNALS), fitted

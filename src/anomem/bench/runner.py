@@ -1,7 +1,7 @@
 """The ``anomem benchmark`` runner: protocols x classes x ratios x seeds x methods.
 
 Every (protocol, class, ratio, seed, method group) is one *cell*. A cell builds its
-split (:mod:`anomem.protocols`, seeded), trains one model, scores the test set and
+split (:mod:`anomem.bench.protocols`, seeded), trains one model, scores the test set and
 writes ``cells/<key>.json`` (metrics, wall time) and ``cells/<key>.npz`` (test scores
 and labels, for plots) atomically. A rerun into the same directory skips finished
 cells, so an interrupted benchmark resumes where it stopped; a rerun with different
@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from anomem.benchmark_plan import GROUPS, LABEL_FREE, METHODS, PROTOCOLS, BenchmarkSettings, Cell
-from anomem.benchmark_report import load_rows, markdown_table, summarise
-from anomem.checkpoint import atomic_write_bytes, atomic_write_text
+from anomem.bench.plan import GROUPS, LABEL_FREE, METHODS, PROTOCOLS, BenchmarkSettings, Cell
+from anomem.bench.tables import load_rows, markdown_table, summarise
+from anomem.io.checkpoint import atomic_write_bytes, atomic_write_text
 from anomem.errors import ConfigError, DataError
-from anomem.feature_eval import (
+from anomem.bench.feature_eval import (
     feature_kmeans_scores,
     feature_knn_scores,
     linear_evaluation,
@@ -175,7 +175,7 @@ def _cap_test(images: torch.Tensor, classes: np.ndarray, is_anomaly: np.ndarray,
 
 def build_split(s: BenchmarkSettings, cell: Cell) -> Split:
     """The seeded training/test split of ``cell`` (identical for every method group)."""
-    from anomem import protocols
+    from anomem.bench import protocols
 
     train, test = _load(s.data, s.data_root, "train"), _load(s.data, s.data_root, "test")
     if _is_folder(train):

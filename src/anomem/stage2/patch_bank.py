@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomem.pixel_bank import euclidean_distances
+from anomem.stage2.pixel_bank import euclidean_distances
 
 PIXEL_SIDE = 128  # pixel patches are cut from the image brought down to this side
 PIXEL_PATCH = 8  # side of a raw-pixel patch, at stride PIXEL_PATCH // 2

@@ -1,11 +1,11 @@
 """Save and load :class:`~anomem.AnoMem` detectors, and mid-training checkpoints.
 
-A detector file is one weights-only checkpoint (:mod:`anomem.checkpoint`: tensors,
+A detector file is one weights-only checkpoint (:mod:`anomem.io.checkpoint`: tensors,
 strings and numbers, loaded without executing code) holding the config as JSON, the
 network and scorer state dicts, the stage-2 banks, the calibration bank, the threshold,
 the prototype cache, the training history and free-form metadata. Loading rebuilds the
 modules from the config (:mod:`anomem.factory`) and refuses, with one clear line, a file
-whose entries do not fit it, or whose content hash (:func:`anomem.checkpoint.content_hash`)
+whose entries do not fit it, or whose content hash (:func:`anomem.io.checkpoint.content_hash`)
 does not match. Saving validates the state with the loader's own checks first, so
 ``save()`` never writes a file that ``load()`` refuses (:func:`check_loadable`).
 """
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from anomem._version import __version__
-from anomem.checkpoint import (
+from anomem.io.checkpoint import (
     git_commit,
     load_checkpoint,
     resolve_checkpoint_path,
@@ -30,10 +30,10 @@ from anomem.config import AnoMemConfig, config_differences
 from anomem.engine import EpochLog, Stage1Trainer, resolve_device
 from anomem.errors import AnoMemError, CheckpointError, ConfigError, DataError
 from anomem.factory import build_net, build_scorer
-from anomem.prototypes import PrototypeCache
-from anomem.stage2 import ScoreBank, Stage2Banks
+from anomem.model.prototypes import PrototypeCache
+from anomem.stage2.fit import ScoreBank, Stage2Banks
 from anomem.thresholds import Threshold
-from anomem.validate import check_device, validate_detector_checkpoint, validate_training_checkpoint
+from anomem.io.validate import check_device, validate_detector_checkpoint, validate_training_checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
     from anomem.detector import AnoMem

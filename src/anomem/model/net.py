@@ -16,10 +16,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from anomem.backbone import TappedResNet
-from anomem.losses import ScalePairs
-from anomem.memory import HopfieldMemory, retrieve_map
-from anomem.patches import feature_descriptors
+from anomem.model.backbone import TappedResNet
+from anomem.model.losses import ScalePairs
+from anomem.model.memory import HopfieldMemory, retrieve_map
+from anomem.stage2.patch_bank import feature_descriptors
 
 
 class AnoMemNet(nn.Module):
@@ -170,7 +170,7 @@ class Evidence(NamedTuple):
         pixel_map: (B, h, w) the standardised local map, when the scorer keeps a pixel
             bank (set by :class:`anomem.inference.AnoMemModel`).
         local_features: (B, D, h, w) the encoder's patch descriptors
-            (:func:`anomem.patches.feature_descriptors`), or None.
+            (:func:`anomem.stage2.patch_bank.feature_descriptors`), or None.
         patch_scores: (B, 2) standardised feature-patch and pixel-patch image scores, and
         patch_maps: their (B, h, w) maps, when the scorer keeps patch banks.
     """

@@ -1,7 +1,7 @@
 """What a benchmark runs: method groups, table columns, protocols, settings and cells.
 
-Shared by the runner (:mod:`anomem.benchmark`) and the summary
-(:mod:`anomem.benchmark_report`); see :mod:`anomem.benchmark` for what each group is.
+Shared by the runner (:mod:`anomem.bench.runner`) and the summary
+(:mod:`anomem.bench.tables`); see :mod:`anomem.bench.runner` for what each group is.
 """
 
 from __future__ import annotations

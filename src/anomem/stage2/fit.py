@@ -5,7 +5,7 @@ set the scorer's per-scale statistics and normal banks, keep the pooled deviatio
 that later refits and thresholds need (:class:`Stage2Banks`, :class:`ScoreBank`), and
 train the heads (Eq. 10-12) when labelled anomalies exist. They also make the
 training-time inputs of stage 2: the held-out calibration normals and the
-pseudo-anomalies (:mod:`anomem.pseudo`).
+pseudo-anomalies (:mod:`anomem.model.pseudo`).
 
 Symbols: N images, S scales, D_s pooled features of scale s.
 """
@@ -22,9 +22,9 @@ from anomem.engine import fit_heads
 from anomem.errors import ConfigError
 from anomem.inference import AnoMemModel
 from anomem.inputs import to_float
-from anomem.patches import pixel_descriptors
-from anomem.pseudo import make_pseudo_anomalies, shift_separability
-from anomem.scoring import one_class_scores
+from anomem.stage2.patch_bank import pixel_descriptors
+from anomem.model.pseudo import make_pseudo_anomalies, shift_separability
+from anomem.stage2.scorer import one_class_scores
 
 
 class DeviationSummary(NamedTuple):
@@ -203,7 +203,7 @@ PATCH_FIT_IMAGES = 1024  # training normals whose descriptors feed the coresets,
 
 @torch.inference_mode()
 def fit_patch_banks(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor) -> None:
-    """Fill the patch banks (:mod:`anomem.patches`): a seeded share ``patches.held_out``
+    """Fill the patch banks (:mod:`anomem.stage2.patch_bank`): a seeded share ``patches.held_out``
     of the normals (at least one) is left out of the coresets and sets their statistics."""
     banks = model.scorer.patches
     if not any(b.size > 0 for b in banks.values()) or normals.shape[0] < 2:
@@ -263,7 +263,7 @@ def usable_shifts(x: torch.Tensor, shifts: tuple[str, ...], cfg: AnoMemConfig) -
 
 def pseudo_anomalies(normals: torch.Tensor, cfg: AnoMemConfig) -> torch.Tensor:
     """``pseudo.ratio`` x N pseudo-anomalies of the training normals (float, CPU), seeded
-    by ``train.seed`` on a stream of their own (:mod:`anomem.pseudo`)."""
+    by ``train.seed`` on a stream of their own (:mod:`anomem.model.pseudo`)."""
     p = cfg.pseudo
     count = max(1, round(p.ratio * normals.shape[0]))
     gen = torch.Generator().manual_seed(cfg.train.seed + 104729)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
-from anomem.checkpoint import atomic_write_bytes, atomic_write_text
+from anomem.io.checkpoint import atomic_write_bytes, atomic_write_text
 from anomem.errors import DataError
 from anomem.metrics import aupro, average_precision, confusion_metrics, image_auroc, pixel_auroc
 

@@ -1,15 +1,15 @@
 """Losses of AnoMem, one file each, as plain functions plus thin modules."""
 
-from anomem.losses.barlow import BarlowTwins, barlow_twins
-from anomem.losses.contrasted_memory import (
+from anomem.model.losses.barlow import BarlowTwins, barlow_twins
+from anomem.model.losses.contrasted_memory import (
     ContrastedMemoryLoss,
     LossTerms,
     PairwiseObjective,
     ScalePairs,
 )
-from anomem.losses.hinge import double_hinge
-from anomem.losses.ntxent import NTXent, nt_xent
-from anomem.losses.variance import variance_loss
+from anomem.model.losses.hinge import double_hinge
+from anomem.model.losses.ntxent import NTXent, nt_xent
+from anomem.model.losses.variance import variance_loss
 
 
 def make_objective(name: str, temperature: float = 0.1, barlow_lambda: float = 5e-3) -> PairwiseObjective:

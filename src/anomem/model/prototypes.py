@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 
 from anomem.inputs import to_float
-from anomem.model import AnoMemNet
+from anomem.model.net import AnoMemNet
 
 
 class PrototypeCache(NamedTuple):

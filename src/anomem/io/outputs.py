@@ -13,14 +13,14 @@ Every command that writes a file or fills a directory goes through this module:
   (report, heat-maps) must be new, empty, or one the same command filled before (it
   holds the marker file ``.anomem-output``); files someone else put there are never
   overwritten.
-* :class:`anomem.staging.StagedDir` — such a directory is all-or-nothing and never
+* :class:`anomem.io.staging.StagedDir` — such a directory is all-or-nothing and never
   mixed: it is filled in a hidden staging folder beside it and put in place in one step
   at the end, so an interrupted command leaves the old folder (or none), a reused folder
   holds only the new files, and of two commands filling one folder at once the second is
   refused.
 * Outputs that are not regular files (``-`` = stdout, character devices, FIFOs,
   ``/dev/stdout``) are written through and never renamed over (see
-  :func:`anomem.checkpoint.is_stream`); the kind checks only ``stat`` them, so no check
+  :func:`anomem.io.checkpoint.is_stream`); the kind checks only ``stat`` them, so no check
   opens a FIFO and blocks.
 * :class:`RunLock` — a training run directory is owned by one process at a time
   (``.anomem.lock``, an ``flock`` the kernel releases when the process dies, so a killed
@@ -42,7 +42,7 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from anomem.checkpoint import (
+from anomem.io.checkpoint import (
     NAME_MAX,
     atomic_write_text,
     is_stream,
@@ -186,7 +186,7 @@ def marker_of(d: Path) -> str | None:
 
 def marker_files(d: Path) -> list[str] | None:
     """The entries the command wrote into ``d``, as its marker lists them (a JSON list on
-    the second line, written by :class:`anomem.staging.StagedDir`); None for older markers."""
+    the second line, written by :class:`anomem.io.staging.StagedDir`); None for older markers."""
     lines = _marker_lines(d)
     try:
         names = json.loads(lines[1]) if lines and len(lines) > 1 else None

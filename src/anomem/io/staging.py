@@ -5,7 +5,7 @@ writes them into a hidden staging folder next to the target and renames it into 
 at the end (:class:`StagedDir`): an interrupted command leaves the old folder (or none)
 and no half-written one, a reused folder holds only the new files, and of two commands
 filling one folder at once the later one is refused. The rules on which folders may be
-used at all are :func:`anomem.outputs.check_claimable`'s.
+used at all are :func:`anomem.io.outputs.check_claimable`'s.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from anomem.checkpoint import atomic_write_text, current_umask, is_temp_of, temp_prefix
+from anomem.io.checkpoint import atomic_write_text, current_umask, is_temp_of, temp_prefix
 from anomem.errors import OutputError
-from anomem.outputs import MARKER, check_claimable, marker_files, marker_of, prepare_dir, real
+from anomem.io.outputs import MARKER, check_claimable, marker_files, marker_of, prepare_dir, real
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from anomem.config_sections import (  # noqa: F401  (re-exported: the sections are part of the config's API)
+from anomem.config.sections import (  # noqa: F401  (re-exported: the sections are part of the config's API)
     ARCHS,
     MERGES,
     NORMALISATIONS,
@@ -29,7 +29,7 @@ from anomem.config_sections import (  # noqa: F401  (re-exported: the sections a
     TrainConfig,
     _check,
 )
-from anomem.config_tree import build_dataclass
+from anomem.config.tree import build_dataclass
 from anomem.errors import ConfigError
 
 

@@ -1,12 +1,12 @@
 """The benchmark summary: tables, CSV/JSON and plots from the cells on disk.
 
 :func:`summarise` reads every ``cells/<key>.json`` of a benchmark directory (written by
-:mod:`anomem.benchmark`) and writes ``results.json``, ``results.csv``, ``results.md``
+:mod:`anomem.bench.runner`) and writes ``results.json``, ``results.csv``, ``results.md``
 and the plots, into ``plots/`` (:data:`PLOTS_DIR`). It never trains anything, so it can
 be rerun on partial results.
 
 Every plot draws a method in the same colour (:data:`METHOD_COLOURS`, a fixed map over
-:data:`~anomem.benchmark_plan.METHODS`, so a method keeps its colour whichever others
+:data:`~anomem.bench.plan.METHODS`, so a method keeps its colour whichever others
 ran), and every axis is labelled.
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anomem.benchmark_plan import METHODS, Cell
-from anomem.checkpoint import atomic_write_bytes, atomic_write_text
+from anomem.bench.plan import METHODS, Cell
+from anomem.io.checkpoint import atomic_write_bytes, atomic_write_text
 
 __all__ = ["METHOD_COLOURS", "PLOTS_DIR", "load_rows", "markdown_table", "method_colour", "summarise"]
 
@@ -190,7 +190,7 @@ def _plots(out: Path, rows: list[dict]) -> dict[str, Path]:
 
 
 def _savefig(fig, path: Path) -> Path:
-    from anomem.report import _fig_to_png
+    from anomem.bench.report import _fig_to_png
 
     fig.tight_layout()
     png = _fig_to_png(fig)

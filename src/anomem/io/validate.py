@@ -1,6 +1,6 @@
 """Every field of a checkpoint checked for type, shape, range and finiteness before use.
 
-A checkpoint is a file someone may hand you. :func:`anomem.checkpoint.load_checkpoint`
+A checkpoint is a file someone may hand you. :func:`anomem.io.checkpoint.load_checkpoint`
 makes sure it is plain data; this module makes sure that data can neither crash, stall
 nor fool whoever uses it: NaN weights or scorer statistics would score every image
 "normal", a bank of the wrong width would fail deep inside ``refit``, a zero standard

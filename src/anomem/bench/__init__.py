@@ -1,0 +1,1 @@
+"""Benchmarks: protocols, the resumable runner, baselines' tables and reports."""
