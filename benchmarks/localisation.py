@@ -33,10 +33,10 @@ import torch
 
 from anomem import AnoMem, __version__, load_config
 from anomem.baselines import make_baseline
+from anomem.bench.report import save_heatmap_png
 from anomem.data.defects import add_defects
 from anomem.data.registry import load_dataset
 from anomem.metrics import aupro, image_auroc, pixel_auroc
-from anomem.bench.report import save_heatmap_png
 
 SINGLE = ["backbone.taps=[layer4]", "memory.sizes=[64]", "memory.sample_ratios=[1.0]"]
 

@@ -31,8 +31,8 @@ from sklearn.metrics import roc_auc_score
 
 from anomem import AnoMem, load_config
 from anomem.baselines import make_baseline
-from anomem.data.registry import load_dataset
 from anomem.bench.protocols import validation_split
+from anomem.data.registry import load_dataset
 
 READINGS = ("eq9", "heads", "bank", "eq9+bank", "heads+bank", "bank s0", "bank s-1", "eq9+bank s-1",
             "eq9+bank+pix", "bank+pix")

@@ -31,8 +31,8 @@ import torch
 
 from anomem import AnoMem
 from anomem.baselines import make_baseline
-from anomem.io.checkpoint import atomic_write_text
 from anomem.data.photos import CATEGORIES, OBVIOUS, SUBTLE, make_photo_benchmark, photo_category
+from anomem.io.checkpoint import atomic_write_text
 from anomem.metrics import aupro, image_auroc, pixel_auroc
 
 BASELINES = ("patch-knn", "knn")

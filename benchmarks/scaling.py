@@ -65,9 +65,9 @@ from anomem.calibration import calibration_count  # noqa: E402
 from anomem.config import AnoMemConfig, ScorerConfig, load_config, with_overrides  # noqa: E402
 from anomem.engine import resolve_device  # noqa: E402
 from anomem.factory import build_net, build_scorer  # noqa: E402
+from anomem.stage2.fit import PATCH_FIT_IMAGES
 from anomem.stage2.patch_bank import pixel_descriptors
 from anomem.stage2.scorer import Scorer  # noqa: E402
-from anomem.stage2.fit import PATCH_FIT_IMAGES
 
 FLOAT_BYTES = 4  # banks are stored in fp32
 

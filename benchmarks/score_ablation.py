@@ -33,10 +33,10 @@ from sklearn.metrics import roc_auc_score
 
 from anomem import AnoMem, load_config
 from anomem.baselines import make_baseline
+from anomem.bench.protocols import validation_split
 from anomem.bench.runner import feature_knn_scores
 from anomem.data.registry import load_dataset
 from anomem.inputs import to_float
-from anomem.bench.protocols import validation_split
 
 
 @torch.inference_mode()

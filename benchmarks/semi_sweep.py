@@ -32,9 +32,9 @@ from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 from anomem import AnoMem, load_config
+from anomem.bench.protocols import validation_split
 from anomem.data.registry import load_dataset
 from anomem.inputs import to_float
-from anomem.bench.protocols import validation_split
 from anomem.stage2.scorer import bank_distances
 
 

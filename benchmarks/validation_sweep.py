@@ -29,8 +29,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomem import AnoMem, load_config
-from anomem.data.registry import load_dataset
 from anomem.bench.protocols import validation_split
+from anomem.data.registry import load_dataset
 
 
 def main() -> None:

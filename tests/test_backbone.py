@@ -4,8 +4,8 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from anomem.model.backbone import TappedResNet
 from anomem.errors import ConfigError
+from anomem.model.backbone import TappedResNet
 
 
 @pytest.mark.parametrize("arch,expansion", [("resnet18", 1), ("resnet50", 4)])

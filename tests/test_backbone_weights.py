@@ -8,8 +8,8 @@ import torch
 from torchvision.models import resnet18
 
 from anomem import AnoMem
-from anomem.model.backbone import TappedResNet, load_resnet_weights
 from anomem.errors import ConfigError
+from anomem.model.backbone import TappedResNet, load_resnet_weights
 
 from synthetic import stripes
 

@@ -10,9 +10,14 @@ import torch.nn.functional as F
 
 from anomem.baselines import make_baseline
 from anomem.data.photos import OBVIOUS, SUBTLE, photo_category
-from anomem.stage2.fit_fusion import candidates
 from anomem.metrics import image_auroc
-from anomem.stage2.patch_bank import PatchBank, feature_descriptors, greedy_coreset, pixel_descriptors
+from anomem.stage2.fit_fusion import candidates
+from anomem.stage2.patch_bank import (
+    PatchBank,
+    feature_descriptors,
+    greedy_coreset,
+    pixel_descriptors,
+)
 
 
 def test_pixel_descriptors_are_unfolded_patches():

@@ -9,8 +9,8 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from anomem import AnoMem, load_config
-from anomem.stage2.pixel_bank import PixelBank
 from anomem.stage2.fit import bank_scores, calibration_bank
+from anomem.stage2.pixel_bank import PixelBank
 
 from synthetic import stripes
 

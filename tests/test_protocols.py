@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from anomem.bench.protocols import deep_sad_split, one_vs_all
 from anomem.data import ImageSet
 from anomem.errors import DataError
-from anomem.bench.protocols import deep_sad_split, one_vs_all
 
 
 def _dataset(n_per_class=(40, 30, 30, 30), tag_pixels=True) -> ImageSet:

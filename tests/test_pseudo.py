@@ -10,7 +10,15 @@ from anomem import AnoMem, load_config
 from anomem.calibration import calibration_count
 from anomem.errors import ConfigError
 from anomem.metrics import inverted_warning
-from anomem.model.pseudo import DEFECTS, SHIFTS, cutpaste, make_pseudo_anomalies, noise_patch, scar, shift
+from anomem.model.pseudo import (
+    DEFECTS,
+    SHIFTS,
+    cutpaste,
+    make_pseudo_anomalies,
+    noise_patch,
+    scar,
+    shift,
+)
 from anomem.stage2.scorer import Scorer, bank_distances
 
 

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from anomem import AnoMem, load_config
+from anomem.bench.report import evaluate
 from anomem.cli import main
 from anomem.data.defects import add_defects
 from anomem.metrics import aupro, image_auroc, pixel_auroc
-from anomem.bench.report import evaluate
 
 from synthetic import stripes
 

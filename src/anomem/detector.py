@@ -23,14 +23,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from anomem.io import persistence
-from anomem.stage2 import fit as stage2
 from anomem.calibration import ThresholdMixin, calibration_fraction_for
 from anomem.config import AnoMemConfig, load_config
 from anomem.engine import EpochLog, Stage1Trainer, resolve_device
 from anomem.errors import ConfigError, NotFittedError
 from anomem.factory import build_net, build_scorer, load_backbone_weights
-from anomem.stage2.fit_fusion import check_fusion, fit_fusion
 from anomem.inference import AnoMemModel, smooth_maps
 from anomem.inputs import (
     as_images,
@@ -40,11 +37,14 @@ from anomem.inputs import (
     to_float,
     training_set,
 )
+from anomem.io import persistence
 from anomem.model.net import AnoMemNet
-from anomem.params import ParamsMixin, apply_overrides, check_overrides
 from anomem.model.prototypes import PrototypeCache, build_prototype_cache
-from anomem.stage2.scorer import Scorer
+from anomem.params import ParamsMixin, apply_overrides, check_overrides
+from anomem.stage2 import fit as stage2
 from anomem.stage2.fit import ScoreBank, Stage2Banks
+from anomem.stage2.fit_fusion import check_fusion, fit_fusion
+from anomem.stage2.scorer import Scorer
 from anomem.thresholds import Threshold
 
 EpochCallback = Callable[["AnoMem", Stage1Trainer, EpochLog], None]

@@ -31,7 +31,13 @@ from anomem.distributed import (
 from anomem.errors import AnoMemError, ConfigError
 from anomem.factory import build_views
 from anomem.inputs import to_float
-from anomem.model.losses import ContrastedMemoryLoss, LossTerms, ScalePairs, double_hinge, make_objective
+from anomem.model.losses import (
+    ContrastedMemoryLoss,
+    LossTerms,
+    ScalePairs,
+    double_hinge,
+    make_objective,
+)
 from anomem.model.net import AnoMemNet
 
 

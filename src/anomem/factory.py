@@ -12,9 +12,9 @@ import logging
 import warnings
 from dataclasses import asdict
 
+from anomem.config import AnoMemConfig
 from anomem.model.augment import SimCLRViews
 from anomem.model.backbone import TappedResNet, WeightsReport, load_resnet_weights, resolve_stem
-from anomem.config import AnoMemConfig
 from anomem.model.memory import HopfieldMemory
 from anomem.model.net import AnoMemNet
 from anomem.stage2.scorer import Scorer

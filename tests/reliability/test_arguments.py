@@ -21,11 +21,11 @@ from cli_checks import one_line_error
 from PIL import Image
 
 from anomem import AnoMemError, CheckpointError, DataError
-from anomem.io.checkpoint import load_checkpoint
 from anomem.cli import main
 from anomem.data.folder import load_folder, load_images, read_image, scan_image_files
 from anomem.detector import AnoMem
 from anomem.inputs import as_images, as_labels, check_batch_size, check_trainable_size
+from anomem.io.checkpoint import load_checkpoint
 
 from synthetic import stripes
 

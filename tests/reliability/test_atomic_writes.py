@@ -22,13 +22,13 @@ import torch
 
 import anomem.io.checkpoint as ckpt_mod
 from anomem import AnoMem, CheckpointError
+from anomem.cli import main
 from anomem.io.checkpoint import (
     atomic_write_bytes,
     atomic_write_text,
     load_checkpoint,
     save_checkpoint,
 )
-from anomem.cli import main
 
 N = 1 << 20  # 4 MiB of float32 per checkpoint, so a write takes a while
 

@@ -18,11 +18,11 @@ import torch
 from PIL import Image
 
 from anomem import AnoMem, DataError, load_config
+from anomem.bench.protocols import one_vs_all
 from anomem.cli import main
 from anomem.data import ImageSet
 from anomem.data.folder import load_folder, load_images
 from anomem.data.registry import load_dataset
-from anomem.bench.protocols import one_vs_all
 
 from synthetic import stripes
 

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anomem import AnoMem
-from anomem.io.checkpoint import HASH_KEY, content_hash, load_checkpoint, save_checkpoint
 from anomem.cli import main
 from anomem.errors import CheckpointError
+from anomem.io.checkpoint import HASH_KEY, content_hash, load_checkpoint, save_checkpoint
 
 from synthetic import stripes
 

@@ -10,9 +10,9 @@ import torch
 
 import anomem.cli.train as cli
 from anomem import AnoMem, load_config
-from anomem.io.checkpoint import load_checkpoint
 from anomem.cli import main
 from anomem.engine import Stage1Trainer, TrainingDivergedError
+from anomem.io.checkpoint import load_checkpoint
 from anomem.model.losses import ContrastedMemoryLoss, LossTerms
 
 from synthetic import stripes

@@ -22,8 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anomem import AnoMem, CheckpointError
-from anomem.io.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint
 from anomem.cli import main
+from anomem.io.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint
 
 
 class RunsCommand:

@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anomem import AnoMem
-from anomem.io.checkpoint import load_checkpoint
 from anomem.cli import main
+from anomem.io.checkpoint import load_checkpoint
 
 VOLATILE = {"meta", "history"}  # wall-clock timings; compared separately below
 

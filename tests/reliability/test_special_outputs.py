@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anomem import AnoMem
-from anomem.io.checkpoint import NAME_MAX, atomic_write_text, is_stream, is_temp_of, temp_prefix
 from anomem.cli import main
 from anomem.errors import CheckpointError, OutputError
+from anomem.io.checkpoint import NAME_MAX, atomic_write_text, is_stream, is_temp_of, temp_prefix
 from anomem.io.outputs import MARKER, check_file_target, file_kind, unique_names
 from anomem.io.staging import StagedDir
 

@@ -21,8 +21,8 @@ from cli_checks import one_line_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import anomem.cli.score as score_cli
 import anomem.bench.report as report
+import anomem.cli.score as score_cli
 from anomem.cli import main
 from anomem.errors import CheckpointError, OutputError
 from anomem.io.outputs import MARKER

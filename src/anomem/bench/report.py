@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
-from anomem.io.checkpoint import atomic_write_bytes, atomic_write_text
 from anomem.errors import DataError
+from anomem.io.checkpoint import atomic_write_bytes, atomic_write_text
 from anomem.metrics import aupro, average_precision, confusion_metrics, image_auroc, pixel_auroc
 
 if TYPE_CHECKING:  # pragma: no cover

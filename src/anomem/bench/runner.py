@@ -41,16 +41,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from anomem.bench.plan import GROUPS, LABEL_FREE, METHODS, PROTOCOLS, BenchmarkSettings, Cell
-from anomem.bench.tables import load_rows, markdown_table, summarise
-from anomem.io.checkpoint import atomic_write_bytes, atomic_write_text
-from anomem.errors import ConfigError, DataError
 from anomem.bench.feature_eval import (
     feature_kmeans_scores,
     feature_knn_scores,
     linear_evaluation,
     linear_probe,
 )
+from anomem.bench.plan import GROUPS, LABEL_FREE, METHODS, PROTOCOLS, BenchmarkSettings, Cell
+from anomem.bench.tables import load_rows, markdown_table, summarise
+from anomem.errors import ConfigError, DataError
+from anomem.io.checkpoint import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from anomem.config import AnoMemConfig

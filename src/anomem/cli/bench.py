@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from anomem import __version__
-from anomem.io.checkpoint import atomic_write_text, git_commit
 from anomem.cli.common import (
     _auroc,
     _load_detector,
@@ -25,13 +24,14 @@ from anomem.cli.train import (
 from anomem.config import load_config
 from anomem.errors import DataError
 from anomem.inputs import check_int_range
-from anomem.limits import check_config_limits, check_seed
+from anomem.io.checkpoint import atomic_write_text, git_commit
 from anomem.io.outputs import (
     check_claimable,
     check_file_target,
     check_outputs,
     claim_output_dir,
 )
+from anomem.limits import check_config_limits, check_seed
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -115,9 +115,9 @@ DEMO_OVERRIDES = ("backbone.width=16", "train.epochs=100", "train.batch_size=32"
 def cmd_demo(args: argparse.Namespace) -> int:
     """One-vs-all on scikit-learn's embedded digits: AnoMem vs raw-pixel kNN."""
     from anomem.baselines import make_baseline
+    from anomem.bench.protocols import one_vs_all
     from anomem.data.registry import load_dataset
     from anomem.detector import AnoMem
-    from anomem.bench.protocols import one_vs_all
 
     check_claimable("--out", args.out, "demo", legacy=("demo.json",))
     demo = list(DEMO_OVERRIDES)

@@ -17,8 +17,8 @@ from typing import TextIO
 import numpy as np
 import torch
 
-from anomem.io.checkpoint import atomic_write_text
 from anomem.errors import DataError
+from anomem.io.checkpoint import atomic_write_text
 from anomem.io.outputs import (
     prepare_dir,
 )
@@ -67,8 +67,8 @@ def _check_data_spec(spec: str) -> None:
 
 def load_train_data(args: argparse.Namespace, image_size: int | None = None) -> TrainData:
     """A named dataset in one-vs-all mode, or a user folder (any :class:`FolderLayout`)."""
-    from anomem.data.folder import folder_splits, load_folder
     from anomem.bench.protocols import one_vs_all
+    from anomem.data.folder import folder_splits, load_folder
 
     spec = args.data
     _check_data_spec(spec)

@@ -11,7 +11,6 @@ from typing import NamedTuple
 import torch
 
 from anomem import __version__
-from anomem.io.checkpoint import atomic_write_text
 from anomem.cli.common import (
     _load_detector,
     _warn_inverted,
@@ -28,7 +27,7 @@ from anomem.cli.train import (
 )
 from anomem.errors import DataError
 from anomem.inputs import check_batch_size, check_int_range
-from anomem.limits import check_seed
+from anomem.io.checkpoint import atomic_write_text
 from anomem.io.outputs import (
     check_claimable,
     check_file_target,
@@ -37,6 +36,7 @@ from anomem.io.outputs import (
     unique_names,
 )
 from anomem.io.staging import StagedDir
+from anomem.limits import check_seed
 
 
 def cmd_score(args: argparse.Namespace) -> int:

@@ -13,13 +13,6 @@ from typing import Any
 import torch
 
 from anomem import __version__
-from anomem.io.checkpoint import (
-    atomic_write_text,
-    git_commit,
-    load_checkpoint,
-    save_checkpoint,
-    verify_content_hash,
-)
 from anomem.cli.common import (
     TrainData,
     _auroc,
@@ -37,13 +30,20 @@ from anomem.cli.flags import FOLDER_LAYOUT
 from anomem.config import AnoMemConfig, config_differences, load_config
 from anomem.errors import CheckpointError, ConfigError, DataError
 from anomem.inputs import training_set
-from anomem.limits import check_config_limits
+from anomem.io.checkpoint import (
+    atomic_write_text,
+    git_commit,
+    load_checkpoint,
+    save_checkpoint,
+    verify_content_hash,
+)
 from anomem.io.outputs import (
     RunLock,
     check_new_run_dir,
     check_outputs,
 )
 from anomem.io.validate import validate_training_checkpoint
+from anomem.limits import check_config_limits
 
 
 def _existing(path: str | None) -> str | None:

@@ -7,9 +7,9 @@ import math
 import re
 from dataclasses import dataclass
 
-from anomem.model.backbone import STEMS
 from anomem.errors import ConfigError
 from anomem.inference import MODES as SCORE_MODES
+from anomem.model.backbone import STEMS
 from anomem.model.memory import NORMALISATIONS
 
 ARCHS = ("resnet18", "resnet34", "resnet50")

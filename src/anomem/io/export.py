@@ -43,9 +43,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from anomem._version import __version__
-from anomem.io.checkpoint import atomic_write_bytes
 from anomem.errors import ConfigError, DataError
 from anomem.inference import AnoMemModel
+from anomem.io.checkpoint import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from anomem.detector import AnoMem

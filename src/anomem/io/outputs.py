@@ -42,6 +42,7 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from anomem.errors import OutputError
 from anomem.io.checkpoint import (
     NAME_MAX,
     atomic_write_text,
@@ -49,7 +50,6 @@ from anomem.io.checkpoint import (
     is_temp_of,
     special_kind,
 )
-from anomem.errors import OutputError
 
 MARKER = ".anomem-output"
 LOCK = ".anomem.lock"

@@ -19,6 +19,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from anomem._version import __version__
+from anomem.config import AnoMemConfig, config_differences
+from anomem.engine import EpochLog, Stage1Trainer, resolve_device
+from anomem.errors import AnoMemError, CheckpointError, ConfigError, DataError
+from anomem.factory import build_net, build_scorer
 from anomem.io.checkpoint import (
     git_commit,
     load_checkpoint,
@@ -26,14 +30,14 @@ from anomem.io.checkpoint import (
     save_checkpoint,
     verify_content_hash,
 )
-from anomem.config import AnoMemConfig, config_differences
-from anomem.engine import EpochLog, Stage1Trainer, resolve_device
-from anomem.errors import AnoMemError, CheckpointError, ConfigError, DataError
-from anomem.factory import build_net, build_scorer
+from anomem.io.validate import (
+    check_device,
+    validate_detector_checkpoint,
+    validate_training_checkpoint,
+)
 from anomem.model.prototypes import PrototypeCache
 from anomem.stage2.fit import ScoreBank, Stage2Banks
 from anomem.thresholds import Threshold
-from anomem.io.validate import check_device, validate_detector_checkpoint, validate_training_checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
     from anomem.detector import AnoMem

@@ -23,8 +23,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from anomem.io.checkpoint import atomic_write_text, current_umask, is_temp_of, temp_prefix
 from anomem.errors import OutputError
+from anomem.io.checkpoint import atomic_write_text, current_umask, is_temp_of, temp_prefix
 from anomem.io.outputs import MARKER, check_claimable, marker_files, marker_of, prepare_dir, real
 
 

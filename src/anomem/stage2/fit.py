@@ -22,8 +22,8 @@ from anomem.engine import fit_heads
 from anomem.errors import ConfigError
 from anomem.inference import AnoMemModel
 from anomem.inputs import to_float
-from anomem.stage2.patch_bank import pixel_descriptors
 from anomem.model.pseudo import make_pseudo_anomalies, shift_separability
+from anomem.stage2.patch_bank import pixel_descriptors
 from anomem.stage2.scorer import one_class_scores
 
 
