@@ -55,7 +55,7 @@ def main() -> None:
         ckpt = a.checkpoint
         if ckpt is None:
             ckpt = str(work / "m.ckpt")
-            cfg = load_config("tiny", None, ["train.epochs=2", "scorer.steps=20"])
+            cfg = load_config("tiny", None, ["train.epochs=2", "heads.steps=20"])
             AnoMem(cfg, progress=False).fit(stripes(200, 0)[:, None]).save(ckpt)
         images = work / "images"
         images.mkdir()

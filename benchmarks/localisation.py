@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="val: the clean images are held-out TRAINING normals (for decisions); test: the test split")
     ap.add_argument("--multi-only", action="store_true", help="skip the single-scale AnoMem run")
     ap.add_argument("--grid", nargs="*", default=[], metavar="WG,WL,WM",
-                    help="also read the multi-scale model with scorer.pixel_weight,local_weight,map_pixel_weight "
+                    help="also read the multi-scale model with pixels.weight,local_weight,map_pixel_weight "
                          "set to each triple (same trained model)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for both AnoMem runs, e.g. augment.crop_scale=[0.85,1]")
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "seconds": rows[name]["seconds"]}
             print(f"{name} w={triple}: {rows[f'{name} w={triple}']}", flush=True)
         if args.grid and not extra:
-            sc.pixel_weight, sc.local_weight, sc.map_pixel_weight = (cfg.scorer.pixel_weight, cfg.scorer.local_weight,
-                                                                     cfg.scorer.map_pixel_weight)
+            sc.pixel_weight, sc.local_weight, sc.map_pixel_weight = (cfg.pixels.weight, cfg.pixels.local_weight,
+                                                                     cfg.pixels.map_weight)
         if not extra:
             det.save(out / "multi_scale.ckpt", meta={"benchmark": "localisation", "normal_class": c})
             first = clean.shape[0]  # the first defective image, not a chosen one

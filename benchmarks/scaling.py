@@ -17,7 +17,7 @@ training set has 60k images; one class has 6k).
 * The fitted detector's checkpoint: besides the network it stores banks of pooled
   deviations (a normal bank and the held-out calibration normals, both capped at
   ``scorer.normal_bank`` rows, and the prototype cache) and the normal feature bank
-  (pooled tap features of up to ``scorer.bank`` training normals). Their size is predicted for every N from their shapes as the code builds them,
+  (pooled tap features of up to ``bank.size`` training normals). Their size is predicted for every N from their shapes as the code builds them,
   and checked against real checkpoints written by ``AnoMem.fit(...).save`` at
   ``--fit-sizes`` (1-epoch fits on random images; training quality is not the point).
 
@@ -113,8 +113,8 @@ class CheckpointModel:
     scales: int  # S
     normal_bank_cap: int  # scorer.normal_bank
     scorer: ScorerConfig  # how many normals are held out: anomem.calibration.calibration_count
-    feature_floats: int = 0  # Σ_s C_s: one row of the normal feature bank (scorer.bank)
-    feature_bank_cap: int = 0  # scorer.bank (0 = no feature bank)
+    feature_floats: int = 0  # Σ_s C_s: one row of the normal feature bank (bank.size)
+    feature_bank_cap: int = 0  # bank.size (0 = no feature bank)
     pixel_floats: int = 0  # C·h·w: one row of the raw-pixel bank (same normals as the feature bank)
     # per patch bank (anomem.stage2.patch_bank): (positions per image, floats per descriptor, coreset cap)
     patch_banks: tuple[tuple[int, int, int], ...] = ()
@@ -211,7 +211,7 @@ def measure(args: argparse.Namespace) -> ScalingReport:
 
     # Checkpoint size: fit for real at a few small N, take the N-independent part from the
     # first and check the shape model's prediction against the others.
-    row_floats = sum(c * cfg.scorer.pool_size**2 for c in net.backbone.tap_channels)
+    row_floats = sum(c * cfg.heads.pool_size**2 for c in net.backbone.tap_channels)
     feature_floats = sum(net.backbone.tap_channels)
     sc = cfg.scorer
     pixel_active = sc.merge == "standardized" and max(sc.pixel_weight, sc.local_weight, sc.map_pixel_weight) > 0
@@ -224,7 +224,7 @@ def measure(args: argparse.Namespace) -> ScalingReport:
                         for d, n in zip(descriptors, (cfg.patches.feature_bank, cfg.patches.pixel_bank)) if n > 0)
     shape_model = CheckpointModel(
         0, row_floats, len(net.memories), cfg.scorer.normal_bank, cfg.scorer,
-        feature_floats, cfg.scorer.bank, pixel_floats, patch_banks, cfg.patches.held_out,
+        feature_floats, cfg.bank.size, pixel_floats, patch_banks, cfg.patches.held_out,
     )
     fits: dict[int, int] = {}
     for n in args.fit_sizes:
@@ -245,7 +245,7 @@ def measure(args: argparse.Namespace) -> ScalingReport:
         cfg.scorer.normal_bank,
         cfg.scorer,
         feature_floats,
-        cfg.scorer.bank,
+        cfg.bank.size,
         pixel_floats,
         patch_banks,
         cfg.patches.held_out,

@@ -6,7 +6,7 @@ them) and scores a VALIDATION split (the rest of the training data, every class;
 test split is never used) in several ways:
 
 * ``detector``   the detector's score (heads of Eq. 10 mixed with the bank and pixel bank);
-* ``det cw=w``   the same detector with ``scorer.contrast_weight=w`` (0: the pixel bank's
+* ``det cw=w``   the same detector with ``pixels.contrast_weight=w`` (0: the pixel bank's
                  distance to the normals, as before the contrast score existed);
 * ``ratio s<i>`` per scale, kNN distance to the training normals minus kNN distance to
                  the labelled anomalies (cosine on pooled tap features): a kNN
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--contrast-weights", type=float, nargs="*", default=[0.0, 1 / 3, 0.5, 0.66],
-                    help="re-score the same fitted detector with these scorer.contrast_weight values")
+                    help="re-score the same fitted detector with these pixels.contrast_weight values")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.checkpoint is None:
             from anomem import AnoMem, load_config
 
-            cfg = load_config(args.preset, None, ["train.epochs=1", "scorer.steps=20"])
+            cfg = load_config(args.preset, None, ["train.epochs=1", "heads.steps=20"])
             AnoMem(cfg, progress=False).fit(stripes(400, seed=0)[:, None]).save(checkpoint)
 
         proc, url = start_server(checkpoint, args.threads, args.max_batch)

@@ -11,7 +11,7 @@ from anomem.params import config_key
 
 from synthetic import stripes
 
-FAST = {"progress": False, "epochs": 1, "train__batch_size": 32, "scorer__steps": 5, "prototype_cache": 0}
+FAST = {"progress": False, "epochs": 1, "train__batch_size": 32, "heads__steps": 5, "prototype_cache": 0}
 
 
 @pytest.fixture(scope="module")
@@ -20,18 +20,18 @@ def fitted():
 
 
 def test_overrides_by_short_nested_and_dotted_keys():
-    det = AnoMem("tiny", epochs=3, scorer__steps=7, **{"memory.beta": 4.0})
-    assert det.get_params() == {"config": "tiny", "progress": True, "epochs": 3, "scorer__steps": 7, "memory.beta": 4.0}
+    det = AnoMem("tiny", epochs=3, heads__steps=7, **{"memory.beta": 4.0})
+    assert det.get_params() == {"config": "tiny", "progress": True, "epochs": 3, "heads__steps": 7, "memory.beta": 4.0}
     cfg = det._resolve_config()
-    assert (cfg.train.epochs, cfg.scorer.steps, cfg.memory.beta, cfg.preset) == (3, 7, 4.0, "tiny")
+    assert (cfg.train.epochs, cfg.heads.steps, cfg.memory.beta, cfg.preset) == (3, 7, 4.0, "tiny")
     assert cfg.train.batch_size == load_config("tiny").train.batch_size  # the rest is the preset's
     base = load_config("tiny", None, ["train.lr=0.1"])
     assert AnoMem(base, sizes=(8, 4))._resolve_config().memory.sizes == (8, 4)  # on top of a config object
-    assert config_key("contamination") == "scorer.contamination" and config_key("train__seed") == "train.seed"
+    assert config_key("contamination") == "threshold.contamination" and config_key("train__seed") == "train.seed"
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"batch_size": 8}, r"'batch_size' is ambiguous: write train__batch_size or scorer__batch_size"),
+    ({"batch_size": 8}, r"'batch_size' is ambiguous: write train__batch_size or heads__batch_size"),
     ({"epoch": 3}, r"unknown parameter 'epoch'.*did you mean 'epochs'"),
     ({"train__epoch": 3}, r"no config key 'train.epoch'.*did you mean 'train__epochs'"),
     ({"preset": "tiny"}, "unknown parameter 'preset'"),

@@ -80,7 +80,7 @@ def test_errors(weights_file, tmp_path):
 
 def test_fit_starts_from_the_file_and_the_detector_does_not_need_it(tv_state, weights_file, tmp_path):
     det = AnoMem("tiny", progress=False, width=64, weights=str(weights_file), epochs=1, train__batch_size=16,
-                 train__lr=1e-3, scorer__steps=5, prototype_cache=0, calibration_fraction=0.0)
+                 train__lr=1e-3, heads__steps=5, prototype_cache=0, calibration_fraction=0.0)
     with pytest.warns(UserWarning, match=r"backbone.weights: loaded 99 tensors; 1 of another shape"):
         det.fit(stripes(32, False, seed=0))
     assert det.backbone_weights_.loaded == 99

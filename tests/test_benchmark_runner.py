@@ -233,7 +233,7 @@ def test_paper_column_trains_the_paper_method(monkeypatch):
     real_fit = AnoMem.fit
 
     def spy(self, X, anomalies=None, **kw):
-        seen[self.config.pseudo.enabled] = self.config.scorer.bank
+        seen[self.config.pseudo.enabled] = self.config.bank.size
         return real_fit(self, X, anomalies, **kw)
 
     monkeypatch.setattr(AnoMem, "fit", spy)
@@ -265,9 +265,9 @@ def test_settings_carry_the_config_object_without_changing_their_identity():
 
     s = _settings()
     cfg = load_config("tiny", None, list(FAST))
-    cfg = replace(cfg, scorer=replace(cfg.scorer, steps=7))  # an edit no override string says
+    cfg = replace(cfg, heads=replace(cfg.heads, steps=7))  # an edit no override string says
     with_cfg = replace(s, config=cfg.to_dict())
     assert with_cfg.fingerprint() == s.fingerprint()
     got = _anomem_config(with_cfg, seed=3)
-    assert got.scorer.steps == 7 and got.train.seed == 3  # trained from the object, seed set per cell
-    assert _anomem_config(s, seed=3).scorer.steps != 7  # without it: preset + overrides
+    assert got.heads.steps == 7 and got.train.seed == 3  # trained from the object, seed set per cell
+    assert _anomem_config(s, seed=3).heads.steps != 7  # without it: preset + overrides

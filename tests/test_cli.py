@@ -34,7 +34,7 @@ def folder(tmp_path_factory):
 def trained(folder, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     code = main(["train", "--data", str(folder), "--preset", "tiny", "--epochs", "2", "--set", "train.batch_size=16",
-                 "--set", "scorer.steps=20", "--out", str(run), "--no-progress"])
+                 "--set", "heads.steps=20", "--out", str(run), "--no-progress"])
     assert code == 0
     return run
 

@@ -10,7 +10,7 @@ from anomem.cli import main
 
 from synthetic import stripes
 
-TINY = ["--preset", "tiny", "--epochs", "1", "--set", "train.batch_size=16", "--set", "scorer.steps=10", "--no-progress"]
+TINY = ["--preset", "tiny", "--epochs", "1", "--set", "train.batch_size=16", "--set", "heads.steps=10", "--no-progress"]
 
 
 def _write(dirpath, imgs, prefix=""):

@@ -19,7 +19,7 @@ from anomem.io.outputs import unique_names
 
 from synthetic import stripes
 
-CFG = load_config("tiny", None, ["train.epochs=2", "train.batch_size=64", "scorer.steps=20"])
+CFG = load_config("tiny", None, ["train.epochs=2", "train.batch_size=64", "heads.steps=20"])
 COLUMNS = ["path", "score", "score_normalized", "is_anomaly", "threshold"]
 
 
@@ -199,7 +199,7 @@ def test_train_logs_epochs_as_lines_outside_a_terminal(tmp_path, capsys):
     for i, im in enumerate(stripes(4, False, seed=2)):
         _save(data / "test" / "normal" / f"n{i}.png", im[0].numpy())
     run = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--preset", "tiny", "--epochs", "2", "--set", "scorer.steps=10",
+    assert main(["train", "--data", str(data), "--preset", "tiny", "--epochs", "2", "--set", "heads.steps=10",
                  "--out", str(run)]) == 0
     err = capsys.readouterr().err
     epochs = [ln for ln in err.splitlines() if ln.startswith("epoch ")]

@@ -15,7 +15,7 @@ from anomem.inputs import geometry_conversions, match_geometry
 
 from synthetic import stripes
 
-FAST = ["train.epochs=1", "train.batch_size=16", "scorer.steps=5", "scorer.prototype_cache=0"]
+FAST = ["train.epochs=1", "train.batch_size=16", "heads.steps=5", "scorer.prototype_cache=0"]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from synthetic import stripes
 # ~180 SGD steps with mild crops: with fewer the one-class score can still be
 # inverted (unseen stripes land near the blurred average recollection; docs/method.md).
 CFG = load_config(
-    "tiny", None, ["train.epochs=30", "train.batch_size=32", "scorer.steps=150", "augment.crop_scale=[0.85,1]"]
+    "tiny", None, ["train.epochs=30", "train.batch_size=32", "heads.steps=150", "augment.crop_scale=[0.85,1]"]
 )
 
 
@@ -100,7 +100,7 @@ def test_inputs_resized_and_channels_converted(fitted):
 
 
 def test_semi_supervised_fit_with_anomalies_and_seed_reproducible():
-    cfg = load_config("tiny", None, ["train.epochs=2", "train.batch_size=32", "scorer.steps=30"])
+    cfg = load_config("tiny", None, ["train.epochs=2", "train.batch_size=32", "heads.steps=30"])
     normals, anomalies = stripes(64, False, seed=0), stripes(8, True, seed=3)
     a = AnoMem(cfg, progress=False).fit(normals, anomalies)
     b = AnoMem(cfg, progress=False).fit(normals.numpy(), anomalies.numpy())

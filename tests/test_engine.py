@@ -6,7 +6,9 @@ from anomem.config import load_config
 from anomem.engine import Stage1Trainer, cosine_with_warmup, fit_heads
 from anomem.factory import build_net
 from anomem.model.losses import ContrastedMemoryLoss, NTXent
-from anomem.stage2.scorer import DeviationHead, merge_scales, one_class_scores
+from anomem.stage2.fusion import merge_scales
+from anomem.stage2.heads import DeviationHead
+from anomem.stage2.memory import one_class_scores
 
 from synthetic import stripes
 
@@ -76,7 +78,7 @@ def test_heads_separate_with_double_hinge():
     torch.manual_seed(0)
     heads = torch.nn.ModuleList([DeviationHead(4, 1, 16)])
     normals, anomalies = [torch.randn(200, 4)], [torch.randn(20, 4) + 3]
-    cfg = load_config("tiny").scorer
+    cfg = load_config("tiny").heads
     losses = fit_heads(heads, normals, anomalies, cfg, seed=0)
     assert losses[-1] < 0.1 * losses[0]
     with torch.no_grad():

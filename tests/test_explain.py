@@ -11,8 +11,8 @@ from anomem.explain import build_prototype_cache, explain_position, nearest_prot
 from synthetic import stripes
 
 # No held-out split, so the cache scans exactly the first 48 training normals.
-CFG = load_config("tiny", None, ["train.epochs=2", "train.batch_size=64", "scorer.steps=20",
-                                 "scorer.prototype_cache=48", "scorer.calibration_fraction=0"])
+CFG = load_config("tiny", None, ["train.epochs=2", "train.batch_size=64", "heads.steps=20",
+                                 "scorer.prototype_cache=48", "threshold.calibration_fraction=0"])
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from anomem.io.export import export_scorer, exportable_model
 
 from synthetic import stripes
 
-CFG = load_config("tiny", None, ["train.epochs=2", "train.batch_size=64", "scorer.steps=30"])
+CFG = load_config("tiny", None, ["train.epochs=2", "train.batch_size=64", "heads.steps=30"])
 RTOL, ATOL = 1e-4, 1e-4
 
 
@@ -95,8 +95,8 @@ def test_onnx_imported_only_inside_export_code():
 
 def test_onnx_parity_with_the_local_pixel_map_in_score_and_heat_map(tmp_path):
     """The pixel bank's local signal (top-k gather, min over neighbours, blur) exports too."""
-    cfg = load_config("tiny", None, ["train.epochs=1", "train.batch_size=64", "scorer.steps=5",
-                                     "scorer.local_weight=0.2", "scorer.map_pixel_weight=0.5", "scorer.local_k=4"])
+    cfg = load_config("tiny", None, ["train.epochs=1", "train.batch_size=64", "heads.steps=5",
+                                     "pixels.local_weight=0.2", "pixels.map_weight=0.5", "pixels.local_k=4"])
     d = AnoMem(cfg, progress=False).fit(stripes(64, False, seed=1))
     assert d.scorer_.pixels.ready
     x = _inputs()
@@ -106,5 +106,4 @@ def test_onnx_parity_with_the_local_pixel_map_in_score_and_heat_map(tmp_path):
     score, fused = sess.run(None, {"image": x.numpy()})
     _check(d, score, fused, x)
     plain = d.anomaly_maps(x)
-    d.scorer_.map_pixel_weight = 0.0  # the local map really enters the fused map
-    assert not np.allclose(d.anomaly_maps(x).fused, plain.fused)
+    assert not np.allclose(d.anomaly_maps(x, weights={"map_pixel": 0.0}).fused, plain.fused)  # the local map enters it

@@ -16,7 +16,7 @@ from anomem.thresholds import Threshold, ThresholdWarning
 
 from synthetic import stripes
 
-FAST = {"progress": False, "epochs": 1, "train__batch_size": 32, "scorer__steps": 5, "prototype_cache": 0}
+FAST = {"progress": False, "epochs": 1, "train__batch_size": 32, "heads__steps": 5, "prototype_cache": 0}
 
 
 @pytest.fixture(scope="module")

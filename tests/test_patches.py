@@ -58,10 +58,10 @@ def test_patch_bank_distances_match_brute_force_and_standardise_on_held_out():
     ref = torch.cdist(q.permute(0, 2, 3, 1).reshape(-1, 6), rows).min(1).values.view(3, 4, 4)
     torch.testing.assert_close(bank.distance_map(q), ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(bank.image_score(ref), ref.flatten(1).topk(4, dim=1).values.mean(1))
-    held_scores = bank.scores(held)
+    held_scores = bank(held)
     assert abs(float(held_scores.score.mean())) < 1e-4 and abs(float(held_scores.map.mean())) < 1e-4
     # far-away descriptors score far above the held-out normals
-    assert bool((bank.scores(q + 5).score > held_scores.score.max()).all())
+    assert bool((bank(q + 5).score > held_scores.score.max()).all())
 
 
 def test_fusion_candidates_are_the_simplex_grid_with_every_single_signal():
@@ -108,7 +108,7 @@ def photo_detector():
 
     sp = photo_category("brick", size=48, n_train=80, n_test_normal=20, per_kind=10, kinds=("stain", "scratch"), seed=0)
     u8 = lambda a: torch.from_numpy(np.round(a * 255).astype(np.uint8))  # noqa: E731
-    det = AnoMem("tiny", progress=False, epochs=2, scorer__steps=10, prototype_cache=0,
+    det = AnoMem("tiny", progress=False, epochs=2, heads__steps=10, prototype_cache=0,
                  calibration_fraction=0.15).fit(u8(sp.train))
     return det, sp, u8
 
@@ -141,7 +141,7 @@ def test_fitted_fusion_is_the_best_on_validation_among_those_that_keep_the_shift
         assert fit.table[fit.weights][1] >= 1 - SHIFT_SLACK * (1 - best_single) - 1e-9
     assert fit.weights in left and mean[fit.weights] == max(mean[w] for w in left)
     assert fit.map_table[fit.map_weights] == max(fit.map_table.values())
-    torch.testing.assert_close(det.scorer_.fusion, torch.tensor(fit.weights))
+    torch.testing.assert_close(det.scorer_.weights.image, torch.tensor(fit.weights))
 
 
 def test_patch_evidence_finds_stains_and_survives_save_load(photo_detector, tmp_path):
@@ -165,18 +165,18 @@ def test_other_fusion_weights_through_the_api_leave_the_detector_unchanged(photo
     det, sp, u8 = photo_detector
     x = u8(sp.test_defect[:6])
     fitted = det.anomaly_score(x)
-    before = det.scorer_.fusion.clone()
+    before = det.scorer_.weights.image.clone()
     glob = det.anomaly_score(x, fusion=(1, 0, 0))
     pix = det.anomaly_score(x, fusion=[0, 0, 1])
-    assert torch.equal(det.scorer_.fusion, before)
+    assert torch.equal(det.scorer_.weights.image, before)
     np.testing.assert_allclose(det.anomaly_score(x), fitted)
-    w = det.scorer_.fusion.double().numpy()
+    w = np.array(det.weights_["image"])
     feat = det.anomaly_score(x, fusion=(0, 1, 0))
     np.testing.assert_allclose(w[0] * glob + w[1] * feat + w[2] * pix, fitted, atol=1e-4)  # linear in the weights
     from anomem.errors import ConfigError
 
     for bad in ((1, 1, 0), (0.5, 0.5), (-1, 1, 1), "abc"):
-        with pytest.raises(ConfigError, match="fusion must be 3 numbers"):
+        with pytest.raises(ConfigError, match="fusion weight image must be"):
             det.anomaly_score(x, fusion=bad)
 
 
@@ -186,7 +186,7 @@ def test_export_parity_with_the_patch_banks_in_use(photo_detector, tmp_path):
     from anomem.io.export import export_scorer
 
     det, sp, u8 = photo_detector
-    assert det.scorer_.has_patches  # the fitted fusion weighs at least one patch bank
+    assert any(det.scorer_.patch_banks_read().values())  # the fitted fusion weighs at least one patch bank
     imgs = u8(sp.test_defect[:5])
     ref, maps = det.anomaly_score(imgs), det.anomaly_maps(imgs).fused
     path = export_scorer(det, tmp_path / "m.onnx", "onnx")

@@ -9,8 +9,9 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from anomem import AnoMem, load_config
-from anomem.stage2.fit import bank_scores, calibration_bank
-from anomem.stage2.pixel_bank import PixelBank
+from anomem.stage2.fit import cached_scores, calibration_bank
+from anomem.stage2.fusion import merge_scales
+from anomem.stage2.pixel_bank import Contrast, PixelBank
 
 from synthetic import stripes
 
@@ -24,25 +25,26 @@ def test_contrast_is_the_standardised_knn_difference():
     g = torch.Generator().manual_seed(0)
     normals, anomalies = torch.rand(30, 1, 8, 8, generator=g), torch.rand(7, 1, 8, 8, generator=g) * 0.5
     q = torch.rand(5, 1, 8, 8, generator=g)
-    p = PixelBank(side=32, k=2, local_k=4, sigma=0.0)
+    p, c = PixelBank(side=32, k=2, local_k=4, sigma=0.0), Contrast(k=2)
     p.fit(normals)
-    assert not p.has_anomalies and torch.equal(p.scores(p.features(q)).contrast_score, torch.zeros(5))
-    p.set_anomalies(p.features(anomalies))
+    assert not c.ready_for(p)
+    c.fit(p, p.features(anomalies))
     n, a, x = (t.flatten(1).numpy() for t in (normals, anomalies, q))
     on_normals = _knn(n, n, 2, loo=True) - _knn(n, a, 2)
     want = (_knn(x, n, 2) - _knn(x, a, 2) - on_normals.mean()) / on_normals.std()
-    np.testing.assert_allclose(p.scores(p.features(q)).contrast_score.numpy(), want, atol=1e-4)
-    assert float(p.contrast_mean) == pytest.approx(on_normals.mean(), abs=1e-4)
+    feats = p.features(q)
+    np.testing.assert_allclose(c(p.signals(feats).global_distance, feats).numpy(), want, atol=1e-4)
+    assert float(c.z.mean) == pytest.approx(on_normals.mean(), abs=1e-4)
     with pytest.raises(ValueError, match="anomaly pixel vectors have 16 values"):
-        p.set_anomalies(torch.rand(3, 16))
-    p.set_anomalies(torch.zeros(0, 64))
-    assert not p.has_anomalies
+        c.fit(p, torch.rand(3, 16))
+    c.fit(p, torch.zeros(0, 64))
+    assert not c.ready_for(p)
 
 
 @pytest.fixture(scope="module")
 def semi():
     # the global score alone (no fitted fusion with the patch banks): the formula under test
-    cfg = load_config("tiny", overrides=["train.epochs=1", "train.batch_size=32", "scorer.steps=10",
+    cfg = load_config("tiny", overrides=["train.epochs=1", "train.batch_size=32", "heads.steps=10",
                                          "scorer.prototype_cache=0", "patches.fit_fusion=false"])
     det = AnoMem(cfg, progress=False).fit(stripes(80, False, seed=0), anomalies=stripes(8, True, seed=1))
     return det
@@ -50,40 +52,37 @@ def semi():
 
 def test_heads_score_uses_the_contrast_in_place_of_the_global_pixel_score(semi):
     s = semi.scorer_
-    assert bool(s.supervised) and s.pixels.anomalies.shape == (8, 16 * 16) and s.contrast_weight == 0.5
+    assert bool(s.heads.trained) and s.contrast.anomalies.shape == (8, 16 * 16) and semi.weights_["contrast"] == 0.5
     x = torch.cat([stripes(6, False, seed=2), stripes(6, True, seed=3)])
-    merged = s.merge(torch.from_numpy(semi.score_per_scale(x)))
-    p = s.pixels.scores(s.pixels.features(x.float() / 255))
-    np.testing.assert_allclose(semi.anomaly_score(x), (0.5 * merged + 0.5 * p.contrast_score).numpy(), atol=1e-5)
-    s.contrast_weight = 0.0  # off: the distance to the normals, with pixel_weight, as without anomalies
-    try:
-        w = s.pixel_weight
-        np.testing.assert_allclose(semi.anomaly_score(x), ((1 - w) * merged + w * p.global_score).numpy(), atol=1e-5)
-    finally:
-        s.contrast_weight = 0.5
-    s.pixel_weight, w = 0.0, s.pixel_weight  # no global pixel evidence: no contrast either
-    try:
-        np.testing.assert_allclose(semi.anomaly_score(x), merged.numpy(), atol=1e-5)
-    finally:
-        s.pixel_weight = w
-    load_config("tiny", overrides=["scorer.pixel_weight=0", "scorer.local_weight=0.8"])  # the defects setting
+    merged = merge_scales(torch.from_numpy(semi.score_per_scale(x)), s.weights.scales)
+    feats = s.pixels.features(x.float() / 255)
+    raw, glob, _ = s.pixels.scores(feats)
+    contrast = s.contrast(raw.global_distance, feats)
+    np.testing.assert_allclose(semi.anomaly_score(x), (0.5 * merged + 0.5 * contrast).numpy(), atol=1e-5)
+    # contrast off: the distance to the normals, with the pixel weight, as without anomalies
+    w = semi.weights_["pixel_global"]
+    np.testing.assert_allclose(semi.anomaly_score(x, weights={"contrast": 0.0}), ((1 - w) * merged + w * glob).numpy(),
+                               atol=1e-5)
+    # no global pixel evidence: no contrast either
+    np.testing.assert_allclose(semi.anomaly_score(x, weights={"pixel_global": 0.0}), merged.numpy(), atol=1e-5)
+    load_config("tiny", overrides=["pixels.weight=0", "pixels.local_weight=0.8"])  # the defects setting
     with pytest.raises(Exception, match="contrast_weight must lie in"):
-        load_config("tiny", overrides=["scorer.local_weight=0.6"])
+        load_config("tiny", overrides=["pixels.local_weight=0.6"])
 
 
 def test_refit_adds_anomalies_to_the_pixel_bank_and_the_threshold_follows(semi, tmp_path):
     semi.save(tmp_path / "m.ckpt")
     det = AnoMem.load(tmp_path / "m.ckpt")
-    assert torch.equal(det.scorer_.pixels.anomalies, semi.scorer_.pixels.anomalies)
+    assert torch.equal(det.scorer_.contrast.anomalies, semi.scorer_.contrast.anomalies)
     probe = stripes(10, False, seed=4)
     det.refit_scorer(stripes(4, True, seed=5))
-    assert det.scorer_.pixels.anomalies.shape[0] == 12  # 8 kept + 4 new
+    assert det.scorer_.contrast.anomalies.shape[0] == 12  # 8 kept + 4 new
     # held-out scores come from stored pixel vectors, so they follow the new anomaly bank
     bank = calibration_bank(det.model_, probe, cap=100, seed=0)
-    np.testing.assert_allclose(np.sort(bank_scores(det.model_, bank)), np.sort(det.anomaly_score(probe)), atol=1e-5)
+    np.testing.assert_allclose(np.sort(cached_scores(det.model_, bank)), np.sort(det.anomaly_score(probe)), atol=1e-5)
     cal = det.calibration_bank_
     assert cal.pixel_features is not None and cal.pixel_features.shape == (cal.raw.shape[0], 16 * 16)
-    held_out = bank_scores(det.model_, cal)
+    held_out = cached_scores(det.model_, cal)
     assert det.threshold_.fpr == pytest.approx(float((held_out > det.threshold_.value).mean()))
     det.refit_scorer(stripes(3, True, seed=6), keep_previous=False)
-    assert det.scorer_.pixels.anomalies.shape[0] == 3
+    assert det.scorer_.contrast.anomalies.shape[0] == 3

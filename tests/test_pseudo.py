@@ -19,7 +19,8 @@ from anomem.model.pseudo import (
     scar,
     shift,
 )
-from anomem.stage2.scorer import Scorer, bank_distances
+from anomem.stage2.feature_bank import FeatureBank, bank_distances
+from anomem.stage2.fusion import merge_scales
 
 
 def _images(n=32, c=1, h=16, w=16, seed=0):
@@ -86,7 +87,7 @@ def test_make_pseudo_anomalies_is_seeded_and_mixes_families():
 
 def test_pseudo_config_is_validated():
     for bad in ("pseudo.shifts=[spin]", "pseudo.defects=[stain]", "pseudo.ratio=0", "pseudo.defect_fraction=2",
-                "pseudo.defect_size=[0.5,0.2]", "scorer.bank=-1", "scorer.bank_weight=1.5"):
+                "pseudo.defect_size=[0.5,0.2]", "bank.size=-1", "bank.weight=1.5"):
         with pytest.raises(ConfigError):
             load_config("tiny", overrides=[bad])
 
@@ -101,13 +102,13 @@ def test_bank_distances_match_sklearn_knn():
 
 
 def test_bank_statistics_are_leave_one_out():
-    scorer = Scorer((4,), (1.0,), pool=1, hidden=2, standardize=True, bank_k=1)
+    bank = FeatureBank((4,), k=1)
     pts = torch.tensor([[1.0, 0, 0, 0], [1.0, 0.1, 0, 0], [0, 1.0, 0, 0]])
-    scorer.set_banks([pts])
+    bank.fit([pts])
     # with itself excluded, each point's nearest neighbour is another point, so the mean distance is > 0
     unit = torch.nn.functional.normalize(pts, dim=1)
     d = 1 - (unit @ unit.T - 4 * torch.eye(3)).max(1).values
-    assert torch.allclose(scorer.bank_mean, d.mean()[None]) and scorer.bank_mean.item() > 0
+    assert torch.allclose(bank.z.mean, d.mean()[None]) and bank.z.mean.item() > 0
 
 
 def test_inverted_auroc_warning():
@@ -117,7 +118,7 @@ def test_inverted_auroc_warning():
 
 
 def _fit_tiny(x, *overrides):
-    cfg = load_config("tiny", overrides=["train.epochs=1", "train.batch_size=16", "scorer.steps=5",
+    cfg = load_config("tiny", overrides=["train.epochs=1", "train.batch_size=16", "heads.steps=5",
                                          "scorer.prototype_cache=0", *overrides])
     return AnoMem(cfg, progress=False).fit(x)
 
@@ -135,35 +136,38 @@ def test_pseudo_anomalies_enter_stage_one_as_negatives(monkeypatch):
     monkeypatch.setattr(detector.Stage1Trainer, "__init__", spy)
     x = (_images(40) * 255).to(torch.uint8)
     # random images are invariant to rotations: keep the shifts anyway (min_separability=0)
-    det = _fit_tiny(x, "pseudo.ratio=0.5", "scorer.calibration_fraction=0", "pseudo.min_separability=0")
+    det = _fit_tiny(x, "pseudo.ratio=0.5", "threshold.calibration_fraction=0", "pseudo.min_separability=0")
     assert seen == {"n": 60, "normals": 40}
-    assert not det.is_supervised and det.scorer_.has_banks  # one-class: Eq. 9 + bank, no heads on pseudo alone
-    _fit_tiny(x, "pseudo.enabled=false", "scorer.calibration_fraction=0")
+    assert not det.is_supervised and det.scorer_.bank.ready  # one-class: Eq. 9 + bank, no heads on pseudo alone
+    _fit_tiny(x, "pseudo.enabled=false", "threshold.calibration_fraction=0")
     assert seen == {"n": 40, "normals": 40}
 
 
 def test_paper_switch_gives_the_paper_score_exactly():
     """pseudo.enabled=false, no banks: the score is Eq. 9 merged by Eq. 13, nothing else."""
-    from anomem.stage2.scorer import merge_scales, one_class_scores
+    from anomem.config import paper_literal
+    from anomem.stage2.memory import one_class_scores
 
     x = (_images(40) * 255).to(torch.uint8)
-    det = _fit_tiny(x, "pseudo.enabled=false", "scorer.bank=0", "patches.feature_bank=0", "patches.pixel_bank=0")
-    assert not det.scorer_.has_banks
+    cfg = paper_literal(load_config("tiny", overrides=["train.epochs=1", "train.batch_size=16", "scorer.prototype_cache=0"]))
+    det = AnoMem(cfg, progress=False).fit(x)
+    s = det.scorer_
+    assert not s.bank.ready and not s.pixels.ready and not any(b.ready for b in s.patches.values())
     with torch.inference_mode():
         devs = det.net_.eval().deviation_maps(x.float() / 255)
         raw = one_class_scores(devs)
-        ref = merge_scales((raw - det.scorer_.score_mean) / det.scorer_.score_std, det.scorer_.scale_weights)
+        ref = merge_scales((raw - s.memory.score.mean) / s.memory.score.std, torch.tensor([1.0, 2.0]))
     assert np.allclose(det.anomaly_score(x), ref.numpy(), atol=1e-5)
 
 
 def test_bank_survives_save_load_and_threshold(tmp_path):
     x = (_images(60) * 255).to(torch.uint8)
     det = _fit_tiny(x)
-    held_out = calibration_count(60, det.config_.scorer)  # 6, grown to 15 to come nearer a 1 % FPR
-    assert det.scorer_.has_banks and det.calibration_bank_.bank.shape == (held_out, 2) == (15, 2)
+    held_out = calibration_count(60, det.config_.threshold)  # 6, grown to 15 to come nearer a 1 % FPR
+    assert det.scorer_.bank.ready and det.calibration_bank_.bank.shape == (held_out, 2) == (15, 2)
     det.save(tmp_path / "m.ckpt")
     back = AnoMem.load(tmp_path / "m.ckpt")
-    assert torch.equal(back.scorer_.bank0, det.scorer_.bank0)
+    assert torch.equal(back.scorer_.bank.rows0, det.scorer_.bank.rows0)
     assert np.array_equal(back.anomaly_score(x), det.anomaly_score(x))
     # the stored threshold is reproduced from the saved held-out bank
     assert back.calibrate_threshold().threshold_.value == pytest.approx(det.threshold_.value)
@@ -173,7 +177,7 @@ def test_refit_uses_the_pseudo_anomalies_beside_the_new_ones(monkeypatch):
     from anomem.stage2 import fit as stage2
 
     x = (_images(40) * 255).to(torch.uint8)
-    det = _fit_tiny(x, "pseudo.ratio=0.5", "scorer.calibration_fraction=0", "pseudo.min_separability=0")
+    det = _fit_tiny(x, "pseudo.ratio=0.5", "threshold.calibration_fraction=0", "pseudo.min_separability=0")
     assert not det.is_supervised and det.pseudo_bank_[0].shape[0] == 20
     seen = {}
     real = stage2.fit_heads
@@ -213,11 +217,11 @@ def test_fit_drops_shifts_the_class_is_invariant_to(monkeypatch):
 
     monkeypatch.setattr(detector.Stage1Trainer, "__init__", spy)
     x = stripes(40, vertical=False, seed=0)
-    _fit_tiny(x, "pseudo.shifts=[hflip]", "pseudo.defect_fraction=0", "scorer.calibration_fraction=0")
+    _fit_tiny(x, "pseudo.shifts=[hflip]", "pseudo.defect_fraction=0", "threshold.calibration_fraction=0")
     assert seen["n"] == 40  # the mirror images look normal: none is made
-    _fit_tiny(x, "pseudo.shifts=[hflip,rot90]", "scorer.calibration_fraction=0")
+    _fit_tiny(x, "pseudo.shifts=[hflip,rot90]", "threshold.calibration_fraction=0")
     assert seen["n"] == 80
-    _fit_tiny(x, "pseudo.shifts=[hflip]", "pseudo.min_separability=0", "scorer.calibration_fraction=0")
+    _fit_tiny(x, "pseudo.shifts=[hflip]", "pseudo.min_separability=0", "threshold.calibration_fraction=0")
     assert seen["n"] == 80
 
 
@@ -240,28 +244,20 @@ def test_euclidean_bank_distance_matches_scikit_learn():
 def test_pixel_bank_mixes_into_the_image_score_and_survives_save_load(tmp_path):
     """score = (1 - w) · Eq. 13 + w · z_pixel, z standardised by the bank's leave-one-out stats."""
     x = (_images(60) * 255).to(torch.uint8)
-    det = _fit_tiny(x, "scorer.pixel_weight=0.25", "patches.fit_fusion=false")  # the global score alone
+    det = _fit_tiny(x, "pixels.weight=0.25", "patches.fit_fusion=false")  # the global score alone
     s = det.scorer_
     assert s.pixels.ready and s.pixels.bank.shape[1] == 16 * 16
     y = (_images(7, seed=8) * 255).to(torch.uint8)
-    merged = s.merge(torch.from_numpy(det.score_per_scale(y)))
+    merged = merge_scales(torch.from_numpy(det.score_per_scale(y)), s.weights.scales)
     p = s.pixels
-    z = (bank_distances(y.flatten(1).float() / 255, p.bank, s.bank_k, metric="euclidean") - p.global_mean) / p.global_std
+    z = (bank_distances(y.flatten(1).float() / 255, p.bank, s.bank.k, metric="euclidean") - p.global_z.mean) / p.global_z.std
     np.testing.assert_allclose(det.anomaly_score(y), (0.75 * merged + 0.25 * z).numpy(), atol=1e-5)
     det.save(tmp_path / "m.ckpt")
     back = AnoMem.load(tmp_path / "m.ckpt")
     assert np.array_equal(back.anomaly_score(y), det.anomaly_score(y))
     assert back.calibrate_threshold().threshold_.value == pytest.approx(det.threshold_.value)
-    # a file from before the pixel bank (no pixels.* entries) loads and scores without it
-    from anomem.io.checkpoint import load_checkpoint, save_checkpoint
-
-    old = load_checkpoint(tmp_path / "m.ckpt")
-    old["scorer"] = {k: v for k, v in old["scorer"].items() if not k.startswith("pixels.")}
-    old["calibration_bank"].pop("pixel_features")  # nor the held-out normals' pixel vectors
-    save_checkpoint(old, tmp_path / "old.ckpt")
-    legacy = AnoMem.load(tmp_path / "old.ckpt")
-    assert not legacy.scorer_.pixels.ready
-    np.testing.assert_allclose(legacy.anomaly_score(y), merged.numpy(), atol=1e-5)
+    # the same score with the pixel bank's weight set to 0 for one call: Eq. 13 alone
+    np.testing.assert_allclose(det.anomaly_score(y, weights={"pixel_global": 0.0}), merged.numpy(), atol=1e-5)
 
 
 def test_pixel_bank_downsamples_large_images():
@@ -271,7 +267,7 @@ def test_pixel_bank_downsamples_large_images():
     assert p.features(torch.rand(2, 3, 32, 16)).shape == (2, 3 * 8 * 4)
     assert p.features(torch.rand(2, 1, 6, 6)).shape == (2, 36)  # small images stay as they are
     p.fit(torch.rand(10, 3, 32, 16))
-    assert p.grid.tolist() == [3, 8, 4] and p.scores(p.features(torch.rand(4, 3, 32, 16)))[2].shape == (4, 8, 4)
+    assert p.grid.tolist() == [3, 8, 4] and p.scores(p.features(torch.rand(4, 3, 32, 16)))[2].map.shape == (4, 8, 4)
 
 
 def test_local_map_is_the_per_position_minimum_over_the_nearest_normals_and_finds_a_defect():
@@ -290,5 +286,5 @@ def test_local_map_is_the_per_position_minimum_over_the_nearest_normals_and_find
     ref = torch.stack([(q[i, 0][None] - normals[idx[i], 0]).abs().amin(0) for i in range(3)])
     torch.testing.assert_close(maps, ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(glob, d.topk(2, largest=False).values.mean(1), atol=1e-4, rtol=0)  # |q|²+|b|²-2q·b in float32
-    z_glob, z_local, z_map, _ = p.scores(p.features(q))
+    _, z_glob, (z_local, z_map) = p.scores(p.features(q))
     assert z_local[2] > 5 * z_local[:2].abs().max() and z_map[2, 3:6, 7:10].min() > z_map[2].median()

@@ -19,7 +19,7 @@ from anomem.metrics import aupro, image_auroc, pixel_auroc
 
 from synthetic import stripes
 
-CFG = load_config("tiny", None, ["train.epochs=2", "train.batch_size=64", "scorer.steps=20"])
+CFG = load_config("tiny", None, ["train.epochs=2", "train.batch_size=64", "heads.steps=20"])
 
 
 def _save_png(path, arr):

@@ -31,7 +31,7 @@ from synthetic import stripes
 
 httpx = pytest.importorskip("httpx", reason="the serve extra (pip install -e '.[serve]')")
 
-FAST = ["train.epochs=2", "train.batch_size=16", "scorer.steps=20", "scorer.prototype_cache=0"]
+FAST = ["train.epochs=2", "train.batch_size=16", "heads.steps=20", "scorer.prototype_cache=0"]
 LIMITS = ["--max-files", "8", "--max-file-mb", "0.05", "--max-request-mb", "0.25", "--max-batch", "16"]
 
 

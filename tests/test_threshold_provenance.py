@@ -10,9 +10,10 @@ import torch
 
 from anomem import AnoMem, load_config
 from anomem.calibration import calibration_count, calibration_fraction_for, fit_target_fpr
-from anomem.config import ScorerConfig
+from anomem.config import ThresholdConfig
 from anomem.errors import ConfigError
-from anomem.stage2.fit import bank_scores, calibration_split
+from anomem.splits import calibration_split
+from anomem.stage2.fit import cached_scores
 from anomem.thresholds import (
     Threshold,
     ThresholdWarning,
@@ -24,7 +25,7 @@ from anomem.thresholds import (
 
 from synthetic import stripes
 
-FAST = ["train.epochs=1", "train.batch_size=32", "scorer.steps=5", "scorer.prototype_cache=0"]
+FAST = ["train.epochs=1", "train.batch_size=32", "heads.steps=5", "scorer.prototype_cache=0"]
 
 
 def _no_threshold_warning(fn, *args, **kw):
@@ -102,15 +103,15 @@ def test_provenance_in_str_json_and_old_files():
     (3, {"calibration_fraction": 0.9}, 1),  # 2 always stay for training
 ])
 def test_calibration_count(n, overrides, expected):
-    scorer = ScorerConfig(**overrides)
-    assert calibration_count(n, scorer) == expected
-    got = calibration_split(torch.ones(n, dtype=torch.bool), calibration_fraction_for(n, scorer), 0)
+    threshold = ThresholdConfig(**overrides)
+    assert calibration_count(n, threshold) == expected
+    got = calibration_split(torch.ones(n, dtype=torch.bool), calibration_fraction_for(n, threshold), 0)
     assert got.numel() == expected
 
 
 def test_split_of_large_data_sets_is_unchanged():
-    scorer = ScorerConfig()
-    assert calibration_fraction_for(6000, scorer) == scorer.calibration_fraction
+    threshold = ThresholdConfig()
+    assert calibration_fraction_for(6000, threshold) == threshold.calibration_fraction
 
 
 # -- the detector ----------------------------------------------------------------------
@@ -131,7 +132,7 @@ def test_fit_on_a_small_folder_raises_the_default_target_and_records_why(tmp_pat
 
 
 def test_an_asked_target_is_kept_and_warns_with_what_to_do():
-    cfg = load_config("tiny", None, [*FAST, "scorer.target_fpr=0.05"])
+    cfg = load_config("tiny", None, [*FAST, "threshold.target_fpr=0.05"])
     with pytest.warns(ThresholdWarning, match=r"not estimable from 15 normals.*give 100 normals, or a target of "
                                               r"at least 0\.334"):
         det = AnoMem(cfg, progress=False).fit(stripes(60, False, seed=0))
@@ -150,10 +151,10 @@ def test_fit_target_fpr_rule():
 
 
 def test_contamination_from_held_out_and_from_training_normals():
-    cfg = load_config("tiny", None, [*FAST, "scorer.contamination=0.2"])
+    cfg = load_config("tiny", None, [*FAST, "threshold.contamination=0.2"])
     det = _no_threshold_warning(AnoMem(cfg, progress=False).fit, stripes(200, False, seed=0))
     t = det.threshold_
-    held = bank_scores(det.model_, det.calibration_bank_)
+    held = cached_scores(det.model_, det.calibration_bank_)
     assert t.method == "contamination" and t.source == "held-out normals" and t.n_normal == held.size == 25  # 20 grown to 5 / 0.2
     assert t.value == pytest.approx(float(np.quantile(held, 0.8)))
     det.refit_scorer(stripes(8, True, seed=1))  # new heads: the same rule, re-derived
@@ -163,7 +164,7 @@ def test_contamination_from_held_out_and_from_training_normals():
     with pytest.raises(ConfigError, match="contamination applies"):
         det.calibrate_threshold(method="fpr", contamination=0.1)
     # no held-out normals: PyOD's habit, the training normals' scores, with a warning
-    cfg = load_config("tiny", None, [*FAST, "scorer.contamination=0.1", "scorer.calibration_fraction=0"])
+    cfg = load_config("tiny", None, [*FAST, "threshold.contamination=0.1", "threshold.calibration_fraction=0"])
     train = stripes(40, False, seed=2)
     with pytest.warns(ThresholdWarning, match="training normals score lower"):
         det = AnoMem(cfg, progress=False).fit(train)
@@ -174,7 +175,7 @@ def test_contamination_from_held_out_and_from_training_normals():
 
 
 def test_warnings_point_at_the_callers_line():
-    cfg = load_config("tiny", None, [*FAST, "scorer.target_fpr=0.05"])
+    cfg = load_config("tiny", None, [*FAST, "threshold.target_fpr=0.05"])
     with pytest.warns(ThresholdWarning) as record:
         AnoMem(cfg, progress=False).fit(stripes(60, False, seed=0))
     assert record[0].filename == __file__  # the user's fit() line, not the library's

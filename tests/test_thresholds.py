@@ -15,7 +15,7 @@ from anomem import AnoMem, load_config
 from anomem.calibration import calibration_count
 from anomem.cli import main
 from anomem.errors import ConfigError, DataError, NotFittedError
-from anomem.stage2.fit import bank_scores
+from anomem.stage2.fit import cached_scores
 from anomem.thresholds import (
     Threshold,
     threshold_at_fpr,
@@ -25,7 +25,7 @@ from anomem.thresholds import (
 
 from synthetic import stripes
 
-CFG = load_config("tiny", None, ["train.epochs=3", "train.batch_size=64", "scorer.steps=40", "scorer.calibration_fraction=0.2"])
+CFG = load_config("tiny", None, ["train.epochs=3", "train.batch_size=64", "heads.steps=40", "threshold.calibration_fraction=0.2"])
 N_TRAIN = 160
 
 
@@ -106,15 +106,15 @@ def fitted():
 
 def test_held_out_normals_not_used_for_training(fitted):
     det, normals, train_images = fitted
-    # 0.2 x 160 = 32 normals cannot resolve 1 % (500 needed): the share grows to scorer.calibration_max_fraction
-    m = calibration_count(N_TRAIN, CFG.scorer)
-    assert m == int(CFG.scorer.calibration_max_fraction * N_TRAIN) == 40
+    # 0.2 x 160 = 32 normals cannot resolve 1 % (500 needed): the share grows to threshold.calibration_max_fraction
+    m = calibration_count(N_TRAIN, CFG.threshold)
+    assert m == int(CFG.threshold.calibration_max_fraction * N_TRAIN) == 40
     assert train_images.shape[0] == N_TRAIN - m
     in_train = (normals[:, None] == train_images[None]).flatten(2).all(2).any(1)  # (N,)
     held_out = normals[~in_train]
     assert held_out.shape[0] == m
     # the calibration bank holds exactly the held-out images' scores
-    bank = np.sort(bank_scores(det.model_, det.calibration_bank_))
+    bank = np.sort(cached_scores(det.model_, det.calibration_bank_))
     np.testing.assert_allclose(bank, np.sort(det.anomaly_score(held_out)), rtol=1e-5)
     t = det.threshold_
     # the default 1 % needs 500: raised to the smallest FPR 40 held-out normals estimate, 5 / 40
@@ -170,11 +170,11 @@ def test_threshold_saved_and_refit_recalibrates(fitted, tmp_path):
     loaded.refit_scorer(stripes(12, True, seed=4))
     new = loaded.threshold_
     assert loaded.is_supervised and new.method == "fpr" and new.target == 0.05 and new.value != old.value
-    assert new.value == threshold_at_fpr(bank_scores(loaded.model_, loaded.calibration_bank_), 0.05).value
+    assert new.value == threshold_at_fpr(cached_scores(loaded.model_, loaded.calibration_bank_), 0.05).value
 
 
 def test_no_calibration_split(tmp_path):
-    cfg = load_config("tiny", None, ["train.epochs=1", "train.batch_size=32", "scorer.calibration_fraction=0"])
+    cfg = load_config("tiny", None, ["train.epochs=1", "train.batch_size=32", "threshold.calibration_fraction=0"])
     det = AnoMem(cfg, progress=False).fit(stripes(40, False, seed=0))
     assert det.threshold_ is None and det.calibration_bank_ is None
     with pytest.raises(NotFittedError, match="threshold"):

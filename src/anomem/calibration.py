@@ -6,13 +6,13 @@ stage 2 are never touched. Scores of the normals held out at fit time come from 
 stored :class:`~anomem.stage2.fit.ScoreBank`, so a threshold can be re-derived without the
 images.
 
-**How many normals are held out.** ``scorer.calibration_fraction`` of them, raised, when
-that is too few to estimate the target FPR (``scorer.target_fpr``, or
-``scorer.contamination`` when set), towards :func:`~anomem.thresholds.normals_needed`
+**How many normals are held out.** ``threshold.calibration_fraction`` of them, raised, when
+that is too few to estimate the target FPR (``threshold.target_fpr``, or
+``threshold.contamination`` when set), towards :func:`~anomem.thresholds.normals_needed`
 (5 expected false positives: 500 normals for 1 %), but never beyond
-``scorer.calibration_max_fraction`` of the normals (:func:`calibration_fraction_for`).
+``threshold.calibration_max_fraction`` of the normals (:func:`calibration_fraction_for`).
 When even that is too few for a target the user asked for, the threshold warns with the
-resolution it can reach. Where nobody asked (``scorer.target_fpr`` left at its default,
+resolution it can reach. Where nobody asked (``threshold.target_fpr`` left at its default,
 or no ``fpr`` given to :meth:`ThresholdMixin.calibrate_threshold`), the target is raised
 instead to the smallest FPR the normals can estimate (:func:`fit_target_fpr`), and the
 threshold says why in its description: small training sets get a threshold without a
@@ -29,10 +29,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from anomem.config import ScorerConfig
+from anomem.config import ThresholdConfig
 from anomem.errors import ConfigError, DataError, NotFittedError
 from anomem.inputs import check_disjoint, image_digests
-from anomem.stage2.fit import ScoreBank, bank_scores
+from anomem.stage2.fit import ScoreBank, cached_scores
 from anomem.thresholds import (
     Threshold,
     ThresholdWarning,
@@ -50,11 +50,11 @@ HELD_OUT = "held-out normals"
 TRAINING = "training normals"
 GIVEN = "given normals"
 _TRAINING_BIAS = ("training normals score lower than new normals (the detector's banks hold them), so the FPR on new "
-                  "normals will be higher than the contamination; keep scorer.calibration_fraction > 0")
+                  "normals will be higher than the contamination; keep threshold.calibration_fraction > 0")
 
 
-#: ``scorer.target_fpr`` when nobody set it: raised by :func:`fit_target_fpr` where too few normals resolve it.
-DEFAULT_TARGET_FPR: float = next(f.default for f in fields(ScorerConfig) if f.name == "target_fpr")
+#: ``threshold.target_fpr`` when nobody set it: raised by :func:`fit_target_fpr` where too few normals resolve it.
+DEFAULT_TARGET_FPR: float = next(f.default for f in fields(ThresholdConfig) if f.name == "target_fpr")
 
 
 class TargetFPR(NamedTuple):
@@ -78,26 +78,26 @@ def fit_target_fpr(asked: float | None, configured: float, n: int) -> TargetFPR:
     if configured != DEFAULT_TARGET_FPR or n >= normals_needed(configured) or raised is None:
         return TargetFPR(configured)
     return TargetFPR(raised, f"chosen: the smallest FPR {n} normals can estimate (the default {configured:g} needs "
-                             f"{normals_needed(configured)}; set scorer.target_fpr or --fpr to choose)")
+                             f"{normals_needed(configured)}; set threshold.target_fpr or --fpr to choose)")
 
 
-def calibration_count(n_normal: int, scorer: ScorerConfig) -> int:
+def calibration_count(n_normal: int, threshold: ThresholdConfig) -> int:
     """How many of ``n_normal`` normals to hold out for the threshold (see the module doc)."""
-    if scorer.calibration_fraction <= 0:
+    if threshold.calibration_fraction <= 0:
         return 0
-    base = int(scorer.calibration_fraction * n_normal)
-    target = scorer.contamination if scorer.contamination > 0 else scorer.target_fpr
-    grown = min(normals_needed(target), int(scorer.calibration_max_fraction * n_normal))
+    base = int(threshold.calibration_fraction * n_normal)
+    target = threshold.contamination if threshold.contamination > 0 else threshold.target_fpr
+    grown = min(normals_needed(target), int(threshold.calibration_max_fraction * n_normal))
     return max(0, min(max(base, grown), n_normal - 2))
 
 
-def calibration_fraction_for(n_normal: int, scorer: ScorerConfig) -> float:
-    """The fraction to pass to :func:`anomem.stage2.fit.calibration_split` so that it holds out
-    :func:`calibration_count` normals (``scorer.calibration_fraction`` itself when that
+def calibration_fraction_for(n_normal: int, threshold: ThresholdConfig) -> float:
+    """The fraction to pass to :func:`anomem.splits.calibration_split` so that it holds out
+    :func:`calibration_count` normals (``threshold.calibration_fraction`` itself when that
     is already enough, so splits of large data sets are unchanged)."""
-    count = calibration_count(n_normal, scorer)
-    if count == int(scorer.calibration_fraction * n_normal) or n_normal == 0:
-        return scorer.calibration_fraction
+    count = calibration_count(n_normal, threshold)
+    if count == int(threshold.calibration_fraction * n_normal) or n_normal == 0:
+        return threshold.calibration_fraction
     return (count + 0.5) / n_normal
 
 
@@ -142,22 +142,22 @@ class ThresholdMixin:
     def _held_out_scores(self) -> np.ndarray:
         if self.calibration_bank_ is None:
             raise DataError(
-                "no held-out normals are stored with this detector (scorer.calibration_fraction was 0 or "
+                "no held-out normals are stored with this detector (threshold.calibration_fraction was 0 or "
                 "there were too few normals); pass normals"
             )
-        return bank_scores(self.model_, self.calibration_bank_)
+        return cached_scores(self.model_, self.calibration_bank_)
 
     def fit_threshold(self, training_normals: Callable[[], Any] | None = None) -> Threshold | None:
         """The threshold :meth:`fit` sets (and :meth:`refit_scorer` re-derives).
 
-        From the held-out normals: at ``scorer.contamination`` (PyOD's quantile rule)
-        when it is > 0, else at ``scorer.target_fpr``. Without held-out normals, only
+        From the held-out normals: at ``threshold.contamination`` (PyOD's quantile rule)
+        when it is > 0, else at ``threshold.target_fpr``. Without held-out normals, only
         a contamination threshold is set, from ``training_normals()`` (PyOD's habit; it
         warns, as they score lower than new normals); otherwise None.
         """
-        s = self.config_.scorer
+        s = self.config_.threshold
         if self.calibration_bank_ is not None:
-            scores, source = bank_scores(self.model_, self.calibration_bank_), HELD_OUT
+            scores, source = cached_scores(self.model_, self.calibration_bank_), HELD_OUT
         elif s.contamination > 0 and training_normals is not None:
             scores, source = self.anomaly_score(training_normals()), TRAINING
         else:
@@ -165,7 +165,7 @@ class ThresholdMixin:
                 n = int(self.banks_.normal[0].shape[0])
                 need = next((m for m in range(3, 10_000) if calibration_count(m, s) > 0), "thousands of")
                 warnings.warn(f"no threshold was set: {n} normal images are too few to hold any out for it (at "
-                              f"least {need} are needed with scorer.calibration_fraction={s.calibration_fraction:g}); "
+                              f"least {need} are needed with threshold.calibration_fraction={s.calibration_fraction:g}); "
                               "predict() and the is_anomaly column need one: set it from other normals with "
                               "calibrate_threshold(normals) or `anomem threshold --normals DIR`",
                               ThresholdWarning, stacklevel=user_stacklevel())
@@ -191,7 +191,7 @@ class ThresholdMixin:
         """Set :attr:`threshold_` from data; stage 1 and stage 2 are not touched.
 
         * normals only (``method="fpr"``, the default without anomalies): the threshold
-          with a false-positive rate of ``fpr`` (default ``scorer.target_fpr``) on
+          with a false-positive rate of ``fpr`` (default ``threshold.target_fpr``) on
           ``normals`` — by default the normals held out at fit time. Use normals the
           detector was not trained on, or the FPR on new data will be higher.
         * ``method="contamination"`` (the default when ``contamination`` is given):
@@ -224,11 +224,11 @@ class ThresholdMixin:
                 raise ConfigError(f"method {method!r} sets the threshold from normals only; drop anomalies or use "
                                   "'f1'/'recall'")
             if method == "fpr":
-                self.threshold_ = _at_fpr(normal_scores, fpr, self.config_.scorer.target_fpr, source)
+                self.threshold_ = _at_fpr(normal_scores, fpr, self.config_.threshold.target_fpr, source)
             else:
                 if fpr is not None:
                     raise ConfigError("fpr applies to method 'fpr' only, not 'contamination'")
-                c = self.config_.scorer.contamination if contamination is None else contamination
+                c = self.config_.threshold.contamination if contamination is None else contamination
                 self.threshold_ = threshold_at_contamination(normal_scores, c, source=source)
             return self
         if anomalies is None:
@@ -249,7 +249,7 @@ class ThresholdMixin:
         held-out normals (the fit-time rule for any other method); None without them."""
         if self.calibration_bank_ is None:
             return None
-        scores = bank_scores(self.model_, self.calibration_bank_)
+        scores = cached_scores(self.model_, self.calibration_bank_)
         if old is not None and old.method == "contamination" and old.target is not None:
             return threshold_at_contamination(scores, old.target, source=HELD_OUT)
         if old is not None and old.method == "fpr" and old.target is not None:
@@ -274,7 +274,7 @@ class ThresholdMixin:
             bank = self.calibration_bank_ or ScoreBank(self.banks_.normal_scores, self.banks_.normal)
             if bank.raw.shape[0] == 0:  # a checkpoint from before thresholds existed
                 raise ConfigError("this detector keeps no normal scores to derive the scale from; pass scale=")
-            scale = normal_spread(bank_scores(self.model_, bank))
+            scale = normal_spread(cached_scores(self.model_, bank))
         self.threshold_ = Threshold(value=value, method="manual", scale=float(scale))
         return self
 

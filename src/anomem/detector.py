@@ -5,24 +5,24 @@ validates input and returns ``self``, learned state ends in ``_``, scoring never
 the estimator, and scores are HIGHER = MORE ANOMALOUS (the paper's y = 1 normal /
 y = 0 anomaly convention stays internal).
 
-The estimator is a thin layer: all inference is one module, ``model_``
-(:class:`anomem.inference.AnoMemModel`: images -> Δ (Eq. 8) -> per-scale scores (Eq. 9
-or 10) -> merged score (Eq. 13) and maps). Fitting runs stage 1 (:mod:`anomem.engine`),
-then stage 2 (:mod:`anomem.stage2.fit`); thresholds live in :mod:`anomem.calibration`,
-files in :mod:`anomem.io.persistence`. Stage 1 is shared by the one-class and
-semi-supervised settings: :meth:`AnoMem.refit_scorer` retrains only stage 2 with new
-labelled anomalies, in seconds, leaving every stage-1 weight bit-identical.
+A thin layer: all inference is one module, ``model_`` (:class:`anomem.inference.AnoMemModel`:
+images -> Δ (Eq. 8) -> named parts -> the fused score and maps, :mod:`anomem.stage2`). Fit
+runs stage 1 (:mod:`anomem.engine`), then stage 2 (:mod:`anomem.stage2.fit`); thresholds
+live in :mod:`anomem.calibration`, files in :mod:`anomem.io.persistence`. Stage 1 is shared
+by the one-class and semi-supervised settings: :meth:`AnoMem.refit_scorer` retrains only
+stage 2 with new labelled anomalies, in seconds, every stage-1 weight bit-identical.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from anomem import splits
 from anomem.calibration import ThresholdMixin, calibration_fraction_for
 from anomem.config import AnoMemConfig, load_config
 from anomem.engine import EpochLog, Stage1Trainer, resolve_device
@@ -40,10 +40,11 @@ from anomem.inputs import (
 from anomem.io import persistence
 from anomem.model.net import AnoMemNet
 from anomem.model.prototypes import PrototypeCache, build_prototype_cache
-from anomem.params import ParamsMixin, apply_overrides, check_overrides
+from anomem.params import ParamsMixin, apply_overrides, check_overrides, weights_for_call
 from anomem.stage2 import fit as stage2
 from anomem.stage2.fit import ScoreBank, Stage2Banks
-from anomem.stage2.fit_fusion import check_fusion, fit_fusion
+from anomem.stage2.fit_fusion import fit_fusion
+from anomem.stage2.fusion import Weights
 from anomem.stage2.scorer import Scorer
 from anomem.thresholds import Threshold
 
@@ -54,9 +55,8 @@ class AnomalyMaps(NamedTuple):
     """Where the anomaly is.
 
     Attributes:
-        fused: (N, H, W) λ-weighted merge of the standardised per-scale maps.
-        per_scale: (N, S, H, W) ‖Δ^(s)_ij‖₂ upsampled (bilinear) to the input size,
-            then Gaussian-smoothed (σ = ``scorer.map_sigma`` × the shorter side).
+        fused: (N, H, W) the fused map (:func:`anomem.stage2.fusion.fuse_maps`).
+        per_scale: (N, S, H, W) ‖Δ^(s)_ij‖₂ at input size, smoothed (``scorer.map_sigma``).
         scores: (N,) image anomaly scores, as :meth:`AnoMem.anomaly_score`.
     """
 
@@ -74,9 +74,8 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         progress: show a progress bar while training.
         **overrides: config values applied on top of ``config`` at fit time, as
             ``section__field=value`` or, where the name is unique, ``field=value``:
-            ``AnoMem("tiny", epochs=3, scorer__steps=50, contamination=0.05)``
-            (:mod:`anomem.params` gives the rule). They are parameters like the others
-            for ``get_params`` / ``set_params`` / ``sklearn.base.clone``.
+            ``AnoMem("tiny", epochs=3, heads__steps=50, contamination=0.05)``
+            (:mod:`anomem.params`), parameters for ``get_params`` / ``set_params`` / ``clone``.
 
     Scores and decisions follow PyOD: :meth:`decision_function` (= :meth:`anomaly_score`,
     float64, higher = more anomalous), :meth:`predict` (1 = anomaly, at
@@ -90,9 +89,8 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         training_digests_: {"normal", "anomaly"}: (N,) int64 pixel digests of the images
             it learned from (:func:`anomem.inputs.image_digests`), for the label check
             and evaluation; empty for files from before them.
-        prototype_cache_, history_, config_, in_channels_, image_size_, device_.
-        backbone_weights_ (after fit only): what ``backbone.weights`` loaded
-            (:class:`~anomem.model.backbone.WeightsReport`), or None.
+        prototype_cache_, history_, config_, in_channels_, image_size_, device_, and
+        backbone_weights_ (after fit only: what ``backbone.weights`` loaded, or None).
 
     Example:
         >>> det = AnoMem("tiny").fit(normal_images)            # doctest: +SKIP
@@ -130,16 +128,16 @@ class AnoMem(ParamsMixin, ThresholdMixin):
     ) -> AnoMem:
         """Train stage 1, then stage 2, then set the threshold from held-out normals.
 
-        A fraction ``scorer.calibration_fraction`` of the normal images (seeded draw,
+        A fraction ``threshold.calibration_fraction`` of the normal images (seeded draw,
         at least 2 normals stay for training; raised up to
-        ``scorer.calibration_max_fraction`` when too few to estimate the target FPR,
+        ``threshold.calibration_max_fraction`` when too few to estimate the target FPR,
         :func:`anomem.calibration.calibration_count`) is held out of stages 1 and 2;
-        their scores set :attr:`threshold_` at ``scorer.target_fpr`` (or at the
-        ``scorer.contamination`` quantile, PyOD's rule) and stay in the checkpoint so
+        their scores set :attr:`threshold_` at ``threshold.target_fpr`` (or at the
+        ``threshold.contamination`` quantile, PyOD's rule) and stay in the checkpoint so
         the threshold can be re-derived later (see :meth:`calibrate_threshold`). A
         :class:`~anomem.thresholds.ThresholdWarning` says when they are still too few
         to resolve the target. With fewer than ``1 / calibration_fraction`` normals
-        nothing is held out and no threshold is set (unless ``scorer.contamination``
+        nothing is held out and no threshold is set (unless ``threshold.contamination``
         is set: then it comes from the training normals' scores, with a warning).
 
         Args:
@@ -159,7 +157,7 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         if cfg.scorer.mode == "supervised" and bool(normal.all()) and not (cfg.pseudo.enabled and cfg.pseudo.heads):
             raise ConfigError("scorer.mode is 'supervised' but no labelled anomalies were given; pass anomalies= "
                               "(or y=) or use scorer.mode=auto")
-        cal = stage2.calibration_split(normal, calibration_fraction_for(int(normal.sum()), cfg.scorer), cfg.train.seed)
+        cal = splits.calibration_split(normal, calibration_fraction_for(int(normal.sum()), cfg.threshold), cfg.train.seed)
         calibration = x[cal]
         if cal.numel():
             train = torch.ones(x.shape[0], dtype=torch.bool)
@@ -167,7 +165,7 @@ class AnoMem(ParamsMixin, ThresholdMixin):
             x, normal = x[train], normal[train]
         real = ~normal  # labelled anomalies; pseudo-anomalies are appended after them
         if cfg.pseudo.enabled:  # pseudo-anomalies join both stages as y = 0 (Eq. 3)
-            fake = stage2.pseudo_anomalies(x[normal], cfg)
+            fake = splits.pseudo_anomalies(x[normal], cfg)
             if x.dtype == torch.uint8:  # keep the dataset compact: shifts and cut-paste are exact in uint8
                 fake = fake.mul(255).round_().to(torch.uint8)
             x = torch.cat([x if x.dtype == fake.dtype else to_float(x), fake])
@@ -249,21 +247,13 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         self.check_labels(normals, anomalies)
         a = self.prepare_images(anomalies, "anomalies")
         seen, mine = getattr(self, "training_digests_", None) or {}, image_digests(a)
-        new = stage2.summarise(self.model_, a).pooled
-        banks = self.banks_
-        if normals is not None:
-            summ = stage2.summarise(self.model_, self.prepare_images(normals, "normals"))
-            banks = banks._replace(normal=summ.pooled, normal_scores=summ.scores)
-        if keep_previous:
-            new = [torch.cat([old, n]) for old, n in zip(banks.anomaly, new)]
-        self.banks_ = banks._replace(anomaly=new)
+        normals = None if normals is None else self.prepare_images(normals, "normals")
+        cal = self.calibration_bank_  # without held-out pixel vectors (older files) the threshold could not follow
+        contrast = cal is None or cal.pixel_features is not None
+        self.banks_ = stage2.refit(self.model_, self.banks_, self.config_, a, normals, keep_previous, contrast)
         if seen:
             old = seen.get("anomaly", mine[:0]) if keep_previous else mine[:0]
             self.training_digests_ = {**seen, "anomaly": torch.cat([old, mine])}
-        cal = self.calibration_bank_
-        if cal is None or cal.pixel_features is not None:  # else (older files) the threshold could not follow
-            stage2.store_pixel_anomalies(self.model_, a, keep_previous)
-        stage2.train_heads(self.model_, self.banks_, self.config_)
         self.threshold_ = self.rederive_threshold(self.threshold_)
         return self
 
@@ -277,7 +267,7 @@ class AnoMem(ParamsMixin, ThresholdMixin):
     def inference_model(self) -> AnoMemModel:
         """The fitted inference module, checked usable in the configured scorer mode."""
         self.check_fitted()
-        if self.config_.scorer.mode == "supervised" and not bool(self.model_.scorer.supervised):
+        if self.config_.scorer.mode == "supervised" and not bool(self.model_.scorer.heads.trained):
             raise NotFittedError("scorer.mode is 'supervised' but no labelled anomalies were given; use refit_scorer()")
         return self.model_
 
@@ -302,6 +292,17 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         return self.model_.scorer
 
     @property
+    def weights_(self) -> dict[str, float | list[float]]:
+        """The fitted fusion weights by name (:mod:`anomem.stage2.fusion`), as plain numbers."""
+        self.check_fitted()
+        return self.model_.scorer.weights.describe()
+
+    def fusion_weights(self, weights: Mapping[str, Any] | None = None, fusion: Any = None) -> Weights | None:
+        """The fitted weights with some replaced for one call, checked; None when none are."""
+        self.check_fitted()
+        return weights_for_call(self.model_.scorer.weights, weights, fusion)
+
+    @property
     def anomaly_bank_(self) -> list[torch.Tensor]:
         """Pooled deviations of every labelled anomaly the heads were trained on."""
         return self.banks_.anomaly
@@ -318,15 +319,17 @@ class AnoMem(ParamsMixin, ThresholdMixin):
 
     # -- scoring -------------------------------------------------------------------
     @torch.inference_mode()
-    def score_per_scale(self, X: Any, batch_size: int = 256) -> np.ndarray:
-        """Per-scale anomaly scores (N, S), standardised if configured."""
+    def score_per_scale(self, X: Any, batch_size: int = 256, weights: Mapping[str, Any] | None = None) -> np.ndarray:
+        """Per-scale anomaly scores (N, S): the heads' or the memory's, standardised if
+        configured, mixed with the feature bank (``weights`` as in :meth:`anomaly_score`)."""
         model, batch_size = self.inference_model, check_batch_size(batch_size)
-        out = [model.scale_scores(ev) for ev in model.evidence_batches(self.prepare_images(X), batch_size)]
+        w = self.fusion_weights(weights)
+        out = [model.scale_scores(ev, w) for ev in model.evidence_batches(self.prepare_images(X), batch_size)]
         return torch.cat(out).cpu().numpy()
 
     @torch.inference_mode()
     def anomaly_score(self, X: Any, batch_size: int = 256, normalized: bool = False,
-                      fusion: Any = None) -> np.ndarray:
+                      weights: Mapping[str, Any] | None = None, fusion: Any = None) -> np.ndarray:
         """Anomaly score of each image, float64 (N,), higher = more anomalous (Eq. 9/10 + 13).
 
         Args:
@@ -334,15 +337,18 @@ class AnoMem(ParamsMixin, ThresholdMixin):
                 0.5 (:meth:`anomem.thresholds.Threshold.normalize`: a logistic centred
                 on the threshold, scaled by the spread of normal scores); needs a
                 threshold. The default is the raw score.
-            fusion: other weights (global, feature patches, pixel patches) for this call
-                instead of the fitted ``scorer.fusion`` (sweeps and ablations); the
-                detector is not changed. (1, 0, 0) is the score without patch banks.
+            weights: other fusion weights for this call, by name (``scales``, ``bank``,
+                ``pixel_global``, ``pixel_local``, ``contrast``, ``image``, ``map_pixel``,
+                ``map``; :class:`anomem.stage2.fusion.Weights`), the others as fitted
+                (:attr:`weights_`); for sweeps and ablations, the detector is not changed.
+                ``{"image": (1, 0, 0)}`` is the score without patch banks.
+            fusion: the same as ``weights={"image": fusion}``.
         """
         model, batch_size = self.inference_model, check_batch_size(batch_size)
         if normalized:
             self.require_threshold("normalized scores")
-        w = None if fusion is None else check_fusion(fusion)
-        evidence = model.evidence_batches(self.prepare_images(X), batch_size, patches=w is not None)
+        w = self.fusion_weights(weights, fusion)
+        evidence = model.evidence_batches(self.prepare_images(X), batch_size, every=w is not None)
         out = [model.merged_score(ev, w) for ev in evidence]
         raw = torch.cat(out).double().cpu().numpy()  # float64 (N,), the estimator contract
         return self.threshold_.normalize(raw) if normalized else raw
@@ -370,35 +376,39 @@ class AnoMem(ParamsMixin, ThresholdMixin):
 
     def predict(self, X: Any, batch_size: int = 256) -> np.ndarray:
         """0/1 label of each image (N,) int64: 1 = anomaly (raw score > :attr:`threshold_`,
-        set at fit at ``scorer.target_fpr``, or PyOD's way with ``contamination=``)."""
+        set at fit at ``threshold.target_fpr``, or PyOD's way with ``contamination=``)."""
         self.check_fitted()
         self.require_threshold("predict")
         return self.threshold_.predict(self.anomaly_score(X, batch_size))
 
     # -- heat-maps -----------------------------------------------------------------
     @torch.inference_mode()
-    def anomaly_maps(self, X: Any, batch_size: int = 128, sigma: float | None = None) -> AnomalyMaps:
+    def anomaly_maps(self, X: Any, batch_size: int = 128, sigma: float | None = None,
+                     weights: Mapping[str, Any] | None = None) -> AnomalyMaps:
         """Per-scale and fused heat-maps at input resolution (see :class:`AnomalyMaps`).
 
         Each scale's ‖Δ^(s)_ij‖₂ map is upsampled (bilinear) to the input size and
         smoothed with a Gaussian of standard deviation ``sigma`` pixels (default
         ``scorer.map_sigma`` × the shorter image side; 0 = no smoothing); the fused map
-        is the λ-weighted mean of the per-scale maps standardised by their statistics
-        on training normals (Eq. 13 applied per pixel).
+        is the fusion of the memory's per-scale maps, standardised and merged by Eq. 13
+        per pixel, with the pixel bank's and the patch banks' maps
+        (:func:`anomem.stage2.fusion.fuse_maps`).
 
         Args:
             sigma: smoothing σ in pixels; None = the configured default.
+            weights: other fusion weights for this call (see :meth:`anomaly_score`).
         """
+        w = self.fusion_weights(weights)
         model, batch_size = self.inference_model, check_batch_size(batch_size)
         sigma = model.map_sigma if sigma is None else float(sigma)
         if not (np.isfinite(sigma) and sigma >= 0):
             raise ConfigError(f"sigma must be a finite number >= 0 (pixels), got {sigma!r}")
         fused, per, scores = [], [], []
-        for ev in model.evidence_batches(self.prepare_images(X), batch_size):
-            maps = model.heatmaps(ev, sigma)
+        for ev in model.evidence_batches(self.prepare_images(X), batch_size, every=w is not None):
+            maps = model.heatmaps(ev, sigma, w)
             fused.append(maps.fused)
             per.append(maps.per_scale)
-            scores.append(model.merged_score(ev))
+            scores.append(model.merged_score(ev, w))
         cat = lambda t: torch.cat(t).float().cpu().numpy()  # noqa: E731
         return AnomalyMaps(cat(fused), cat(per), cat(scores))
 

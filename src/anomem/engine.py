@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from anomem.config import AnoMemConfig, ScorerConfig
+from anomem.config import AnoMemConfig, HeadsConfig
 from anomem.distributed import (
     convert_batchnorm,
     gather_no_grad,
@@ -271,7 +271,7 @@ def fit_heads(
     heads: nn.ModuleList,
     normal_feats: list[torch.Tensor],
     anomaly_feats: list[torch.Tensor],
-    cfg: ScorerConfig,
+    cfg: HeadsConfig,
     seed: int,
 ) -> list[float]:
     """Train g^(s) on pooled deviations φ(Δ^(s)) with the double hinge (Eq. 11-12).
@@ -282,7 +282,7 @@ def fit_heads(
     Args:
         heads: one DeviationHead per scale (their input statistics are set here).
         normal_feats, anomaly_feats: per scale, pooled features (N, D_s) / (M, D_s).
-        cfg: scorer section (steps, batch_size, lr, margin...).
+        cfg: the heads section (steps, batch_size, lr, margin...).
         seed: seeds the batch draws and the head initialisation.
 
     Returns:
@@ -295,7 +295,7 @@ def fit_heads(
     device = normal_feats[0].device
     with torch.no_grad():
         for head, f in zip(heads, normal_feats):
-            head.set_input_stats(f)
+            head.inputs.fit(f)
             for layer in head.mlp:
                 if isinstance(layer, nn.Linear):
                     bound = 1.0 / math.sqrt(layer.in_features)

@@ -52,11 +52,12 @@ def load_backbone_weights(net: AnoMemNet, cfg: AnoMemConfig) -> WeightsReport | 
 
 def build_scorer(cfg: AnoMemConfig, channels: tuple[int, ...]) -> Scorer:
     """An untrained stage-2 scorer for taps with ``channels``."""
-    s = cfg.scorer
-    return Scorer(channels, cfg.memory.weights(len(channels)), s.pool_size, s.hidden, s.merge == "standardized",
-                  s.bank_k, s.bank_weight, s.pixel_weight, s.pixel_side, s.local_weight, s.map_pixel_weight,
-                  s.local_k, s.map_sigma, s.contrast_weight,
-                  (cfg.patches.feature_bank, cfg.patches.pixel_bank), cfg.patches.top_k)
+    scorer = Scorer(channels, cfg.heads.pool_size, cfg.heads.hidden, cfg.bank.k, cfg.pixels.side, cfg.pixels.local_k,
+                    cfg.scorer.map_sigma, (cfg.patches.feature_bank, cfg.patches.pixel_bank), cfg.patches.top_k)
+    p = cfg.pixels
+    scorer.weights.set(scales=cfg.memory.weights(len(channels)), bank=cfg.bank.weight, pixel_global=p.weight,
+                       pixel_local=p.local_weight, contrast=p.contrast_weight, map_pixel=p.map_weight)
+    return scorer
 
 
 def build_views(cfg: AnoMemConfig, image_size: tuple[int, int], channels: int) -> SimCLRViews:

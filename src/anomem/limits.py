@@ -2,7 +2,7 @@
 
 :mod:`anomem.config` checks that each value makes sense (``> 0``, a probability...);
 this module adds the ceiling: a ``backbone.width`` of 10⁶ or ``memory.sizes`` of 10⁹
-would try to allocate terabytes, ``scorer.steps`` of 10¹² would never end, a seed
+would try to allocate terabytes, ``heads.steps`` of 10¹² would never end, a seed
 outside ``[0, 2³² − 1]`` fails in NumPy's generators. The bounds are far above any
 setting we use (the paper's largest preset is width 64, memories of 2048, 300 steps).
 
@@ -28,13 +28,13 @@ LIMITS: dict[tuple[str, str], tuple[float, str]] = {
     ("train", "batch_size"): (65536, "images per batch"),
     ("train", "warmup_epochs"): (100000, "warm-up epochs"),
     ("train", "seed"): (MAX_SEED, "seed"),
-    ("scorer", "pool_size"): (64, "pooled side of the heads' input"),
-    ("scorer", "hidden"): (65536, "hidden units of the heads"),
-    ("scorer", "steps"): (1_000_000, "stage-2 optimisation steps"),
-    ("scorer", "batch_size"): (65536, "stage-2 batch"),
+    ("heads", "pool_size"): (64, "pooled side of the heads' input"),
+    ("heads", "hidden"): (65536, "hidden units of the heads"),
+    ("heads", "steps"): (1_000_000, "stage-2 optimisation steps"),
+    ("heads", "batch_size"): (65536, "stage-2 batch"),
     ("scorer", "normal_bank"): (10_000_000, "pooled normal deviations kept"),
-    ("scorer", "bank"): (1_000_000, "kNN bank size"),
-    ("scorer", "bank_k"): (1024, "kNN neighbours"),
+    ("bank", "size"): (1_000_000, "kNN bank size"),
+    ("bank", "k"): (1024, "kNN neighbours"),
     ("scorer", "prototype_cache"): (1_000_000, "training normals scanned for prototypes"),
     ("pseudo", "ratio"): (100, "pseudo-anomalies per training normal"),
 }

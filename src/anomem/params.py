@@ -7,7 +7,7 @@ so every value is checked as a ``key=value`` override is). The rule for a keywor
 * ``section__field`` (scikit-learn's nested-parameter spelling) is ``section.field``:
   ``train__epochs=3`` is ``train.epochs=3``;
 * a bare ``field`` is the one config field of that name in any section: ``epochs=3``
-  is ``train.epochs``, ``contamination=0.1`` is ``scorer.contamination``. Names found
+  is ``train.epochs``, ``contamination=0.1`` is ``threshold.contamination``. Names found
   in several sections (``batch_size``, ``lr``, ``weight_decay``, ``enabled``) must be
   written ``section__field``;
 * ``**{"train.epochs": 3}`` (the dotted key itself) is accepted too.
@@ -21,13 +21,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
 from anomem.config import AnoMemConfig, with_overrides
 from anomem.errors import ConfigError
+from anomem.stage2.fusion import FusionWeights, Weights
 
-__all__ = ["ParamsMixin", "apply_overrides", "check_overrides", "config_key", "config_keys"]
+__all__ = ["ParamsMixin", "apply_overrides", "check_overrides", "config_key", "config_keys", "weights_for_call"]
 
 
 @cache
@@ -137,3 +139,19 @@ class ParamsMixin:
         kind = "supervised" if self.model_.use_heads else "one-class"
         t = "no threshold" if self.threshold_ is None else self.threshold_.describe()
         return f"{text} fitted on {c}x{h}x{w} images, {kind} scores, {t}"
+
+
+def weights_for_call(fitted: FusionWeights, weights: Mapping[str, Any] | None, fusion: Any = None) -> Weights | None:
+    """The fitted fusion weights with those named in ``weights`` replaced for one call
+    (``fusion`` is ``weights={"image": fusion}``), each checked; None when none are given.
+    Bad names or values are a :class:`~anomem.errors.ConfigError` naming them."""
+    if fusion is not None:
+        weights = {**(weights or {}), "image": fusion}
+    if weights is None:
+        return None
+    if not isinstance(weights, Mapping):
+        raise ConfigError(f"weights must be a mapping of weight names to values, got {type(weights).__name__}")
+    try:
+        return fitted.merged_with(weights)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

@@ -44,7 +44,7 @@ FAST: dict[str, dict[str, Any]] = {
     "patch-knn": {"max_patches": 2000},
     "deepsad": {"epochs": 2, "batch_size": 16, "device": "cpu"},
     # both spellings of a config override; no held-out normals (40 cannot resolve a 1 % FPR)
-    "anomem": {"config": "tiny", "progress": False, "epochs": 1, "train__batch_size": 16, "scorer__steps": 5,
+    "anomem": {"config": "tiny", "progress": False, "epochs": 1, "train__batch_size": 16, "heads__steps": 5,
                "prototype_cache": 0, "calibration_fraction": 0.0, "device": "cpu"},
 }
 # Settings for the AUROC floor: defaults, except short Deep SAD and AnoMem runs on CPU.

@@ -18,7 +18,7 @@ from synthetic import stripes
 
 TRAINED_EPOCHS = 3  # of the shared `trained_run`
 # One short training configuration shared by every test that trains.
-TINY_TRAIN = ["--preset", "tiny", "--set", "train.batch_size=16", "--set", "scorer.steps=10",
+TINY_TRAIN = ["--preset", "tiny", "--set", "train.batch_size=16", "--set", "heads.steps=10",
               "--set", "train.device=cpu", "--no-progress"]
 
 

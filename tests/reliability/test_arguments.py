@@ -264,8 +264,8 @@ def test_plain_folders_load_without_skip_warnings(folder_dataset):
 @pytest.mark.parametrize("item,key", [
     ("backbone.width=100000", "backbone.width"), ("memory.sizes=[10000000,16]", "memory.sizes"),
     ("memory.max_steps=100000", "memory.max_steps"), ("train.epochs=10000000", "train.epochs"),
-    ("train.batch_size=1000000", "train.batch_size"), ("scorer.pool_size=1000", "scorer.pool_size"),
-    ("scorer.steps=1000000000000", "scorer.steps"), ("scorer.hidden=10000000", "scorer.hidden"),
+    ("train.batch_size=1000000", "train.batch_size"), ("heads.pool_size=1000", "heads.pool_size"),
+    ("heads.steps=1000000000000", "heads.steps"), ("heads.hidden=10000000", "heads.hidden"),
     ("scorer.normal_bank=1000000000", "scorer.normal_bank"), ("pseudo.ratio=1000", "pseudo.ratio"),
     ("train.seed=-1", "train.seed"), ("train.seed=99999999999", "train.seed"),
 ])
@@ -311,7 +311,7 @@ def test_api_side_checks_come_before_any_work(tmp_path):
     from anomem import ConfigError, load_config
 
     x = (torch.rand(20, 1, 16, 16) * 255).to(torch.uint8)
-    fast = ["train.epochs=1", "train.batch_size=8", "scorer.steps=2", "scorer.prototype_cache=0"]
+    fast = ["train.epochs=1", "train.batch_size=8", "heads.steps=2", "scorer.prototype_cache=0"]
     with pytest.raises(ConfigError, match="supervised.*no labelled anomalies"):
         AnoMem(load_config("tiny", overrides=[*fast, "scorer.mode=supervised"]), progress=False).fit(x)
     with pytest.raises(DataError, match="at least 2x2"):

@@ -30,7 +30,7 @@ from anomem.thresholds import ThresholdWarning
 
 from synthetic import stripes
 
-FAST = dict(progress=False, epochs=1, train__batch_size=16, scorer__steps=5, scorer__prototype_cache=0)
+FAST = dict(progress=False, epochs=1, train__batch_size=16, heads__steps=5, scorer__prototype_cache=0)
 
 
 def _degenerate(kind: str, n: int, value: int, seed: int) -> torch.Tensor:

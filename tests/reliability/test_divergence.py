@@ -90,8 +90,8 @@ def test_finite_loss_but_overflowed_weights_are_not_checkpointed(monkeypatch):
         return out
 
     monkeypatch.setattr(torch.optim.SGD, "step", step)
-    cfg = load_config("tiny", None, ["train.epochs=3", "train.batch_size=16", "scorer.steps=5", "train.device=cpu",
-                                     "scorer.calibration_fraction=0", "pseudo.enabled=false"])  # 16 images: 1 step/epoch
+    cfg = load_config("tiny", None, ["train.epochs=3", "train.batch_size=16", "heads.steps=5", "train.device=cpu",
+                                     "threshold.calibration_fraction=0", "pseudo.enabled=false"])  # 16 images: 1 step/epoch
     epochs_saved = []
     with pytest.raises(TrainingDivergedError, match="weights became non-finite at epoch 2"):
         AnoMem(cfg, progress=False).fit(stripes(16, False), on_epoch_end=lambda d, t, log: epochs_saved.append(t.epoch))

@@ -20,7 +20,7 @@ TEST = np.concatenate([stripes(6, False, seed=1).numpy(), stripes(6, True, seed=
 
 
 def _fit(seed: int, anomalies=None) -> AnoMem:
-    cfg = load_config("tiny", None, ["train.epochs=1", "train.batch_size=16", "scorer.steps=10",
+    cfg = load_config("tiny", None, ["train.epochs=1", "train.batch_size=16", "heads.steps=10",
                                      "train.device=cpu", f"train.seed={seed}"])
     return AnoMem(cfg, progress=False).fit(TRAIN, anomalies)
 
@@ -77,7 +77,7 @@ def test_gpu_same_seed_scores_within_documented_tolerance():
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score
 
-    cfg = load_config("tiny", None, ["train.epochs=3", "train.batch_size=16", "scorer.steps=10", "train.device=cuda"])
+    cfg = load_config("tiny", None, ["train.epochs=3", "train.batch_size=16", "heads.steps=10", "train.device=cuda"])
     test = np.concatenate([stripes(32, False, seed=1).numpy(), stripes(32, True, seed=2).numpy()])
     y = np.r_[np.zeros(32), np.ones(32)]
     a = AnoMem(cfg, progress=False).fit(TRAIN).anomaly_score(test)

@@ -2,7 +2,7 @@
 
 Used by the benchmark's SimCLR baselines (paper's "contrastive + k-means" ablation) and
 by ``anomem linear-eval``. The kNN distance is the normal bank's
-(:func:`anomem.stage2.scorer.bank_distances`), so baseline and detector measure alike.
+(:func:`anomem.stage2.feature_bank.bank_distances`), so baseline and detector measure alike.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from anomem.errors import DataError
-from anomem.stage2.scorer import bank_distances
+from anomem.stage2.feature_bank import bank_distances
 
 __all__ = ["feature_kmeans_scores", "feature_knn_scores", "linear_evaluation", "linear_probe"]
 

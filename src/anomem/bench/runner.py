@@ -243,14 +243,13 @@ def _folder_split(s: BenchmarkSettings, cell: Cell, train, test) -> Split:
 def _anomem_config(s: BenchmarkSettings, seed: int, group: str = "anomem") -> AnoMemConfig:
     """The config a group trains with: the preset with the settings' overrides and the
     cell's seed, then the group's variant as a config edit (never re-parsed strings)."""
-    from anomem.config import AnoMemConfig, load_config
+    from anomem.config import AnoMemConfig, load_config, paper_literal
 
     base = AnoMemConfig.from_dict(s.config) if s.config is not None else load_config(s.preset, None, list(s.overrides))
     cfg = replace(base, train=replace(base.train, seed=seed))
-    b, m, sc = cfg.backbone, cfg.memory, cfg.scorer
-    if group == "anomem-paper":  # the paper's method: no pseudo-anomalies, no normal or pixel bank
-        return replace(cfg, pseudo=replace(cfg.pseudo, enabled=False), scorer=replace(sc, bank=0, pixel_weight=0.0, local_weight=0.0, map_pixel_weight=0.0, contrast_weight=0.0),
-                       patches=replace(cfg.patches, feature_bank=0, pixel_bank=0))
+    b, m = cfg.backbone, cfg.memory
+    if group == "anomem-paper":  # the paper's method read literally (anomem.config.PAPER_LITERAL)
+        return paper_literal(cfg)
     if group == "anomem-single-scale":  # the deepest tap only (paper Tab. 5)
         return replace(cfg, backbone=replace(b, taps=b.taps[-1:]),
                        memory=replace(m, sizes=m.sizes[-1:], sample_ratios=m.sample_ratios[-1:], scale_weights=None))

@@ -105,11 +105,7 @@ def cmd_linear_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-# The demo's settings, chosen on a validation split of the digits training data
-# (docs/method.md; benchmarks/demo_validation.py): digits are not flip-invariant, and
-# heavy crops erase what tells them apart.
-DEMO_OVERRIDES = ("backbone.width=16", "train.epochs=100", "train.batch_size=32", "memory.normalize=l2",
-                  "memory.beta=8", "augment.flip_p=0", "augment.crop_scale=[0.85,1]", "scorer.pixel_weight=0.9")
+DEMO_PRESET = "demo-digits"  # its settings live with every preset, in anomem.config
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -120,15 +116,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from anomem.detector import AnoMem
 
     check_claimable("--out", args.out, "demo", legacy=("demo.json",))
-    demo = list(DEMO_OVERRIDES)
     for c in args.classes:
         check_int_range("--classes", c, 0, 9)
-    cfg = load_config("tiny", None, [*demo, f"train.seed={args.seed}", *(args.set or [])])
+    cfg = load_config(DEMO_PRESET, None, [f"train.seed={args.seed}", *(args.set or [])])
     check_config_limits(cfg)
     run = claim_output_dir("--out", args.out, "demo", legacy=("demo.json",))
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     rows = []
-    print(f"AnoMem demo: scikit-learn digits ({len(train)} train / {len(test)} test, 16x16), one-vs-all, preset 'tiny'")
+    print(f"AnoMem demo: scikit-learn digits ({len(train)} train / {len(test)} test, 16x16), one-vs-all, preset '{DEMO_PRESET}'")
     print(f"{'normal':>6} {'AnoMem':>7} {'kNN':>7} {'seconds':>8}")
     for c in args.classes:
         t0 = time.time()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from anomem.config.legacy import PIXEL_WEIGHTS, upgrade
 from anomem.config.sections import (  # noqa: F401  (re-exported: the sections are part of the config's API)
     ARCHS,
     MERGES,
@@ -21,11 +22,15 @@ from anomem.config.sections import (  # noqa: F401  (re-exported: the sections a
     SCORE_MODES,
     AugmentConfig,
     BackboneConfig,
+    BankConfig,
+    HeadsConfig,
     LossConfig,
     MemoryConfig,
     PatchConfig,
+    PixelsConfig,
     PseudoConfig,
     ScorerConfig,
+    ThresholdConfig,
     TrainConfig,
     _check,
 )
@@ -44,6 +49,10 @@ class AnoMemConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    bank: BankConfig = field(default_factory=BankConfig)
+    pixels: PixelsConfig = field(default_factory=PixelsConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
 
@@ -62,6 +71,14 @@ class AnoMemConfig:
                 len(self.memory.scale_weights) == s,
                 f"memory.scale_weights has {len(self.memory.scale_weights)} entries for {s} scales",
             )
+        # Settings that would be ignored are refused, never silently dropped.
+        _check(self.scorer.merge == "standardized" or self.bank.size == 0,
+               "scorer.merge=weighted weighs raw Eq. 9 scores, which the banks' z-scores cannot join: "
+               "set bank.size=0 too (or scorer.merge=standardized)")
+        used = [f"pixels.{n}" for n in PIXEL_WEIGHTS if getattr(self.pixels, n) > 0]
+        _check(self.bank.size > 0 or not used,
+               f"the pixel bank keeps the bank's normals, so bank.size=0 leaves {', '.join(used)} without effect: "
+               f"set {'=0, '.join(used)}=0 too, or keep bank.size > 0 and set bank.weight=0")
 
     # -- serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -72,8 +89,9 @@ class AnoMemConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AnoMemConfig:
-        """Build from a (possibly partial) nested dict; unknown keys are errors."""
-        return build_dataclass(cls, d, prefix="")
+        """Build from a (possibly partial) nested dict; unknown keys are errors, keys of
+        the old layout are moved (:mod:`anomem.config.legacy`)."""
+        return build_dataclass(cls, upgrade(d), prefix="")
 
 
 # -- presets ---------------------------------------------------------------------------
@@ -103,14 +121,39 @@ PRESETS: dict[str, dict[str, Any]] = {
         "scorer": {"margin": 2.0},
         "train": {"epochs": 500, "batch_size": 1024, "lr": 0.5},
     },
-    # Tiny network for tests and the scikit-learn digits demo.
+    # Tiny network for tests.
     "tiny": {
         "backbone": {"arch": "resnet18", "width": 8, "stem": "auto", "taps": ["layer3", "layer4"]},
         "memory": {"sizes": [32, 16], "sample_ratios": [0.5, 1.0]},
         "train": {"epochs": 30, "batch_size": 128, "lr": 0.3, "warmup_epochs": 1},
-        "scorer": {"steps": 200},
+        "heads": {"steps": 200},
     },
 }
+# ``anomem demo`` on the scikit-learn digits: "tiny" with settings chosen on a validation
+# split of the digits training data (docs/method.md; benchmarks/demo_validation.py):
+# digits are not flip-invariant, and heavy crops erase what tells them apart.
+PRESETS["demo-digits"] = {
+    **PRESETS["tiny"],
+    "backbone": {**PRESETS["tiny"]["backbone"], "width": 16},
+    "train": {**PRESETS["tiny"]["train"], "epochs": 100, "batch_size": 32},
+    "memory": {**PRESETS["tiny"]["memory"], "normalize": "l2", "beta": 8.0},
+    "augment": {"flip_p": 0.0, "crop_scale": [0.85, 1.0]},
+    "pixels": {"weight": 0.9},
+}
+
+# The paper's method read literally, on top of any preset (the ``anomem-paper`` benchmark
+# group): no pseudo-anomalies, no feature, pixel or patch bank; stage 1 and Eq. 9-13 alone.
+PAPER_LITERAL: dict[str, Any] = {
+    "pseudo": {"enabled": False},
+    "bank": {"size": 0},
+    "pixels": {n: 0.0 for n in PIXEL_WEIGHTS},
+    "patches": {"feature_bank": 0, "pixel_bank": 0},
+}
+
+
+def paper_literal(cfg: AnoMemConfig) -> AnoMemConfig:
+    """``cfg`` with the paper's method read literally (:data:`PAPER_LITERAL`)."""
+    return AnoMemConfig.from_dict(_merge(cfg.to_dict(), PAPER_LITERAL))
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -197,13 +240,19 @@ __all__ = [
     "AnoMemConfig",
     "AugmentConfig",
     "BackboneConfig",
+    "BankConfig",
+    "HeadsConfig",
     "LossConfig",
     "MemoryConfig",
+    "PAPER_LITERAL",
     "PRESETS",
     "PatchConfig",
+    "PixelsConfig",
     "PseudoConfig",
     "ScorerConfig",
+    "ThresholdConfig",
     "TrainConfig",
+    "paper_literal",
     "load_config",
     "parse_overrides",
     "replace",
@@ -213,11 +262,12 @@ __all__ = [
 
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The dotted keys where two config dicts (as in config.json or a checkpoint) differ,
-    sorted; compared through JSON so tuples and lists are alike. The one rule resume uses."""
+    sorted; compared through JSON so tuples and lists are alike, keys of the old layout moved
+    first. The one rule resume uses."""
     def flat(d: Any, prefix: str = "") -> dict[str, Any]:
         if not isinstance(d, dict):
             return {prefix.rstrip("."): d}
         return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
 
-    fa, fb = flat(json.loads(json.dumps(a))), flat(json.loads(json.dumps(b)))
+    fa, fb = flat(upgrade(json.loads(json.dumps(a)))), flat(upgrade(json.loads(json.dumps(b))))
     return sorted(k for k in set(fa) | set(fb) if fa.get(k, ...) != fb.get(k, ...))

@@ -180,10 +180,28 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ScorerConfig:
-    """Stage 2: one-class deviation score (Eq. 9, 13) and supervised heads (Eq. 10-12)."""
+    """Stage 2 as a whole: which score is read and how heat-maps are drawn."""
 
     mode: str = "auto"  # auto: supervised heads if labelled anomalies were given
-    merge: str = "standardized"  # weighted (Eq. 13 on raw scores) | standardized per scale first
+    # standardized: every signal a z-score on training normals before weighing (today's
+    # method); weighted: Eq. 13 on the raw Eq. 9 scores, as the paper (needs the banks off)
+    merge: str = "standardized"
+    normal_bank: int = 4096  # pooled normal deviations kept for refitting without the data
+    map_sigma: float = 0.04  # Gaussian smoothing of heat-maps, σ as a fraction of the image side (0 = off)
+    prototype_cache: int = 512  # training normals scanned at fit time for nearest-prototype patches (0 = off)
+
+    def __post_init__(self) -> None:
+        _check(self.mode in SCORE_MODES, f"scorer.mode must be one of {SCORE_MODES}, got {self.mode!r}")
+        _check(self.merge in MERGES, f"scorer.merge must be one of {MERGES}, got {self.merge!r}")
+        _check(self.normal_bank >= 1, f"scorer.normal_bank must be >= 1, got {self.normal_bank}")
+        _check(0 <= self.map_sigma <= 1, f"scorer.map_sigma must lie in [0, 1] (fraction of the image side), got {self.map_sigma}")
+        _check(self.prototype_cache >= 0, f"scorer.prototype_cache must be >= 0, got {self.prototype_cache}")
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """The semi-supervised heads g^(s) ∘ φ (Eq. 10) and their training (Eq. 11-12)."""
+
     pool_size: int = 2  # φ: adaptive average pool to pool_size x pool_size
     hidden: int = 128  # width of the 2-layer MLP g^(s)
     margin: float = 2.0  # M of Eq. 11
@@ -191,7 +209,21 @@ class ScorerConfig:
     batch_size: int = 256
     lr: float = 0.05
     weight_decay: float = 1e-4
-    normal_bank: int = 4096  # pooled normal deviations kept for refitting without the data
+
+    def __post_init__(self) -> None:
+        _check(self.pool_size >= 1, f"heads.pool_size must be >= 1, got {self.pool_size}")
+        _check(self.hidden >= 1, f"heads.hidden must be >= 1, got {self.hidden}")
+        _check(self.margin > 1, f"heads.margin M must be > 1 so that 1/M < M, got {self.margin}")
+        _check(self.steps >= 1, f"heads.steps must be >= 1, got {self.steps}")
+        _check(self.batch_size >= 2, f"heads.batch_size must be >= 2, got {self.batch_size}")
+        _check(self.lr > 0, f"heads.lr must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, f"heads.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class ThresholdConfig:
+    """The decision threshold set at fit on held-out normals (:mod:`anomem.calibration`)."""
+
     calibration_fraction: float = 0.1  # normals held out of training to set the threshold (0 = off)
     # ... raised up to this share when too few to estimate target_fpr (5 expected false
     # positives; anomem.calibration.calibration_count); <= calibration_fraction: never raised
@@ -200,62 +232,59 @@ class ScorerConfig:
     # PyOD-style: > 0 sets the fit-time threshold at the (1 - contamination) quantile of the
     # held-out normals' scores (of the training normals' without any) instead of at target_fpr
     contamination: float = 0.0
-    map_sigma: float = 0.04  # Gaussian smoothing of heat-maps, σ as a fraction of the image side (0 = off)
-    bank: int = 2048  # training normals whose pooled tap features are kept as a kNN bank (0 = off)
-    bank_k: int = 2  # neighbours averaged by the bank distance
-    bank_weight: float = 0.5  # share of the bank distance in each scale's score (needs merge=standardized)
-    # Share of a raw-pixel kNN score (the input as the finest scale, same normals as the
-    # bank) in the image score, after Eq. 13 (0 = off; docs/method.md, Decision 6).
-    pixel_weight: float = 1 / 3
-    pixel_side: int = 32  # the pixel bank keeps images with the longer side at most this
-    # Local evidence from the same pixel bank: per position, the smallest difference to any
-    # of the local_k nearest normals (docs/method.md, Decision 7). Its maximum joins the
-    # image score with local_weight (local defects), its map the fused heat-map with
-    # map_pixel_weight.
-    local_weight: float = 0.0
-    map_pixel_weight: float = 0.5
-    local_k: int = 20
-    # With labelled anomalies: the pixel bank also keeps them, and the contrast (distance to
-    # the normals minus distance to the anomalies) replaces the global pixel score in the
-    # heads' image score with this weight (0 = the global score as without anomalies; off
-    # too with pixel_weight=0; docs/method.md, Decision 9).
-    contrast_weight: float = 0.5
-    prototype_cache: int = 512  # training normals scanned at fit time for nearest-prototype patches (0 = off)
 
     def __post_init__(self) -> None:
-        _check(self.mode in SCORE_MODES, f"scorer.mode must be one of {SCORE_MODES}, got {self.mode!r}")
-        _check(self.merge in MERGES, f"scorer.merge must be one of {MERGES}, got {self.merge!r}")
-        _check(self.pool_size >= 1, f"scorer.pool_size must be >= 1, got {self.pool_size}")
-        _check(self.hidden >= 1, f"scorer.hidden must be >= 1, got {self.hidden}")
-        _check(self.margin > 1, f"scorer.margin M must be > 1 so that 1/M < M, got {self.margin}")
-        _check(self.steps >= 1, f"scorer.steps must be >= 1, got {self.steps}")
-        _check(self.batch_size >= 2, f"scorer.batch_size must be >= 2, got {self.batch_size}")
-        _check(self.lr > 0, f"scorer.lr must be > 0, got {self.lr}")
-        _check(self.normal_bank >= 1, f"scorer.normal_bank must be >= 1, got {self.normal_bank}")
-        _check(
-            0 <= self.calibration_fraction < 1,
-            f"scorer.calibration_fraction must lie in [0, 1), got {self.calibration_fraction}",
-        )
-        _check(
-            0 <= self.calibration_max_fraction < 1,
-            f"scorer.calibration_max_fraction must lie in [0, 1), got {self.calibration_max_fraction}",
-        )
-        _check(0 <= self.target_fpr < 1, f"scorer.target_fpr must lie in [0, 1), got {self.target_fpr}")
-        _check(0 <= self.contamination <= 0.5, f"scorer.contamination must lie in [0, 0.5] (0 = off), got {self.contamination}")
-        _check(0 <= self.map_sigma <= 1, f"scorer.map_sigma must lie in [0, 1] (fraction of the image side), got {self.map_sigma}")
-        _check(self.bank >= 0, f"scorer.bank must be >= 0, got {self.bank}")
-        _check(self.bank_k >= 1, f"scorer.bank_k must be >= 1, got {self.bank_k}")
-        _check(0 <= self.bank_weight <= 1, f"scorer.bank_weight must lie in [0, 1], got {self.bank_weight}")
-        _check(0 <= self.pixel_weight < 1, f"scorer.pixel_weight must lie in [0, 1), got {self.pixel_weight}")
-        _check(1 <= self.pixel_side <= 512, f"scorer.pixel_side must lie in [1, 512], got {self.pixel_side}")
-        _check(0 <= self.local_weight < 1 and self.pixel_weight + self.local_weight < 1,
-               f"scorer.local_weight must lie in [0, 1) with pixel_weight + local_weight < 1, got {self.local_weight}")
-        _check(0 <= self.contrast_weight < 1 and (self.pixel_weight == 0 or self.contrast_weight + self.local_weight < 1),
-               f"scorer.contrast_weight must lie in [0, 1) with contrast_weight + local_weight < 1 (unless "
-               f"pixel_weight is 0, which turns it off), got {self.contrast_weight}")
-        _check(0 <= self.map_pixel_weight <= 1, f"scorer.map_pixel_weight must lie in [0, 1], got {self.map_pixel_weight}")
-        _check(1 <= self.local_k <= 1024, f"scorer.local_k must lie in [1, 1024], got {self.local_k}")
-        _check(self.prototype_cache >= 0, f"scorer.prototype_cache must be >= 0, got {self.prototype_cache}")
+        _check(0 <= self.calibration_fraction < 1,
+               f"threshold.calibration_fraction must lie in [0, 1), got {self.calibration_fraction}")
+        _check(0 <= self.calibration_max_fraction < 1,
+               f"threshold.calibration_max_fraction must lie in [0, 1), got {self.calibration_max_fraction}")
+        _check(0 <= self.target_fpr < 1, f"threshold.target_fpr must lie in [0, 1), got {self.target_fpr}")
+        _check(0 <= self.contamination <= 0.5,
+               f"threshold.contamination must lie in [0, 0.5] (0 = off), got {self.contamination}")
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    """The pooled-feature bank (:mod:`anomem.stage2.feature_bank`); its normals also fill the pixel bank."""
+
+    size: int = 2048  # training normals kept (0 = off, and no pixel bank either)
+    k: int = 2  # neighbours averaged by the kNN distances (feature bank, pixel bank, contrast)
+    weight: float = 0.5  # share of the bank distance in each scale's score
+
+    def __post_init__(self) -> None:
+        _check(self.size >= 0, f"bank.size must be >= 0, got {self.size}")
+        _check(self.k >= 1, f"bank.k must be >= 1, got {self.k}")
+        _check(0 <= self.weight <= 1, f"bank.weight must lie in [0, 1], got {self.weight}")
+
+
+@dataclass(frozen=True)
+class PixelsConfig:
+    """The raw-pixel bank (:mod:`anomem.stage2.pixel_bank`): the input as the finest scale.
+
+    Its weights are the fusion's (:mod:`anomem.stage2.fusion`); all of them 0 = no pixel bank.
+    """
+
+    side: int = 32  # images are kept with the longer side at most this
+    # share of the raw-pixel kNN score in the image score, after Eq. 13 (docs/method.md, Decision 6)
+    weight: float = 1 / 3
+    # the local map's maximum in the image score, and the map in the heat-map (Decision 7)
+    local_weight: float = 0.0
+    map_weight: float = 0.5
+    local_k: int = 20  # neighbours the local map takes its per-position minimum over
+    # with labelled anomalies, the contrast (distance to the normals minus distance to the
+    # anomalies) in the global pixel score's place when the heads score (Decision 9)
+    contrast_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.side <= 512, f"pixels.side must lie in [1, 512], got {self.side}")
+        _check(0 <= self.weight < 1, f"pixels.weight must lie in [0, 1), got {self.weight}")
+        _check(0 <= self.local_weight < 1 and self.weight + self.local_weight < 1,
+               f"pixels.local_weight must lie in [0, 1) with weight + local_weight < 1, got {self.local_weight}")
+        _check(0 <= self.contrast_weight < 1 and (self.weight == 0 or self.contrast_weight + self.local_weight < 1),
+               f"pixels.contrast_weight must lie in [0, 1) with contrast_weight + local_weight < 1 (unless "
+               f"weight is 0, which turns it off), got {self.contrast_weight}")
+        _check(0 <= self.map_weight <= 1, f"pixels.map_weight must lie in [0, 1], got {self.map_weight}")
+        _check(1 <= self.local_k <= 1024, f"pixels.local_k must lie in [1, 1024], got {self.local_k}")
 
 
 @dataclass(frozen=True)

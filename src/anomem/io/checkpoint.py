@@ -47,7 +47,7 @@ import torch
 from anomem.errors import CheckpointError
 
 FORMAT = "anomem-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: before stage 2 was a package of signals (anomem.io.migrate)
 
 
 NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, tmpfs, APFS, NTFS in UTF-16 units)

@@ -10,7 +10,7 @@ it is at export time (:func:`exportable_model`):
 * stage 2 is fixed to what scores at export time: supervised heads (Eq. 10) when they
   are in use, else the one-class norm (Eq. 9); standardisation, the normal bank and the
   λ-weighted merge (Eq. 13) follow;
-* φ's pooling is already a constant matrix (:func:`anomem.stage2.scorer.adaptive_pool_matrix`),
+* φ's pooling is already a constant matrix (:func:`anomem.stage2.heads.adaptive_pool_matrix`),
   and the heat-map smoothing is kornia's Gaussian with reflect padding, both traceable.
 
 Inputs must be float images in [0, 1] of exactly the detector's (C, H, W); the batch

@@ -30,13 +30,14 @@ from anomem.io.checkpoint import (
     save_checkpoint,
     verify_content_hash,
 )
+from anomem.io.migrate import migrate
 from anomem.io.validate import (
     check_device,
     validate_detector_checkpoint,
     validate_training_checkpoint,
 )
 from anomem.model.prototypes import PrototypeCache
-from anomem.stage2.fit import ScoreBank, Stage2Banks
+from anomem.stage2.fit import Stage2Banks, score_bank_from_state, score_bank_state
 from anomem.thresholds import Threshold
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,6 +84,7 @@ def restore_stage1(det: AnoMem, ckpt: dict[str, Any], trainer: Stage1Trainer) ->
     """Continue ``trainer`` from a :func:`stage1_checkpoint` made with the same config."""
     if "trainer" not in ckpt:
         raise CheckpointError("this checkpoint holds no training state to resume from")
+    ckpt = migrate(ckpt)
     validate_training_checkpoint(ckpt, "the resume checkpoint")
     try:
         diff = config_differences(json.loads(ckpt["config"]), det.config_.to_dict())
@@ -95,10 +97,6 @@ def restore_stage1(det: AnoMem, ckpt: dict[str, Any], trainer: Stage1Trainer) ->
         raise
     except _MALFORMED as e:
         raise CheckpointError(f"cannot resume: malformed training checkpoint: {type(e).__name__}: {e}") from None
-
-
-def _non_empty(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None or t.numel() == 0 else t
 
 
 def check_loadable(det: AnoMem, what: str = "this detector") -> dict[str, Any]:
@@ -130,13 +128,7 @@ def detector_state(det: AnoMem) -> dict[str, Any]:
     b = det.banks_
     state["normal_bank"], state["anomaly_bank"], state["pseudo_bank"] = _cpu(b.normal), _cpu(b.anomaly), _cpu(b.pseudo)
     state["normal_score_bank"] = b.normal_scores.cpu()
-    cal = det.calibration_bank_
-    state["calibration_bank"] = {} if cal is None else {
-        "raw": cal.raw.cpu(), "pooled": _cpu(cal.pooled),
-        "bank": torch.zeros(cal.raw.shape[0], 0) if cal.bank is None else cal.bank.cpu(),
-        "pixel": torch.zeros(0) if cal.pixel is None else cal.pixel.cpu(),
-        "pixel_features": torch.zeros(0) if cal.pixel_features is None else cal.pixel_features.cpu(),
-        "patches": torch.zeros(0) if cal.patches is None else cal.patches.cpu()}
+    state["calibration_bank"] = score_bank_state(det.calibration_bank_)
     state["threshold"] = "" if det.threshold_ is None else det.threshold_.to_json()
     cache = det.prototype_cache_
     state["prototype_cache"] = {} if cache is None else cache.to_state()
@@ -156,6 +148,9 @@ def load_detector(cls: type[AnoMem], path: str | Path, device: str = "cpu") -> A
     check_device(device)
     path = resolve_checkpoint_path(path)
     ckpt = load_checkpoint(path, verify=False)
+    if ckpt.get("format_version") == 1:  # its hash covers the format-1 fields: checked before they move
+        verify_content_hash(ckpt, path)
+        ckpt = migrate(ckpt)
     validate_detector_checkpoint(ckpt, path)  # every field checked before anything is built from it
     try:
         det = _from_checkpoint(cls, ckpt, path, device)
@@ -182,39 +177,25 @@ def _from_checkpoint(cls: type[AnoMem], ckpt: dict[str, Any], path: str | Path, 
     net = build_net(cfg, det.in_channels_, det.image_size_)
     channels = net.backbone.tap_channels
     scorer = build_scorer(cfg, channels)
-    # Files from before the pixel bank lack its (empty) buffers: take the fresh ones.
-    # Files from before the patch banks lack them (and their fusion weights): fresh ones
-    # score exactly as those files did (banks empty, the global score alone).
-    fresh = ("pixels.", "patches.", "fusion", "map_fusion")
-    state = {**{k: v for k, v in scorer.state_dict().items() if k.startswith(fresh)}, **ckpt["scorer"]}
+    state = ckpt["scorer"]
     try:
         net.load_state_dict(ckpt["net"])
-        scorer.resize_banks(state)
+        scorer.resize_like(state)
         scorer.load_state_dict(state)
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"{str(path)!r}: weights do not match its config: {str(e).splitlines()[0]}") from None
     det.model_ = det.new_model(net, scorer).to(det.device_).eval()
     to = lambda ts: [t.to(det.device_) for t in ts]  # noqa: E731
-    anomaly = to(ckpt["anomaly_bank"])
-    n_scales = len(channels)
-    # Checkpoints from before pseudo-anomalies, thresholds or explanations lack some entries.
-    det.banks_ = Stage2Banks(
-        to(ckpt["normal_bank"]),
-        ckpt.get("normal_score_bank", torch.zeros(0, n_scales)).to(det.device_),
-        anomaly,
-        to(ckpt["pseudo_bank"]) if "pseudo_bank" in ckpt else [a[:0].clone() for a in anomaly],
-    )
-    cal = ckpt.get("calibration_bank") or None
-    det.calibration_bank_ = None if cal is None else ScoreBank(cal["raw"], list(cal["pooled"]), cal.get("bank"),
-                                                               cal.get("pixel"), _non_empty(cal.get("pixel_features")),
-                                                               _non_empty(cal.get("patches")))
-    det.threshold_ = Threshold.from_json(ckpt["threshold"]) if ckpt.get("threshold") else None
-    cache = ckpt.get("prototype_cache") or None
+    det.banks_ = Stage2Banks(to(ckpt["normal_bank"]), ckpt["normal_score_bank"].to(det.device_),
+                             to(ckpt["anomaly_bank"]), to(ckpt["pseudo_bank"]))
+    det.calibration_bank_ = score_bank_from_state(ckpt["calibration_bank"])
+    det.threshold_ = Threshold.from_json(ckpt["threshold"]) if ckpt["threshold"] else None
+    cache = ckpt["prototype_cache"] or None
     det.prototype_cache_ = None if cache is None else PrototypeCache.from_state(cache)
-    det.history_ = history_from_json(ckpt.get("history", "[]"))
-    det.meta_ = json.loads(ckpt.get("meta", "{}"))
+    det.history_ = history_from_json(ckpt["history"])
+    det.meta_ = json.loads(ckpt["meta"])
     det.library_version_ = ckpt.get("library_version")
-    det.training_digests_ = dict(ckpt.get("training_digests") or {})  # files from before them: none
+    det.training_digests_ = dict(ckpt["training_digests"])
     return det
 
 

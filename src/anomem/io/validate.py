@@ -29,15 +29,15 @@ import torch
 from anomem.config import AnoMemConfig
 from anomem.errors import CheckpointError, ConfigError
 from anomem.limits import check_config_limits
+from anomem.stage2.scorer import Scorer
+from anomem.stage2.state import StateError, tensor
 from anomem.thresholds import Threshold
 
 MAX_IMAGE_SIDE = 8192  # the largest (H, W) side a checkpoint may claim
 MAX_SCALES = 16
-MAX_MAGNITUDE = 1e15  # no trained weight or statistic comes near; float32 arithmetic on it stays finite
 
 
-class _Bad(Exception):
-    """One field is wrong; the message names it."""
+_Bad = StateError  # one field is wrong; the message names it
 
 
 def check_device(device: Any) -> str:
@@ -49,21 +49,7 @@ def check_device(device: Any) -> str:
     return device
 
 
-def _tensor(value: Any, field: str, ndim: int | None = None, floating: bool | None = None) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise _Bad(f"{field} must be a tensor, got {type(value).__name__}")
-    if value.layout != torch.strided or value.device.type == "meta":
-        raise _Bad(f"{field} must be a dense tensor, got layout {value.layout} on {value.device.type}")
-    if ndim is not None and value.ndim != ndim:
-        raise _Bad(f"{field} must have {ndim} dimensions, got shape {tuple(value.shape)}")
-    if floating is True and not value.is_floating_point():
-        raise _Bad(f"{field} must be floating point, got {value.dtype}")
-    if value.is_floating_point() or value.is_complex():
-        if not bool(torch.isfinite(value).all()):
-            raise _Bad(f"{field} holds NaN or infinite values")
-        if value.numel() and float(value.abs().max()) > MAX_MAGNITUDE:
-            raise _Bad(f"{field} holds values of magnitude above {MAX_MAGNITUDE:g} (they overflow when scored)")
-    return value
+_tensor = tensor
 
 
 def _tensor_dict(value: Any, field: str) -> Mapping[str, torch.Tensor]:
@@ -150,135 +136,37 @@ def _bank_list(value: Any, field: str, dims: list[int]) -> None:
         rows = t.shape[0]
 
 
-def _scorer(value: Any) -> list[int]:
-    """Check the stage-2 state; return each scale's pooled input width."""
-    s = _tensor_dict(value, "scorer")
-    dims = []
-    while f"heads.{len(dims)}.in_mean" in s:
-        dims.append(int(s[f"heads.{len(dims)}.in_mean"].numel()))
-    n = len(dims)
-    if not 1 <= n <= MAX_SCALES:
-        raise _Bad(f"scorer must hold 1 to {MAX_SCALES} heads, got {n}")
-    for key in ("scale_weights", "score_mean", "score_std", "head_mean", "head_std", "map_mean", "map_std",
-                "bank_mean", "bank_std"):
-        if key not in s:
-            raise _Bad(f"scorer[{key!r}] is missing")
-        t = _tensor(s[key], f"scorer[{key!r}]", ndim=1, floating=True)
-        if t.shape[0] != n:
-            raise _Bad(f"scorer[{key!r}] must hold {n} values (one per scale), got shape {tuple(t.shape)}")
-        if key.endswith("_std") and not bool((t > 0).all()):
-            raise _Bad(f"scorer[{key!r}] must be > 0 (a standard deviation), got {t.tolist()}")
-    if bool((s["scale_weights"] < 0).any()) or not float(s["scale_weights"].sum()) > 0:
-        raise _Bad(f"scorer['scale_weights'] must be >= 0 with a positive sum, got {s['scale_weights'].tolist()}")
-    rows = None
-    for i in range(n):
-        for part in ("in_std", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"):
-            if f"heads.{i}.{part}" not in s:
-                raise _Bad(f"scorer['heads.{i}.{part}'] is missing")
-        std = s[f"heads.{i}.in_std"]
-        if std.shape != s[f"heads.{i}.in_mean"].shape or not bool((std > 0).all()):
-            raise _Bad(f"scorer['heads.{i}.in_std'] must be > 0, one value per input")
-        bank = s.get(f"bank{i}")
-        if bank is None:
-            raise _Bad(f"scorer['bank{i}'] is missing")
-        _tensor(bank, f"scorer['bank{i}']", ndim=2, floating=True)
-        if rows is not None and bank.shape[0] != rows:
-            raise _Bad(f"scorer['bank{i}'] holds {bank.shape[0]} rows, bank0 holds {rows}")
-        rows = bank.shape[0]
-        if bank.numel() and not bool(((bank.float().norm(dim=1) - 1).abs() < 1e-3).all()):
-            raise _Bad(f"scorer['bank{i}'] must hold unit-length embeddings (rows of norm 1)")
-    if "supervised" in s and s["supervised"].numel() != 1:
-        raise _Bad("scorer['supervised'] must be one flag")
-    _pixel_bank(s)
-    _patch_banks(s)
-    return dims
-
-
-def _patch_banks(s: Mapping[str, torch.Tensor]) -> None:
-    """The optional patch banks (``patches.*``) and fusion weights; older files have none."""
-    for key in ("fusion", "map_fusion"):
-        if key not in s:
-            continue
-        w = _tensor(s[key], f"scorer['{key}']", ndim=1, floating=True)
-        if w.shape[0] != 3 or bool((w < 0).any()) or not 0.99 <= float(w.sum()) <= 1.01:
-            raise _Bad(f"scorer['{key}'] must be 3 weights >= 0 summing to 1, got {w.tolist()}")
-    for name in ("feature", "pixel"):
-        key = f"patches.{name}.bank"
-        if key not in s:
-            continue
-        _tensor(s[key], f"scorer['{key}']", ndim=2, floating=True)
-        for stat in ("map", "score"):
-            _tensor(s.get(f"patches.{name}.{stat}_mean"), f"scorer['patches.{name}.{stat}_mean']", ndim=0, floating=True)
-            std = _tensor(s.get(f"patches.{name}.{stat}_std"), f"scorer['patches.{name}.{stat}_std']", ndim=0, floating=True)
-            if not float(std) > 0:
-                raise _Bad(f"scorer['patches.{name}.{stat}_std'] must be > 0 (a standard deviation), got {float(std)}")
-
-
-def _pixel_bank(s: Mapping[str, torch.Tensor]) -> None:
-    """The optional raw-pixel bank (``pixels.*``; files from before it have none)."""
-    if "pixels.bank" not in s:
-        return
-    for key in ("pixels.grid", *(f"pixels.{n}_{m}" for n in ("global", "map", "local") for m in ("mean", "std"))):
-        if key not in s:
-            raise _Bad(f"scorer[{key!r}] is missing")
-    bank = _tensor(s["pixels.bank"], "scorer['pixels.bank']", ndim=2, floating=True)
-    grid = _tensor(s["pixels.grid"], "scorer['pixels.grid']", ndim=1, floating=False)
-    if bank.shape[0] > 0:
-        if grid.shape != (3,) or bool((grid < 1).any()) or int(grid.prod()) != bank.shape[1]:
-            raise _Bad(f"scorer['pixels.grid'] must be (C, h, w) with C·h·w = {bank.shape[1]}, got {grid.tolist()}")
-        if int(grid[1]) > 4096 or int(grid[2]) > 4096:
-            raise _Bad(f"scorer['pixels.grid'] is implausibly large: {grid.tolist()}")
-    if "pixels.anomalies" in s:  # files from before the contrast score have none
-        a = _tensor(s["pixels.anomalies"], "scorer['pixels.anomalies']", ndim=2, floating=True)
-        if a.shape[0] and a.shape[1] != bank.shape[1]:
-            raise _Bad(f"scorer['pixels.anomalies'] must have the pixel bank's {bank.shape[1]} columns, "
-                       f"got shape {tuple(a.shape)}")
-        for key in ("pixels.contrast_mean", "pixels.contrast_std"):
-            if key not in s:
-                raise _Bad(f"scorer[{key!r}] is missing")
-    for n in ("global", "map", "local", "contrast"):
-        if n == "contrast" and "pixels.contrast_mean" not in s:
-            continue
-        _tensor(s[f"pixels.{n}_mean"], f"scorer['pixels.{n}_mean']", ndim=0, floating=True)
-        std = _tensor(s[f"pixels.{n}_std"], f"scorer['pixels.{n}_std']", ndim=0, floating=True)
-        if not float(std) > 0:
-            raise _Bad(f"scorer['pixels.{n}_std'] must be > 0 (a standard deviation), got {float(std)}")
-
-
-def _pixel_grid(ckpt: Mapping[str, Any]) -> None:
-    """The pixel bank's (C, h, w) must be what the detector's input size gives."""
-    s = ckpt["scorer"]
-    bank = s.get("pixels.bank")
-    if bank is None or bank.shape[0] == 0:
-        return
+def _pixel_grid(ckpt: Mapping[str, Any]) -> list[int]:
+    """The pixel bank's (C, h, w) that the detector's input size and config give."""
     try:
-        side = int(json.loads(ckpt["config"])["scorer"].get("pixel_side", 32))
+        side = int(json.loads(ckpt["config"])["pixels"].get("side", 32))
     except (ValueError, TypeError, KeyError, AttributeError):
-        return  # an unreadable config is reported when the config is read
+        side = 32  # an unreadable config is reported when the config is read
     h, w = (int(v) for v in ckpt["image_size"])
     if max(h, w) > side:
         f = side / max(h, w)
         h, w = max(1, round(h * f)), max(1, round(w * f))
-    want = [int(ckpt["in_channels"]), h, w]
-    if s["pixels.grid"].tolist() != want:
-        raise _Bad(f"scorer['pixels.grid'] is {s['pixels.grid'].tolist()} but the input size gives {want}")
+    return [int(ckpt["in_channels"]), h, w]
+
+
+def _scorer(ckpt: Mapping[str, Any]) -> list[int]:
+    """The stage-2 state, each signal checking its own entries; each scale's pooled input width."""
+    s = _tensor_dict(ckpt.get("scorer"), "scorer")
+    return Scorer.check_state(s, _pixel_grid(ckpt), MAX_SCALES)
 
 
 def _validate_detector(ckpt: Mapping[str, Any]) -> None:
     _common(ckpt)
-    dims = _scorer(ckpt.get("scorer"))
-    _pixel_grid(ckpt)
+    dims = _scorer(ckpt)
     n = len(dims)
     for field in ("normal_bank", "anomaly_bank"):
         _bank_list(ckpt.get(field), field, dims)
     if ckpt["normal_bank"][0].shape[0] < 1:
         raise _Bad("normal_bank holds no images")
-    if "pseudo_bank" in ckpt:
-        _bank_list(ckpt["pseudo_bank"], "pseudo_bank", dims)
-    if "normal_score_bank" in ckpt:
-        t = _tensor(ckpt["normal_score_bank"], "normal_score_bank", ndim=2, floating=True)
-        if t.shape[1] != n:
-            raise _Bad(f"normal_score_bank must have {n} columns, got shape {tuple(t.shape)}")
+    _bank_list(ckpt.get("pseudo_bank"), "pseudo_bank", dims)
+    t = _tensor(ckpt.get("normal_score_bank"), "normal_score_bank", ndim=2, floating=True)
+    if t.shape[1] != n:
+        raise _Bad(f"normal_score_bank must have {n} columns, got shape {tuple(t.shape)}")
     cal = ckpt.get("calibration_bank")
     if cal:
         if not isinstance(cal, Mapping):
@@ -289,28 +177,18 @@ def _validate_detector(ckpt: Mapping[str, Any]) -> None:
         _bank_list(cal.get("pooled"), "calibration_bank['pooled']", dims)
         if cal["pooled"][0].shape[0] != raw.shape[0]:
             raise _Bad("calibration_bank: 'raw' and 'pooled' hold different numbers of images")
-        px = cal.get("pixel")
-        if px is not None:
-            px = _tensor(px, "calibration_bank['pixel']", floating=True)
-            if px.numel() and (px.ndim != 2 or px.shape[0] != raw.shape[0] or px.shape[1] not in (2, 3)):
-                raise _Bad(f"calibration_bank['pixel'] must be ({raw.shape[0]}, 2 or 3) or empty, got {tuple(px.shape)}")
-        pf = cal.get("pixel_features")
-        if pf is not None:
-            pf = _tensor(pf, "calibration_bank['pixel_features']", floating=True)
-            bank = ckpt.get("scorer", {}).get("pixels.bank")
-            d = None if bank is None or bank.ndim != 2 else bank.shape[1]
-            if pf.numel() and (pf.ndim != 2 or pf.shape[0] != raw.shape[0] or pf.shape[1] != d):
-                raise _Bad(f"calibration_bank['pixel_features'] must be ({raw.shape[0]}, {d}) (the pixel bank's "
-                           f"width) or empty, got {tuple(pf.shape)}")
-        pt = cal.get("patches")
-        if pt is not None:
-            pt = _tensor(pt, "calibration_bank['patches']", floating=True)
-            if pt.numel() and (pt.ndim != 2 or pt.shape != (raw.shape[0], 2)):
-                raise _Bad(f"calibration_bank['patches'] must be ({raw.shape[0]}, 2) or empty, got {tuple(pt.shape)}")
-        if cal.get("bank") is not None:
-            b = _tensor(cal["bank"], "calibration_bank['bank']", ndim=2, floating=True)
-            if b.shape[0] != raw.shape[0] or b.shape[1] not in (0, n):
-                raise _Bad(f"calibration_bank['bank'] must be ({raw.shape[0]}, 0 or {n}), got {tuple(b.shape)}")
+        for key in ("pixel_global", "pixel_local", "feature_patches", "pixel_patches"):
+            v = _tensor(cal.get(key), f"calibration_bank[{key!r}]", floating=True)
+            if v.numel() and v.shape != (raw.shape[0],):
+                raise _Bad(f"calibration_bank[{key!r}] must be ({raw.shape[0]},) or empty, got {tuple(v.shape)}")
+        pf = _tensor(cal.get("pixel_features"), "calibration_bank['pixel_features']", floating=True)
+        d = ckpt["scorer"]["pixels.bank"].shape[1]
+        if pf.numel() and (pf.ndim != 2 or pf.shape[0] != raw.shape[0] or pf.shape[1] != d):
+            raise _Bad(f"calibration_bank['pixel_features'] must be ({raw.shape[0]}, {d}) (the pixel bank's "
+                       f"width) or empty, got {tuple(pf.shape)}")
+        b = _tensor(cal.get("bank"), "calibration_bank['bank']", ndim=2, floating=True)  # (N, 0): no bank
+        if b.shape[0] != raw.shape[0] or b.shape[1] not in (0, n):
+            raise _Bad(f"calibration_bank['bank'] must be ({raw.shape[0]}, 0 or {n}), got {tuple(b.shape)}")
     th = ckpt.get("threshold", "")
     if not isinstance(th, str):
         raise _Bad(f"threshold must be a JSON string, got {type(th).__name__}")

@@ -11,7 +11,7 @@ S scales.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -166,20 +166,15 @@ class Evidence(NamedTuple):
         deviations: S maps Δ^(s) (B, C_s, H_s, W_s), Eq. 8.
         embeddings: S tensors (B, C_s), tap features z^(s) averaged over positions.
         recalled: S :class:`Recall`, only when asked for (explanations).
-        pixel_scores: (B, 3) standardised global, local and contrast pixel-bank scores, and
-        pixel_map: (B, h, w) the standardised local map, when the scorer keeps a pixel
-            bank (set by :class:`anomem.inference.AnoMemModel`).
         local_features: (B, D, h, w) the encoder's patch descriptors
             (:func:`anomem.stage2.patch_bank.feature_descriptors`), or None.
-        patch_scores: (B, 2) standardised feature-patch and pixel-patch image scores, and
-        patch_maps: their (B, h, w) maps, when the scorer keeps patch banks.
+        signals: what the scorer's input-level signals say of the batch
+            (:class:`anomem.stage2.parts.Signals`: pixel and patch banks), set by
+            :class:`anomem.inference.AnoMemModel` when the scorer keeps them.
     """
 
     deviations: list[torch.Tensor]
     embeddings: list[torch.Tensor]
     recalled: list[Recall] | None = None
-    pixel_scores: torch.Tensor | None = None
-    pixel_map: torch.Tensor | None = None
     local_features: torch.Tensor | None = None
-    patch_scores: torch.Tensor | None = None
-    patch_maps: list[torch.Tensor] | None = None
+    signals: Any = None

@@ -1,30 +1,43 @@
-"""Stage 2 of fitting: what the scorer learns on a trained, frozen stage 1.
+"""Fitting stage 2 on a trained, frozen stage 1, signal by signal.
 
-Given the inference module (:class:`anomem.inference.AnoMemModel`), these functions
-set the scorer's per-scale statistics and normal banks, keep the pooled deviations
-that later refits and thresholds need (:class:`Stage2Banks`, :class:`ScoreBank`), and
-train the heads (Eq. 10-12) when labelled anomalies exist. They also make the
-training-time inputs of stage 2: the held-out calibration normals and the
-pseudo-anomalies (:mod:`anomem.model.pseudo`).
+Given the inference module (:class:`anomem.inference.AnoMemModel`), :func:`fit_scorer`
+fits each signal of the scorer from the training normals (statistics, banks, patch
+coresets), trains the heads (Eq. 10-12) when labelled anomalies exist, and keeps what
+later refits and thresholds need without the images: :class:`Stage2Banks` (pooled
+deviations) and :class:`ScoreBank` (the cached parts of the held-out normals, scored
+under any weights by :func:`cached_scores`).
 
 Symbols: N images, S scales, D_s pooled features of scale s.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from anomem.config import AnoMemConfig
 from anomem.engine import fit_heads
-from anomem.errors import ConfigError
 from anomem.inference import AnoMemModel
 from anomem.inputs import to_float
-from anomem.model.pseudo import make_pseudo_anomalies, shift_separability
+from anomem.stage2.fusion import Weights, fuse
+from anomem.stage2.memory import one_class_scores
+from anomem.stage2.parts import ScoreParts
 from anomem.stage2.patch_bank import pixel_descriptors
-from anomem.stage2.scorer import one_class_scores
+
+
+class InputScores(NamedTuple):
+    """Image-level scores (N,) of the input-level signals that never change after fit
+    (None: not kept). The contrast is not here: a refit changes it."""
+
+    pixel_global: torch.Tensor | None = None
+    pixel_local: torch.Tensor | None = None
+    feature_patches: torch.Tensor | None = None
+    pixel_patches: torch.Tensor | None = None
+
+    def take(self, idx: torch.Tensor) -> InputScores:
+        return InputScores(*(None if v is None else v[idx.to(v.device)] for v in self))
 
 
 class DeviationSummary(NamedTuple):
@@ -35,8 +48,7 @@ class DeviationSummary(NamedTuple):
     embeddings: list[torch.Tensor]  # S x (N, C_s) tap features averaged over positions
     map_mean: torch.Tensor  # (S,) mean of per-position ‖Δ_ij‖ over all images
     map_sq: torch.Tensor  # (S,) mean of per-position ‖Δ_ij‖²
-    pixels: torch.Tensor | None = None  # (N, 2) pixel-bank scores, when the bank is ready
-    patches: torch.Tensor | None = None  # (N, 2) feature- and pixel-patch scores, when the banks are ready
+    inputs: InputScores  # the input-level signals' scores, every kept bank read
 
 
 class ScoreBank(NamedTuple):
@@ -45,21 +57,17 @@ class ScoreBank(NamedTuple):
     Attributes:
         raw: (N, S) one-class scores ‖Δ^(s)‖₂ (Eq. 9), before standardisation.
         pooled: S x (N, D_s) pooled deviations φ(Δ^(s)) for the heads (Eq. 10).
-        bank: (N, S) standardised normal-bank distances, or (N, 0) / None when the
-            detector keeps no bank (the banks never change after fit, so these stay valid).
-        pixel: (N, 2) or (N, 3) standardised global, local (and contrast) pixel-bank
-            scores, or None / empty without a pixel bank.
+        bank: (N, S) standardised feature-bank distances, or None without a bank.
+        inputs: the input-level signals' scores (:class:`InputScores`).
         pixel_features: (N, D) the images at pixel-bank resolution, or None: with them
-            the pixel scores are recomputed under the current pixel bank (a refit adds
-            anomalies to it, which changes the contrast).
+            the pixel scores and the contrast are recomputed under the current state.
     """
 
     raw: torch.Tensor
     pooled: list[torch.Tensor]
     bank: torch.Tensor | None = None
-    pixel: torch.Tensor | None = None
+    inputs: InputScores = InputScores()
     pixel_features: torch.Tensor | None = None
-    patches: torch.Tensor | None = None  # (N, 2) standardised patch-bank scores (never change after fit)
 
 
 class Stage2Banks(NamedTuple):
@@ -80,48 +88,68 @@ class Stage2Banks(NamedTuple):
 
 @torch.inference_mode()
 def summarise(model: AnoMemModel, images: torch.Tensor, batch_size: int = 256) -> DeviationSummary:
-    """Eq. 9 scores, pooled deviations, embeddings and map statistics of ``images``."""
+    """Eq. 9 scores, pooled deviations, embeddings, map moments and input-level scores."""
     heads = model.scorer.heads
-    scores, pooled, embs, pix, msum, msq, count = [], [], [], [], 0.0, 0.0, 0
-    patches = []
-    ready = any(b.ready for b in model.scorer.patches.values())
-    for ev in model.evidence_batches(images, batch_size, patches=ready):
-        if ev.pixel_scores is not None:
-            pix.append(ev.pixel_scores)
-        if ev.patch_scores is not None:
-            patches.append(ev.patch_scores)
+    scores, pooled, embs, msum, msq, count = [], [], [], 0.0, 0.0, 0
+    inputs: list[list[torch.Tensor | None]] = []
+    for ev in model.evidence_batches(images, batch_size, every=True):
+        sig = ev.signals
+        if sig is not None:
+            score = lambda v: None if v is None else v.score  # noqa: E731
+            inputs.append([sig.pixel_global, score(sig.pixel_local), score(sig.feature_patches),
+                           score(sig.pixel_patches)])
         devs = ev.deviations
         embs.append(ev.embeddings)
         scores.append(one_class_scores(devs))
-        pooled.append([h.pool_features(d) for h, d in zip(heads, devs)])
+        pooled.append(heads.pool(devs))
         norms = [d.norm(dim=1) for d in devs]  # S x (B, H_s, W_s)
         msum = msum + torch.stack([n.mean((1, 2)).sum() for n in norms])
         msq = msq + torch.stack([(n**2).mean((1, 2)).sum() for n in norms])
         count += devs[0].shape[0]
+    cols = [None if not inputs or inputs[0][i] is None else torch.cat([r[i] for r in inputs]) for i in range(4)]
     return DeviationSummary(torch.cat(scores), [torch.cat(p) for p in zip(*pooled)],
-                            [torch.cat(e) for e in zip(*embs)], msum / count, msq / count,
-                            torch.cat(pix) if pix else None, torch.cat(patches) if patches else None)
+                            [torch.cat(e) for e in zip(*embs)], msum / count, msq / count, InputScores(*cols))
+
+
+def cached_parts(model: AnoMemModel, bank: ScoreBank, every: bool = False) -> ScoreParts:
+    """The named parts of a :class:`ScoreBank` under the model's current stage 2, as
+    :meth:`Scorer.parts` gives them for those images (each patch bank as it is read,
+    every ready one with ``every``)."""
+    s, device = model.scorer, model.scorer.weights.scales.device
+    use_heads = model.use_heads
+    dev = lambda t: None if t is None else t.to(device)  # noqa: E731
+    raw = bank.raw.to(device)
+    heads = s.heads.scores([p.to(device) for p in bank.pooled]) if use_heads else None
+    pixel_global, pixel_local, contrast = dev(bank.inputs.pixel_global), dev(bank.inputs.pixel_local), None
+    if bank.pixel_features is not None and bank.pixel_features.numel() and s.pixels.ready:
+        feats = bank.pixel_features.to(device)
+        px, pixel_global, local = s.pixels.scores(feats)
+        pixel_local = local.score
+        if use_heads and s.contrast.ready_for(s.pixels):
+            contrast = s.contrast(px.global_distance, feats)
+    read = s.patch_banks_read(every)
+    fp = dev(bank.inputs.feature_patches) if read["feature"] else None
+    pp = dev(bank.inputs.pixel_patches) if read["pixel"] else None
+    return ScoreParts(s.memory.score(raw), heads, dev(bank.bank), pixel_global, pixel_local, contrast, fp, pp)
 
 
 @torch.inference_mode()
-def bank_scores(model: AnoMemModel, bank: ScoreBank) -> np.ndarray:
-    """Merged scores (N,) of a :class:`ScoreBank` under the model's current stage 2:
-    what :meth:`AnoMem.anomaly_score` gives for those images, without the images."""
-    s, device = model.scorer, model.scorer.score_mean.device
-    sup = model.use_heads
-    raw = s.head_distances([p.to(device) for p in bank.pooled]) if sup else bank.raw.to(device)  # Eq. 10 / 9
-    near = None if bank.bank is None else bank.bank.to(device)
-    pixels = None if bank.pixel is None else bank.pixel.to(device)
-    if bank.pixel_features is not None and bank.pixel_features.numel() and s.pixels.ready:
-        pixels = s.pixel_scores(bank.pixel_features.to(device))[0]
-    image = s.image_score(s.standardise(raw, sup, near), pixels, sup)  # Eq. 13 (+ pixel bank)
-    patches = None if bank.patches is None or not s.has_patches else bank.patches.to(device)
-    return s.fuse(image, patches).float().cpu().numpy()
+def cached_scores(model: AnoMemModel, bank: ScoreBank, weights: Weights | None = None) -> np.ndarray:
+    """Image scores (N,) of a :class:`ScoreBank` under the model's current stage 2 (and
+    fitted or given weights): what :meth:`AnoMem.anomaly_score` gives for those images."""
+    w = model.scorer.weights.get() if weights is None else weights
+    return fuse(cached_parts(model, bank), w).float().cpu().numpy()
+
+
+def pixel_bank_used(cfg: AnoMemConfig) -> bool:
+    """Whether the config gives the raw-pixel bank any weight (else it is not kept)."""
+    p = cfg.pixels
+    return max(p.weight, p.local_weight, p.map_weight, p.contrast_weight) > 0
 
 
 def fit_scorer(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, anomalies: torch.Tensor,
                pseudo: torch.Tensor) -> Stage2Banks:
-    """Statistics, normal banks and (with labelled anomalies) the heads, in place.
+    """Every signal's state and statistics, and (with labelled anomalies) the heads, in place.
 
     The heads learn from the labelled anomalies and the pseudo-anomalies together;
     pseudo-anomalies alone train them only with ``pseudo.heads`` (alone they make
@@ -129,16 +157,14 @@ def fit_scorer(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, ano
     later refit uses them beside the new anomalies.
     """
     scorer = model.scorer
+    standardise = cfg.scorer.merge == "standardized"
     summ = summarise(model, normals)
-    scorer.score_mean.copy_(summ.scores.mean(0))
-    scorer.score_std.copy_(summ.scores.std(0, unbiased=False).clamp_min(1e-8))
-    scorer.map_mean.copy_(summ.map_mean)
-    scorer.map_std.copy_((summ.map_sq - summ.map_mean**2).clamp_min(1e-12).sqrt())
-    if cfg.scorer.bank > 0 and scorer.standardize and normals.shape[0] > 2:
+    scorer.memory.fit(summ.scores, summ.map_mean, summ.map_sq, standardise)
+    if cfg.bank.size > 0 and standardise and normals.shape[0] > 2:
         pick = torch.randperm(normals.shape[0], generator=torch.Generator().manual_seed(cfg.train.seed + 31))
-        scorer.set_banks([e[pick[: cfg.scorer.bank].to(e.device)] for e in summ.embeddings])
-        if scorer.pixels.active:
-            scorer.pixels.fit(to_float(normals[pick[: cfg.scorer.bank]]).to(scorer.score_mean.device))
+        scorer.bank.fit([e[pick[: cfg.bank.size].to(e.device)] for e in summ.embeddings])
+        if pixel_bank_used(cfg):
+            scorer.pixels.fit(to_float(normals[pick[: cfg.bank.size]]).to(scorer.weights.scales.device))
     fit_patch_banks(model, cfg, normals)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     keep = torch.randperm(normals.shape[0], generator=gen)[: cfg.scorer.normal_bank]
@@ -152,35 +178,50 @@ def fit_scorer(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, ano
         return banks
     if anomalies.shape[0] > 0:
         banks = banks._replace(anomaly=summarise(model, anomalies).pooled)
-        store_pixel_anomalies(model, anomalies, keep_previous=False)
+        store_anomalies(model, anomalies, keep_previous=False)
     if anomalies.shape[0] > 0 or (cfg.pseudo.heads and pseudo.shape[0] > 0):
         train_heads(model, banks, cfg)
     return banks
 
 
-def store_pixel_anomalies(model: AnoMemModel, anomalies: torch.Tensor, keep_previous: bool) -> None:
-    """Put labelled anomalies into the pixel bank (for its contrast score), after the
-    ones stored before when ``keep_previous``; nothing without a pixel bank."""
-    px = model.scorer.pixels
-    if not px.ready or anomalies.shape[0] == 0:
+def store_anomalies(model: AnoMemModel, anomalies: torch.Tensor, keep_previous: bool) -> None:
+    """Give labelled anomalies to the contrast (after the ones stored before when
+    ``keep_previous``); nothing without a pixel bank."""
+    s = model.scorer
+    if not s.pixels.ready or anomalies.shape[0] == 0:
         return
-    new = px.features(to_float(anomalies).to(px.bank.device))
-    if keep_previous and px.anomalies.shape[0] and px.anomalies.shape[1] == new.shape[1]:
-        new = torch.cat([px.anomalies, new])
-    px.set_anomalies(new)
+    new = s.pixels.features(to_float(anomalies).to(s.pixels.bank.device))
+    old = s.contrast.anomalies
+    if keep_previous and old.shape[0] and old.shape[1] == new.shape[1]:
+        new = torch.cat([old, new])
+    s.contrast.fit(s.pixels, new)
 
 
 def train_heads(model: AnoMemModel, banks: Stage2Banks, cfg: AnoMemConfig) -> None:
     """Train g^(s) on the kept normals against anomalies + pseudo-anomalies (Eq. 11-12),
-    then set the head-distance statistics and mark the scorer supervised."""
-    s = model.scorer
+    then set the statistics of their distances and mark them trained."""
+    heads = model.scorer.heads
     anomalies = [torch.cat([a, p]) for a, p in zip(banks.anomaly, banks.pseudo)]
-    fit_heads(s.heads, banks.normal, anomalies, cfg.scorer, cfg.train.seed)
-    with torch.no_grad():
-        d = s.head_distances(banks.normal)  # (N, S)
-        s.head_mean.copy_(d.mean(0))
-        s.head_std.copy_(d.std(0, unbiased=False).clamp_min(1e-6))
-        s.supervised.fill_(True)
+    fit_heads(heads.nets, banks.normal, anomalies, cfg.heads, cfg.train.seed)
+    heads.calibrate(banks.normal, standardise=cfg.scorer.merge == "standardized")
+
+
+def refit(model: AnoMemModel, banks: Stage2Banks, cfg: AnoMemConfig, anomalies: torch.Tensor,
+          normals: torch.Tensor | None = None, keep_previous: bool = True, contrast: bool = True) -> Stage2Banks:
+    """Retrain the heads with labelled anomalies on the frozen stage 1 (after those seen
+    before when ``keep_previous``; on ``normals`` instead of the kept normal bank when
+    given), and give them to the contrast unless ``contrast`` is False. The new banks."""
+    new = summarise(model, anomalies).pooled
+    if normals is not None:
+        summ = summarise(model, normals)
+        banks = banks._replace(normal=summ.pooled, normal_scores=summ.scores)
+    if keep_previous:
+        new = [torch.cat([old, n]) for old, n in zip(banks.anomaly, new)]
+    banks = banks._replace(anomaly=new)
+    if contrast:
+        store_anomalies(model, anomalies, keep_previous)
+    train_heads(model, banks, cfg)
+    return banks
 
 
 def calibration_bank(model: AnoMemModel, images: torch.Tensor, cap: int, seed: int) -> ScoreBank:
@@ -189,13 +230,11 @@ def calibration_bank(model: AnoMemModel, images: torch.Tensor, cap: int, seed: i
     # Capped like the normal bank, so the checkpoint does not grow with the data.
     keep = torch.randperm(summ.scores.shape[0], generator=torch.Generator().manual_seed(seed))[:cap]
     s = model.scorer
-    near = s.bank_scores([e[keep] for e in summ.embeddings]) if s.has_banks else None
-    pixels = None if summ.pixels is None else summ.pixels[keep.to(summ.pixels.device)]  # from the same pass
+    near = s.bank([e[keep] for e in summ.embeddings]) if s.bank.ready else None
     feats = None
     if s.pixels.ready:
         feats = s.pixels.features(to_float(images[keep.to(images.device)]).to(s.pixels.bank.device))
-    patches = None if summ.patches is None else summ.patches[keep.to(summ.patches.device)]
-    return ScoreBank(summ.scores[keep], [p[keep.to(p.device)] for p in summ.pooled], near, pixels, feats, patches)
+    return ScoreBank(summ.scores[keep], [p[keep.to(p.device)] for p in summ.pooled], near, summ.inputs.take(keep), feats)
 
 
 PATCH_FIT_IMAGES = 1024  # training normals whose descriptors feed the coresets, at most
@@ -203,9 +242,11 @@ PATCH_FIT_IMAGES = 1024  # training normals whose descriptors feed the coresets,
 
 @torch.inference_mode()
 def fit_patch_banks(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor) -> None:
-    """Fill the patch banks (:mod:`anomem.stage2.patch_bank`): a seeded share ``patches.held_out``
-    of the normals (at least one) is left out of the coresets and sets their statistics."""
+    """Fill the patch banks (:mod:`anomem.stage2.patch_bank`): a seeded share
+    ``patches.held_out`` of the normals (at least one) is left out of the coresets and
+    sets their statistics. The fusion weighs them only once :mod:`.fit_fusion` has."""
     banks = model.scorer.patches
+    model.scorer.weights.set(image=[1.0, 0.0, 0.0], map=[1.0, 0.0, 0.0])
     if not any(b.size > 0 for b in banks.values()) or normals.shape[0] < 2:
         return
     model.eval()  # BatchNorm must not move while the descriptors are read
@@ -220,8 +261,6 @@ def fit_patch_banks(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor
         if desc[0] is None:
             continue
         bank.fit(desc[0], desc[1], gen)
-    model.scorer.fusion.copy_(torch.tensor([1.0, 0.0, 0.0]))  # until fit_fusion weighs them
-    model.scorer.map_fusion.copy_(torch.tensor([1.0, 0.0, 0.0]))
 
 
 def patch_descriptors(model: AnoMemModel, images: torch.Tensor, name: str, batch_size: int = 128) -> torch.Tensor | None:
@@ -239,57 +278,41 @@ def patch_descriptors(model: AnoMemModel, images: torch.Tensor, name: str, batch
     return torch.cat(out)
 
 
-def calibration_split(normal: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """Indices of the normals held out to set the threshold: floor(fraction · n) of the
-    n normals, drawn with a generator seeded by ``seed`` (the global RNG is untouched),
-    never leaving fewer than 2 normals to train on. (M,) int64, sorted; M may be 0."""
-    idx = normal.nonzero().flatten()
-    m = min(int(fraction * idx.numel()), idx.numel() - 2)
-    if m <= 0:
-        return idx[:0]
-    gen = torch.Generator().manual_seed(seed + 7919)  # a stream of its own, not the training one
-    return idx[torch.randperm(idx.numel(), generator=gen)[:m]].sort().values
+def score_bank_state(bank: ScoreBank | None) -> dict[str, Any]:
+    """A :class:`ScoreBank` as checkpoint entries (CPU tensors; empty tensors for None)."""
+    if bank is None:
+        return {}
+    t = lambda v, *shape: torch.zeros(*shape) if v is None else v.detach().cpu()  # noqa: E731
+    n = bank.raw.shape[0]
+    return {"raw": bank.raw.cpu(), "pooled": [p.cpu() for p in bank.pooled], "bank": t(bank.bank, n, 0),
+            **{k: t(v, 0) for k, v in bank.inputs._asdict().items()}, "pixel_features": t(bank.pixel_features, 0)}
 
 
-def usable_shifts(x: torch.Tensor, shifts: tuple[str, ...], cfg: AnoMemConfig) -> tuple[str, ...]:
-    """The shifts that move these normals (N, C, H, W) off their distribution: a shift the
-    class is (nearly) invariant to makes pseudo-anomalies that look normal."""
-    p = cfg.pseudo
-    if shifts and p.min_separability > 0 and x.shape[0] >= 4:
-        sep = shift_separability(x, shifts, generator=torch.Generator().manual_seed(cfg.train.seed + 7))
-        shifts = tuple(k for k in shifts if sep[k] >= p.min_separability)
-    return shifts
-
-
-def pseudo_anomalies(normals: torch.Tensor, cfg: AnoMemConfig) -> torch.Tensor:
-    """``pseudo.ratio`` x N pseudo-anomalies of the training normals (float, CPU), seeded
-    by ``train.seed`` on a stream of their own (:mod:`anomem.model.pseudo`)."""
-    p = cfg.pseudo
-    count = max(1, round(p.ratio * normals.shape[0]))
-    gen = torch.Generator().manual_seed(cfg.train.seed + 104729)
-    shifts = p.shifts
-    if normals.shape[-1] != normals.shape[-2]:  # quarter turns need square images
-        shifts = tuple(k for k in shifts if k not in ("rot90", "rot270"))
-        if not shifts and not p.defects:
-            raise ConfigError("pseudo.shifts holds only quarter turns, which need square images; add rot180 or vflip")
-    x = to_float(normals)
-    shifts = usable_shifts(x, shifts, cfg)
-    if not shifts and (p.defect_fraction == 0 or not p.defects):
-        return x[:0]  # nothing left that makes an anomaly: the paper's stage 1
-    return make_pseudo_anomalies(x, count, shifts, p.defects, p.defect_fraction, p.defect_size, gen).images
+def score_bank_from_state(state: dict[str, Any]) -> ScoreBank | None:
+    """The :class:`ScoreBank` of :func:`score_bank_state` (None for an empty entry)."""
+    if not state:
+        return None
+    some = lambda v: None if v is None or v.numel() == 0 else v  # noqa: E731
+    bank = state["bank"]
+    return ScoreBank(state["raw"], list(state["pooled"]), bank if bank.shape[1] else None,
+                     InputScores(*(some(state.get(k)) for k in InputScores._fields)), some(state.get("pixel_features")))
 
 
 __all__ = [
     "DeviationSummary",
+    "InputScores",
     "ScoreBank",
     "Stage2Banks",
-    "bank_scores",
+    "cached_parts",
+    "cached_scores",
     "calibration_bank",
-    "calibration_split",
     "fit_patch_banks",
     "fit_scorer",
-    "pseudo_anomalies",
+    "pixel_bank_used",
+    "refit",
+    "score_bank_from_state",
+    "score_bank_state",
+    "store_anomalies",
     "summarise",
     "train_heads",
-    "usable_shifts",
 ]

@@ -1,8 +1,9 @@
 """Fit the fusion of the image score per dataset, without labels.
 
-The image score is w_global · (memory, feature bank and pixel bank, as merged by
-:meth:`anomem.stage2.scorer.Scorer.image_score`) + w_feature · feature patches + w_pixel ·
-pixel patches (:meth:`anomem.stage2.scorer.Scorer.fuse`). Which evidence matters depends on
+The image score is w_image · (global score, feature patches, pixel patches), where the
+global score is the memory's (or the heads'), the feature bank's and the pixel bank's,
+merged by steps 1-2 of :mod:`anomem.stage2.fusion`; these are the ``image`` weights
+(and ``map`` for the heat-map) of :class:`~anomem.stage2.fusion.FusionWeights`. Which evidence matters depends on
 the data: semantic anomalies (another object) move the global signals, small local
 defects on a photograph move only a few patches. So the weights are chosen at fit time
 on the held-out normals (never seen by stage 1, the banks or the heads) against
@@ -10,7 +11,7 @@ pseudo-anomalies of two families made from those same normals (:mod:`anomem.mode
 
 * ``defects``: local defects (cut-paste, scars, noise patches);
 * ``shifts``: the distribution shifts these normals are not invariant to (rotations,
-  flips; :func:`anomem.stage2.fit.usable_shifts`), a stand-in for semantic anomalies.
+  flips; :func:`anomem.splits.usable_shifts`), a stand-in for semantic anomalies.
 
 Each candidate on a grid of the simplex (step 1/4, every single signal included) is
 scored by its validation AUROC in each family. The shifts family comes first: a
@@ -37,14 +38,13 @@ import numpy as np
 import torch
 
 from anomem.config import AnoMemConfig
-from anomem.errors import ConfigError
 from anomem.inference import AnoMemModel
 from anomem.inputs import to_float
 from anomem.metrics import image_auroc
 from anomem.model.pseudo import make_pseudo_anomalies
-from anomem.stage2.fit import ScoreBank, bank_scores, usable_shifts
-
-SIGNALS = ("global", "feature", "pixel")
+from anomem.splits import usable_shifts
+from anomem.stage2.fit import ScoreBank, cached_parts
+from anomem.stage2.fusion import IMAGE_SIGNALS, image_components
 
 
 class FusionFit(NamedTuple):
@@ -65,18 +65,6 @@ class FusionFit(NamedTuple):
     map_table: dict[tuple[float, ...], float] | None = None
 
 
-def check_fusion(weights: object) -> torch.Tensor:
-    """Fusion weights as a (3,) tensor: three finite numbers >= 0 summing to 1."""
-    try:
-        w = torch.as_tensor(weights, dtype=torch.float32).flatten()
-    except (TypeError, ValueError, RuntimeError):
-        raise ConfigError(f"fusion must be 3 numbers (global, feature patches, pixel patches), got {weights!r}") from None
-    if w.numel() != 3 or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or abs(float(w.sum()) - 1) > 1e-6:
-        raise ConfigError(f"fusion must be 3 numbers >= 0 summing to 1 (global, feature patches, pixel patches), "
-                          f"got {w.tolist()}")
-    return w
-
-
 def candidates(ready: tuple[bool, ...], step: int = 4) -> list[tuple[float, ...]]:
     """Weights on the simplex grid of ``1/step`` for the ready signals (others 0),
     largest global weight first."""
@@ -89,27 +77,29 @@ def candidates(ready: tuple[bool, ...], step: int = 4) -> list[tuple[float, ...]
 
 @torch.inference_mode()
 def signal_scores(model: AnoMemModel, images: torch.Tensor) -> np.ndarray:
-    """(N, 3) global image score and standardised patch scores of ``images``, with the
-    fusion set to the global score alone (as it is before :func:`fit_fusion`)."""
-    rows = []
-    for ev in model.evidence_batches(images, 128, patches=True):
-        glob = model.merged_score(ev)
-        rows.append(torch.cat([glob[:, None], ev.patch_scores], 1))
+    """(N, 3) the three scores the ``image`` weights weigh, of ``images``: the global
+    score and the standardised patch scores (:func:`~anomem.stage2.fusion.image_components`)."""
+    w, rows = model.scorer.weights.get(), []
+    for ev in model.evidence_batches(images, 128, every=True):
+        rows.append(image_components(model.scorer.parts(ev, model.use_heads), w))
     return torch.cat(rows).double().cpu().numpy()
 
 
 def fit_fusion(model: AnoMemModel, cfg: AnoMemConfig, held_out: torch.Tensor, bank: ScoreBank | None) -> FusionFit | None:
-    """Choose and set ``model.scorer.fusion`` (see the module docstring). Returns what was
+    """Choose and set the ``image`` and ``map`` weights (see the module docstring). Returns what was
     chosen, or None (weights left at the global score alone) when the fit is off, no
     patch bank is ready, or fewer than ``patches.min_validation`` normals are held out."""
     scorer = model.scorer
     ready = (True, *(b.ready for b in scorer.patches.values()))
     n = int(held_out.shape[0])
-    if not cfg.patches.fit_fusion or not any(ready[1:]) or bank is None or bank.patches is None \
-            or n < cfg.patches.min_validation:
+    if not cfg.patches.fit_fusion or not any(ready[1:]) or bank is None or n < cfg.patches.min_validation:
         return None
-    scorer.fusion.copy_(torch.tensor([1.0, 0.0, 0.0]))
-    normal = np.concatenate([bank_scores(model, bank)[:, None], bank.patches.double().cpu().numpy()], 1)
+    scorer.weights.set(image=[1.0, 0.0, 0.0], map=[1.0, 0.0, 0.0])
+    with torch.inference_mode():
+        normal = image_components(cached_parts(model, bank, every=True), scorer.weights.get())
+    if normal is None:
+        return None
+    normal = normal.double().cpu().numpy()
     x = to_float(held_out)
     gen = torch.Generator().manual_seed(cfg.train.seed + 65537)
     families, masks = {}, None
@@ -132,12 +122,12 @@ def fit_fusion(model: AnoMemModel, cfg: AnoMemConfig, held_out: torch.Tensor, ba
             image_auroc(np.r_[np.zeros(len(normal)), np.ones(len(a))], np.r_[normal @ wv, a @ wv]) for a in fam_scores.values()
         )
     best = choose(table, tuple(families))
-    scorer.fusion.copy_(torch.tensor(best, dtype=scorer.fusion.dtype))
+    scorer.weights.set(image=best)
     fit = FusionFit(best, tuple(families), table, n)
     if masks is not None:
         map_table = fit_map_fusion(model, ready, x, families["defects"], masks)
         best_map = max(map_table, key=map_table.get)
-        scorer.map_fusion.copy_(torch.tensor(best_map, dtype=scorer.map_fusion.dtype))
+        scorer.weights.set(map=best_map)
         fit = fit._replace(map_weights=best_map, map_table=map_table)
     return fit
 
@@ -162,7 +152,7 @@ MAP_IMAGES = 96  # held-out normals and pseudo-defects whose maps are compared, 
 def map_parts(model: AnoMemModel, images: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) memory, feature-patch and pixel-patch maps of ``images``."""
     out = []
-    for ev in model.evidence_batches(images, 64, patches=True):
+    for ev in model.evidence_batches(images, 64, every=True):
         out.append(model.heatmap_parts(ev)[1])
     return torch.cat(out)
 
@@ -178,4 +168,4 @@ def fit_map_fusion(model: AnoMemModel, ready: tuple[bool, ...], normals: torch.T
     return {w: image_auroc(labels, np.asarray(w) @ flat) for w in candidates(ready)}
 
 
-__all__ = ["FusionFit", "SHIFT_SLACK", "SIGNALS", "candidates", "check_fusion", "choose", "fit_fusion", "signal_scores"]
+__all__ = ["FusionFit", "IMAGE_SIGNALS", "SHIFT_SLACK", "candidates", "choose", "fit_fusion", "signal_scores"]

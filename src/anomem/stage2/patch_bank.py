@@ -24,23 +24,18 @@ Symbols: B batch, D descriptor size, h w descriptor grid, K bank rows, N descrip
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomem.stage2.pixel_bank import euclidean_distances
+from anomem.stage2.feature_bank import euclidean_distances
+from anomem.stage2.parts import Local
+from anomem.stage2.standard import Standard
+from anomem.stage2.state import entry, statistic
 
 PIXEL_SIDE = 128  # pixel patches are cut from the image brought down to this side
 PIXEL_PATCH = 8  # side of a raw-pixel patch, at stride PIXEL_PATCH // 2
-
-
-class PatchScores(NamedTuple):
-    """Standardised evidence of a batch: ``score`` (B,) and ``map`` (B, h, w)."""
-
-    score: torch.Tensor
-    map: torch.Tensor
 
 
 def feature_descriptors(stages: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -111,9 +106,7 @@ class PatchBank(nn.Module):
         super().__init__()
         self.size, self.top_k = int(size), float(top_k)
         self.register_buffer("bank", torch.zeros(0, 0))
-        for name in ("map", "score"):
-            self.register_buffer(f"{name}_mean", torch.zeros(()))
-            self.register_buffer(f"{name}_std", torch.ones(()))
+        self.map_z, self.score_z = Standard(), Standard()
 
     @property
     def ready(self) -> bool:
@@ -143,16 +136,20 @@ class PatchBank(nn.Module):
         pool = rows[torch.randperm(rows.shape[0], generator=generator)[: 16 * self.size].to(rows.device)]
         self.bank = pool[greedy_coreset(pool, self.size, generator).to(pool.device)].contiguous()
         maps = torch.cat([self.distance_map(h) for h in held_out.split(64)])
-        scores = self.image_score(maps)
-        for name, v in (("map", maps), ("score", scores)):
-            getattr(self, f"{name}_mean").copy_(v.mean())
-            getattr(self, f"{name}_std").copy_(v.std(unbiased=False).clamp_min(1e-6) if v.numel() > 1 else v.new_ones(()))
+        self.map_z.fit(maps)
+        self.score_z.fit(self.image_score(maps))
 
-    def scores(self, desc: torch.Tensor) -> PatchScores:
+    def forward(self, desc: torch.Tensor) -> Local:
         """Standardised image score (B,) and map (B, h, w) of descriptors (B, D, h, w)."""
         dist = self.distance_map(desc)
-        return PatchScores((self.image_score(dist) - self.score_mean) / self.score_std,
-                           (dist - self.map_mean) / self.map_std)
+        return Local(self.score_z(self.image_score(dist)), self.map_z(dist))
+
+    @staticmethod
+    def check_state(state, prefix: str) -> None:
+        """Refuse (StateError) a saved coreset that is not a matrix, or bad statistics."""
+        entry(state, f"{prefix}bank", ndim=2, floating=True)
+        statistic(state, f"{prefix}map_z.", None)
+        statistic(state, f"{prefix}score_z.", None)
 
     def resize_like(self, state: dict, prefix: str) -> None:
         """Give ``bank`` the shape a saved state holds, before load_state_dict."""
@@ -160,5 +157,4 @@ class PatchBank(nn.Module):
             self.bank = torch.zeros_like(state[f"{prefix}bank"])
 
 
-__all__ = ["PIXEL_PATCH", "PIXEL_SIDE", "PatchBank", "PatchScores", "feature_descriptors", "greedy_coreset",
-           "pixel_descriptors"]
+__all__ = ["PIXEL_PATCH", "PIXEL_SIDE", "PatchBank", "feature_descriptors", "greedy_coreset", "pixel_descriptors"]

@@ -1,0 +1,79 @@
+"""Format-1 detector files (tests/fixtures, made before stage 2 became a package) load
+through the one explicit migration (anomem.io.migrate) and score as they did."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anomem import AnoMem, CheckpointError
+from anomem.io.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from anomem.io.migrate import migrate
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+EXPECTED = json.loads((FIXTURES / "v1-expected.json").read_text())
+PROBE = np.load(FIXTURES / "v1-probe.npy")
+KINDS = ("oneclass", "semi")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_format_1_files_score_as_they_did(kind):
+    det, want = AnoMem.load(FIXTURES / f"v1-{kind}.ckpt"), EXPECTED[kind]
+    assert det.is_supervised == want["supervised"]
+    np.testing.assert_allclose(det.anomaly_score(PROBE), want["scores"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(det.anomaly_score(PROBE, weights={"image": [1, 0, 0]}), want["scores_global"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(det.anomaly_score(PROBE, fusion=[0.5, 0, 0.5]), want["scores_global_pixel_patches"],
+                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(det.score_per_scale(PROBE), want["per_scale"], atol=1e-5, rtol=0)
+    sums = [float(m.sum()) for m in det.anomaly_maps(PROBE[:4]).fused]
+    np.testing.assert_allclose(sums, want["fused_maps_sum"], rtol=1e-5)
+    assert det.threshold_.value == pytest.approx(want["threshold"], abs=1e-6)
+    assert det.weights_["image"] == pytest.approx(want["fusion"]) and det.weights_["map"] == pytest.approx(want["map_fusion"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_migration_is_explicit_and_saving_writes_the_current_format(kind, tmp_path):
+    raw = load_checkpoint(FIXTURES / f"v1-{kind}.ckpt")
+    assert raw["format_version"] == 1 and "score_mean" in raw["scorer"] and "scorer" in json.loads(raw["config"])
+    new = migrate(raw)
+    assert new["format_version"] == 2 and migrate(new) is new  # the current format passes through
+    assert {"memory.score.mean", "heads.z.std", "bank.rows0", "pixels.global_z.mean", "contrast.anomalies",
+            "weights.image", "weights.map", "weights.pixel_global"} <= set(new["scorer"])
+    assert not {"score_mean", "bank0", "fusion", "supervised", "pixels.anomalies"} & set(new["scorer"])
+    cfg = json.loads(new["config"])
+    assert "bank_weight" not in cfg["scorer"] and cfg["bank"]["weight"] == 0.5 and cfg["heads"]["steps"] == 20
+    assert set(new["calibration_bank"]) >= {"pixel_global", "pixel_local", "feature_patches", "pixel_patches"}
+    det = AnoMem.load(FIXTURES / f"v1-{kind}.ckpt")
+    det.save(tmp_path / "m.ckpt")
+    assert load_checkpoint(tmp_path / "m.ckpt")["format_version"] == FORMAT_VERSION == 2
+    np.testing.assert_array_equal(AnoMem.load(tmp_path / "m.ckpt").anomaly_score(PROBE), det.anomaly_score(PROBE))
+
+
+def test_a_migrated_file_refits_and_its_threshold_follows():
+    det = AnoMem.load(FIXTURES / "v1-semi.ckpt")
+    before = det.scorer_.contrast.anomalies.shape[0]
+    det.refit_scorer(PROBE[-6:])
+    assert det.scorer_.contrast.anomalies.shape[0] == before + 6 and det.threshold_ is not None
+    assert np.isfinite(det.anomaly_score(PROBE)).all()
+
+
+def test_a_damaged_format_1_file_is_refused_before_it_is_migrated(tmp_path):
+    raw = torch.load(FIXTURES / "v1-oneclass.ckpt", weights_only=True)
+    raw["scorer"]["score_mean"] = raw["scorer"]["score_mean"] + 1e-3  # a changed byte, hash kept
+    torch.save(raw, tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError, match="damaged"):
+        AnoMem.load(tmp_path / "bad.ckpt")
+
+
+def test_a_newer_format_is_refused(tmp_path):
+    raw = load_checkpoint(FIXTURES / "v1-oneclass.ckpt")
+    save_checkpoint(raw, tmp_path / "x.ckpt")  # re-saved: tagged with the current format, a v1 body
+    blob = torch.load(tmp_path / "x.ckpt", weights_only=True)
+    blob["format_version"] = FORMAT_VERSION + 1
+    torch.save(blob, tmp_path / "y.ckpt")
+    with pytest.raises(CheckpointError, match="newer than this AnoMem understands"):
+        AnoMem.load(tmp_path / "y.ckpt")
