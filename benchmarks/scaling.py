@@ -46,19 +46,10 @@ import torch.nn.functional as F
 
 sys.path.insert(
     0, str(Path(__file__).resolve().parent)
-)  # run from anywhere: throughput.py sits beside
+)  # run from anywhere: measure.py and workloads.py sit beside
 
-from throughput import (  # noqa: E402
-    IMAGE_SHAPE,
-    MIB,
-    Meter,
-    anomem_scores,
-    describe_machine,
-    interleaved,
-    load_average,
-    make_scorer,
-    pooled_features,
-)
+from measure import MIB, Meter, describe_machine, interleaved, load_average  # noqa: E402
+from workloads import IMAGE_SHAPE, anomem_scores, make_scorer, pooled_features  # noqa: E402
 
 from anomem import AnoMem  # noqa: E402
 from anomem.calibration import calibration_count  # noqa: E402
