@@ -9,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -177,3 +178,70 @@ def test_journey_walks_every_step(monkeypatch, tmp_path, capsys):
     assert steps["python api"]["max_abs_diff"] < 1e-6 and steps["python api"]["same_decisions"]
     assert len(steps["evaluate"]["per_type"]) == 9  # the nine other classes, one folder each
     assert "| refit |" in capsys.readouterr().out
+
+
+def _state(scorer) -> dict:
+    """Everything score_with / maps_with may change on a scorer, copied."""
+    names = ("bank_weight", "pixel_weight", "local_weight", "contrast_weight", "map_pixel_weight",
+             "scale_weights", "fusion", "map_fusion", "supervised")
+    return {n: getattr(scorer, n).clone() if torch.is_tensor(getattr(scorer, n)) else getattr(scorer, n)
+            for n in names}
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[n], b[n]) if torch.is_tensor(a[n]) else a[n] == b[n] for n in a)
+
+
+def test_score_with_reads_other_weights_and_leaves_the_detector_as_fitted(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from anomem import AnoMem, load_config
+
+    from synthetic import stripes
+
+    validation = importlib.import_module("validation")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = load_config("tiny", None, ["train.epochs=1", "train.batch_size=32", "scorer.steps=20"])
+        det = AnoMem(cfg, progress=False).fit(stripes(48, False))
+        x = torch.cat([stripes(6, False, seed=1), stripes(6, True, seed=2)])
+        s = det.scorer_
+        fitted, score, maps = _state(s), det.anomaly_score(x), det.anomaly_maps(x)
+        n = s.scale_weights.numel()
+
+        # λ = (1, 0, ...) with the pixel bank and the patches off: scale 0's score alone
+        first = validation.score_with(det, x, scales=[1.0] + [0.0] * (n - 1), pixel_global=0.0, pixel_local=0.0,
+                                      image=(1, 0, 0))
+        np.testing.assert_allclose(first, det.score_per_scale(x)[:, 0], rtol=1e-5, atol=1e-5)
+        assert _same_state(_state(s), fitted)
+        np.testing.assert_array_equal(validation.score_with(det, x), score)  # no weights: the fitted score
+        np.testing.assert_array_equal(validation.score_with(det, x, image=(0.5, 0.5, 0)),
+                                      det.anomaly_score(x, fusion=(0.5, 0.5, 0)))
+
+        zero = validation.maps_with(det, x, map=(0, 0, 0), map_pixel=0.0, bank=1.0, contrast=0.0, heads=False)
+        assert not zero.fused.any() and zero.per_scale.shape == maps.per_scale.shape
+        assert _same_state(_state(s), fitted)
+        np.testing.assert_array_equal(det.anomaly_maps(x).fused, maps.fused)
+
+        with pytest.raises(TypeError, match="pixel"):
+            validation.score_with(det, x, pixel=0.5)  # not a weight's name
+        with pytest.raises(ValueError, match="scales needs"):
+            validation.score_with(det, x, bank=0.0, scales=[1.0] * (n + 1))
+        assert _same_state(_state(s), fitted)  # restored after a failure half-way, too
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_validation_split_is_seeded_and_keeps_a_third(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    validation = importlib.import_module("validation")
+    fit, val = validation.split("digits", 300, seed=0)
+    again, _ = validation.split("digits", 300, seed=0)
+    assert len(fit) + len(val) == 300 and len(val) == 100
+    assert torch.equal(fit.images, again.images) and torch.equal(fit.targets, again.targets)
+    rng = np.random.default_rng(0)
+    x, y = validation.draw(val, 40, rng)
+    assert x.shape[0] == y.shape[0] == 40
+    assert validation.cells([0.5, None, "name"], 6) == " 0.500      -   name"
+    assert validation.variant_overrides("a=1;;b=2") == ["a=1", "b=2"]
