@@ -4,6 +4,7 @@ numbers. They check that the scripts work, not how fast anything is."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import math
 import sys
@@ -245,3 +246,42 @@ def test_validation_split_is_seeded_and_keeps_a_third(monkeypatch):
     assert x.shape[0] == y.shape[0] == 40
     assert validation.cells([0.5, None, "name"], 6) == " 0.500      -   name"
     assert validation.variant_overrides("a=1;;b=2") == ["a=1", "b=2"]
+
+
+def _scorer_writes(source: str) -> list[int]:
+    """Lines that assign to an attribute of a fitted scorer (``det.scorer_`` or a name
+    bound to it), or change one of its tensors in place (``copy_``, ``fill_``, ...)."""
+    tree = ast.parse(source)
+    aliases = {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) and "scorer_" in ast.unparse(node.value)
+               for t in node.targets if isinstance(t, ast.Name)}
+
+    def scorer(expr: ast.expr) -> bool:
+        root = expr
+        while isinstance(root, (ast.Attribute, ast.Subscript)):
+            root = root.value
+        return "scorer_" in ast.unparse(expr) or (isinstance(root, ast.Name) and root.id in aliases)
+
+    lines = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+        for t in targets:
+            for e in t.elts if isinstance(t, ast.Tuple) else [t]:
+                if isinstance(e, (ast.Attribute, ast.Subscript)) and scorer(e.value):
+                    lines.append(node.lineno)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr.endswith("_") \
+                and not node.func.attr.startswith("_") and scorer(node.func.value):
+            lines.append(node.lineno)  # an in-place tensor op: copy_, fill_, zero_, ...
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr" \
+                and node.args and scorer(node.args[0]):
+            lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def test_only_the_validation_helper_changes_a_fitted_scorer():
+    """Re-scoring under other weights goes through validation.score_with / maps_with, the
+    one place to switch to the public weights API."""
+    assert _scorer_writes("det.scorer_.pixel_weight = w\ns = det.scorer_\ns.a, s.b = 1, 2\ns.w.copy_(x)\n") == [1, 3, 4]
+    found = {p.name: _scorer_writes(p.read_text(encoding="utf-8")) for p in sorted(BENCHMARKS.glob("*.py"))
+             if p.name != "validation.py"}
+    assert not {name: lines for name, lines in found.items() if lines}
