@@ -285,3 +285,29 @@ def test_only_the_validation_helper_changes_a_fitted_scorer():
     found = {p.name: _scorer_writes(p.read_text(encoding="utf-8")) for p in sorted(BENCHMARKS.glob("*.py"))
              if p.name != "validation.py"}
     assert not {name: lines for name, lines in found.items() if lines}
+
+
+def test_demo_validation_reads_one_fit_under_each_pixel_weight(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    demo = importlib.import_module("demo_validation")
+    try:
+        monkeypatch.setattr(demo, "DEMO_OVERRIDES", (*demo.DEMO_OVERRIDES, "train.epochs=1"))
+        monkeypatch.setattr(sys, "argv", ["demo_validation.py", "--classes", "0", "--weights", "0", "0.9"])
+        demo.main()
+    finally:
+        sys.modules.pop("demo_validation", None)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "pixel_weight class 0  mean"
+    rows = [line.split() for line in lines[1:]]
+    assert [r[0] for r in rows] == ["0.000", "0.900", "kNN"]
+    assert all(0.0 <= float(v) <= 1.0 for r in rows for v in r[1:])
+
+
+def test_oneclass_sweep_prints_every_reading_of_one_fit(monkeypatch, capsys):
+    lines = _run_script(monkeypatch, capsys, "oneclass_sweep", "--data", "digits", "--preset", "tiny",
+                        "--max-train", "600", "--normals", "60", "--max-val", "120", "--classes", "0",
+                        "--epochs", "1", "--batch-size", "32", "--variants", "pseudo.heads=true")
+    header, row, mean = lines
+    assert header.split()[:3] == ["variant", "class", "eq9"] and mean.split()[1] == "mean"
+    cells = row.split()[2:-1]  # the readings and pixel kNN, without the seconds
+    assert len(cells) == 11 and all(0.0 <= float(v) <= 1.0 for v in cells)  # every reading measured, heads too
