@@ -13,14 +13,18 @@ extra pseudo-anomalies (the share stage 1 then trains on), from the same step ti
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
-import time
 
 import torch
 
 from anomem import load_config
 from anomem.engine import Stage1Trainer
 from anomem.factory import build_net
+
+# isort: split
+# sibling modules in benchmarks/ (a script's own directory is first on sys.path)
+from measure import Meter, interleaved
 
 
 def make_trainer(preset: str, batch: int, channels_last: bool, n: int) -> Stage1Trainer:
@@ -45,12 +49,14 @@ def main() -> None:
     idx = torch.arange(args.batch)
     for t in trainers.values():  # warm-up (allocator, mkldnn primitives)
         t._step(idx, 0)
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for i in range(args.pairs):
-        for layout, t in trainers.items():
-            t0 = time.perf_counter()
-            t._step(idx, i + 1)
-            times[layout].append(time.perf_counter() - t0)
+    meter = Meter(torch.device("cpu"))
+
+    def timed(t: Stage1Trainer):  # one step per call, numbered from 1 on
+        steps = itertools.count(1)
+        return lambda: meter.seconds(lambda: t._step(idx, next(steps)))
+
+    runs, _ = interleaved([timed(t) for t in trainers.values()], args.pairs)
+    times = dict(zip(trainers, runs))
     ratios = [a / b for a, b in zip(times[False], times[True])]
     step = statistics.median(times[True])
     print(f"threads {torch.get_num_threads()}, preset {args.preset}, batch {args.batch}, 28x28x1")

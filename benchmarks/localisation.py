@@ -38,6 +38,10 @@ from anomem.data.defects import add_defects
 from anomem.data.registry import load_dataset
 from anomem.metrics import aupro, image_auroc, pixel_auroc
 
+# isort: split
+# sibling modules in benchmarks/ (a script's own directory is first on sys.path)
+from validation import maps_with
+
 SINGLE = ["backbone.taps=[layer4]", "memory.sizes=[64]", "memory.sample_ratios=[1.0]"]
 
 
@@ -117,16 +121,12 @@ def main(argv: list[str] | None = None) -> dict:
         rows[name] = evaluate_maps(is_anomaly, masks, maps.scores, maps.fused) | {
             "seconds": round(time.time() - t0, 1), "fit_seconds": round(fit_s, 1)}
         print(f"{name}: {rows[name]}", flush=True)
-        sc = det.scorer_
         for triple in [] if extra else args.grid:
-            sc.pixel_weight, sc.local_weight, sc.map_pixel_weight = (float(v) for v in triple.split(","))
-            m2 = det.anomaly_maps(images)
+            wg, wl, wm = (float(v) for v in triple.split(","))
+            m2 = maps_with(det, images, pixel_global=wg, pixel_local=wl, map_pixel=wm)
             rows[f"{name} w={triple}"] = evaluate_maps(is_anomaly, masks, m2.scores, m2.fused) | {
                 "seconds": rows[name]["seconds"]}
             print(f"{name} w={triple}: {rows[f'{name} w={triple}']}", flush=True)
-        if args.grid and not extra:
-            sc.pixel_weight, sc.local_weight, sc.map_pixel_weight = (cfg.pixels.weight, cfg.pixels.local_weight,
-                                                                     cfg.pixels.map_weight)
         if not extra:
             det.save(out / "multi_scale.ckpt", meta={"benchmark": "localisation", "normal_class": c})
             first = clean.shape[0]  # the first defective image, not a chosen one

@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
-from anomem import AnoMem, load_config
-from anomem.baselines import make_baseline
-from anomem.bench.protocols import validation_split
-from anomem.data.registry import load_dataset
+from anomem import AnoMem
+
+# isort: split
+# sibling modules in benchmarks/ (a script's own directory is first on sys.path)
+from validation import cells, draw, fit_class, score_with, split, sweep_config, variant_overrides
 
 READINGS = ("eq9", "heads", "bank", "eq9+bank", "heads+bank", "bank s0", "bank s-1", "eq9+bank s-1",
             "eq9+bank+pix", "bank+pix")
@@ -53,27 +52,22 @@ def pixel_signal(normals: torch.Tensor, x: torch.Tensor, k: int = 2) -> np.ndarr
 
 
 def readings(det: AnoMem, x: torch.Tensor) -> dict[str, np.ndarray]:
-    """The stage-2 readings of one fitted detector on images ``x`` (scorer restored after)."""
+    """The stage-2 readings of one fitted detector on images ``x`` (the detector unchanged)."""
     s = det.scorer_
-    trained, weight = bool(s.supervised), s.bank_weight
-    lam = s.scale_weights.clone()
+    trained, scales = bool(s.heads.trained), s.num_scales
     out = {}
     for name in READINGS:
         base = name.replace("+pix", "").split(" ")[0]
         heads = "heads" in base
-        if (heads and not trained) or ("bank" in base and not s.has_banks) or "+pix" in name:
+        if (heads and not trained) or ("bank" in base and not s.bank.ready) or "+pix" in name:
             continue
-        s.supervised.fill_(heads)
-        s.bank_weight = 1.0 if base == "bank" else 0.5 if "+" in base else 0.0
+        weights = {"bank": 1.0 if base == "bank" else 0.5 if "+" in base else 0.0}
         if name.endswith(" s0") or name.endswith(" s-1"):
-            one = torch.zeros_like(lam)
+            one = [0.0] * scales
             one[0 if name.endswith(" s0") else -1] = 1.0
-            s.scale_weights.copy_(one)
+            weights["scales"] = one
         # merged Eq. 13 score is a mean of standardised per-scale scores: comparable to pixel z
-        out[name] = det.anomaly_score(x)
-        s.scale_weights.copy_(lam)
-    s.supervised.fill_(trained)
-    s.bank_weight = weight
+        out[name] = score_with(det, x, heads=heads, **weights)
     return out
 
 
@@ -92,39 +86,31 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="append one JSON line per (variant, class) here")
     args = ap.parse_args()
 
-    fit, val = validation_split(load_dataset(args.data, "train"), args.max_train, args.seed)
-    rng = np.random.default_rng(args.seed)
-    keep = np.sort(rng.permutation(len(val))[: args.max_val])
-    x_val, y_val = val.images[keep], val.targets[keep]
-    print(f"{'variant':<40} {'class':>5} " + " ".join(f"{c:>10}" for c in (*READINGS, "pixel kNN")) + f" {'s':>5}")
+    fit, val = split(args.data, args.max_train, args.seed)
+    x_val, y_val = draw(val, args.max_val, np.random.default_rng(args.seed))
+    columns = (*READINGS, "pixel kNN")
+    print(f"{'variant':<40} {'class':>5} " + cells(columns, 10) + f" {'s':>5}")
     for variant in args.variants:
         rows = []
         for cls in args.classes:
-            normals = fit.images[fit.targets == cls][: args.normals]
-            cfg = load_config(args.preset, overrides=[f"train.epochs={args.epochs}", f"train.seed={args.seed}",
-                                                       f"train.batch_size={args.batch_size}",
-                                                       *[v for v in variant.split(";") if v]])
-            t0 = time.time()
-            det = AnoMem(cfg, progress=False).fit(normals)
-            secs = time.time() - t0
-            lab = (y_val != cls).numpy()
+            cfg = sweep_config(args.preset, args.epochs, args.seed, args.batch_size, variant_overrides(variant))
+            one = fit_class(cfg, fit.images[fit.targets == cls][: args.normals], y_val, cls)
+            det, normals, secs = one.det, one.normals, one.seconds
             raw = readings(det, x_val)
             pix = pixel_signal(normals, x_val)
             for name in ("eq9+bank", "bank"):
                 if name in raw:
-                    raw[name + "+pix"] = (raw[name] * det.scorer_.scale_weights.numel() + pix)
-            res = {k: roc_auc_score(lab, v) for k, v in raw.items()}
-            res["pixel kNN"] = roc_auc_score(lab, make_baseline("knn").fit(normals).anomaly_score(x_val))
+                    raw[name + "+pix"] = (raw[name] * det.scorer_.num_scales + pix)
+            res = {k: one.auroc(v) for k, v in raw.items()}
+            res["pixel kNN"] = one.knn_auroc(x_val)
             rows.append(res)
-            cells = " ".join(f"{res[c]:10.3f}" if c in res else f"{'-':>10}" for c in (*READINGS, "pixel kNN"))
-            print(f"{variant[:40]:<40} {cls:>5} {cells} {secs:5.0f}", flush=True)
+            print(f"{variant[:40]:<40} {cls:>5} {cells((res.get(c) for c in columns), 10)} {secs:5.0f}", flush=True)
             if args.json:
                 with open(args.json, "a", encoding="utf-8") as f:
                     f.write(json.dumps({"variant": variant, "class": cls, "seed": args.seed, "epochs": args.epochs,
                                         "seconds": secs, **res}) + "\n")
         means = {c: np.mean([r[c] for r in rows]) for c in rows[0]}
-        cells = " ".join(f"{means[c]:10.3f}" if c in means else f"{'-':>10}" for c in (*READINGS, "pixel kNN"))
-        print(f"{variant[:40]:<40} {'mean':>5} {cells}", flush=True)
+        print(f"{variant[:40]:<40} {'mean':>5} {cells((means.get(c) for c in columns), 10)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ from anomem.data.photos import CATEGORIES, OBVIOUS, SUBTLE, make_photo_benchmark
 from anomem.io.checkpoint import atomic_write_text
 from anomem.metrics import aupro, image_auroc, pixel_auroc
 
+# isort: split
+# sibling modules in benchmarks/ (a script's own directory is first on sys.path)
+from validation import score_with
+
 BASELINES = ("patch-knn", "knn")
 # AnoMem's signals alone: the global score (memory, feature bank, pixel bank), feature patches, pixel patches
 ABLATION = {"anomem-global": (1, 0, 0), "anomem-feature-patches": (0, 1, 0), "anomem-pixel-patches": (0, 0, 1)}
@@ -75,12 +79,12 @@ def run_category(cat: str, seed: int) -> dict:
         "pixel_auroc": pixel_auroc(masks, fused), "aupro": aupro(sp.masks, maps_d.fused),
         "pixel_auroc_obvious": pixel_auroc(masks[keep], fused[keep]),
         "aupro_obvious": aupro(sp.masks[obvious], maps_d.fused[obvious]),
-        "fusion": [round(float(w), 4) for w in det.scorer_.fusion],
-        "map_fusion": [round(float(w), 4) for w in det.scorer_.map_fusion], "fit_s": fit_s, "score_s": score_s,
+        "fusion": [round(float(w), 4) for w in det.weights_["image"]],
+        "map_fusion": [round(float(w), 4) for w in det.weights_["map"]], "fit_s": fit_s, "score_s": score_s,
     }
-    # the ablation: each signal alone through the public API (the detector is not changed)
+    # the ablation: each signal alone, with other fusion weights (the detector is not changed)
     for name, w in ABLATION.items():
-        rec["methods"][name] = family_aurocs(det.anomaly_score(normal, fusion=w), det.anomaly_score(defect, fusion=w), kinds)
+        rec["methods"][name] = family_aurocs(score_with(det, normal, image=w), score_with(det, defect, image=w), kinds)
     for name in BASELINES:
         t0 = time.perf_counter()
         b = make_baseline(name, random_state=seed).fit(train)

@@ -46,26 +46,17 @@ import torch.nn.functional as F
 
 sys.path.insert(
     0, str(Path(__file__).resolve().parent)
-)  # run from anywhere: throughput.py sits beside
+)  # run from anywhere: measure.py and workloads.py sit beside
 
-from throughput import (  # noqa: E402
-    IMAGE_SHAPE,
-    MIB,
-    Meter,
-    anomem_scores,
-    describe_machine,
-    interleaved,
-    load_average,
-    make_scorer,
-    pooled_features,
-)
+from measure import MIB, Meter, describe_machine, interleaved, load_average  # noqa: E402
+from workloads import IMAGE_SHAPE, anomem_scores, make_scorer, pooled_features  # noqa: E402
 
 from anomem import AnoMem  # noqa: E402
 from anomem.calibration import calibration_count  # noqa: E402
-from anomem.config import AnoMemConfig, ScorerConfig, load_config, with_overrides  # noqa: E402
+from anomem.config import AnoMemConfig, ThresholdConfig, load_config, with_overrides  # noqa: E402
 from anomem.engine import resolve_device  # noqa: E402
 from anomem.factory import build_net, build_scorer  # noqa: E402
-from anomem.stage2.fit import PATCH_FIT_IMAGES
+from anomem.stage2.fit import PATCH_FIT_IMAGES, pixel_bank_used
 from anomem.stage2.patch_bank import pixel_descriptors
 from anomem.stage2.scorer import Scorer  # noqa: E402
 
@@ -112,7 +103,7 @@ class CheckpointModel:
     row_floats: int  # Σ_s C_s · pool²
     scales: int  # S
     normal_bank_cap: int  # scorer.normal_bank
-    scorer: ScorerConfig  # how many normals are held out: anomem.calibration.calibration_count
+    threshold: ThresholdConfig  # how many normals are held out: anomem.calibration.calibration_count
     feature_floats: int = 0  # Σ_s C_s: one row of the normal feature bank (bank.size)
     feature_bank_cap: int = 0  # bank.size (0 = no feature bank)
     pixel_floats: int = 0  # C·h·w: one row of the raw-pixel bank (same normals as the feature bank)
@@ -122,7 +113,7 @@ class CheckpointModel:
 
     def split(self, n: int) -> tuple[int, int]:
         """(calibration normals, training normals) out of n, as ``AnoMem.fit`` splits them."""
-        cal = calibration_count(n, self.scorer)
+        cal = calibration_count(n, self.threshold)
         return cal, n - cal
 
     def parts(self, n: int) -> dict[str, int]:
@@ -213,8 +204,7 @@ def measure(args: argparse.Namespace) -> ScalingReport:
     # first and check the shape model's prediction against the others.
     row_floats = sum(c * cfg.heads.pool_size**2 for c in net.backbone.tap_channels)
     feature_floats = sum(net.backbone.tap_channels)
-    sc = cfg.scorer
-    pixel_active = sc.merge == "standardized" and max(sc.pixel_weight, sc.local_weight, sc.map_pixel_weight) > 0
+    pixel_active = cfg.bank.size > 0 and pixel_bank_used(cfg)
     pixel_floats = int(build_scorer(cfg, net.backbone.tap_channels).pixels.features(torch.zeros(1, *IMAGE_SHAPE)).shape[1])
     pixel_floats = pixel_floats if pixel_active else 0
     with torch.no_grad():
@@ -223,7 +213,7 @@ def measure(args: argparse.Namespace) -> ScalingReport:
     patch_banks = tuple((int(d.shape[2] * d.shape[3]), int(d.shape[1]), n)
                         for d, n in zip(descriptors, (cfg.patches.feature_bank, cfg.patches.pixel_bank)) if n > 0)
     shape_model = CheckpointModel(
-        0, row_floats, len(net.memories), cfg.scorer.normal_bank, cfg.scorer,
+        0, row_floats, len(net.memories), cfg.scorer.normal_bank, cfg.threshold,
         feature_floats, cfg.bank.size, pixel_floats, patch_banks, cfg.patches.held_out,
     )
     fits: dict[int, int] = {}
@@ -243,7 +233,7 @@ def measure(args: argparse.Namespace) -> ScalingReport:
         row_floats,
         len(net.memories),
         cfg.scorer.normal_bank,
-        cfg.scorer,
+        cfg.threshold,
         feature_floats,
         cfg.bank.size,
         pixel_floats,

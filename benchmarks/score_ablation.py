@@ -29,14 +29,14 @@ import time
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
-from anomem import AnoMem, load_config
-from anomem.baselines import make_baseline
-from anomem.bench.protocols import validation_split
+from anomem import AnoMem
 from anomem.bench.runner import feature_knn_scores
-from anomem.data.registry import load_dataset
 from anomem.inputs import to_float
+
+# isort: split
+# sibling modules in benchmarks/ (a script's own directory is first on sys.path)
+from validation import cells, fit_class, split, sweep_config
 
 
 @torch.inference_mode()
@@ -68,19 +68,17 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
 
-    fit, val = validation_split(load_dataset(args.data, "train"), args.max_train, args.seed)
+    fit, val = split(args.data, args.max_train, args.seed)
     x_fit, y_fit, x_val, y_val = fit.images, fit.targets, val.images, val.targets
 
     cols = ("eq9 merged", "eq9 deep", "nearest pat", "feat norm", "enc kNN", "pixel kNN")
-    print(f"{'class':>5} " + " ".join(f"{c:>11}" for c in cols) + f" {'s':>5}")
+    print(f"{'class':>5} " + cells(cols, 11) + f" {'s':>5}")
     rows = []
     for cls in args.classes:
         t0 = time.time()
-        cfg = load_config(args.preset, overrides=[f"train.epochs={args.epochs}", f"train.seed={args.seed}",
-                                                   f"train.batch_size={args.batch_size}", *args.set])
-        normals = x_fit[y_fit == cls]
-        det = AnoMem(cfg, progress=False).fit(normals)
-        lab = (y_val != cls).numpy()
+        cfg = sweep_config(args.preset, args.epochs, args.seed, args.batch_size, args.set)
+        one = fit_class(cfg, x_fit[y_fit == cls], y_val, cls)
+        det, normals = one.det, one.normals
         near, norm = deep_feature_scores(det, x_val)
         scores = [
             det.anomaly_score(x_val),
@@ -88,12 +86,10 @@ def main() -> None:
             near,
             norm,
             feature_knn_scores(det.embed(normals), det.embed(x_val)),
-            make_baseline("knn").fit(normals).anomaly_score(x_val),
         ]
-        rows.append([roc_auc_score(lab, s) for s in scores])
-        print(f"{cls:>5} " + " ".join(f"{a:11.3f}" for a in rows[-1]) + f" {time.time() - t0:5.0f}", flush=True)
-    print(f"{'mean':>5} " + " ".join(f"{a:11.3f}" for a in np.mean(rows, 0)))
-
+        rows.append([*(one.auroc(s) for s in scores), one.knn_auroc(x_val)])
+        print(f"{cls:>5} " + cells(rows[-1], 11) + f" {time.time() - t0:5.0f}", flush=True)
+    print(f"{'mean':>5} " + cells(np.mean(rows, 0), 11))
 
 if __name__ == "__main__":
     main()

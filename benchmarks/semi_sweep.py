@@ -23,19 +23,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
-from sklearn.metrics import roc_auc_score
 
-from anomem import AnoMem, load_config
-from anomem.bench.protocols import validation_split
-from anomem.data.registry import load_dataset
+from anomem import AnoMem
 from anomem.inputs import to_float
-from anomem.stage2.scorer import bank_distances
+from anomem.stage2.feature_bank import bank_distances
+
+# isort: split
+# sibling modules in benchmarks/ (a script's own directory is first on sys.path)
+from validation import draw, fit_class, score_with, split, sweep_config
 
 
 def embeddings(det: AnoMem, x: torch.Tensor) -> list[torch.Tensor]:
@@ -69,29 +69,22 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    fit, val = validation_split(load_dataset("fashion-mnist", "train"), args.max_train, args.seed)
+    fit, val = split("fashion-mnist", args.max_train, args.seed)
     rng = np.random.default_rng(args.seed)
-    keep = np.sort(rng.permutation(len(val))[: args.max_val])
-    x_val, y_val = val.images[keep], val.targets[keep]
+    x_val, y_val = draw(val, args.max_val, rng)
     for cls in args.classes:
         normals = fit.images[fit.targets == cls][: args.normals]
         others = torch.nonzero(fit.targets != cls).flatten()
         m = round(args.ratio * normals.shape[0] / (1 - args.ratio))
         anomalies = fit.images[others[torch.from_numpy(rng.permutation(others.numel())[:m])]]
-        cfg = load_config(args.preset, overrides=[f"train.epochs={args.epochs}", f"train.seed={args.seed}",
-                                                   f"train.batch_size={args.batch_size}"])
-        t0 = time.time()
-        det = AnoMem(cfg, progress=False).fit(normals, anomalies=anomalies)
-        secs = time.time() - t0
-        lab = (y_val != cls).numpy()
+        cfg = sweep_config(args.preset, args.epochs, args.seed, args.batch_size)
+        one = fit_class(cfg, normals, y_val, cls, anomalies=anomalies)
+        det, secs = one.det, one.seconds
         read = {"detector": det.anomaly_score(x_val)}
-        default_cw = det.scorer_.contrast_weight
         for cw in args.contrast_weights:  # the pixel bank's contrast in the image score (Decision 9)
-            det.scorer_.contrast_weight = cw
-            read[f"det cw={cw:g}"] = det.anomaly_score(x_val)
-        det.scorer_.contrast_weight = default_cw
+            read[f"det cw={cw:g}"] = score_with(det, x_val, contrast=cw)
         e_v, e_a = embeddings(det, x_val), embeddings(det, anomalies)
-        for s, (v, a, bank) in enumerate(zip(e_v, e_a, det.scorer_.banks)):
+        for s, (v, a, bank) in enumerate(zip(e_v, e_a, det.scorer_.bank.rows)):
             read[f"ratio s{s}"] = (bank_distances(v, bank, args.k) - bank_distances(v, a, args.k)).numpy()
         pv = pixels(x_val)
         read["pix ratio"] = (bank_distances(pv, pixels(normals), args.k, metric="euclidean")
@@ -101,7 +94,7 @@ def main() -> None:
         read["det+ratio+pix"] = rank(read["detector"]) + np.mean(ratios, 0) + rank(read["pix ratio"])
         for w in (0.25, 0.5, 0.75):
             read[f"det+pix {w:g}"] = w * rank(read["detector"]) + (1 - w) * rank(read["pix ratio"])
-        res = {k: float(roc_auc_score(lab, v)) for k, v in read.items()}
+        res = {k: float(one.auroc(v)) for k, v in read.items()}
         print(f"class {cls} ({m} labelled, {secs:.0f} s): " + "  ".join(f"{k} {v:.4f}" for k, v in res.items()), flush=True)
         if args.json:
             with open(args.json, "a", encoding="utf-8") as f:

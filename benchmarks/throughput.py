@@ -40,300 +40,33 @@ machine runs ~10x slower (measured; docs/performance.md).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
-import math
-import os
-import platform
-import re
 import statistics
 import sys
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from anomem.config import AnoMemConfig, load_config
-from anomem.engine import Stage1Trainer, resolve_device
-from anomem.factory import build_net, build_scorer
-from anomem.inference import AnoMemModel
-from anomem.inputs import to_float
-from anomem.model.net import AnoMemNet
-from anomem.stage2.scorer import Scorer
+from anomem.config import load_config
+from anomem.engine import resolve_device
+
+# isort: split
+# sibling modules in benchmarks/ (a script's own directory is first on sys.path)
+from measure import MIB, Meter, describe_machine, interleaved, load_average, matmul_peak
+from throughput_report import PresetResult, format_tables
+from workloads import (
+    IMAGE_SHAPE,
+    StepRunner,
+    anomem_scores,
+    make_scorer,
+    make_trainer,
+    pooled_features,
+    warm_up,
+)
 
 DEFAULT_PRESETS = ("cpu-small", "gpu-r18", "paper-r50")
-IMAGE_SHAPE = (3, 32, 32)  # the presets' natural input: CIFAR-sized colour images
 CPU_BATCH_WIDE = 32  # on CPU, presets with a full-width (>= 64) backbone run at this batch
-OVERHEAD_TARGET = 1.15
-FMNIST_TRAIN = 5400  # stage-1 images per class: 6,000 normals less the 10% calibration hold-out
-FMNIST_FORWARD = (
-    6000 + 10000 + 512
-)  # per class through the scoring path: train + test + prototype cache
-MIB = 2.0**20
-
-
-# -- measuring on a device ----------------------------------------------------------------
-
-
-def _proc_status_kib(field: str) -> float:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            m = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
-    except OSError:
-        return math.nan
-    return float(m.group(1)) if m else math.nan
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _trim_heap() -> None:
-    """Give freed heap pages back to the OS so that RSS reflects live memory (glibc only)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class Meter:
-    """Wall-clock timing and peak memory on one device.
-
-    CUDA work is asynchronous, so every measurement synchronises before starting the
-    clock and before reading it.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.cuda = device.type == "cuda"
-
-    @property
-    def memory_kind(self) -> str:
-        if self.cuda:
-            return "torch.cuda.max_memory_allocated (tensor memory of this process)"
-        return "resident set size, /proc/self/status VmHWM (whole process, not only tensors)"
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-    def seconds(self, fn: Callable[[], object], n: int = 1) -> float:
-        """Mean wall-clock seconds of ``n`` back-to-back calls of ``fn``."""
-        self.sync()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        self.sync()
-        return (time.perf_counter() - t0) / n
-
-    def peak_bytes(self, fn: Callable[[], object]) -> tuple[float, float]:
-        """(peak above what was resident before ``fn``, absolute peak) in bytes; NaN if unknown."""
-        if self.cuda:
-            self.sync()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            before = torch.cuda.memory_allocated(self.device)
-            fn()
-            self.sync()
-            peak = torch.cuda.max_memory_allocated(self.device)
-            return float(peak - before), float(peak)
-        _trim_heap()
-        if not _reset_peak_rss():
-            return math.nan, math.nan
-        before = _proc_status_kib("VmRSS")
-        fn()
-        peak = _proc_status_kib("VmHWM")
-        return (peak - before) * 1024.0, peak * 1024.0
-
-    def host_syncs(self, fn: Callable[[], object], mode: str) -> str:
-        """Host-device syncs made by ``fn`` under ``torch.cuda.set_sync_debug_mode``."""
-        if not self.cuda or mode == "off":
-            return "n/a"
-        self.sync()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode(mode)
-            try:
-                fn()
-            except RuntimeError as e:  # mode "error": the first sync raises
-                return "error: " + str(e).strip().splitlines()[0][:60]
-            finally:
-                torch.cuda.set_sync_debug_mode(0)
-        self.sync()
-        return str(sum("synchroniz" in str(w.message).lower() for w in caught))
-
-
-def matmul_peak(meter: Meter, size: int, reps: int) -> tuple[float, str]:
-    """Best FLOP/s of a square matmul: bf16 on CUDA, fp32 on CPU. Returns (FLOP/s, what)."""
-    dtype = torch.bfloat16 if meter.cuda else torch.float32
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=gen).to(meter.device, dtype)
-    b = torch.randn(size, size, generator=gen).to(meter.device, dtype)
-    c = torch.empty(size, size, device=meter.device, dtype=dtype)
-    inner = 20 if meter.cuda else 1  # amortise kernel launches on CUDA
-    meter.seconds(lambda: torch.mm(a, b, out=c), inner)  # warm-up
-    best = min(meter.seconds(lambda: torch.mm(a, b, out=c), inner) for _ in range(reps))
-    what = f"{str(dtype).replace('torch.', '')} {size}x{size} matmul, best of {reps}"
-    return 2.0 * size**3 / best, what
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of ``fn`` (matmuls and convolutions, forward and backward)."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def describe_machine(device: torch.device) -> str:
-    """One line naming the device, the CPU and torch, for the output header."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    env = " ".join(
-        f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ
-    )
-    return (
-        f"device: {dev} | CPU: {cpu}, nproc={os.cpu_count()}, torch threads={torch.get_num_threads()} | "
-        f"torch {torch.__version__} | {env or 'OMP_* unset'}"
-    )
-
-
-def load_average() -> str:
-    try:
-        with open("/proc/loadavg", encoding="ascii") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
-
-
-def interleaved(
-    fns: Sequence[Callable[[], float]], reps: int, meter: Meter | None = None
-) -> tuple[list[list[float]], list[tuple[float, float]]]:
-    """Run ``fns`` in turn for ``reps`` rounds (A B A B ...), so that background load hits
-    all alike. Returns one list of results per fn and, with a ``meter``, the peak memory
-    (step peak, absolute peak) of each fn's last round, read around it (NaN without)."""
-    out: list[list[float]] = [[] for _ in fns]
-    peaks = [(math.nan, math.nan)] * len(fns)
-    for rep in range(reps):
-        for k, fn in enumerate(fns):
-            if meter is not None and rep == reps - 1:
-                peaks[k] = meter.peak_bytes(lambda fn=fn, acc=out[k]: acc.append(fn()))
-            else:
-                out[k].append(fn())
-    return out, peaks
-
-
-# -- what is measured ---------------------------------------------------------------------
-
-
-class StepRunner:
-    """Calls a trainer's step on a fixed batch of indices, advancing the step number."""
-
-    def __init__(self, trainer: Stage1Trainer, idx: torch.Tensor) -> None:
-        self.trainer, self.idx, self.step = trainer, idx, 0
-
-    def __call__(self) -> None:
-        self.trainer.step_fn(self.idx, self.step)  # torch.compile'd with train.compile=true
-        self.step += 1
-
-    def eager(self) -> None:
-        """The same step, never compiled (FlopCounterMode needs to see every op)."""
-        self.trainer._step(self.idx, self.step)
-        self.step += 1
-
-
-def make_trainer(
-    cfg: AnoMemConfig, images: torch.Tensor, device: torch.device, seed: int
-) -> Stage1Trainer:
-    torch.manual_seed(seed)  # same initial weights and augmentation stream for A and B
-    net = build_net(cfg, images.shape[1])
-    return Stage1Trainer(net, cfg, images, torch.ones(images.shape[0], dtype=torch.bool), device)
-
-
-def make_scorer(net: AnoMemNet, cfg: AnoMemConfig, device: torch.device) -> Scorer:
-    """A stage-2 scorer of the preset's shape (untrained: its cost does not depend on training)."""
-    return build_scorer(cfg, net.backbone.tap_channels).to(device)
-
-
-@torch.inference_mode()
-def anomem_scores(
-    net: AnoMemNet, scorer: Scorer, images: torch.Tensor, device: torch.device, batch: int
-) -> torch.Tensor:
-    """One-class anomaly scores (N,) on the host, the path of ``AnoMem.anomaly_score``."""
-    model = AnoMemModel(net, scorer, tuple(images.shape[2:]), 0.0, "one-class").to(device)
-    out = [model.merged_score(ev) for ev in model.evidence_batches(images, batch)]  # Eq. 9 + 13
-    return torch.cat(out).float().cpu()
-
-
-@torch.inference_mode()
-def pooled_features(
-    net: AnoMemNet, images: torch.Tensor, device: torch.device, batch: int
-) -> torch.Tensor:
-    """Global-average-pooled deepest-tap features (N, C) on ``device``: a kNN bank's rows."""
-    net.eval()
-    out = []
-    for i in range(0, images.shape[0], batch):
-        x = to_float(images[i : i + batch].to(device))  # (b, C_in, H, W)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(net.features(x)[-1].float().mean((2, 3)))  # (b, C)
-    return torch.cat(out)
-
-
-@dataclass(frozen=True)
-class PresetResult:
-    """Everything measured for one preset. Times are medians over the repetitions."""
-
-    preset: str
-    batch: int
-    preset_batch: int
-    epochs: int  # the preset's stage-1 epochs, for the projection
-    reps: int
-    train_s: float  # seconds per AnoMem step
-    simclr_s: float  # seconds per plain-SimCLR step
-    overhead: float  # median over pairs of AnoMem / SimCLR step time
-    overhead_range: tuple[float, float]  # min and max of the per-pair ratios
-    score_img_s: float  # deviation maps + score
-    encode_img_s: float  # encoder alone (pooled last tap)
-    train_peak_mib: float  # the AnoMem step's peak above what was resident before it
-    train_abs_mib: float  # absolute process/device peak during that step
-    simclr_peak_mib: float
-    score_peak_mib: float
-    flops_step: int  # AnoMem step
-    flops_step_simclr: int
-    syncs: str
-
-    @property
-    def train_img_s(self) -> float:
-        return self.batch / self.train_s
-
-    @property
-    def simclr_img_s(self) -> float:
-        return self.batch / self.simclr_s
-
-
-def warm_up(runs: Sequence[StepRunner], n: int) -> list[int]:
-    """``n`` warm-up steps of each run, in turn; the first one is FLOP-counted. Returns the FLOPs."""
-    flops = [count_flops(run.eager) for run in runs]
-    for _ in range(n - 1):
-        for run in runs:
-            run()
-    return flops
 
 
 def measure_preset(
@@ -503,66 +236,6 @@ def profile_overhead(
     lines.append(
         f"HopfieldMemory forward (inclusive, all scales, {clock} time): {memory_fwd_us / 2e3:.1f} ms per step"
     )
-    return "\n".join(lines)
-
-
-# -- report -------------------------------------------------------------------------------
-
-
-def format_tables(
-    results: Sequence[PresetResult], peak_flops: float, peak_what: str, meter: Meter
-) -> str:
-    lines = [
-        "Stage-1 training step (data on device as uint8, augmentation included) and scoring",
-        f"{'preset':<10} {'batch':>5} {'reps':>4} {'AnoMem img/s':>12} {'SimCLR img/s':>12} "
-        f"{'overhead':>8} {'(min-max)':>11} {'score img/s':>11} {'encoder img/s':>13} {'syncs':>5}",
-    ]
-    for r in results:
-        lo, hi = r.overhead_range
-        lines.append(
-            f"{r.preset:<10} {r.batch:>5} {r.reps:>4} {r.train_img_s:>12.1f} {r.simclr_img_s:>12.1f} "
-            f"{r.overhead:>7.3f}x {f'{lo:.2f}-{hi:.2f}':>11} {r.score_img_s:>11.1f} {r.encode_img_s:>13.1f} {r.syncs:>5}"
-        )
-    lines += [
-        "",
-        f"Peak memory, MiB ({meter.memory_kind})",
-        f"{'preset':<10} {'AnoMem step':>11} {'SimCLR step':>11} {'scoring':>8} {'process peak':>12}",
-    ]
-    for r in results:
-        lines.append(
-            f"{r.preset:<10} {r.train_peak_mib:>11.1f} {r.simclr_peak_mib:>11.1f} {r.score_peak_mib:>8.1f} {r.train_abs_mib:>12.1f}"
-        )
-    lines += [
-        "",
-        f"MFU: FLOPs of one step (FlopCounterMode) / median step time; peak {peak_flops / 1e9:.1f} GFLOP/s ({peak_what})",
-        f"{'preset':<10} {'GFLOP/step':>10} {'GFLOP/img':>9} {'SimCLR GFLOP/step':>17} {'FLOP ratio':>10} {'GFLOP/s':>9} {'MFU':>7}",
-    ]
-    for r in results:
-        achieved = r.flops_step / r.train_s
-        lines.append(
-            f"{r.preset:<10} {r.flops_step / 1e9:>10.2f} {r.flops_step / r.batch / 1e9:>9.3f} "
-            f"{r.flops_step_simclr / 1e9:>17.2f} {r.flops_step / r.flops_step_simclr:>9.3f}x "
-            f"{achieved / 1e9:>9.1f} {achieved / peak_flops:>6.1%}"
-        )
-    lines += [
-        "",
-        "Projected Fashion-MNIST one-vs-all from these rates (10 classes; per class stage 1 on the 5,400 training",
-        "normals left after the 10% calibration hold-out for the preset's epochs, and ~16,500 images through the",
-        "scoring path: 6,000 training + 10,000 test + 512 prototype-cache; measured at 32x32x3, FMNIST is 28x28x1):",
-    ]
-    for r in results:
-        train_min = 10 * FMNIST_TRAIN * r.epochs / r.train_img_s / 60
-        score_min = 10 * FMNIST_FORWARD / r.score_img_s / 60
-        lines.append(
-            f"{r.preset:<10} {r.epochs:>4} epochs: stage 1 {train_min:>9.1f} min + scoring {score_min:>6.1f} min "
-            f"= {train_min + score_min:>9.1f} min"
-        )
-    lines.append("")
-    for r in results:
-        verdict = "meets" if r.overhead <= OVERHEAD_TARGET else "MISSES"
-        lines.append(
-            f"{r.preset}: overhead {r.overhead:.3f}x {verdict} the <= {OVERHEAD_TARGET}x target"
-        )
     return "\n".join(lines)
 
 

@@ -26,11 +26,9 @@ import time
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
-from anomem import AnoMem, load_config
-from anomem.bench.protocols import validation_split
-from anomem.data.registry import load_dataset
+# sibling modules in benchmarks/ (a script's own directory is first on sys.path)
+from validation import fit_class, knn_auroc, split, sweep_config, variant_overrides
 
 
 def main() -> None:
@@ -56,33 +54,22 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    fit, val = validation_split(load_dataset(args.data, "train"), args.max_train, args.seed)
+    fit, val = split(args.data, args.max_train, args.seed)
     x_fit, y_fit, x_val, y_val = fit.images, fit.targets, val.images, val.targets
 
-    from anomem.baselines import make_baseline
-
-    knn = [
-        roc_auc_score((y_val != c).numpy(), make_baseline("knn").fit(x_fit[y_fit == c]).anomaly_score(x_val))
-        for c in args.classes
-    ]
+    knn = [knn_auroc(x_fit[y_fit == c], x_val, (y_val != c).numpy()) for c in args.classes]
     print(f"raw-pixel kNN (k=2) val AUROC: {np.mean(knn):.3f}")
     print(f"{'val AUROC':>9} {'per scale':>13} {'entropy/logK':>12} {'proto std':>9} {'s':>5}  variant")
     for variant in args.variants:
-        overrides = [o for o in variant.split(";") if o]
         aucs, scale_aucs, ents, stds, t0 = [], [], [], [], time.time()
         for cls in args.classes:
-            cfg = load_config(
-                args.preset,
-                overrides=[
-                    f"train.epochs={args.epochs}", f"train.seed={args.seed}", f"train.batch_size={args.batch_size}",
-                    *overrides,
-                ],
-            )
-            det = AnoMem(cfg, progress=False).fit(x_fit[y_fit == cls])
-            aucs.append(roc_auc_score((y_val != cls).numpy(), det.anomaly_score(x_val)))
+            cfg = sweep_config(args.preset, args.epochs, args.seed, args.batch_size, variant_overrides(variant))
+            one = fit_class(cfg, x_fit[y_fit == cls], y_val, cls)
+            det = one.det
+            aucs.append(one.auroc(det.anomaly_score(x_val)))
             # each scale's score alone (same model): which scale carries the signal
             per = det.score_per_scale(x_val)
-            scale_aucs.append([roc_auc_score((y_val != cls).numpy(), per[:, k]) for k in range(per.shape[1])])
+            scale_aucs.append([one.auroc(per[:, k]) for k in range(per.shape[1])])
             with torch.inference_mode():
                 feats = det.net_.features(x_val[y_val == cls].float() / 255)
                 for f, mem in zip(feats, det.net_.memories):

@@ -4,11 +4,13 @@ numbers. They check that the scripts work, not how fast anything is."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -177,3 +179,133 @@ def test_journey_walks_every_step(monkeypatch, tmp_path, capsys):
     assert steps["python api"]["max_abs_diff"] < 1e-6 and steps["python api"]["same_decisions"]
     assert len(steps["evaluate"]["per_type"]) == 9  # the nine other classes, one folder each
     assert "| refit |" in capsys.readouterr().out
+
+
+def _state(scorer) -> dict:
+    """The whole fitted stage 2 (every weight, statistic and bank), copied."""
+    return {k: v.clone() for k, v in scorer.state_dict().items()}
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_score_with_reads_other_weights_and_leaves_the_detector_as_fitted(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from anomem import AnoMem, load_config
+
+    from synthetic import stripes
+
+    validation = importlib.import_module("validation")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = load_config("tiny", None, ["train.epochs=1", "train.batch_size=32", "heads.steps=20"])
+        det = AnoMem(cfg, progress=False).fit(stripes(48, False))
+        x = torch.cat([stripes(6, False, seed=1), stripes(6, True, seed=2)])
+        s = det.scorer_
+        fitted, score, maps = _state(s), det.anomaly_score(x), det.anomaly_maps(x)
+        n = s.num_scales
+
+        # λ = (1, 0, ...) with the pixel bank and the patches off: scale 0's score alone
+        first = validation.score_with(det, x, scales=[1.0] + [0.0] * (n - 1), pixel_global=0.0, pixel_local=0.0,
+                                      image=(1, 0, 0))
+        np.testing.assert_allclose(first, det.score_per_scale(x)[:, 0], rtol=1e-5, atol=1e-5)
+        assert _same_state(_state(s), fitted)
+        np.testing.assert_array_equal(validation.score_with(det, x), score)  # no weights: the fitted score
+        np.testing.assert_array_equal(validation.score_with(det, x, image=(0.5, 0.5, 0)),
+                                      det.anomaly_score(x, fusion=(0.5, 0.5, 0)))
+
+        mem = validation.maps_with(det, x, map=(1, 0, 0), map_pixel=0.0, bank=1.0, contrast=0.0, heads=False)
+        z = (torch.from_numpy(mem.per_scale) - s.memory.map.mean[:, None, None]) / s.memory.map.std[:, None, None]
+        lam = s.weights.scales
+        np.testing.assert_allclose(mem.fused, ((z * lam[:, None, None]).sum(1) / lam.sum()).numpy(), atol=1e-4)  # Eq. 13 per pixel
+        assert _same_state(_state(s), fitted)
+        np.testing.assert_array_equal(det.anomaly_maps(x).fused, maps.fused)
+
+        with pytest.raises(TypeError, match="pixel"):
+            validation.score_with(det, x, pixel=0.5)  # not a weight's name
+        with pytest.raises(ValueError, match="scales must be"):
+            validation.score_with(det, x, bank=0.0, scales=[1.0] * (n + 1))
+        assert _same_state(_state(s), fitted)  # restored after a failure half-way, too
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_validation_split_is_seeded_and_keeps_a_third(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    validation = importlib.import_module("validation")
+    fit, val = validation.split("digits", 300, seed=0)
+    again, _ = validation.split("digits", 300, seed=0)
+    assert len(fit) + len(val) == 300 and len(val) == 100
+    assert torch.equal(fit.images, again.images) and torch.equal(fit.targets, again.targets)
+    rng = np.random.default_rng(0)
+    x, y = validation.draw(val, 40, rng)
+    assert x.shape[0] == y.shape[0] == 40
+    assert validation.cells([0.5, None, "name"], 6) == " 0.500      -   name"
+    assert validation.variant_overrides("a=1;;b=2") == ["a=1", "b=2"]
+
+
+def _scorer_writes(source: str) -> list[int]:
+    """Lines that assign to an attribute of a fitted scorer (``det.scorer_`` or a name
+    bound to it), or change one of its tensors in place (``copy_``, ``fill_``, ...)."""
+    tree = ast.parse(source)
+    aliases = {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) and "scorer_" in ast.unparse(node.value)
+               for t in node.targets if isinstance(t, ast.Name)}
+
+    def scorer(expr: ast.expr) -> bool:
+        root = expr
+        while isinstance(root, (ast.Attribute, ast.Subscript)):
+            root = root.value
+        return "scorer_" in ast.unparse(expr) or (isinstance(root, ast.Name) and root.id in aliases)
+
+    lines = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+        for t in targets:
+            for e in t.elts if isinstance(t, ast.Tuple) else [t]:
+                if isinstance(e, (ast.Attribute, ast.Subscript)) and scorer(e.value):
+                    lines.append(node.lineno)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr.endswith("_") \
+                and not node.func.attr.startswith("_") and scorer(node.func.value):
+            lines.append(node.lineno)  # an in-place tensor op: copy_, fill_, zero_, ...
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr" \
+                and node.args and scorer(node.args[0]):
+            lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def test_no_benchmark_changes_a_fitted_scorer():
+    """Re-scoring under other weights goes through the public API (``weights=``), in
+    validation.score_with / maps_with; no script edits a fitted scorer."""
+    assert _scorer_writes("det.scorer_.pixel_weight = w\ns = det.scorer_\ns.a, s.b = 1, 2\ns.w.copy_(x)\n") == [1, 3, 4]
+    found = {p.name: _scorer_writes(p.read_text(encoding="utf-8")) for p in sorted(BENCHMARKS.glob("*.py"))}
+    assert not {name: lines for name, lines in found.items() if lines}
+
+
+def test_demo_validation_reads_one_fit_under_each_pixel_weight(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    demo = importlib.import_module("demo_validation")
+    try:
+        monkeypatch.setattr(demo, "EXTRA", ("train.epochs=1",))
+        monkeypatch.setattr(sys, "argv", ["demo_validation.py", "--classes", "0", "--weights", "0", "0.9"])
+        demo.main()
+    finally:
+        sys.modules.pop("demo_validation", None)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "pixel_weight class 0  mean"
+    rows = [line.split() for line in lines[1:]]
+    assert [r[0] for r in rows] == ["0.000", "0.900", "kNN"]
+    assert all(0.0 <= float(v) <= 1.0 for r in rows for v in r[1:])
+
+
+def test_oneclass_sweep_prints_every_reading_of_one_fit(monkeypatch, capsys):
+    lines = _run_script(monkeypatch, capsys, "oneclass_sweep", "--data", "digits", "--preset", "tiny",
+                        "--max-train", "600", "--normals", "60", "--max-val", "120", "--classes", "0",
+                        "--epochs", "1", "--batch-size", "32", "--variants", "pseudo.heads=true")
+    header, row, mean = lines
+    assert header.split()[:3] == ["variant", "class", "eq9"] and mean.split()[1] == "mean"
+    cells = row.split()[2:-1]  # the readings and pixel kNN, without the seconds
+    assert len(cells) == 11 and all(0.0 <= float(v) <= 1.0 for v in cells)  # every reading measured, heads too
