@@ -181,3 +181,12 @@ def test_top_level_shows_the_architecture():
     assert len(top) <= MAX_TOP_LEVEL, f"{len(top)} top-level modules: {top}"
     for pkg in ("model", "stage2", "io", "bench", "config", "data", "cli", "baselines"):
         assert (SRC / pkg / "__init__.py").is_file(), pkg
+
+
+def test_tests_mirror_the_packages():
+    """A test folder per package, and a test file for scoring, inference and persistence."""
+    tests = Path(__file__).resolve().parent
+    for pkg in ("model", "stage2", "io", "bench", "config", "data", "baselines"):
+        assert any((tests / pkg).glob("test_*.py")), f"tests/{pkg}/ holds no test file"
+    for f in ("stage2/test_scoring.py", "test_inference.py", "io/test_persistence.py", "io/test_migration.py"):
+        assert (tests / f).is_file(), f

@@ -52,8 +52,9 @@ def load_backbone_weights(net: AnoMemNet, cfg: AnoMemConfig) -> WeightsReport | 
 
 def build_scorer(cfg: AnoMemConfig, channels: tuple[int, ...]) -> Scorer:
     """An untrained stage-2 scorer for taps with ``channels``."""
-    scorer = Scorer(channels, cfg.heads.pool_size, cfg.heads.hidden, cfg.bank.k, cfg.pixels.side, cfg.pixels.local_k,
-                    cfg.scorer.map_sigma, (cfg.patches.feature_bank, cfg.patches.pixel_bank), cfg.patches.top_k)
+    scorer = Scorer(channels, pool=cfg.heads.pool_size, hidden=cfg.heads.hidden, bank_k=cfg.bank.k,
+                    pixel_side=cfg.pixels.side, local_k=cfg.pixels.local_k, map_sigma=cfg.scorer.map_sigma,
+                    patch_banks=(cfg.patches.feature_bank, cfg.patches.pixel_bank), patch_top_k=cfg.patches.top_k)
     p = cfg.pixels
     scorer.weights.set(scales=cfg.memory.weights(len(channels)), bank=cfg.bank.weight, pixel_global=p.weight,
                        pixel_local=p.local_weight, contrast=p.contrast_weight, map_pixel=p.map_weight)

@@ -31,11 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     try:  # Ctrl-C at any moment, imports included, ends with one line and exit code 130
         return _main(argv)
     except KeyboardInterrupt:
-        import signal
-
-        if argv is None:  # the command itself (not a caller's in-process main([...])): a late Ctrl-C while
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the interpreter shuts down must not kill it mid-exit
         print("anomem: interrupted", file=sys.stderr)
+        if argv is None:  # the command itself, not a caller's in-process main([...])
+            _exit_interrupted()
         return 130
     except BrokenPipeError:  # the reader went away (`anomem score … | head`): stop quietly, as Unix tools do
         try:  # and keep Python's own flush at exit from failing on the closed pipe
@@ -43,6 +41,19 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, AttributeError):
             pass  # not a real stream (a test's capture)
         return 141  # 128 + SIGPIPE, what a shell reports for such a pipe
+
+
+def _exit_interrupted() -> None:
+    """Leave with 130 at once. A Ctrl-C that passed through code run by ``PyRun_*`` during an
+    import (torch's, say) leaves CPython 3.11 marked "interrupted", and the interpreter then
+    kills itself with SIGINT at exit (return code -2) although the command handled it.
+    Every output is already whole or removed (staging and ``finally`` blocks ran)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(130)
 
 
 def _main(argv: list[str] | None) -> int:

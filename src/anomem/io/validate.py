@@ -212,15 +212,13 @@ def _validate_detector(ckpt: Mapping[str, Any]) -> None:
                 raise _Bad(f"prototype_cache['patches'][{i}] must be uint8 with {ckpt['in_channels']} channels")
             if sim.shape[0] != p.shape[0] or src.shape != (p.shape[0], 3) or src.is_floating_point():
                 raise _Bad(f"prototype_cache scale {i}: patches, similarity and source do not match")
-    if "meta" in ckpt:
-        _json(ckpt["meta"], "meta", dict)
+    _json(ckpt.get("meta"), "meta", dict)
     digests = ckpt.get("training_digests")
-    if digests:  # files from before them have none
-        if not isinstance(digests, Mapping) or not set(digests) <= {"normal", "anomaly"}:
-            raise _Bad("training_digests must be a mapping with 'normal' and 'anomaly'")
-        for key, t in digests.items():
-            if _tensor(t, f"training_digests[{key!r}]", ndim=1).dtype != torch.int64:
-                raise _Bad(f"training_digests[{key!r}] must be int64, got {t.dtype}")
+    if not isinstance(digests, Mapping) or not set(digests) <= {"normal", "anomaly"}:  # {} in migrated files
+        raise _Bad("training_digests must be a mapping with 'normal' and 'anomaly'")
+    for key, t in digests.items():
+        if _tensor(t, f"training_digests[{key!r}]", ndim=1).dtype != torch.int64:
+            raise _Bad(f"training_digests[{key!r}] must be int64, got {t.dtype}")
 
 
 def validate_detector_checkpoint(ckpt: Mapping[str, Any], path: str | Path) -> None:

@@ -53,13 +53,15 @@ class Scorer(nn.Module):
         patch_banks: coreset sizes of the feature and pixel patch banks (0 = off).
         patch_top_k: share of a patch map's positions averaged into its image score.
 
+    No defaults: :func:`anomem.factory.build_scorer` builds it from the config, where
+    every default lives.
+
     Shape:
         evidence of B images -> image score (B,)
     """
 
-    def __init__(self, channels: Sequence[int], pool: int = 2, hidden: int = 128, bank_k: int = 2,
-                 pixel_side: int = 32, local_k: int = 20, map_sigma: float = 0.04,
-                 patch_banks: tuple[int, int] = (0, 0), patch_top_k: float = 0.01) -> None:
+    def __init__(self, channels: Sequence[int], *, pool: int, hidden: int, bank_k: int, pixel_side: int,
+                 local_k: int, map_sigma: float, patch_banks: tuple[int, int], patch_top_k: float) -> None:
         super().__init__()
         s = len(channels)
         self.memory = MemorySignal(s)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture
@@ -159,7 +159,7 @@ def test_score_ablation_scores_one_model_six_ways(monkeypatch, capsys):
 def test_journey_walks_every_step(monkeypatch, tmp_path, capsys):
     """benchmarks/journey.py on generated Fashion-MNIST files: every CLI step runs, the
     export and the Python API agree with `anomem score`."""
-    monkeypatch.syspath_prepend(str(Path(__file__).parent / "data"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "data"))
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     from fakes import write_fake_idx
 
@@ -191,7 +191,7 @@ def _same_state(a: dict, b: dict) -> bool:
 
 
 def test_score_with_reads_other_weights_and_leaves_the_detector_as_fitted(monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1]))
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     from anomem import AnoMem, load_config
 

@@ -15,7 +15,7 @@ from anomem.bench.plan import METHODS
 from anomem.bench.tables import METHOD_COLOURS, PLOTS_DIR, method_colour, summarise
 
 matplotlib.use("Agg")
-RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "fashion-mnist-one-vs-all"
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results" / "fashion-mnist-one-vs-all"
 
 
 def test_colour_map_is_fixed_and_distinct():
