@@ -209,7 +209,7 @@ def measure(args: argparse.Namespace) -> ScalingReport:
     pixel_floats = pixel_floats if pixel_active else 0
     with torch.no_grad():
         probe = torch.zeros(1, *IMAGE_SHAPE, device=device)
-        descriptors = (net.evidence(probe).local_features, pixel_descriptors(probe))
+        descriptors = (net.evidence(probe, local=True).local_features, pixel_descriptors(probe))
     patch_banks = tuple((int(d.shape[2] * d.shape[3]), int(d.shape[1]), n)
                         for d, n in zip(descriptors, (cfg.patches.feature_bank, cfg.patches.pixel_bank)) if n > 0)
     shape_model = CheckpointModel(

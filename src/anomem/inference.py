@@ -87,13 +87,16 @@ class AnoMemModel(nn.Module):
         return bool(self.scorer.heads.trained) and self.mode != "one-class"
 
     # -- the straight line -------------------------------------------------------------
-    def evidence(self, x: torch.Tensor, associations: bool = False, every: bool = False) -> Evidence:
+    def evidence(self, x: torch.Tensor, associations: bool = False, every: bool = False,
+                 signals: bool = True) -> Evidence:
         """Δ^(s) (Eq. 8) and pooled tap features of a batch (see :meth:`AnoMemNet.evidence`),
         with the input-level signals the scorer reads (every ready patch bank with
-        ``every``, as fitting the fusion needs)."""
-        ev = self.net.evidence(x, associations)
+        ``every``, as fitting the fusion needs; none without ``signals``). The encoder's
+        patch descriptors are computed only when the feature patch bank is read."""
         s = self.scorer
-        if s.reads_input or (every and any(b.ready for b in s.patches.values())):
+        read = s.patch_banks_read(every) if signals else {}
+        ev = self.net.evidence(x, associations, local=read.get("feature", False))
+        if signals and (s.pixels.ready or any(read.values())):
             ev = ev._replace(signals=s.signals(x, ev.local_features, every))
         return ev
 
@@ -128,17 +131,18 @@ class AnoMemModel(nn.Module):
     # -- batching ------------------------------------------------------------------------
     @torch.inference_mode()
     def evidence_batches(self, images: torch.Tensor, batch_size: int = 256,
-                         associations: bool = False, every: bool = False) -> Iterator[Evidence]:
+                         associations: bool = False, every: bool = False, signals: bool = True) -> Iterator[Evidence]:
         """Evidence of many images (uint8 or float), ``batch_size`` at a time, on the
         model's device in eval mode; bfloat16 autocast on CUDA, float32 out. With
-        ``every`` every ready patch bank is read, weighted or not (to fit the fusion)."""
+        ``every`` every ready patch bank is read, weighted or not (to fit the fusion);
+        without ``signals`` none of the input-level signals is (:meth:`evidence`)."""
         self.eval()
         device = self.net.pixel_mean.device
         amp = device.type == "cuda"
         for i in range(0, images.shape[0], batch_size):
             x = to_float(images[i : i + batch_size].to(device))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                ev = self.evidence(x, associations, every)
+                ev = self.evidence(x, associations, every, signals)
             f = lambda t: None if t is None else t.float()  # noqa: E731
             yield Evidence([d.float() for d in ev.deviations], [e.float() for e in ev.embeddings], ev.recalled,
                            f(ev.local_features), None if ev.signals is None else ev.signals.float())

@@ -29,6 +29,7 @@ import torch
 from anomem.config import AnoMemConfig
 from anomem.errors import CheckpointError, ConfigError
 from anomem.limits import check_config_limits
+from anomem.stage2.pixel_bank import PixelBank
 from anomem.stage2.scorer import Scorer
 from anomem.stage2.state import StateError, tensor
 from anomem.thresholds import Threshold
@@ -142,11 +143,7 @@ def _pixel_grid(ckpt: Mapping[str, Any]) -> list[int]:
         side = int(json.loads(ckpt["config"])["pixels"].get("side", 32))
     except (ValueError, TypeError, KeyError, AttributeError):
         side = 32  # an unreadable config is reported when the config is read
-    h, w = (int(v) for v in ckpt["image_size"])
-    if max(h, w) > side:
-        f = side / max(h, w)
-        h, w = max(1, round(h * f)), max(1, round(w * f))
-    return [int(ckpt["in_channels"]), h, w]
+    return PixelBank.grid_for(ckpt["in_channels"], ckpt["image_size"], side)
 
 
 def _scorer(ckpt: Mapping[str, Any]) -> list[int]:

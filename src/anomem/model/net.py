@@ -124,10 +124,11 @@ class AnoMemNet(nn.Module):
         """
         return self.evidence(x).deviations
 
-    def evidence(self, x: torch.Tensor, associations: bool = False) -> Evidence:
+    def evidence(self, x: torch.Tensor, associations: bool = False, local: bool = False) -> Evidence:
         """Everything stage 2 reads, from one encoder pass: Δ^(s) (Eq. 8, the only place
-        it is computed), the average-pooled tap features z^(s) (for the normal bank) and,
-        with ``associations``, which stored pattern each position recalled.
+        it is computed), the average-pooled tap features z^(s) (for the normal bank),
+        with ``associations`` which stored pattern each position recalled, and with
+        ``local`` the patch descriptors (for the feature patch bank).
 
         Shape:
             x (B, C_in, H, W) -> deviations S x (B, C_s, H_s, W_s), embeddings S x (B, C_s),
@@ -136,7 +137,7 @@ class AnoMemNet(nn.Module):
         devs, embs, recalled = [], [], []
         x = (x - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
         stages = self.backbone.stage_maps(x)
-        local = feature_descriptors(stages) if "layer2" in stages else None
+        local = feature_descriptors(stages) if local and "layer2" in stages else None
         for fmap, mem in zip([stages[t] for t in self.backbone.taps], self.memories):
             r = retrieve_map(mem, fmap)
             devs.append(r.query - r.recollection)  # Eq. 8

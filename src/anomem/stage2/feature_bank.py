@@ -28,6 +28,11 @@ def euclidean_distances(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     return sq.clamp_min(0.0).sqrt()
 
 
+def knn_mean(d: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of the k smallest entries of each row of a distance matrix (B, N) -> (B,)."""
+    return d.topk(min(k, d.shape[1]), dim=1, largest=False).values.mean(1)
+
+
 def bank_distances(embeddings: torch.Tensor, bank: torch.Tensor, k: int, exclude_self: bool = False,
                    metric: str = "cosine") -> torch.Tensor:
     """Mean distance of each embedding to its k nearest rows of a bank, (B, D), (K, D) -> (B,).
@@ -45,8 +50,7 @@ def bank_distances(embeddings: torch.Tensor, bank: torch.Tensor, k: int, exclude
     if exclude_self:
         far = 4.0 if metric == "cosine" else float(dist.max()) * 2 + 1.0  # never picked
         dist = dist + far * torch.eye(*dist.shape, device=dist.device, dtype=dist.dtype)
-    k = min(k, bank.shape[0] - int(exclude_self))
-    return dist.topk(k, dim=1, largest=False).values.mean(1)
+    return knn_mean(dist, min(k, bank.shape[0] - int(exclude_self)))
 
 
 class FeatureBank(nn.Module):
@@ -106,4 +110,4 @@ class FeatureBank(nn.Module):
                 setattr(self, f"rows{i}", torch.zeros_like(state[f"{prefix}rows{i}"]))
 
 
-__all__ = ["FeatureBank", "bank_distances", "euclidean_distances"]
+__all__ = ["FeatureBank", "bank_distances", "euclidean_distances", "knn_mean"]

@@ -87,16 +87,17 @@ class Stage2Banks(NamedTuple):
 
 
 @torch.inference_mode()
-def summarise(model: AnoMemModel, images: torch.Tensor, batch_size: int = 256) -> DeviationSummary:
-    """Eq. 9 scores, pooled deviations, embeddings, map moments and input-level scores."""
+def summarise(model: AnoMemModel, images: torch.Tensor, batch_size: int = 256, inputs: bool = False) -> DeviationSummary:
+    """Eq. 9 scores, pooled deviations, embeddings, map moments and, with ``inputs``, the
+    input-level scores (every ready bank read; only the calibration bank keeps them)."""
     heads = model.scorer.heads
     scores, pooled, embs, msum, msq, count = [], [], [], 0.0, 0.0, 0
-    inputs: list[list[torch.Tensor | None]] = []
-    for ev in model.evidence_batches(images, batch_size, every=True):
+    rows: list[list[torch.Tensor | None]] = []
+    for ev in model.evidence_batches(images, batch_size, every=True, signals=inputs):
         sig = ev.signals
         if sig is not None:
             score = lambda v: None if v is None else v.score  # noqa: E731
-            inputs.append([sig.pixel_global, score(sig.pixel_local), score(sig.feature_patches),
+            rows.append([sig.pixel_global, score(sig.pixel_local), score(sig.feature_patches),
                            score(sig.pixel_patches)])
         devs = ev.deviations
         embs.append(ev.embeddings)
@@ -106,7 +107,7 @@ def summarise(model: AnoMemModel, images: torch.Tensor, batch_size: int = 256) -
         msum = msum + torch.stack([n.mean((1, 2)).sum() for n in norms])
         msq = msq + torch.stack([(n**2).mean((1, 2)).sum() for n in norms])
         count += devs[0].shape[0]
-    cols = [None if not inputs or inputs[0][i] is None else torch.cat([r[i] for r in inputs]) for i in range(4)]
+    cols = [None if not rows or rows[0][i] is None else torch.cat([r[i] for r in rows]) for i in range(4)]
     return DeviationSummary(torch.cat(scores), [torch.cat(p) for p in zip(*pooled)],
                             [torch.cat(e) for e in zip(*embs)], msum / count, msq / count, InputScores(*cols))
 
@@ -122,11 +123,8 @@ def cached_parts(model: AnoMemModel, bank: ScoreBank, every: bool = False) -> Sc
     heads = s.heads.scores([p.to(device) for p in bank.pooled]) if use_heads else None
     pixel_global, pixel_local, contrast = dev(bank.inputs.pixel_global), dev(bank.inputs.pixel_local), None
     if bank.pixel_features is not None and bank.pixel_features.numel() and s.pixels.ready:
-        feats = bank.pixel_features.to(device)
-        px, pixel_global, local = s.pixels.scores(feats)
+        pixel_global, local, contrast = s.pixel_signals(bank.pixel_features.to(device), contrast=use_heads)
         pixel_local = local.score
-        if use_heads and s.contrast.ready_for(s.pixels):
-            contrast = s.contrast(px.global_distance, feats)
     read = s.patch_banks_read(every)
     fp = dev(bank.inputs.feature_patches) if read["feature"] else None
     pp = dev(bank.inputs.pixel_patches) if read["pixel"] else None
@@ -226,7 +224,7 @@ def refit(model: AnoMemModel, banks: Stage2Banks, cfg: AnoMemConfig, anomalies: 
 
 def calibration_bank(model: AnoMemModel, images: torch.Tensor, cap: int, seed: int) -> ScoreBank:
     """The :class:`ScoreBank` of (at most ``cap``, seeded draw) held-out normals."""
-    summ = summarise(model, images)
+    summ = summarise(model, images, inputs=True)
     # Capped like the normal bank, so the checkpoint does not grow with the data.
     keep = torch.randperm(summ.scores.shape[0], generator=torch.Generator().manual_seed(seed))[:cap]
     s = model.scorer
@@ -271,7 +269,7 @@ def patch_descriptors(model: AnoMemModel, images: torch.Tensor, name: str, batch
         if name == "pixel":
             out.append(pixel_descriptors(x))
             continue
-        d = model.net.evidence(x).local_features
+        d = model.net.evidence(x, local=True).local_features
         if d is None:
             return None
         out.append(d.float())

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomem.maps import smooth_maps
-from anomem.stage2.feature_bank import euclidean_distances
+from anomem.stage2.feature_bank import euclidean_distances, knn_mean
 from anomem.stage2.parts import Local
 from anomem.stage2.standard import Standard
 from anomem.stage2.state import StateError, entry, statistic
@@ -37,11 +37,6 @@ class PixelSignals(NamedTuple):
 
     global_distance: torch.Tensor
     local_map: torch.Tensor
-
-
-def knn_mean(d: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean of the k smallest entries of each row of a distance matrix (B, N) -> (B,)."""
-    return d.topk(min(k, d.shape[1]), dim=1, largest=False).values.mean(1)
 
 
 class PixelBank(nn.Module):
@@ -68,13 +63,21 @@ class PixelBank(nn.Module):
     def ready(self) -> bool:
         return self.bank.shape[0] > 1
 
+    @staticmethod
+    def grid_for(channels: int, size: tuple[int, int], side: int) -> list[int]:
+        """(C, h, w) of a stored row for images of ``size`` (H, W): the longer side brought
+        down to ``side`` (never up)."""
+        h, w = (int(v) for v in size)
+        if max(h, w) > side:
+            f = side / max(h, w)
+            h, w = max(1, round(h * f)), max(1, round(w * f))
+        return [int(channels), h, w]
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Images as flat pixel vectors at bank resolution (bilinear down-sampling)."""
-        h, w = int(x.shape[-2]), int(x.shape[-1])
-        if max(h, w) > self.side:
-            f = self.side / max(h, w)
-            x = F.interpolate(x.float(), size=(max(1, round(h * f)), max(1, round(w * f))), mode="bilinear",
-                              align_corners=False)
+        _, h, w = self.grid_for(x.shape[1], x.shape[-2:], self.side)
+        if (h, w) != tuple(x.shape[-2:]):
+            x = F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False)
         return x.float().flatten(1)
 
     def signals(self, feats: torch.Tensor, self_rows: torch.Tensor | None = None) -> PixelSignals:
@@ -107,10 +110,8 @@ class PixelBank(nn.Module):
         """Store normals (N, C, H, W) in [0, 1], and the leave-one-out statistics of all
         of them, in chunks of 256."""
         feats = self.features(images)
-        c, h = int(images.shape[1]), int(images.shape[-2])
-        if max(images.shape[-2:]) > self.side:
-            h = max(1, round(h * self.side / max(images.shape[-2:])))
-        self.grid = torch.tensor([c, h, feats.shape[1] // (c * h)], dtype=torch.long, device=feats.device)
+        grid = self.grid_for(images.shape[1], images.shape[-2:], self.side)
+        self.grid = torch.tensor(grid, dtype=torch.long, device=feats.device)
         self.bank = feats.contiguous()
         if not self.ready:
             return
@@ -199,4 +200,4 @@ class Contrast(nn.Module):
             self.anomalies = torch.zeros_like(state[f"{prefix}anomalies"])
 
 
-__all__ = ["Contrast", "PixelBank", "PixelSignals", "knn_mean"]
+__all__ = ["Contrast", "PixelBank", "PixelSignals"]

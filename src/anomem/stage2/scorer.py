@@ -82,20 +82,12 @@ class Scorer(nn.Module):
         w = torch.maximum(self.weights.image[1:], self.weights.map[1:])
         return {n: b.ready and (every or float(w[i]) > 0) for i, (n, b) in enumerate(self.patches.items())}
 
-    @property
-    def reads_input(self) -> bool:
-        """Whether scoring needs more than the encoder's evidence (pixel or patch banks)."""
-        return self.pixels.ready or any(self.patch_banks_read().values())
-
     def signals(self, x: torch.Tensor, local_features: torch.Tensor | None, every: bool = False) -> Signals:
         """The input-level evidence of a batch x (B, C, H, W) in [0, 1], from the pixels and
         the encoder's patch descriptors; each patch bank only when read."""
         pixel_global = pixel_local = contrast = None
         if self.pixels.ready:
-            feats = self.pixels.features(x)
-            raw, pixel_global, pixel_local = self.pixels.scores(feats)
-            if self.contrast.ready_for(self.pixels):
-                contrast = self.contrast(raw.global_distance, feats)
+            pixel_global, pixel_local, contrast = self.pixel_signals(self.pixels.features(x))
         read = self.patch_banks_read(every)
         descriptors = {"feature": lambda: local_features, "pixel": lambda: pixel_descriptors(x)}
         patches = {}
@@ -103,6 +95,13 @@ class Scorer(nn.Module):
             d = descriptors[name]() if read[name] else None  # computed only when read
             patches[name] = None if d is None else bank(d)
         return Signals(pixel_global, pixel_local, contrast, patches.get("feature"), patches.get("pixel"))
+
+    def pixel_signals(self, feats: torch.Tensor, contrast: bool = True) -> tuple[torch.Tensor, Local, torch.Tensor | None]:
+        """The pixel bank's global score (B,) and local signal, and the contrast (B,) (None
+        without stored anomalies, or unless ``contrast``), of pixel vectors (B, D)."""
+        raw, glob, local = self.pixels.scores(feats)
+        c = self.contrast(raw.global_distance, feats) if contrast and self.contrast.ready_for(self.pixels) else None
+        return glob, local, c
 
     def parts(self, evidence, use_heads: bool) -> ScoreParts:
         """Every standardised image-level part of a batch, by name. The heads' distances
