@@ -94,12 +94,16 @@ class FusionWeights(nn.Module):
 
     def __init__(self, scales: int) -> None:
         super().__init__()
-        self.scales_count = int(scales)
         self.register_buffer("scales", torch.tensor([float(2**s) for s in range(scales)]))
         for name in SHARES:
             self.register_buffer(name, torch.zeros(()))
         for name in SIMPLEX:
             self.register_buffer(name, torch.tensor([1.0, 0.0, 0.0]))
+
+    @property
+    def scales_count(self) -> int:
+        """S, the number of scales (the length of ``scales``)."""
+        return int(self.scales.numel())
 
     def get(self) -> Weights:
         return Weights(*(getattr(self, n) for n in Weights._fields))
