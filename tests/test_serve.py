@@ -104,8 +104,12 @@ def _check_same(results: list[dict], names: list[str], expected: dict) -> None:
     assert [r["name"] for r in results] == names  # the order sent
     for r in results:
         want = expected[r["name"]]
-        assert r["score"] == pytest.approx(want["score"], rel=1e-4, abs=1e-5)  # other batch sizes round apart
-        assert r["score_normalized"] == pytest.approx(want["score_normalized"], rel=1e-4, abs=1e-5)
+        # float32 scores of one image move with the batch it came in and the thread count
+        # (this model: up to 4.3e-5 between batches of 1-4 at 1-3 threads); 2e-4 leaves room.
+        assert r["score"] == pytest.approx(want["score"], rel=1e-4, abs=2e-4)
+        assert r["score_normalized"] == pytest.approx(want["score_normalized"], rel=1e-4, abs=2e-4)
+        nearest = min(expected, key=lambda n: abs(expected[n]["score"] - r["score"]))
+        assert expected[nearest]["score"] == want["score"], f"{r['name']} got {nearest}'s score"
         assert r["is_anomaly"] == want["is_anomaly"] and r["threshold"] == want["threshold"]
 
 
