@@ -58,14 +58,9 @@ class AnoMemConfig:
 
     def __post_init__(self) -> None:
         s = len(self.backbone.taps)
-        _check(
-            len(self.memory.sizes) == s,
-            f"memory.sizes has {len(self.memory.sizes)} entries but backbone.taps has {s} scales",
-        )
-        _check(
-            len(self.memory.sample_ratios) == s,
-            f"memory.sample_ratios has {len(self.memory.sample_ratios)} entries but backbone.taps has {s} scales",
-        )
+        for name in ("sizes", "sample_ratios"):
+            n = len(getattr(self.memory, name))
+            _check(n == s, f"memory.{name} has {n} entries but backbone.taps has {s} scales")
         if self.memory.scale_weights is not None:
             _check(
                 len(self.memory.scale_weights) == s,

@@ -92,13 +92,10 @@ def summarise(model: AnoMemModel, images: torch.Tensor, batch_size: int = 256, i
     input-level scores (every ready bank read; only the calibration bank keeps them)."""
     heads = model.scorer.heads
     scores, pooled, embs, msum, msq, count = [], [], [], 0.0, 0.0, 0
-    rows: list[list[torch.Tensor | None]] = []
+    rows: list[tuple[torch.Tensor | None, ...]] = []
     for ev in model.evidence_batches(images, batch_size, every=True, signals=inputs):
-        sig = ev.signals
-        if sig is not None:
-            score = lambda v: None if v is None else v.score  # noqa: E731
-            rows.append([sig.pixel_global, score(sig.pixel_local), score(sig.feature_patches),
-                           score(sig.pixel_patches)])
+        if ev.signals is not None:
+            rows.append(ev.signals.image_scores())
         devs = ev.deviations
         embs.append(ev.embeddings)
         scores.append(one_class_scores(devs))

@@ -46,6 +46,12 @@ class Signals(NamedTuple):
     feature_patches: Local | None = None
     pixel_patches: Local | None = None
 
+    def image_scores(self) -> tuple[torch.Tensor | None, ...]:
+        """The image-level scores (B,) of pixel_global, pixel_local, feature_patches and
+        pixel_patches, in that order (the local signals' ``score``; None where absent)."""
+        score = lambda v: None if v is None else v.score  # noqa: E731
+        return self.pixel_global, score(self.pixel_local), score(self.feature_patches), score(self.pixel_patches)
+
     def float(self) -> Signals:
         """The same evidence in float32 (bfloat16 under autocast on CUDA)."""
         def f(v):

@@ -107,16 +107,16 @@ class Scorer(nn.Module):
         """Every standardised image-level part of a batch, by name. The heads' distances
         are read when ``use_heads`` (and the contrast then too)."""
         sig = evidence.signals if evidence.signals is not None else Signals()
-        score = lambda v: None if v is None else v.score  # noqa: E731
+        pixel_global, pixel_local, feature_patches, pixel_patches = sig.image_scores()
         return ScoreParts(
             memory=self.memory(evidence.deviations),
             heads=self.heads(evidence.deviations) if use_heads else None,
             bank=self.bank(evidence.embeddings) if self.bank.ready else None,
-            pixel_global=sig.pixel_global,
-            pixel_local=score(sig.pixel_local),
+            pixel_global=pixel_global,
+            pixel_local=pixel_local,
             contrast=sig.contrast if use_heads else None,
-            feature_patches=score(sig.feature_patches),
-            pixel_patches=score(sig.pixel_patches),
+            feature_patches=feature_patches,
+            pixel_patches=pixel_patches,
         )
 
     def map_parts(self, evidence, size: tuple[int, int], sigma: float) -> tuple[torch.Tensor, MapParts]:
