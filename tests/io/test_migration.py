@@ -77,3 +77,19 @@ def test_a_newer_format_is_refused(tmp_path):
     torch.save(blob, tmp_path / "y.ckpt")
     with pytest.raises(CheckpointError, match="newer than this AnoMem understands"):
         AnoMem.load(tmp_path / "y.ckpt")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_migrated_files_export_to_onnx_with_parity(kind, tmp_path):
+    """A format-1 file, migrated at load, exports to ONNX and the graph scores as the detector does."""
+    import onnxruntime as ort
+
+    from anomem.io.export import export_scorer
+
+    det = AnoMem.load(FIXTURES / f"v1-{kind}.ckpt")
+    x = torch.from_numpy(PROBE[:12]).float() / 255
+    sess = ort.InferenceSession(str(export_scorer(det, tmp_path / "m.onnx", "onnx")), providers=["CPUExecutionProvider"])
+    score, fused = sess.run(None, {"image": x.numpy()})
+    ref = det.anomaly_maps(x)
+    np.testing.assert_allclose(score, ref.scores, rtol=1e-4, atol=1e-4)  # the export tests' tolerance
+    np.testing.assert_allclose(fused, ref.fused, rtol=1e-4, atol=1e-4)
