@@ -283,10 +283,12 @@ def _feed(h: Any, value: Any) -> None:
         if t.layout != torch.strided:  # never in our files (the validator refuses them)
             h.update(f"X{t.layout}".encode())
             return
-        t = t.cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}|".encode())
         if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy())
+            flat = t.cpu().contiguous().reshape(-1)
+            if flat.stride(0) != 1:  # one element stored with stride 0 (a damaged header) counts as contiguous
+                flat = flat.clone(memory_format=torch.contiguous_format)
+            h.update(flat.view(torch.uint8).numpy())
     elif isinstance(value, dict):
         h.update(f"D{len(value)}|".encode())
         for k in sorted(value, key=lambda k: (type(k).__name__, repr(k))):
