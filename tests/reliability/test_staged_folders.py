@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -177,10 +175,42 @@ def test_interrupted_evaluate_report_leaves_nothing(setup, folder_dataset, monke
     assert (rep / "report.html").is_file() and leftovers(out) == []
 
 
-@pytest.mark.parametrize("delay", [2.0, 6.0, 10.0])  # loading, scoring, writing maps (~16 s in all)
-def test_real_ctrl_c_during_maps_of_many_images_leaves_all_or_nothing(setup, delay):
-    """SIGINT to a real `score --maps` of 1,500 images at some moment: either no folder, no
-    CSV and no staging folder (exit 130), or every map and the CSV (it finished first)."""
+# Run `anomem score` in a child process whose hook sends the process a real SIGINT when
+# it is inside one phase (the Nth call of a function of that phase), so the test knows,
+# without any clock, where the signal lands. The hook is installed before the command runs.
+_INTERRUPT_AT = """
+import functools, os, signal, sys
+phase, nth = sys.argv[1], int(sys.argv[2])
+import anomem.bench.report as report, anomem.data.scan as scan, anomem.inference as inference
+import anomem.io.staging as staging
+calls = [0]
+def hook(fn, after=False):
+    @functools.wraps(fn)
+    def wrapped(*a, **k):
+        calls[0] += 1
+        if calls[0] == nth and not after:
+            os.kill(os.getpid(), signal.SIGINT)
+        out = fn(*a, **k)
+        if calls[0] == nth and after:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+    return wrapped
+owner, name = {"loading": (scan, "read_image"), "scoring": (inference.AnoMemModel, "heatmaps"),
+               "writing maps": (report, "save_heatmap_map"), "committing": (staging.StagedDir, "commit"),
+               "after the commit": (staging.StagedDir, "commit")}[phase]
+setattr(owner, name, hook(getattr(owner, name), after=phase == "after the commit"))
+from anomem.cli import main
+sys.argv = ["anomem", *sys.argv[3:]]
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("phase,nth", [("loading", 700), ("scoring", 2), ("writing maps", 700), ("committing", 1),
+                                       ("after the commit", 1)])
+def test_real_ctrl_c_during_maps_of_many_images_leaves_all_or_nothing(setup, phase, nth):
+    """A real SIGINT to `score --maps` of 1,500 images while it is loading, scoring, writing
+    maps, putting the folder in place or just after: either no folder, no CSV and no staging
+    folder (exit 130), or every map and the CSV (the signal came once both were due)."""
     model, images, out = setup
     many = out / "many"
     many.mkdir()
@@ -188,15 +218,14 @@ def test_real_ctrl_c_during_maps_of_many_images_leaves_all_or_nothing(setup, del
     for i in range(1500):
         os.link(first, many / f"{i:04d}.png")
     maps, csv = out / "maps", out / "s.csv"
-    proc = subprocess.Popen([sys.executable, "-m", "anomem.cli", "score", str(model), str(many), "--maps", str(maps),
-                             "--out", str(csv)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": SRC})
-    time.sleep(delay)
-    proc.send_signal(signal.SIGINT)
-    err = proc.communicate(timeout=300)[1].decode()
-    assert "Traceback" not in err, err
-    if proc.returncode == 0:
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPT_AT, phase, str(nth), "score", str(model), str(many),
+                           "--maps", str(maps), "--out", str(csv), "--batch-size", "512"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": SRC},
+                          timeout=600)
+    err = proc.stderr.decode()
+    assert "Traceback" not in err and proc.returncode == 130 and "anomem: interrupted" in err, err
+    if phase in ("committing", "after the commit"):  # the folder and the CSV are put in place as one step
         assert len(list(maps.glob("*.png"))) == 1500 and len(csv.read_text().splitlines()) == 1501
     else:
-        assert proc.returncode == 130 and not maps.exists() and not csv.exists(), err
+        assert not maps.exists() and not csv.exists(), err
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []

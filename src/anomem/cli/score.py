@@ -35,7 +35,7 @@ from anomem.io.outputs import (
     real,
     unique_names,
 )
-from anomem.io.staging import StagedDir
+from anomem.io.staging import StagedDir, deferred_interrupts
 from anomem.limits import check_seed
 
 
@@ -56,15 +56,20 @@ def cmd_score(args: argparse.Namespace) -> int:
     _report_skipped(imgs)
     th = det.threshold_
     if args.maps is None:
-        scores, heatmaps = det.anomaly_score(imgs.images, batch_size=args.batch_size), None
+        scores = det.anomaly_score(imgs.images, batch_size=args.batch_size)
+        atomic_write_text(out, format_records(score_records(imgs.paths, scores, th), fmt))
     else:  # filled beside the target and put in place whole: never half a folder, never mixed
         with StagedDir("--maps", args.maps, "score --maps") as staged:
             maps = det.anomaly_maps(imgs.images, batch_size=args.batch_size)
             scores = maps.scores
             heatmaps = [str(staged.final(f)) for f in _write_heatmaps(det, staged.path, imgs, maps, th, args.maps_format)]
-            staged.commit()
+            text = format_records(score_records(imgs.paths, scores, th, heatmaps=heatmaps), fmt)
+            # the folder and the score file that points into it land together: a Ctrl-C
+            # between the two would leave new maps beside an old (or no) score file
+            with deferred_interrupts():
+                staged.commit()
+                atomic_write_text(out, text)
         print(f"heat-maps: {len(heatmaps)} {args.maps_format} files in {staged.target}", file=sys.stderr)
-    atomic_write_text(out, format_records(score_records(imgs.paths, scores, th, heatmaps=heatmaps), fmt))
     if args.out is not None:  # on stdout's stream (`-`, /dev/stdout) the summary would join the scores
         print(f"scored {len(scores)} images -> {out}" + ("" if th is None else f" ({threshold_line(th)})"),
               file=summary_stream(out))

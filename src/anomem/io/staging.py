@@ -29,11 +29,12 @@ from anomem.io.outputs import MARKER, check_claimable, marker_files, marker_of, 
 
 
 @contextlib.contextmanager
-def _deferred_interrupts() -> Iterator[None]:
+def deferred_interrupts() -> Iterator[None]:
     """Ctrl-C waits until the block ends, then interrupts: a pair of renames or a clean-up
     is never cut in half. A no-op outside the main thread (only it can take over SIGINT)
-    and where SIGINT is not Python's default (ignored in a background job, or the
-    application's own handler)."""
+    and where SIGINT is not Python's default (ignored in a background job, the
+    application's own handler, or an enclosing ``deferred_interrupts`` block, which then
+    holds the Ctrl-C until its own end)."""
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield
@@ -78,7 +79,7 @@ class StagedDir:
         self._seen = _identity(self.target)
         parent = prepare_dir(self.target.parent)
         _remove_stale_staging(self.target, kind)
-        with _deferred_interrupts():  # a staging folder exists only with its marker, inside the `with`
+        with deferred_interrupts():  # a staging folder exists only with its marker, inside the `with`
             try:
                 self.path = Path(tempfile.mkdtemp(prefix=temp_prefix(self.target.name), suffix=".tmp", dir=parent))
             except OSError as e:
@@ -96,7 +97,7 @@ class StagedDir:
 
     def commit(self) -> Path:
         parent = self.target.parent
-        with _DirLock(parent), _deferred_interrupts():
+        with _DirLock(parent), deferred_interrupts():
             if _identity(self.target) != self._seen:
                 raise OutputError(f"{self.label} {str(self.target)!r} was changed by another process while this "
                                   f"command ran (another anomem {self.kind} into it?); it was left as that process "
@@ -115,7 +116,7 @@ class StagedDir:
         return self.target
 
     def discard(self) -> None:
-        with _deferred_interrupts():
+        with deferred_interrupts():
             shutil.rmtree(self.path, ignore_errors=True)
 
     def __enter__(self) -> StagedDir:
@@ -196,4 +197,4 @@ class _DirLock:
             self._fd = -1
 
 
-__all__ = ["StagedDir"]
+__all__ = ["StagedDir", "deferred_interrupts"]
