@@ -3,6 +3,12 @@
 ``require_realdata`` guards tests that read real datasets installed on the machine: they
 skip when the data is absent, except in CI (``CI=true``), where absence is a failure so
 a broken data install cannot turn the real-data tests silently green.
+
+Hypothesis runs derandomized by default: each property test draws the same examples on
+every machine and every run, so a clean clone is green or red for a reason, never by
+luck. Cases it has found are pinned with ``@example`` next to their test. To search for
+new cases, run with ``HYPOTHESIS_PROFILE=explore`` (random draws, the example database
+kept under .hypothesis/, and the reproducing blob printed on a failure).
 """
 
 from __future__ import annotations
@@ -12,6 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("derandomized", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
 
 
 def _in_ci() -> bool:

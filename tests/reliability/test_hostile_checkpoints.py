@@ -23,7 +23,14 @@ from hypothesis import strategies as st
 
 from anomem import AnoMem, CheckpointError
 from anomem.cli import main
-from anomem.io.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint
+from anomem.io.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    MAX_JSON_DEPTH,
+    json_depth,
+    load_checkpoint,
+    loads_json,
+)
 
 
 class RunsCommand:
@@ -93,6 +100,9 @@ def test_cli_score_refit_and_resume_refuse_code(hostile, trained_run, folder_dat
         assert not marker.exists(), f"{name}: the payload ran"
 
 
+DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON, nested deeper than Python's recursion limit
+
+
 def _rewrite(src: Path, dst: Path, edit) -> Path:
     ckpt = torch.load(src, weights_only=True)
     edit(ckpt)
@@ -127,6 +137,13 @@ def _config_edit(change):
         (lambda c: c.update(normal_bank="x"), "malformed checkpoint"),
         (lambda c: c.update(history="[{]"), "malformed checkpoint"),
         (lambda c: c.pop("scorer"), "mid-training checkpoint"),
+        # issue 25: a bool is an int to Python; True used to be read as format 1 and migrated again
+        (lambda c: c.update(format_version=True), "checkpoint format True, not one of"),
+        (lambda c: c.update(format_version=0), "checkpoint format 0, not one of"),
+        (lambda c: c.update(seed=False), "seed must be an integer, got False"),
+        # issue 25: 100,000 nested brackets used to raise RecursionError before the hash was checked
+        *((lambda c, f=field: c.update({f: DEEP}), f"field '{field}' is JSON nested 100000 levels deep")
+          for field in ("meta", "config", "history", "threshold")),
     ],
 )
 def test_mismatched_checkpoints_give_clear_errors(trained_run, tmp_path, edit, message, capsys):
@@ -136,6 +153,35 @@ def test_mismatched_checkpoints_give_clear_errors(trained_run, tmp_path, edit, m
     assert main(["score", str(bad), str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("anomem: error:") and len(err.splitlines()) == 1
+
+
+def test_json_depth_counts_brackets_outside_strings_only():
+    assert [json_depth(t) for t in ("3", "[]", '{"a": [1, {"b": []}]}', '["[[[", "\\"[["]', DEEP)] == [0, 1, 4, 1, 100_000]
+    assert loads_json('{"a": [1]}') == {"a": [1]}
+    with pytest.raises(ValueError, match=f"nested 65 levels deep \\(at most {MAX_JSON_DEPTH}\\)"):
+        loads_json("[" * 65 + "]" * 65)
+
+
+def test_resume_refuses_deep_json_and_bools_in_its_files(trained_run, tmp_path, capsys):
+    """args.json, config.json and last.ckpt on `train --resume` (issue 25): one line, exit 2."""
+    cases = {
+        "args.json": ("args.json", "nested 100000 levels deep"),
+        "config.json": ("config.json", "nested 100000 levels deep"),
+        "last.ckpt config": (lambda c: c.update(config=DEEP), "field 'config' is JSON nested 100000 levels deep"),
+        "last.ckpt format": (lambda c: c.update(format_version=True), "checkpoint format True"),
+    }
+    for name, (edit, message) in cases.items():
+        run = tmp_path / name.replace(" ", "-")
+        shutil.copytree(trained_run, run)
+        if isinstance(edit, str):
+            (run / edit).write_text(DEEP)
+        else:
+            _rewrite(trained_run / "last.ckpt", run / "last.ckpt", edit)
+        before = (run / "last.ckpt").read_bytes()
+        assert main(["train", "--resume", str(run), "--no-progress"]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("anomem: error: ") and message in err and len(err.splitlines()) == 1, err
+        assert (run / "last.ckpt").read_bytes() == before
 
 
 def test_resume_refuses_mismatched_training_state(trained_run, tmp_path, capsys):

@@ -34,6 +34,7 @@ from anomem.io.checkpoint import (
     atomic_write_text,
     git_commit,
     load_checkpoint,
+    loads_json,
     save_checkpoint,
     verify_content_hash,
 )
@@ -82,7 +83,7 @@ def _load_saved_args(run: Path) -> dict[str, Any]:
     """RUN_DIR/args.json, every entry resume uses checked for type and range."""
     path = run / "args.json"
     try:
-        saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        saved = loads_json(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (OSError, ValueError) as e:
         raise DataError(f"cannot resume: {str(path)!r} is unreadable: {str(e).splitlines()[0] if str(e) else e}") from None
     if not isinstance(saved, dict):
@@ -141,7 +142,7 @@ def _config_from_args(args: argparse.Namespace) -> AnoMemConfig:
 def _check_same_config(path: Path, cfg: AnoMemConfig) -> None:
     """Resuming uses the checkpoint's config; refuse if RUN_DIR/config.json says otherwise."""
     try:
-        written = json.loads(path.read_text())
+        written = loads_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return
     except (OSError, ValueError) as e:

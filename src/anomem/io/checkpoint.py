@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import json
 import os
 import pickle
 import re
@@ -47,7 +48,7 @@ import torch
 from anomem.errors import CheckpointError
 
 FORMAT = "anomem-checkpoint"
-FORMAT_VERSION = 2  # 1: before stage 2 was a package of signals (anomem.io.migrate)
+FORMAT_VERSION = 3  # 1: stage 2 one module; 2: nested fusion weights; 3: flat weights (anomem.io.migrate)
 
 
 NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, tmpfs, APFS, NTFS in UTF-16 units)
@@ -338,6 +339,32 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
     atomic_write_bytes(path, lambda f: torch.save(payload, f))
 
 
+# Deepest nesting of [ and { accepted in a JSON text read from a file (checkpoint fields,
+# args.json, config.json); ours are at most 5 deep. Far below Python's recursion limit, so
+# json.loads never raises RecursionError on what passed.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text: str) -> int:
+    """How deeply ``[`` and ``{`` nest in ``text``, outside JSON strings (0 for a scalar).
+    Linear and without recursion, so it is safe on any input, valid JSON or not."""
+    depth = deepest = 0
+    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub("", text)):
+        depth += 1 if m.group() in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def loads_json(text: str) -> Any:
+    """``json.loads`` with the nesting limited to :data:`MAX_JSON_DEPTH` (ValueError beyond)."""
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested {depth} levels deep (at most {MAX_JSON_DEPTH})")
+    return json.loads(text)
+
+
 def _first_sentence(e: BaseException) -> str:
     """``TypeName: first sentence of the message``, on one line."""
     text = " ".join(str(e).split())
@@ -397,11 +424,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an AnoMem checkpoint")
     ver = obj.get("format_version")
-    if not isinstance(ver, int) or ver > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{str(path)!r} uses checkpoint format {ver!r}, newer than this AnoMem understands "
-            f"({FORMAT_VERSION}); upgrade anomem"
-        )
+    if type(ver) is not int or not 1 <= ver <= FORMAT_VERSION:  # a bool is an int to isinstance
+        what = "newer than this AnoMem understands" if type(ver) is int and ver > FORMAT_VERSION else "not one of"
+        raise CheckpointError(f"{str(path)!r} uses checkpoint format {ver!r}"[:300] + f", {what} "
+                              f"(1..{FORMAT_VERSION}){'; upgrade anomem' if what.startswith('newer') else ''}")
+    if isinstance(obj.get("seed"), bool):  # io.validate checks the other integer fields the same way
+        raise CheckpointError(f"{str(path)!r} is malformed: seed must be an integer, got {obj['seed']!r}")
+    for key, value in obj.items():  # JSON text (config, meta, history, threshold) is read later, many times
+        if isinstance(value, str) and (depth := json_depth(value)) > MAX_JSON_DEPTH:
+            raise CheckpointError(f"{str(path)!r} is malformed: field {key!r} is JSON nested {depth} levels deep "
+                                  f"(at most {MAX_JSON_DEPTH})")
     if verify:
         verify_content_hash(obj, path)
     return obj
