@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -45,7 +46,7 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "anomem.cli", "serve", str(checkpoint), "--port", "0", *extra],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
-        self._ready = threading.Event()
+        self._ready, self.done = threading.Event(), threading.Event()  # done: stderr read to its end
         threading.Thread(target=self._read, daemon=True).start()
         if not self._ready.wait(120):
             self.proc.kill()
@@ -58,6 +59,7 @@ class Server:
             if " on http://" in line:
                 self._ready.set()
         self._ready.set()
+        self.done.set()
 
     @property
     def stderr(self) -> str:
@@ -316,3 +318,111 @@ def test_the_scoring_thread_skips_cancelled_requests_and_goes_on():
     assert first.result(30).scores.tolist() == [1.0] and kept.result(30).scores.tolist() == [3.0, 3.0]
     assert gone.cancelled() and batcher.images == 3 and batcher.batches == 2
     batcher.close()
+
+
+# -- issue 25: limits on pixels, slow clients, connections, shutdown -------------------
+def _png16(h: int, w: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(h * w, dtype=np.uint16).reshape(h, w) * 257).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _answer(conn: socket.socket) -> tuple[int, dict]:
+    """The status and JSON body of the answer on ``conn`` (read until the server closes it)."""
+    conn.settimeout(120)
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def guarded(setup):
+    """A second server with small limits: 10,000 pixels, 1 s to send a request, 6 connections."""
+    server = Server(setup[0] / "model.ckpt", "--max-pixels", "10000", "--request-timeout", "1",
+                    "--max-connections", "6", "--shutdown-timeout", "1")
+    yield server
+    if server.proc.poll() is None:
+        server.stop()
+
+
+def test_an_image_over_max_pixels_is_413_before_decoding(guarded, setup):
+    images = setup[1]
+    r = httpx.post(f"{guarded.url}/score", files=[("file", ("wide.png", _png(np.zeros((50, 201), np.uint8)),
+                                                            "image/png"))], timeout=60)
+    assert r.status_code == 413
+    assert r.json()["error"] == "wide.png is 201x50 = 10050 pixels; the limit is 10000 pixels per image (--max-pixels)"
+    assert httpx.post(f"{guarded.url}/score", files=_files(images, ["i01.png"]), timeout=60).status_code == 200
+
+
+def test_an_unfinished_request_gets_408_and_its_connection_is_closed(guarded):
+    host, port = guarded.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as head_only, socket.create_connection((host, int(port))) as body:
+        head_only.sendall(b"POST /score HTTP/1.1\r\nhost: x\r\n")  # the head never ends
+        body.sendall(b"POST /score HTTP/1.1\r\nhost: x\r\ncontent-type: multipart/form-data; boundary=b\r\n"
+                     b"content-length: 1000\r\n\r\n--b\r\n")  # 990 bytes of the body never come
+        for conn in (head_only, body):
+            status, answer = _answer(conn)
+            assert status == 408 and answer == {"error": "request not received whole within 1 s (--request-timeout)"}
+    assert httpx.get(f"{guarded.url}/health", timeout=10).status_code == 200
+
+
+def test_past_max_connections_the_slowest_unfinished_request_is_dropped(guarded):
+    """6 slow clients hold every connection the server allows: /health is still answered at
+    once, and the oldest slow client is told why it was dropped (503)."""
+    host, port = guarded.url.removeprefix("http://").split(":")
+    slow = [socket.create_connection((host, int(port))) for _ in range(6)]
+    try:
+        for conn in slow:
+            conn.sendall(b"POST /score HTTP/1.1\r\n")
+        assert httpx.get(f"{guarded.url}/health", timeout=10).json()["status"] == "ok"
+        readable, _, _ = select.select(slow, [], [], 60)
+        assert readable, "no slow client was dropped"
+        status, answer = _answer(readable[0])
+        assert status == 503 and "holds 6 connections (its limit)" in answer["error"]
+    finally:
+        for conn in slow:
+            conn.close()
+
+
+def test_the_throttled_error_log_says_each_error_once_per_interval(caplog):
+    from anomem.serve_net import ThrottledErrors
+
+    now = [0.0]
+    handler = ThrottledErrors(interval=10, clock=lambda: now[0])
+    emfile = OSError(24, "Too many open files")
+    with caplog.at_level("ERROR", logger="anomem.serve"):
+        for t in range(0, 2500):  # 100 accept failures a second for 25 s
+            now[0] = t / 100
+            handler(None, {"message": "socket.accept() out of system resource", "exception": emfile})
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and "Traceback" not in "".join(lines)
+    assert lines[0] == "socket.accept() out of system resource: OSError: [Errno 24] Too many open files"
+    assert lines[1].endswith("(999 more in the last 10 s)") and lines[2].endswith("(999 more in the last 10 s)")
+
+
+def test_model_names_the_checkpoint_without_its_path_and_16_bit_is_said(setup):
+    root, _, _, server = setup
+    info = httpx.get(f"{server.url}/model")
+    assert info.json()["checkpoint"] == "model.ckpt" and str(root) not in info.text
+    r = httpx.post(f"{server.url}/score", files=[("file", ("deep.png", _png16(16, 16), "image/png"))], timeout=60)
+    assert r.status_code == 200 and r.json()["conversions"] == "converted 1 image: 1 16-bit->8-bit"
+
+
+def test_sigterm_does_not_wait_on_a_client_trickling_its_body(setup):
+    """The body never ends: after --shutdown-timeout the client gets 503, the server exits 0,
+    and its log holds no traceback (it used to wait 30 s and log "Exception in ASGI application")."""
+    server = Server(setup[0] / "model.ckpt", "--shutdown-timeout", "1", "--request-timeout", "600")
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(b"POST /score HTTP/1.1\r\nhost: x\r\ncontent-type: multipart/form-data; boundary=b\r\n"
+                     b"content-length: 1000\r\n\r\n--b\r\n")
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200  # the server is up and serving
+        server.proc.send_signal(signal.SIGTERM)
+        status, answer = _answer(conn)
+    assert status == 503 and "still arriving 1 s after the server began to stop" in answer["error"]
+    assert server.proc.wait(60) == 0
+    server.done.wait(60)
+    assert server.lines[-1] == "anomem: server stopped" and "Traceback" not in server.stderr
+    assert "Exception in ASGI application" not in server.stderr

@@ -13,8 +13,10 @@ Routes (docs/cli.md, "Serving"):
 Uploads are decoded exactly as ``anomem score`` reads files
 (:func:`anomem.data.image_io.decode_image`, resized and converted grey/colour to fit), and
 the records are the score files' (:func:`anomem.io.records.score_records`), so the two give
-the same scores. Bad input is a 4xx ``{"error": "..."}`` naming the problem; sizes are
-checked before anything is decoded (:class:`ServeLimits`).
+the same scores. Bad input is a 4xx ``{"error": "..."}`` naming the problem; sizes and
+pixel counts are checked before anything is decoded, and at most ``max_decodes`` uploads
+are decoded at once, which bounds the memory of concurrent requests (:class:`ServeLimits`).
+Slow clients, descriptor exhaustion and shutdown are handled in :mod:`anomem.serve_net`.
 
 One thread owns the detector (:class:`MicroBatcher`): requests queue their images, and
 whatever waits while the model is busy is scored as one batch. Requests never share
@@ -27,6 +29,8 @@ import asyncio
 import base64
 import contextlib
 import logging
+import math
+import os
 import queue
 import signal
 import socket
@@ -43,15 +47,26 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from anomem import __version__
-from anomem.data.image_io import count_conversions, decode_image, describe_conversions
+from anomem.data.image_io import (
+    ImageTooLarge,
+    count_conversions,
+    decode_image,
+    describe_conversions,
+)
 from anomem.errors import DataError
 from anomem.inputs import check_int_range
 from anomem.io.records import score_records
+from anomem.serve_net import (
+    ThrottledErrors,
+    default_max_connections,
+    guarded_protocol,
+    listen_socket,
+)
 
 log = logging.getLogger("anomem.serve")
 MIB = 2**20
@@ -67,18 +82,37 @@ class ServeLimits:
         max_request_bytes: bytes per request body (checked from Content-Length before
             it is read, and again while it streams).
         max_batch: images scored together at most (the micro-batch).
+        max_pixels: pixels per image (width x height, from the header, before decoding).
+        max_decodes: uploads decoded at once; the others wait. One decode holds about
+            8 bytes per pixel of its image at its peak.
+        request_timeout: seconds for a request to arrive whole (408 after).
+        shutdown_timeout: seconds a request still arriving gets after SIGTERM (503 after).
+        max_connections: connections held at once (None: the descriptor limit less 64).
     """
 
     max_files: int = 64
     max_file_bytes: int = 10 * MIB
     max_request_bytes: int = 64 * MIB
     max_batch: int = 64
+    max_pixels: int = 25_000_000
+    max_decodes: int = 2
+    request_timeout: float = 30.0
+    shutdown_timeout: float = 10.0
+    max_connections: int | None = None
 
     def __post_init__(self) -> None:
         check_int_range("max_files", self.max_files, 1, 100_000)
         check_int_range("max_file_bytes", self.max_file_bytes, 1, 2**40)
         check_int_range("max_request_bytes", self.max_request_bytes, 1, 2**40)
         check_int_range("max_batch", self.max_batch, 1, 65536)
+        check_int_range("max_pixels", self.max_pixels, 1, 2**40)
+        check_int_range("max_decodes", self.max_decodes, 1, 1024)
+        for name in ("request_timeout", "shutdown_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
+                raise DataError(f"{name} must be a number of seconds in (0, 86400], got {value!r}")
+        if self.max_connections is not None:
+            check_int_range("max_connections", self.max_connections, 1, 1 << 20)
 
 
 class Scored(NamedTuple):
@@ -159,7 +193,8 @@ class MicroBatcher:
 
 def model_info(det: Any, checkpoint: str) -> dict[str, Any]:
     """``GET /model``: version, preset, input, scorer, the threshold and how it was set, and
-    what the detector was trained on (as far as the checkpoint records it)."""
+    what the detector was trained on (as far as the checkpoint records it). The checkpoint
+    is named by its file name only: where it lies on the server is not the client's business."""
     th = det.threshold_
     meta = det.meta_ if isinstance(getattr(det, "meta_", None), dict) else {}
     metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
@@ -178,7 +213,7 @@ def model_info(det: Any, checkpoint: str) -> dict[str, Any]:
         "seed": det.config_.train.seed,
         "test_auroc": metrics.get("test_auroc"),
     }
-    return {"anomem_version": __version__, "checkpoint": checkpoint, "preset": det.config_.preset,
+    return {"anomem_version": __version__, "checkpoint": os.path.basename(checkpoint), "preset": det.config_.preset,
             "input": {"channels": det.in_channels_, "height": h, "width": w,
                       "colour": "grey" if det.in_channels_ == 1 else "RGB"},
             "scorer": "supervised heads (Eq. 10)" if det.is_supervised else "one-class (Eq. 9)",
@@ -264,12 +299,14 @@ class Uploads(NamedTuple):
     conversions: str | None
 
 
-def _decode_all(files: list[tuple[str, bytes]], det: Any) -> Uploads:
-    """The uploads decoded as ``anomem score`` reads files."""
+def _decode_all(files: list[tuple[str, bytes]], det: Any, max_pixels: int | None = None) -> Uploads:
+    """The uploads decoded as ``anomem score`` reads files (none over ``max_pixels``: 413)."""
     decoded = []
     for name, data in files:
         try:
-            decoded.append(decode_image(data, name, det.image_size_, det.in_channels_))
+            decoded.append(decode_image(data, name, det.image_size_, det.in_channels_, max_pixels=max_pixels))
+        except ImageTooLarge as e:
+            raise BadRequest(413, f"{e} (--max-pixels)") from None
         except DataError as e:
             raise BadRequest(415, f"not an image: {e}") from None
     counts = count_conversions([d.info for d in decoded], det.image_size_, det.in_channels_)
@@ -289,7 +326,7 @@ def create_app(det: Any, checkpoint: str, limits: ServeLimits | None = None) -> 
     """The ASGI application serving ``det`` (scoring starts and stops with the app's lifespan)."""
     limits = limits or ServeLimits()
     info = model_info(det, checkpoint)
-    state: dict[str, MicroBatcher] = {}
+    state: dict[str, Any] = {}
 
     async def health(request: Request) -> JSONResponse:
         batcher = state["batcher"]
@@ -304,9 +341,12 @@ def create_app(det: Any, checkpoint: str, limits: ServeLimits | None = None) -> 
             if maps not in (None, "png"):
                 raise BadRequest(400, f"maps must be 'png', got {maps!r}")
             files = await _read_uploads(request, limits)
-            uploads = await run_in_threadpool(_decode_all, files, det)
+            async with state["decodes"]:  # bounds the memory of concurrent requests
+                uploads = await run_in_threadpool(_decode_all, files, det, limits.max_pixels)
         except BadRequest as e:
             return _error(e.status, str(e))
+        except ClientDisconnect:  # the client went, or was cut off (timeout, shutdown): no one to answer
+            return _error(499, "client disconnected")
         try:
             got: Scored = await asyncio.wrap_future(state["batcher"].submit(uploads.images, maps == "png"))
             records = score_records([n for n, _ in files], got.scores, det.threshold_, key="name")
@@ -326,6 +366,7 @@ def create_app(det: Any, checkpoint: str, limits: ServeLimits | None = None) -> 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state["batcher"] = MicroBatcher(det, limits.max_batch)
+        state["decodes"] = asyncio.Semaphore(limits.max_decodes)
         try:
             yield
         finally:
@@ -333,26 +374,9 @@ def create_app(det: Any, checkpoint: str, limits: ServeLimits | None = None) -> 
 
     app = Starlette(routes=[Route("/health", health), Route("/model", model), Route("/score", score, methods=["POST"])],
                     exception_handlers={HTTPException: http_error, Exception: server_error}, lifespan=lifespan)
-    return _BodyLimit(app, limits.max_request_bytes)
-
-
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket listening on ``host:port`` (0: a free port), or a DataError saying why not.
-
-    Made with proto ``IPPROTO_TCP``, as asyncio's own servers are: only then does asyncio
-    turn Nagle's algorithm off on each connection; without it a kept-alive client waits for
-    its delayed ACK on every answer (docs/performance.md, "Serving").
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-    except (OSError, OverflowError) as e:
-        sock.close()
-        raise DataError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
-    return sock
+    guarded = _BodyLimit(app, limits.max_request_bytes)
+    guarded.limits = limits  # run_server reads the timeouts and the connection cap from here
+    return guarded
 
 
 def run_server(app: Any, host: str, port: int, announce: Callable[[str], None]) -> None:
@@ -375,11 +399,17 @@ def run_server(app: Any, host: str, port: int, announce: Callable[[str], None]) 
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            asyncio.get_running_loop().set_exception_handler(ThrottledErrors())  # EMFILE: one line per 10 s
             await super().startup(sockets=sockets)
             if self.started:
                 announce(url)
 
-    server = Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30))
+    lim: ServeLimits = getattr(app, "limits", None) or ServeLimits()
+    protocol = guarded_protocol(lim.request_timeout, lim.shutdown_timeout,
+                                lim.max_connections or default_max_connections())
+    # uvicorn's own deadline is a backstop: the protocol ends every unfinished request by shutdown_timeout
+    server = Server(uvicorn.Config(app, log_level="warning", lifespan="on", http=protocol,
+                                   timeout_graceful_shutdown=math.ceil(lim.shutdown_timeout) + 30))
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the re-raised SIGTERM: a clean exit
     try:
         server.run(sockets=[sock])

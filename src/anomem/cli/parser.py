@@ -141,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--sigma", type=float, default=None, help="heat-map smoothing σ in pixels (default: the config's)")
     ex.set_defaults(func=cmd_export)
 
-    sv = sub.add_parser("serve", help="serve a trained detector over HTTP: POST /score, GET /model, GET /health")
+    sv = sub.add_parser("serve", help="serve a trained detector over HTTP: POST /score, GET /model, GET /health",
+                        description="Serve a trained detector over HTTP. Limits: files, bytes per file and per "
+                                    "request, and pixels per image are refused with 413 and a JSON reason; a request "
+                                    "that does not arrive whole within --request-timeout gets 408; at most "
+                                    "--max-decodes uploads are decoded at once.")
     sv.add_argument("checkpoint")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
     sv.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port, printed at start)")
@@ -149,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-file-mb", type=float, default=10.0, help="MiB per image file, checked before decoding (default 10)")
     sv.add_argument("--max-request-mb", type=float, default=64.0, help="MiB per request body (default 64)")
     sv.add_argument("--max-batch", type=int, default=64, help="images of concurrent requests scored together (default 64)")
+    sv.add_argument("--max-pixels", type=float, default=25e6,
+                    help="pixels per image (width x height), checked from its header before decoding; over it: "
+                         "413 (default 25e6, e.g. 5000x5000)")
+    sv.add_argument("--max-decodes", type=int, default=2,
+                    help="uploads decoded at once; the others wait (default 2). Memory: about 8 bytes per pixel of "
+                         "each image being decoded, so at most max-decodes x max-pixels x 8 bytes (400 MB with the "
+                         "defaults) above the loaded model")
+    sv.add_argument("--request-timeout", type=float, default=30.0,
+                    help="seconds a request may take to arrive whole (head and body); then 408 (default 30)")
+    sv.add_argument("--shutdown-timeout", type=float, default=10.0,
+                    help="after SIGTERM, seconds a request still arriving is waited for; then 503 (default 10)")
+    sv.add_argument("--max-connections", type=int, default=None,
+                    help="connections held at once; one more closes the slowest unfinished request with 503 "
+                         "(default: the open-file limit less 64)")
     sv.add_argument("--device", default=None)
     sv.set_defaults(func=cmd_serve)
 

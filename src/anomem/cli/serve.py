@@ -19,6 +19,18 @@ def _mebibytes(name: str, value: float) -> int:
     return max(1, int(value * MIB))
 
 
+def _count(name: str, value: float) -> int:
+    if not (math.isfinite(value) and value == int(value) and 1 <= value <= 2**40):
+        raise DataError(f"{name} must be a whole number in [1, 2^40], got {value}")
+    return int(value)
+
+
+def _seconds(name: str, value: float) -> float:
+    if not (math.isfinite(value) and 0 < value <= 86400):
+        raise DataError(f"{name} must be a number of seconds in (0, 86400], got {value}")
+    return float(value)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from anomem.serve import ServeLimits, create_app, run_server
@@ -29,7 +41,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = ServeLimits(max_files=check_int_range("--max-files", args.max_files, 1, 100_000),
                          max_file_bytes=_mebibytes("--max-file-mb", args.max_file_mb),
                          max_request_bytes=_mebibytes("--max-request-mb", args.max_request_mb),
-                         max_batch=check_int_range("--max-batch", args.max_batch, 1, 65536))
+                         max_batch=check_int_range("--max-batch", args.max_batch, 1, 65536),
+                         max_pixels=_count("--max-pixels", args.max_pixels),
+                         max_decodes=check_int_range("--max-decodes", args.max_decodes, 1, 1024),
+                         request_timeout=_seconds("--request-timeout", args.request_timeout),
+                         shutdown_timeout=_seconds("--shutdown-timeout", args.shutdown_timeout),
+                         max_connections=None if args.max_connections is None else
+                         check_int_range("--max-connections", args.max_connections, 1, 1 << 20))
     det = _load_detector(args.checkpoint, device=args.device or "cpu")
     det.inference_model  # noqa: B018 - refuse a detector that cannot score now, not at the first request
     h, w = det.image_size_

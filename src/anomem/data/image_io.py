@@ -232,14 +232,21 @@ class DecodedImage(NamedTuple):
     info: ImageInfo
 
 
+class ImageTooLarge(DataError):
+    """An image whose header gives more pixels than the caller allows (nothing was decoded)."""
+
+
 def decode_image(
-    data: bytes, name: str, size: int | Sequence[int] | None = None, channels: int = 3
+    data: bytes, name: str, size: int | Sequence[int] | None = None, channels: int = 3,
+    max_pixels: int | None = None,
 ) -> DecodedImage:
     """:func:`read_image` for an image held in memory (an upload), decoded the same way.
 
     Args:
         data: the file's bytes.
         name: what messages call it (the upload's file name).
+        max_pixels: refuse (:class:`ImageTooLarge`) an image whose header gives more
+            pixels than this, before any pixel is decoded; None: only Pillow's bomb limit.
 
     Returns:
         the (C, H, W) uint8 tensor and the :class:`ImageInfo` of the file (for
@@ -252,8 +259,16 @@ def decode_image(
         raise DataError(f"channels must be 1 or 3, got {channels!r}")
     if not data:
         raise DataError(f"cannot read image {name}: file is empty (0 bytes)")
+    if max_pixels is not None:
+        try:
+            with _refuse_bombs(), Image.open(io.BytesIO(data)) as header:
+                w, h = header.size
+        except Exception:  # noqa: BLE001, S110 - not an image: _decode_from says why, below
+            w = h = 0
+        if w * h > max_pixels:
+            raise ImageTooLarge(f"{name} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels per image")
     im = _decode_from(io.BytesIO(data), name)
-    info = ImageInfo(Path(name), (im.height, im.width), _is_colour(im), im.mode)
+    info = ImageInfo(Path(name), (im.height, im.width), _is_colour(im), im.mode, _bits(im))
     return DecodedImage(_to_tensor(im, size, channels, Path(name)), info)
 
 
