@@ -25,6 +25,7 @@ LIMITS: dict[tuple[str, str], tuple[float, str]] = {
     ("memory", "max_steps"): (1000, "retrieval iterations"),
     ("memory", "beta"): (1e6, "inverse temperature"),
     ("train", "epochs"): (100000, "epochs"),
+    ("train", "min_steps"): (10_000_000, "stage-1 optimisation steps at least"),
     ("train", "batch_size"): (65536, "images per batch"),
     ("train", "warmup_epochs"): (100000, "warm-up epochs"),
     ("train", "seed"): (MAX_SEED, "seed"),

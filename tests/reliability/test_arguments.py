@@ -328,3 +328,21 @@ def test_api_side_checks_come_before_any_work(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config("tiny", tmp_path / "bad.yaml")
     assert "\n" not in str(e.value)
+
+
+def test_progress_counts_the_epochs_that_min_steps_adds(folder_dataset, tiny_train, tmp_path, capsys):
+    """Issue 25: with train.min_steps adding epochs, the lines used to read `epoch 6/2`."""
+    args = [a for a in tiny_train if a != "--no-progress"]
+    assert main(["train", "--data", str(folder_dataset), "--epochs", "1", "--set", "train.min_steps=4",
+                 "--out", str(tmp_path / "run"), *args]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
+    counts = [ln.split()[1] for ln in lines]
+    assert len(lines) > 1 and counts == [f"{k}/{len(lines)}" for k in range(1, len(lines) + 1)], lines
+
+
+def test_min_steps_has_a_ceiling(folder_dataset, tiny_train, tmp_path, capsys):
+    """Issue 25: train.min_steps=10^12 was accepted and the run never ended."""
+    assert main(["train", "--data", str(folder_dataset), "--set", "train.min_steps=1000000000000",
+                 "--out", str(tmp_path / "run"), *tiny_train]) == 2
+    one_line_error(capsys, "train.min_steps = 1000000000000 is above the limit")
+    assert not (tmp_path / "run").exists()

@@ -222,3 +222,44 @@ def test_output_check_refusals_still_name_the_kind(tmp_path, model_copy, images_
         with pytest.raises(OutputError, match="already exists and is"):
             check_file_target("--out", target, ("text",))
         assert file_kind(Path(target)) == kind
+
+
+def test_out_onto_a_score_file_it_wrote_with_a_latin1_name_is_replaced(model_copy, images_copy, tmp_path, capsys):
+    """Issue 25: the CSV holds a Latin-1 (not UTF-8) name, and a second `--out` onto it used
+    to be refused as "a binary file"; text in any 8-bit encoding is text."""
+    shutil.copy(sorted(images_copy.glob("*.png"))[0], images_copy / os.fsdecode(b"caf\xe9.png"))
+    out = tmp_path / "s.csv"
+    for _ in range(2):
+        assert main(["score", str(model_copy), str(images_copy), "--out", str(out)]) == 0
+    assert b"caf\xe9.png" in out.read_bytes() and file_kind(out) == "text"
+    cut = tmp_path / "cut.txt"  # 4096 bytes that end inside a UTF-8 character
+    cut.write_bytes(b"a" * 4095 + "é".encode() + b"rest")
+    assert file_kind(cut) == "text"
+    for data, kind in [(b"\x00\x01\x02", "binary"), (b"\x7fELF\x02\x01\x01\x00", "binary"), (b"x,y\r\n1,2\n", "text")]:
+        (tmp_path / "f").write_bytes(data)
+        assert file_kind(tmp_path / "f") == kind, data
+
+
+@pytest.mark.parametrize("name", ["$x^2$.png", "a_b$.png", "$.png", "\\$x$.png", "$\\frac{1}{0}$.png", "50%_$$.png",
+                                  "{}%$^_~\\.png"])
+def test_names_a_plotting_library_reads_as_markup_draw_as_themselves(model_copy, images_copy, tmp_path, name, capsys):
+    """Issue 25: every legal name renders in every output format, heat-map figures included
+    (matplotlib reads `$...$` in titles as mathtext; `a_b$` used to fail)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    shutil.copy(sorted(images_copy.glob("*.png"))[0], images_copy / name)
+    out, maps = tmp_path / "s.csv", tmp_path / "maps"
+    assert main(["score", str(model_copy), str(images_copy), "--out", str(out), "--maps", str(maps),
+                 "--maps-format", "figure"]) == 0, capsys.readouterr().err
+    assert (maps / name).is_file() and name in out.read_text()
+    title = []
+    import matplotlib.figure
+
+    real = matplotlib.figure.Figure.suptitle
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(matplotlib.figure.Figure, "suptitle", lambda self, t, **k: title.append(real(self, t, **k)))
+        assert main(["score", str(model_copy), str(images_copy / name), "--maps", str(tmp_path / "one"),
+                     "--maps-format", "figure", "--out", str(tmp_path / "one.csv")]) == 0
+    assert title[0].get_text().startswith(f"{name}: score")  # drawn as the name itself, not as mathtext
+    assert not title[0].get_parse_math()

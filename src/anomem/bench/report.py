@@ -122,7 +122,7 @@ def heatmap_figure(
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, parse_math=False, usetex=False)  # a file name is text, never mathtext/TeX
     fig.tight_layout()
     return fig
 
@@ -355,7 +355,7 @@ def _grid_png(ev: Evaluation, images: torch.Tensor, idx: Sequence[int], title: s
         for r in range(2):
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, parse_math=False, usetex=False)  # a file name is text, never mathtext/TeX
     fig.tight_layout()
     return _fig_to_png(fig)
 

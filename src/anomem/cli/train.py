@@ -259,7 +259,7 @@ def _train_in(args, cfg, state, data, digest, run: Path, handler) -> int:
         log.info("epoch %d loss %.4f (com %.4f var %.4f) lr %.4f %.0f img/s", entry.epoch, entry.loss,
                  entry.contrastive, entry.variance, entry.lr, entry.images_per_s)
         if lines:
-            print(f"epoch {entry.epoch}/{cfg.train.epochs} loss {entry.loss:.4f} (com {entry.contrastive:.4f} "
+            print(f"epoch {entry.epoch}/{trainer.epochs} loss {entry.loss:.4f} (com {entry.contrastive:.4f} "
                   f"var {entry.variance:.4f}) lr {entry.lr:.4g} {entry.images_per_s:.0f} img/s", file=sys.stderr, flush=True)
         if is_main_process():
             save_checkpoint(det.stage1_checkpoint(trainer), run / "last.ckpt")

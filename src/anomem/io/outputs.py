@@ -136,13 +136,12 @@ def file_kind(path: Path) -> str:
         return "onnx"
     if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")):
         return "image"
-    if not head or b"\x00" not in head:
-        try:
-            head.decode("utf-8")
-            return "text"
-        except UnicodeDecodeError:
-            pass
-    return "binary"
+    # Text in any 8-bit encoding (a score file naming a Latin-1 file is not UTF-8, and 4096
+    # bytes may end inside a character): no NUL and no control byte but whitespace and ESC.
+    return "binary" if head.translate(None, _TEXT_CONTROLS) != head else "text"
+
+
+_TEXT_CONTROLS = bytes(c for c in range(32) if c not in b"\t\n\r\f\b\x1b")  # NUL included
 
 
 def check_file_target(label: str, path: str | os.PathLike[str], allowed: Iterable[str]) -> None:
