@@ -157,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pixels per image (width x height), checked from its header before decoding; over it: "
                          "413 (default 25e6, e.g. 5000x5000)")
     sv.add_argument("--max-decodes", type=int, default=2,
-                    help="uploads decoded at once; the others wait (default 2). Memory: about 8 bytes per pixel of "
-                         "each image being decoded, so at most max-decodes x max-pixels x 8 bytes (400 MB with the "
-                         "defaults) above the loaded model")
+                    help="uploads decoded at once; the others wait (default 2). Decoding an 8-bit image takes about "
+                         "8 bytes per pixel at its peak (16-bit ones more), so about max-decodes x max-pixels x 8 "
+                         "bytes (400 MB with the defaults) above the loaded model")
     sv.add_argument("--request-timeout", type=float, default=30.0,
                     help="seconds a request may take to arrive whole (head and body); then 408 (default 30)")
     sv.add_argument("--shutdown-timeout", type=float, default=10.0,
