@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.special import expit
 
 from anomem import AnoMem, load_config
 from anomem.cli import main
@@ -63,7 +64,9 @@ def test_stdout_csv_has_header_and_named_columns(setup, capsys):
         assert float(r["threshold"]) == th.value
         assert r["is_anomaly"] == str(int(s > th.value))
         n = float(r["score_normalized"])
-        assert 0.0 <= n <= 1.0 and (n > 0.5) == (s > th.value)
+        # the logistic of the distance to the threshold in units of its scale, 0.5 at the threshold
+        assert n == pytest.approx(expit((s - th.value) / th.scale), rel=1e-9, abs=1e-12)
+        assert (n > 0.5) == (s > th.value)
     files = load_images([root / "in"], image_size=det.image_size_, channels=det.in_channels_)
     np.testing.assert_allclose([float(r["score"]) for r in rows], det.anomaly_score(files.images), rtol=1e-6)
 

@@ -5,6 +5,7 @@ numbers. They check that the scripts work, not how fast anything is."""
 from __future__ import annotations
 
 import ast
+import csv
 import importlib
 import math
 import sys
@@ -143,8 +144,13 @@ def test_validation_sweep_reports_merged_and_per_scale_auroc(monkeypatch, capsys
     assert lines[0].startswith("raw-pixel kNN") and "per scale" in lines[1]
     merged, per_scale, entropy = lines[2].split()[:3]
     aucs = [float(merged), *map(float, per_scale.split("/"))]
-    assert len(aucs) == 3 and all(0.0 <= a <= 1.0 for a in aucs)  # merged + the tiny preset's 2 scales
-    assert 0.0 < float(entropy) <= 1.0
+    assert len(aucs) == 3  # merged + the tiny preset's 2 scales
+    # digit 0 against the rest, one epoch; over --seed 0-5 the merged score gave 0.988-1.0 and
+    # each scale alone 0.779-0.998: floors well above chance, with a margin
+    assert aucs[0] >= 0.9 and min(aucs[1:]) >= 0.65
+    # retrieval entropy as a fraction of log K: 1 is uniform recall (collapse), 0 one-hot;
+    # seeds 0-5 gave 0.594-0.815
+    assert 0.3 < float(entropy) < 0.95
 
 
 def test_score_ablation_scores_one_model_six_ways(monkeypatch, capsys):
@@ -152,7 +158,10 @@ def test_score_ablation_scores_one_model_six_ways(monkeypatch, capsys):
                         "--max-train", "300", "--set", "backbone.width=8")
     assert lines[0].split()[:3] == ["class", "eq9", "merged"] and lines[-1].startswith(" mean")
     aucs = [float(v) for v in lines[1].split()[1:7]]
-    assert all(0.0 <= a <= 1.0 for a in aucs)
+    assert len(aucs) == 6 and all(math.isfinite(a) for a in aucs)
+    # over --seed 0-5: eq9 merged 0.988-1.0, eq9 deep 0.908-0.962, enc kNN 0.921-1.0; the two
+    # diagnostics (nearest pattern 0.486-0.813, feature norm 0.584-0.957) may sit at chance
+    assert aucs[0] >= 0.9 and aucs[1] >= 0.8 and aucs[4] >= 0.8
     assert aucs[5] > 0.95  # raw-pixel kNN on digit 0: the reference column is computed, not copied
 
 
@@ -173,8 +182,16 @@ def test_journey_walks_every_step(monkeypatch, tmp_path, capsys):
     steps = result["steps"]
     assert set(steps) == {"train", "score", "evaluate", "threshold 5%", "refit", "export onnx", "python api"}
     assert steps["score"]["n_normal"] == 6 and steps["score"]["n_anomaly"] == 18 and steps["score"]["maps"] == 24
-    for name in ("score", "threshold 5%", "refit"):
-        assert 0 <= steps[name]["fpr"] <= 1 and 0 <= steps[name]["recall"] <= 1
+    # each operating point again, from its score file: the share of the test normals (the
+    # test/normal folder) and of the anomalies whose score is above the file's threshold
+    for name, file in (("score", "scores.csv"), ("threshold 5%", "scores-5pc.csv"), ("refit", "scores-ss.csv")):
+        with (tmp_path / "j" / file).open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        normal = [Path(r["path"]).parent.name == "normal" for r in rows]
+        above = [float(r["score"]) > float(r["threshold"]) for r in rows]
+        assert sum(normal) == 6 and len(rows) == 24
+        assert steps[name]["fpr"] == pytest.approx(sum(a for a, n in zip(above, normal) if n) / 6, abs=1e-12)
+        assert steps[name]["recall"] == pytest.approx(sum(a for a, n in zip(above, normal) if not n) / 18, abs=1e-12)
     assert steps["export onnx"]["max_abs_diff"] < 1e-3 and steps["export onnx"]["same_decisions"]
     assert steps["python api"]["max_abs_diff"] < 1e-6 and steps["python api"]["same_decisions"]
     assert len(steps["evaluate"]["per_type"]) == 9  # the nine other classes, one folder each
@@ -298,7 +315,11 @@ def test_demo_validation_reads_one_fit_under_each_pixel_weight(monkeypatch, caps
     assert lines[0] == "pixel_weight class 0  mean"
     rows = [line.split() for line in lines[1:]]
     assert [r[0] for r in rows] == ["0.000", "0.900", "kNN"]
-    assert all(0.0 <= float(v) <= 1.0 for r in rows for v in r[1:])
+    # class 0 then the mean over the one class: the same number twice
+    assert all(len(r) == 3 and r[1] == r[2] for r in rows)
+    # over --seed 0-5: pixel weight 0 gave 0.892-1.0, weight 0.9 0.9999-1.0, kNN 1.0
+    zero, high, knn = (float(r[1]) for r in rows)
+    assert zero >= 0.75 and high >= 0.9 and knn >= 0.95
 
 
 def test_oneclass_sweep_prints_every_reading_of_one_fit(monkeypatch, capsys):
@@ -308,4 +329,6 @@ def test_oneclass_sweep_prints_every_reading_of_one_fit(monkeypatch, capsys):
     header, row, mean = lines
     assert header.split()[:3] == ["variant", "class", "eq9"] and mean.split()[1] == "mean"
     cells = row.split()[2:-1]  # the readings and pixel kNN, without the seconds
-    assert len(cells) == 11 and all(0.0 <= float(v) <= 1.0 for v in cells)  # every reading measured, heads too
+    assert len(cells) == 11  # every reading measured, heads too
+    # digit 0 against the rest: over --seed 0-5 the lowest reading was 0.946 (heads, seed 3)
+    assert all(float(v) >= 0.85 for v in cells)
