@@ -7,7 +7,8 @@ crops of the side asked for, library defaults):
 
     OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive python benchmarks/photo_cost.py
 
-prints one line per (method, size) and the ratios AnoMem / patch kNN.
+prints one line per (method, size) and the ratios of the first two methods
+(``--methods``: AnoMem, patch kNN with a random bank, patch kNN with a coreset bank).
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ def child(method: str, size: int, n_train: int, n_score: int) -> None:
     u8 = lambda a: torch.from_numpy(np.round(a * 255).astype(np.uint8))  # noqa: E731
     train, test = u8(sp.train), u8(sp.test_normal)
     t0 = time.perf_counter()
-    det = AnoMem(progress=False).fit(train) if method == "anomem" else make_baseline("patch-knn").fit(train)
+    if method == "anomem":
+        det = AnoMem(progress=False).fit(train)
+    else:  # patch kNN as benchmarks/photos.py runs it: a random bank of 40000 or a coreset of 4096 patches
+        kw = {"bank": "coreset", "max_patches": 4096} if method == "patch-knn-coreset" else {}
+        det = make_baseline("patch-knn", **kw).fit(train)
     fit_s = time.perf_counter() - t0
     det.anomaly_score(test[:4])  # warm-up
     t0 = time.perf_counter()
@@ -61,15 +66,19 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--train", type=int, default=240)
     ap.add_argument("--score", type=int, default=100)
+    ap.add_argument("--methods", nargs="+", default=["anomem", "patch-knn"],
+                    choices=["anomem", "patch-knn", "patch-knn-coreset"], help="the first is the ratios' numerator")
     a = ap.parse_args()
     print(f"torch threads {torch.get_num_threads()}; {a.train} training normals, {a.score} scored")
     for size in a.sizes:
-        rows = {m: measure(m, size, a.train, a.score) for m in ("anomem", "patch-knn")}
+        rows = {m: measure(m, size, a.train, a.score) for m in a.methods}
         for r in rows.values():
             print(f"{r['method']:9s} {size:4d} px  fit {r['fit_s']:7.1f} s  peak RSS {r['peak_rss_gib']:5.2f} GiB  "
                   f"scoring {r['images_per_s']:7.1f} images/s")
-        an, pk = rows["anomem"], rows["patch-knn"]
-        print(f"ratio AnoMem / patch kNN at {size} px: fit {an['fit_s'] / pk['fit_s']:.1f}x, "
+        if len(rows) < 2:
+            continue
+        an, pk = rows[a.methods[0]], rows[a.methods[1]]
+        print(f"ratio {a.methods[0]} / {a.methods[1]} at {size} px: fit {an['fit_s'] / pk['fit_s']:.1f}x, "
               f"RSS {an['peak_rss_gib'] / pk['peak_rss_gib']:.1f}x, scoring rate {an['images_per_s'] / pk['images_per_s']:.2f}x")
     return 0
 

@@ -1,145 +1,254 @@
-"""Local defects in real photographs: AnoMem (library defaults) beside patch kNN and kNN.
+"""Local defects in real photographs, scored so that the benchmark cannot flatter AnoMem.
 
-For each category of :mod:`anomem.data.photos` (128-px crops of a photograph bundled
-with scikit-image; training and test crops from disjoint regions), fit every method on
-the same training normals and report, per method:
+For each category of :mod:`anomem.data.photos` (128-px crops of a photograph bundled with
+scikit-image; training and test crops from disjoint regions) and each seed (the crops, the
+defects and every detector's seed):
 
-* image AUROC on the obvious defects (scratch, stain, pasted patch, colour stain) and,
-  separately, on the subtle ones (blur, swirl, a quarter-turned square), each against
-  the same test normals;
-* for AnoMem, pixel AUROC (every test image) and AUPRO (defective images) of its fused
-  heat-map, and the fitted fusion weights;
-* fit and score seconds.
+* **Leave-kind-out.** AnoMem fits its stage-2 fusion (and heads) against pseudo-defects
+  (``pseudo.defects``: cut-paste, scar, noise), some of them near copies of test kinds
+  (:data:`anomem.data.photos.NEAR_COPIES`). :func:`anomem.data.photos.leave_kind_out` says
+  which detectors to fit (``pseudo.defects`` minus an excluded set) and which test kinds
+  each may score; the headline is AnoMem on the kinds its fit never saw. The library
+  default (nothing excluded) is fitted too: its scores on every kind, its heat-map over
+  all test images, and the false-positive rate of its default threshold on the test normals.
+* **Baselines in their strongest standard form**: raw-pixel patch kNN with a random or a
+  greedy k-centre coreset bank, image score the maximum or the top-1 % mean of the
+  nearest-patch distances (all four reported, the best per category named), and
+  whole-image kNN.
+* Image AUROC per defect kind against all test normals (family numbers: the mean over the
+  family's kinds), pixel AUROC and AUPRO with the test normals' pixels included.
 
-Each category is one cell, saved as ``OUT/cells/<category>.json`` as soon as it is done;
-a rerun skips finished cells (resumable), and ``OUT/results.md`` is rewritten from the
-cells on disk. ``--write-folders`` also writes the MVTec-layout folders the CLI reads.
+One JSON per (category, seed, configuration) in ``OUT/cells``, written when done; a rerun
+skips finished cells, and ``OUT/results.md`` is rebuilt from the cells on disk (mean ± std
+over the seeds found)::
 
-    python benchmarks/photos.py --out docs/results/photos --seed 0
+    OMP_NUM_THREADS=1 python benchmarks/photos.py --out docs/results/photos-leave-kind-out --seeds 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from anomem import AnoMem
-from anomem.baselines import make_baseline
-from anomem.data.photos import CATEGORIES, OBVIOUS, SUBTLE, make_photo_benchmark, photo_category
+from anomem.data.photos import (
+    CATEGORIES,
+    OBVIOUS,
+    PSEUDO_DEFECTS,
+    SUBTLE,
+    leave_kind_out,
+    photo_category,
+)
 from anomem.io.checkpoint import atomic_write_text
-from anomem.metrics import aupro, image_auroc, pixel_auroc
 
 # isort: split
 # sibling modules in benchmarks/ (a script's own directory is first on sys.path)
-from validation import score_with
+from photo_cells import anomem_cell, baseline_cell
 
-BASELINES = ("patch-knn", "knn")
-# AnoMem's signals alone: the global score (memory, feature bank, pixel bank), feature patches, pixel patches
-ABLATION = {"anomem-global": (1, 0, 0), "anomem-feature-patches": (0, 1, 0), "anomem-pixel-patches": (0, 0, 1)}
+FAMILIES = {"obvious": OBVIOUS, "subtle": SUBTLE}
 
 
-def _u8(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.round(np.clip(a, 0, 1) * 255).astype(np.uint8))
+def config_name(excluded: tuple[str, ...]) -> str:
+    return "anomem-default" if not excluded else "anomem-minus-" + "-".join(excluded)
 
 
-def family_aurocs(normal: np.ndarray, defect: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
-    """Image AUROC of the obvious and the subtle defects, each against the same normals."""
+def plan(kinds: tuple[str, ...] = OBVIOUS + SUBTLE) -> dict[str, dict]:
+    """{config name: {"excluded", "defects", "scores": test kinds it scores as never seen}}."""
+    return {config_name(ex): {"excluded": ex, "defects": tuple(d for d in PSEUDO_DEFECTS if d not in ex), "scores": ks}
+            for ex, ks in leave_kind_out(kinds).items()}
+
+
+def run_cell(cat: str, seed: int, config: str, size: int, n_train: int, n_test_normal: int, per_kind: int) -> dict:
+    sp = photo_category(cat, size=size, n_train=n_train, n_test_normal=n_test_normal, per_kind=per_kind, seed=seed)
+    rec = {"category": cat, "seed": seed, "config": config, "size": size, "train": int(sp.train.shape[0]),
+           "test_normal": int(sp.test_normal.shape[0]),
+           "test_defect": {k: int(sum(x == k for x in sp.kinds)) for k in dict.fromkeys(sp.kinds)}}
+    if config == "baselines":
+        return {**rec, "methods": baseline_cell(sp, seed)}
+    p = plan()[config]
+    return {**rec, "scores_as_unseen": list(p["scores"]), **anomem_cell(sp, seed, p["excluded"], p["defects"])}
+
+
+# -- the tables, from the cells ------------------------------------------------------------
+
+def ms(values: list[float], digits: int = 3) -> str:
+    """mean ± std (population std over the seeds), or "mean (1 seed)"; "–" when empty."""
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    if not v:
+        return "–"
+    return f"{np.mean(v):.{digits}f} ± {np.std(v):.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f} (1 seed)"
+
+
+def unseen_kinds(cells: dict, cat: str, seed: int) -> dict[str, dict] | None:
+    """{kind: metrics} with each kind from the AnoMem fit that never saw its near copies;
+    None unless every configuration of the plan is on disk for (cat, seed)."""
     out = {}
-    for fam, names in (("obvious", OBVIOUS), ("subtle", SUBTLE)):
-        m = np.isin(kinds, names)
-        if m.any():
-            out[fam] = image_auroc(np.r_[np.zeros(len(normal)), np.ones(m.sum())], np.r_[normal, defect[m]])
+    for name, p in plan().items():
+        c = cells.get((cat, seed, name))
+        if c is None:
+            return None
+        out.update({k: c["kinds"][k] for k in p["scores"]})
     return out
 
 
-def run_category(cat: str, seed: int) -> dict:
-    sp = photo_category(cat, seed=seed)
-    train, normal, defect = _u8(sp.train), _u8(sp.test_normal), _u8(sp.test_defect)
-    kinds = np.asarray(sp.kinds)
-    rec: dict = {"category": cat, "seed": seed, "train": int(train.shape[0]), "test_normal": int(normal.shape[0]),
-                 "test_defect": {k: int((kinds == k).sum()) for k in dict.fromkeys(sp.kinds)}, "methods": {}}
-    t0 = time.perf_counter()
-    det = AnoMem(progress=False, train__seed=seed).fit(train)
-    fit_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    maps_n, maps_d = det.anomaly_maps(normal), det.anomaly_maps(defect)
-    score_s = time.perf_counter() - t0
-    masks = np.concatenate([np.zeros((normal.shape[0], *sp.masks.shape[1:]), bool), sp.masks])
-    fused = np.concatenate([maps_n.fused, maps_d.fused])
-    obvious = np.isin(kinds, OBVIOUS)
-    keep = np.r_[np.ones(normal.shape[0], bool), obvious]  # normals and the obvious defects
-    rec["methods"]["anomem"] = {
-        **family_aurocs(maps_n.scores, maps_d.scores, kinds),
-        "pixel_auroc": pixel_auroc(masks, fused), "aupro": aupro(sp.masks, maps_d.fused),
-        "pixel_auroc_obvious": pixel_auroc(masks[keep], fused[keep]),
-        "aupro_obvious": aupro(sp.masks[obvious], maps_d.fused[obvious]),
-        "fusion": [round(float(w), 4) for w in det.weights_["image"]],
-        "map_fusion": [round(float(w), 4) for w in det.weights_["map"]], "fit_s": fit_s, "score_s": score_s,
-    }
-    # the ablation: each signal alone, with other fusion weights (the detector is not changed)
-    for name, w in ABLATION.items():
-        rec["methods"][name] = family_aurocs(score_with(det, normal, image=w), score_with(det, defect, image=w), kinds)
-    for name in BASELINES:
-        t0 = time.perf_counter()
-        b = make_baseline(name, random_state=seed).fit(train)
-        fit_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        sn, sd = b.anomaly_score(normal), b.anomaly_score(defect)
-        rec["methods"][name] = {**family_aurocs(sn, sd, kinds), "fit_s": fit_s, "score_s": time.perf_counter() - t0}
-    return rec
+def method_kinds(cells: dict, cat: str, seed: int, method: str) -> dict[str, dict] | None:
+    if method == "anomem never saw":
+        return unseen_kinds(cells, cat, seed)
+    if method == "anomem default":
+        c = cells.get((cat, seed, "anomem-default"))
+        return None if c is None else c["kinds"]
+    c = cells.get((cat, seed, "baselines"))
+    return None if c is None else c["methods"][method]["kinds"]
 
 
-def table(cells: list[dict], methods: tuple[str, ...] = ("anomem", *BASELINES), extra: bool = True) -> str:
-    tail = " | AnoMem pixel AUROC (all / obvious) | AUPRO (all / obvious) | fusion (global, feature, pixel) | AnoMem fit s |"
-    head = "| category | " + " | ".join(f"{m} obvious | {m} subtle" for m in methods) + (tail if extra else " |")
+def family(kinds: dict[str, dict] | None, fam: str, metric: str = "image_auroc") -> float | None:
+    """Mean of ``metric`` over the family's kinds (each kind against the same test normals)."""
+    if kinds is None:
+        return None
+    v = [kinds[k][metric] for k in FAMILIES[fam] if k in kinds and metric in kinds[k]]
+    return float(np.mean(v)) if v else None
+
+
+def done_seeds(cells: dict, cat: str, method: str) -> list[int]:
+    seeds = sorted({s for (c, s, _) in cells if c == cat})
+    return [s for s in seeds if method_kinds(cells, cat, s, method) is not None]
+
+
+def over_seeds(cells: dict, cat: str, method: str, fn) -> list[float]:
+    return [fn(method_kinds(cells, cat, s, method)) for s in done_seeds(cells, cat, method)]
+
+
+PATCH = ("patch-knn random max", "patch-knn random top1%", "patch-knn coreset max", "patch-knn coreset top1%")
+
+
+def strongest_patch(cells: dict, cat: str, fam: str) -> str:
+    """The patch-kNN variant with the best mean image AUROC on this category and family
+    (for reporting which baseline to beat; no default of ours is chosen from it)."""
+    return max(PATCH, key=lambda m: np.mean(over_seeds(cells, cat, m, lambda k: family(k, fam))) if
+               done_seeds(cells, cat, m) else -1.0)
+
+
+def headline(cells: dict, cats: list[str]) -> str:
+    head = ("| category | seeds | AnoMem, kinds never seen: obvious | subtle | AnoMem default (kinds seen): obvious "
+            "| subtle | strongest patch kNN: obvious | subtle | kNN: obvious | subtle |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for c in cells:
-        m = c["methods"]
-        row = [c["category"]] + [f"{m[k].get(f, float('nan')):.3f}" for k in methods for f in ("obvious", "subtle")]
-        a = m["anomem"]
-        if extra:
-            row += [f"{a['pixel_auroc']:.3f} / {a.get('pixel_auroc_obvious', float('nan')):.3f}",
-                    f"{a['aupro']:.3f} / {a.get('aupro_obvious', float('nan')):.3f}", str(a["fusion"]), f"{a['fit_s']:.0f}"]
+    for cat in cats:
+        row = [cat, str(len(done_seeds(cells, cat, "anomem never saw")))]
+        for m in ("anomem never saw", "anomem default"):
+            row += [ms(over_seeds(cells, cat, m, lambda k, f=f: family(k, f))) for f in FAMILIES]
+        for f in FAMILIES:
+            best = strongest_patch(cells, cat, f)
+            row.append(ms(over_seeds(cells, cat, best, lambda k, f=f: family(k, f))) + f" ({best[10:]})")
+        row += [ms(over_seeds(cells, cat, "knn", lambda k, f=f: family(k, f))) for f in FAMILIES]
         lines.append("| " + " | ".join(row) + " |")
-    if cells:
-        mean = ["**mean**"] + [f"{np.mean([c['methods'][k].get(f, np.nan) for c in cells]):.3f}" for k in methods
-                               for f in ("obvious", "subtle")]
-        if extra:
-            mean += [" / ".join(f"{np.mean([c['methods']['anomem'].get(k, np.nan) for c in cells]):.3f}" for k in pair)
-                     for pair in (("pixel_auroc", "pixel_auroc_obvious"), ("aupro", "aupro_obvious"))] + ["", ""]
-        lines.append("| " + " | ".join(mean) + " |")
     return "\n".join(lines) + "\n"
+
+
+def per_kind_table(cells: dict, cats: list[str]) -> str:
+    """Image AUROC per kind, mean ± std over every finished (category, seed)."""
+    methods = ("anomem never saw", "anomem default", *PATCH, "knn")
+    head = "| kind | near copies left out | " + " | ".join(methods) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    from anomem.data.photos import NEAR_COPIES
+    for k in OBVIOUS + SUBTLE:
+        row = [k, ", ".join(NEAR_COPIES[k]) or "none"]
+        for m in methods:
+            row.append(ms([method_kinds(cells, c, s, m)[k]["image_auroc"] for c in cats for s in done_seeds(cells, c, m)]))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def localisation_table(cells: dict, cats: list[str]) -> str:
+    head = ("| category | AnoMem never saw: pixel AUROC | AUPRO | AnoMem default, all test images: pixel AUROC "
+            "| AUPRO | AUPRO defective only | patch kNN random bank, all test images: pixel AUROC | AUPRO "
+            "| patch kNN coreset: pixel AUROC | AUPRO |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    mean_of = lambda metric: lambda k: float(np.mean([v[metric] for v in k.values()]))  # noqa: E731
+    for cat in cats:
+        row = [cat] + [ms(over_seeds(cells, cat, "anomem never saw", mean_of(m))) for m in ("pixel_auroc", "aupro")]
+        d = [cells[(cat, s, "anomem-default")] for s in done_seeds(cells, cat, "anomem default")]
+        row += [ms([c[m] for c in d]) for m in ("pixel_auroc_all", "aupro_all", "aupro_defective_only")]
+        for bank in ("random", "coreset"):  # the map depends on the bank only, not on the aggregation
+            b = [cells[(cat, s, "baselines")]["methods"][f"patch-knn {bank} max"]
+                 for s in done_seeds(cells, cat, f"patch-knn {bank} max")]
+            row += [ms([c[m] for c in b]) for m in ("pixel_auroc_all", "aupro_all")]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def threshold_table(cells: dict, cats: list[str]) -> str:
+    head = ("| category | config | seeds | target FPR | FPR on held-out training normals | FPR on test normals "
+            "| fit s | fusion image split (global, feature, pixel) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for cat in cats:
+        for name in plan():
+            cs = [c for (ca, _, n), c in sorted(cells.items()) if ca == cat and n == name]
+            if not cs:
+                continue
+            th = [c["threshold"] for c in cs]
+            lines.append("| " + " | ".join([
+                cat, name, str(len(cs)), ms([t["target_fpr"] for t in th]), ms([t["fpr_held_out"] for t in th]),
+                ms([t["fpr_test_normals"] for t in th]), ms([c["fit_s"] for c in cs], 0),
+                "; ".join(str(c["fusion"]["image"]) for c in cs)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def results(cells: dict, cats: list[str], seeds: list[int], cmd: str) -> str:
+    p = plan()
+    fits = "; ".join(f"`{n}`: pseudo.defects={list(v['defects'])}, scores {', '.join(v['scores'])}" for n, v in p.items())
+    missing = [f"{c} seed {s} {n}" for c in cats for s in seeds
+               for n in (*p, "baselines") if (c, s, n) not in cells]
+    cmds = sorted({c["command"] for c in cells.values() if "command" in c}) or [cmd]
+    code = sorted({c["commit"] for c in cells.values() if c.get("commit")})
+    return (f"Command: {', '.join(f'`{x}`' for x in cmds)} (code at commit {', '.join(code) or 'unknown'}, "
+            f"with this benchmark's files).\n\nCells on disk: {len(cells)}. Missing: {', '.join(missing) or 'none'}.\n\n"
+            f"AnoMem fits per (category, seed): {fits}.\n\n"
+            "## Image AUROC per family (mean over the family's kinds; mean ± std over seeds)\n\n"
+            + headline(cells, cats) + "\n## Image AUROC per kind (all finished categories and seeds)\n\n"
+            + per_kind_table(cells, cats) + "\n## Localisation (test normals' pixels included)\n\n"
+            + localisation_table(cells, cats) + "\n## The default threshold and the fit\n\n" + threshold_table(cells, cats))
+
+
+def load(out: Path) -> dict:
+    cells = {}
+    for f in sorted((out / "cells").glob("*.json")):
+        c = json.loads(f.read_text())
+        cells[(c["category"], c["seed"], c["config"])] = c
+    return cells
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=list(CATEGORIES))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--write-folders", action="store_true", help="also write the MVTec-layout folders under OUT/data")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--train", type=int, default=240, help="training normals")
+    ap.add_argument("--test-normal", type=int, default=60, help="test normals")
+    ap.add_argument("--per-kind", type=int, default=15, help="defective test images per kind")
+    ap.add_argument("--report-only", action="store_true", help="rebuild results.md from the cells on disk")
     a = ap.parse_args(argv)
     (a.out / "cells").mkdir(parents=True, exist_ok=True)
-    if a.write_folders:
-        make_photo_benchmark(a.out / "data", a.categories, seed=a.seed)
-    for cat in a.categories:
-        path = a.out / "cells" / f"{cat}.json"
-        if path.exists():
-            continue
-        rec = run_category(cat, a.seed)
-        atomic_write_text(path, json.dumps(rec, indent=1))
-        print(cat, json.dumps(rec["methods"]), flush=True)
-    cells = [json.loads((a.out / "cells" / f"{c}.json").read_text()) for c in a.categories
-             if (a.out / "cells" / f"{c}.json").exists()]
     cmd = "python benchmarks/photos.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = (f"Command: `{cmd}`\n\nImage AUROC per defect family; AnoMem with the library defaults.\n\n" + table(cells)
-            + "\nAblation: AnoMem's signals alone (same models, `anomaly_score(fusion=...)`).\n\n"
-            + table(cells, ("anomem", *ABLATION), extra=False))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    for cat in a.categories if not a.report_only else []:
+        for seed in a.seeds:
+            for config in ("baselines", *plan()):
+                path = a.out / "cells" / f"{cat}-seed{seed}-{config}.json"
+                if path.exists():
+                    continue
+                rec = {**run_cell(cat, seed, config, a.size, a.train, a.test_normal, a.per_kind), "command": cmd, "commit": commit}
+                atomic_write_text(path, json.dumps(rec, indent=1))
+                print(path.name, flush=True)
+                atomic_write_text(a.out / "results.md", results(load(a.out), a.categories, a.seeds, cmd))
+    text = results(load(a.out), a.categories, a.seeds, cmd)
     atomic_write_text(a.out / "results.md", text)
     print(text)
     return 0

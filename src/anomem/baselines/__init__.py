@@ -8,7 +8,7 @@ anomalous. See :mod:`anomem.baselines.base` for the full contract.
 * :class:`RawPixelOCSVM` — one-class SVM (RBF) on raw pixels.
 * :class:`RawPixelIsolationForest` — Isolation Forest on raw pixels.
 * :class:`RawPixelKNN` — mean distance to the k nearest training normals.
-* :class:`RawPixelPatchKNN` — largest nearest-neighbour distance of raw-pixel patches (local defects).
+* :class:`RawPixelPatchKNN` — nearest-neighbour distance of raw-pixel patches (local defects; random or coreset bank, max or top-k mean).
 * :class:`DeepSAD` — Deep SAD (Ruff et al., ICLR 2020), uses labelled anomalies.
 
 :func:`make_baseline` builds one by name (:data:`BASELINES`).
@@ -21,6 +21,8 @@ from anomem.baselines.raw_pixel import (
     RawPixelKNN,
     RawPixelOCSVM,
     RawPixelPatchKNN,
+    aggregate_patch_distances,
+    greedy_k_centre,
 )
 from anomem.baselines.registry import BASELINES, make_baseline
 
@@ -32,5 +34,7 @@ __all__ = [
     "RawPixelKNN",
     "RawPixelOCSVM",
     "RawPixelPatchKNN",
+    "aggregate_patch_distances",
+    "greedy_k_centre",
     "make_baseline",
 ]

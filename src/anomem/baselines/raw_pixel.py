@@ -12,16 +12,19 @@ None of them can use labelled anomalies: ``fit(X, y)`` keeps only the rows with
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import NearestNeighbors
 from sklearn.svm import OneClassSVM
 
-from anomem.baselines.base import BaseDetector, _check_number, check_random_state_seed
+from anomem.baselines.base import BaseDetector, _check_number, check_images, check_random_state_seed
 from anomem.errors import ConfigError, DataError
 
-__all__ = ["RawPixelIsolationForest", "RawPixelKNN", "RawPixelOCSVM", "RawPixelPatchKNN"]
+__all__ = ["RawPixelIsolationForest", "RawPixelKNN", "RawPixelOCSVM", "RawPixelPatchKNN", "aggregate_patch_distances",
+           "greedy_k_centre"]
 
 
 def _flatten(images: torch.Tensor) -> np.ndarray:
@@ -210,31 +213,88 @@ class RawPixelKNN(BaseDetector):
         return out
 
 
+def greedy_k_centre(x: torch.Tensor, k: int, generator: torch.Generator, dim: int | None = 128) -> tuple[torch.Tensor, float]:
+    """Greedy k-centre subset of the rows of ``x`` (N, D) (Gonzalez 1985; PatchCore's coreset).
+
+    Starts from a random row and adds, at each step, the row farthest from those chosen.
+    Distances are taken on a seeded Gaussian random projection to ``dim`` dimensions when
+    D > ``dim`` (as PatchCore does, to make the search cheap), on the rows themselves
+    otherwise (``dim=None``: never project). The covering radius returned is the largest
+    distance, in the space searched, from any row to its nearest chosen row: the greedy
+    choice is within a factor 2 of the best radius k centres can reach.
+
+    Returns:
+        indices (min(k, N),) int64 and the covering radius (0.0 when every row is chosen).
+    """
+    n = x.shape[0]
+    if n <= k:
+        return torch.arange(n), 0.0
+    x = x.float()
+    if dim is not None and x.shape[1] > dim:
+        x = x @ (torch.randn(x.shape[1], dim, generator=generator) / math.sqrt(dim))
+    sq = x.pow(2).sum(1)
+    chosen = torch.empty(k, dtype=torch.long)
+    chosen[0] = int(torch.randint(n, (1,), generator=generator))
+    # squared distance of every row to the chosen set, ||x||^2 - 2 x.c + ||c||^2 (clamped at 0)
+    nearest = (sq - 2 * (x @ x[chosen[0]]) + sq[chosen[0]]).clamp_min(0)
+    for i in range(1, k):
+        j = int(nearest.argmax())
+        chosen[i] = j
+        nearest = torch.minimum(nearest, (sq - 2 * (x @ x[j]) + sq[j]).clamp_min(0))
+    return chosen, float(nearest.max().sqrt())
+
+
+def aggregate_patch_distances(near: torch.Tensor, aggregate: str, top_fraction: float) -> torch.Tensor:
+    """Image scores (N,) from nearest-patch distances (N, L): their maximum, or the mean of
+    the largest ceil(``top_fraction`` · L) of them (at least one)."""
+    if aggregate == "max":
+        return near.max(1).values
+    k = max(1, math.ceil(top_fraction * near.shape[1] - 1e-9))
+    return near.topk(min(k, near.shape[1]), dim=1).values.mean(1)
+
+
 class RawPixelPatchKNN(BaseDetector):
     """Nearest-neighbour distance of raw-pixel patches: the simplest strong detector of
     small local defects (the patch-matching idea behind PatchCore, Roth et al. 2022, on
     pixels instead of pretrained features).
 
     Every ``patch`` x ``patch`` patch at stride ``stride`` of the training normals is a
-    candidate (``max_patches`` of them kept, a seeded uniform draw); the image's score is
-    the largest distance from any of its patches to its nearest stored patch.
+    candidate. The memory bank keeps ``max_patches`` of them: a seeded uniform draw
+    (``bank="random"``) or a greedy k-centre coreset (``bank="coreset"``,
+    :func:`greedy_k_centre` on a random projection to ``coreset_dim`` dimensions, as in
+    PatchCore). Each patch of a scored image gets the Euclidean distance to its nearest
+    stored patch; the image's score is the largest of them (``aggregate="max"``) or the
+    mean of the largest ``top_fraction`` of them (``aggregate="topk"``).
     Labelled anomalies (``y == 0``) are ignored.
 
     Args:
         patch: patch side in pixels.
         stride: step between patches.
-        max_patches: stored patches at most (seeded draw from ``random_state``).
-        random_state: seed of the draw.
+        max_patches: stored patches at most.
+        bank: ``"random"`` or ``"coreset"``.
+        aggregate: ``"max"`` or ``"topk"``.
+        top_fraction: share of the patches averaged by ``aggregate="topk"``, in (0, 1].
+        coreset_dim: projection dimension of the coreset search (rows of at most that
+            many values are searched as they are).
+        random_state: seed of the draw (or of the coreset's start and projection).
 
     Attributes:
         bank_: (K, C·patch²) the stored patches.
+        radius_: the coreset's covering radius in the space searched (``bank="coreset"``;
+            0.0 when every candidate is kept), None for a random bank.
         input_shape_: (C, H, W) of the training images.
     """
 
-    def __init__(self, patch: int = 8, stride: int = 4, max_patches: int = 40000, random_state: int | None = None):
+    def __init__(self, patch: int = 8, stride: int = 4, max_patches: int = 40000, bank: str = "random",
+                 aggregate: str = "max", top_fraction: float = 0.01, coreset_dim: int = 128,
+                 random_state: int | None = None):
         self.patch = patch
         self.stride = stride
         self.max_patches = max_patches
+        self.bank = bank
+        self.aggregate = aggregate
+        self.top_fraction = top_fraction
+        self.coreset_dim = coreset_dim
         self.random_state = random_state
 
     def _check_params(self) -> None:
@@ -242,6 +302,12 @@ class RawPixelPatchKNN(BaseDetector):
         _check_number(name, "patch", self.patch, kind=int, low=1)
         _check_number(name, "stride", self.stride, kind=int, low=1)
         _check_number(name, "max_patches", self.max_patches, kind=int, low=1)
+        _check_number(name, "top_fraction", self.top_fraction, low=0.0, high=1.0, low_open=True)
+        _check_number(name, "coreset_dim", self.coreset_dim, kind=int, low=1)
+        if self.bank not in ("random", "coreset"):
+            raise ConfigError(f"{name}: bank must be 'random' or 'coreset', got {self.bank!r}")
+        if self.aggregate not in ("max", "topk"):
+            raise ConfigError(f"{name}: aggregate must be 'max' or 'topk', got {self.aggregate!r}")
         if self.random_state is not None:
             check_random_state_seed(self.random_state)
 
@@ -254,12 +320,32 @@ class RawPixelPatchKNN(BaseDetector):
     def _fit(self, images: torch.Tensor, normal: np.ndarray) -> None:
         rows = self._patches(images[torch.from_numpy(normal)]).reshape(-1, images.shape[1] * int(self.patch) ** 2)
         gen = torch.Generator().manual_seed(0 if self.random_state is None else int(self.random_state))
-        self.bank_ = rows[torch.randperm(rows.shape[0], generator=gen)[: int(self.max_patches)]].contiguous()
+        if self.bank == "coreset":
+            keep, self.radius_ = greedy_k_centre(rows, int(self.max_patches), gen, int(self.coreset_dim))
+        else:
+            keep, self.radius_ = torch.randperm(rows.shape[0], generator=gen)[: int(self.max_patches)], None
+        self.bank_ = rows[keep].contiguous()
 
-    def _score(self, images: torch.Tensor) -> np.ndarray:
+    def nearest_patch_distances(self, X) -> np.ndarray:
+        """Distance of each patch of each image to its nearest stored patch, (N, L_h, L_w)
+        float64 on the patch grid (``anomaly_score`` aggregates them; upsampled, they are a
+        heat-map)."""
+        self._check_is_fitted()
+        images = check_images(X)
+        if tuple(int(s) for s in images.shape[1:]) != self.input_shape_:
+            raise DataError(f"RawPixelPatchKNN was fitted on images of (C, H, W) = {self.input_shape_}, "
+                            f"got {tuple(images.shape[1:])}")
+        return self._near(images).double().numpy()
+
+    def _near(self, images: torch.Tensor) -> torch.Tensor:
+        p, s = int(self.patch), int(self.stride)
+        grid = ((images.shape[-2] - p) // s + 1, (images.shape[-1] - p) // s + 1)
         out = []
         for chunk in images.split(16):
             q = self._patches(chunk)  # (B, L, D)
-            near = torch.cdist(q.reshape(-1, q.shape[-1]), self.bank_).min(1).values.view(q.shape[0], q.shape[1])
-            out.append(near.max(1).values)
-        return torch.cat(out).double().numpy()
+            out.append(torch.cdist(q.reshape(-1, q.shape[-1]), self.bank_).min(1).values.view(q.shape[0], *grid))
+        return torch.cat(out)
+
+    def _score(self, images: torch.Tensor) -> np.ndarray:
+        near = self._near(images).flatten(1)
+        return aggregate_patch_distances(near, self.aggregate, float(self.top_fraction)).double().numpy()

@@ -38,8 +38,8 @@ from scipy import ndimage
 
 from anomem.errors import DataError
 
-__all__ = ["CATEGORIES", "DEFECT_FAMILIES", "OBVIOUS", "SUBTLE", "PhotoSplit", "make_photo_benchmark",
-           "photo_category"]
+__all__ = ["CATEGORIES", "DEFECT_FAMILIES", "NEAR_COPIES", "OBVIOUS", "PSEUDO_DEFECTS", "SUBTLE", "PhotoSplit",
+           "leave_kind_out", "make_photo_benchmark", "photo_category"]
 
 #: category name -> scikit-image loader name (all bundled with the wheel, none downloaded)
 CATEGORIES: dict[str, str] = {
@@ -52,6 +52,71 @@ CATEGORIES: dict[str, str] = {
 OBVIOUS = ("scratch", "stain", "patch", "colour")
 SUBTLE = ("blur", "warp", "rotate")
 DEFECT_FAMILIES = {"obvious": OBVIOUS, "subtle": SUBTLE}
+
+#: the pseudo-defect kinds AnoMem can fit against (:data:`anomem.choices.DEFECTS`, drawn by
+#: :mod:`anomem.model.pseudo`), spelled out here so that the data module does not import the model
+PSEUDO_DEFECTS = ("cutpaste", "scar", "noise")
+
+#: test kind -> the pseudo-defect kinds that are near copies of it. A detector that has
+#: fitted (stage 1, heads or fusion) against a near copy of a kind has, in effect, seen
+#: that kind, so a benchmark that wants "defects the fit never saw" must leave them out.
+#: Read from the two generators (here and in ``anomem/model/pseudo.py``):
+NEAR_COPIES: dict[str, tuple[str, ...]] = {
+    # a 1-2 px line, 0.15-0.45 x side long, any angle, set to near-white on dark ground and
+    # near-black on bright; ``scar`` is a 1.5-3 px bar 0.2-0.5 x side long, any angle, with
+    # the same brightness rule: the same defect.
+    "scratch": ("scar",),
+    # a soft disc set to the far end of the brightness range from the ground it covers:
+    # ``scar``'s level rule on a blob instead of a bar. Shape differs, the cue (a region of
+    # extreme, uniform intensity opposite to its ground) does not, so it counts as seen.
+    "stain": ("scar",),
+    # a 0.1-0.22 x side square of foreign texture with sharp, axis-aligned edges;
+    # ``cutpaste`` pastes a 0.1-0.25 x side box of texture from another image, and ``noise``
+    # fills a box of the same sizes with content foreign to the photograph.
+    "patch": ("cutpaste", "noise"),
+    # a half-transparent blob of a saturated colour (grey photographs: a level 0.4 away);
+    # ``noise`` is the only pseudo-defect that puts colours the photograph lacks into a
+    # region (``scar`` is grey: equal levels in every channel; ``cutpaste`` copies the
+    # category's own colours).
+    "colour": ("noise",),
+    # a defocused disc: nothing in the pseudo-defects removes detail (``noise`` adds it,
+    # ``cutpaste`` moves it, ``scar`` paints over it).
+    "blur": (),
+    # a smooth swirl of the photograph's own pixels, no seam and no foreign values: no
+    # pseudo-defect deforms the texture.
+    "warp": (),
+    # a 0.14-0.24 x side square of the photograph's own texture, turned by a quarter: a box
+    # of the category's texture, out of place, with straight seams, which is what
+    # ``cutpaste`` (0.1-0.25 x side, from another image of the same category) makes.
+    "rotate": ("cutpaste",),
+}
+
+
+def leave_kind_out(kinds: Sequence[str] = OBVIOUS + SUBTLE,
+                   near: dict[str, tuple[str, ...]] | None = None) -> dict[tuple[str, ...], tuple[str, ...]]:
+    """Which detectors to fit so that no kind is scored by a fit that saw its near copy.
+
+    Returns ``{excluded pseudo-kinds: test kinds it scores}``, ordered by excluded set.
+    The detector with nothing excluded (the library default, key ``()``) is always there.
+    An excluded set contained in a larger one is merged into it: excluding more than a
+    kind's near copies keeps the guarantee and saves a fit. Each kind is scored by the
+    smallest fitted set that holds all its near copies, so the kinds with none are scored
+    by the default detector. Each kept set leaves at least one pseudo-defect in use.
+    """
+    near = NEAR_COPIES if near is None else near
+    unknown = [k for k in kinds if k not in near]
+    if unknown:
+        raise DataError(f"no near-copy entry for test kinds {unknown}")
+    wanted = {tuple(sorted(near[k])) for k in kinds}
+    keep = {()} | {s for s in wanted if s and not any(set(s) < set(t) for t in wanted)}
+    for s in keep:
+        if set(s) >= set(PSEUDO_DEFECTS):
+            raise DataError(f"excluding {list(s)} leaves no pseudo-defect to fit against")
+    plan: dict[tuple[str, ...], list[str]] = {s: [] for s in sorted(keep, key=lambda s: (len(s), s))}
+    for k in kinds:
+        home = min((s for s in plan if set(near[k]) <= set(s)), key=lambda s: (len(s), s))
+        plan[home].append(k)
+    return {s: tuple(v) for s, v in plan.items()}
 
 
 def _photo(name: str) -> np.ndarray:

@@ -1,0 +1,127 @@
+"""The cells of benchmarks/photos.py: one AnoMem configuration, or the baselines, on one
+category and seed. Each returns a JSON-ready dict; nothing here reads or writes files.
+
+Per test defect kind (each against all the test normals): image AUROC, pixel AUROC and
+AUPRO over the normals and that kind's images (a normal image's pixels are all normal, so
+a hot spot on a normal counts as a false positive, as in the MVTec AD protocol).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomem import AnoMem
+from anomem.baselines import RawPixelKNN, RawPixelPatchKNN, aggregate_patch_distances
+from anomem.data.photos import PhotoSplit
+from anomem.metrics import aupro, image_auroc, pixel_auroc
+
+#: patch-kNN memory banks: a seeded uniform draw of 40000 patches (the registry's default),
+#: and a greedy k-centre coreset of 4096 (about 1.8 % of the 230k candidate patches of 240
+#: crops of 128 px at stride 4, inside the 1-10 % PatchCore uses; AnoMem's own pixel bank keeps 2048)
+BANKS = {"random": 40000, "coreset": 4096}
+#: patch-kNN image scores from the nearest-patch distances: the largest, or the mean of the top 1 %
+AGGREGATES = {"max": 1.0, "top1%": 0.01}
+
+
+def u8(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.round(np.clip(a, 0, 1) * 255).astype(np.uint8))
+
+
+def per_kind(sp: PhotoSplit, s_normal: np.ndarray, s_defect: np.ndarray,
+             m_normal: np.ndarray | None = None, m_defect: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """{kind: {"image_auroc", and with maps "pixel_auroc", "aupro"}}, each kind against all test normals."""
+    kinds = np.asarray(sp.kinds)
+    empty = np.zeros((len(s_normal), *sp.masks.shape[1:]), bool)
+    out = {}
+    for k in dict.fromkeys(sp.kinds):
+        sel = kinds == k
+        rec = {"image_auroc": image_auroc(np.r_[np.zeros(len(s_normal)), np.ones(sel.sum())], np.r_[s_normal, s_defect[sel]])}
+        if m_normal is not None:
+            masks = np.concatenate([empty, sp.masks[sel]])
+            maps = np.concatenate([m_normal, m_defect[sel]])
+            rec.update(pixel_auroc=pixel_auroc(masks, maps), aupro=aupro(masks, maps))
+        out[k] = rec
+    return out
+
+
+def all_images(sp: PhotoSplit, m_normal: np.ndarray, m_defect: np.ndarray) -> dict[str, float]:
+    """Pixel AUROC and AUPRO over every test image (normals included), and AUPRO over the
+    defective images only (the protocol of the earlier photo benchmark, for comparison)."""
+    masks = np.concatenate([np.zeros((len(m_normal), *sp.masks.shape[1:]), bool), sp.masks])
+    maps = np.concatenate([m_normal, m_defect])
+    return {"pixel_auroc_all": pixel_auroc(masks, maps), "aupro_all": aupro(masks, maps),
+            "aupro_defective_only": aupro(sp.masks, m_defect)}
+
+
+def _fusion(det: AnoMem) -> dict[str, list[float]]:
+    """The fitted image and heat-map splits (``settings_`` where the detector has it, else
+    the older ``weights_`` dict that held them)."""
+    held = det.settings_ if hasattr(type(det), "settings_") else det.weights_
+    return {k: [round(float(w), 4) for w in held[k]] for k in ("image", "map")}
+
+
+def anomem_overrides(seed: int, excluded: tuple[str, ...], defects: tuple[str, ...]) -> dict:
+    """AnoMem's constructor keywords: the seed, and ``pseudo.defects`` unless nothing is excluded."""
+    return {"train__seed": seed} if not excluded else {"train__seed": seed, "pseudo__defects": tuple(defects)}
+
+
+def anomem_cell(sp: PhotoSplit, seed: int, excluded: tuple[str, ...], defects: tuple[str, ...]) -> dict:
+    """AnoMem with the library defaults but ``pseudo.defects=defects`` (the default set minus ``excluded``)."""
+    train, normal, defect = u8(sp.train), u8(sp.test_normal), u8(sp.test_defect)
+    over = anomem_overrides(seed, excluded, defects)
+    t0 = time.perf_counter()
+    det = AnoMem(progress=False, **over).fit(train)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    maps_n, maps_d = det.anomaly_maps(normal), det.anomaly_maps(defect)
+    score_s = time.perf_counter() - t0
+    th = det.threshold_
+    return {
+        "excluded": list(excluded), "defects": list(defects), "overrides": {k: v if isinstance(v, int) else list(v)
+                                                                           for k, v in over.items()},
+        "kinds": per_kind(sp, maps_n.scores, maps_d.scores, maps_n.fused, maps_d.fused),
+        **all_images(sp, maps_n.fused, maps_d.fused),
+        # the default threshold: set at fit on held-out training normals at threshold.target_fpr
+        "threshold": {"target_fpr": th.target, "method": th.method, "fpr_held_out": th.fpr,
+                      "n_held_out": th.n_normal, "fpr_test_normals": float(det.predict(normal).mean())},
+        "fusion": _fusion(det), "fit_s": fit_s, "score_s": score_s,
+    }
+
+
+def _upsample(near: np.ndarray, side: tuple[int, int]) -> np.ndarray:
+    """Nearest-patch distances on the patch grid (N, h, w) -> bilinear maps at image size (N, H, W)."""
+    return F.interpolate(torch.from_numpy(near)[:, None], size=side, mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+def baseline_cell(sp: PhotoSplit, seed: int) -> dict:
+    """Patch kNN (both banks x both aggregations; heat-map: the nearest-patch distances,
+    upsampled) and whole-image kNN."""
+    train, normal, defect = u8(sp.train), u8(sp.test_normal), u8(sp.test_defect)
+    side = tuple(sp.masks.shape[1:])
+    out: dict = {}
+    for bank, size in BANKS.items():
+        t0 = time.perf_counter()
+        b = RawPixelPatchKNN(max_patches=size, bank=bank, random_state=seed).fit(train)
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        near_n, near_d = b.nearest_patch_distances(normal), b.nearest_patch_distances(defect)
+        score_s = time.perf_counter() - t0
+        maps_n, maps_d = _upsample(near_n, side), _upsample(near_d, side)
+        loc = all_images(sp, maps_n, maps_d)
+        for agg, frac in AGGREGATES.items():
+            how = "max" if agg == "max" else "topk"
+            s_n, s_d = (aggregate_patch_distances(torch.from_numpy(x.reshape(len(x), -1)), how, frac).numpy()
+                        for x in (near_n, near_d))
+            out[f"patch-knn {bank} {agg}"] = {"kinds": per_kind(sp, s_n, s_d, maps_n, maps_d), **loc,
+                                              "fit_s": fit_s, "score_s": score_s, "bank_rows": int(b.bank_.shape[0])}
+    t0 = time.perf_counter()
+    knn = RawPixelKNN().fit(train)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    s_n, s_d = knn.anomaly_score(normal), knn.anomaly_score(defect)
+    out["knn"] = {"kinds": per_kind(sp, s_n, s_d), "fit_s": fit_s, "score_s": time.perf_counter() - t0}
+    return out
