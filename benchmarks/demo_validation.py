@@ -2,7 +2,7 @@
 
 Fits the demo's detector (``anomem demo``'s settings) once per normal class on 70 % of
 the digits training split and reads AUROC on the other 30 % (every class, the normal
-one against the rest) with several ``pixels.weight`` values, beside raw-pixel
+one against the rest) with several ``weights.pixel_global`` values, beside raw-pixel
 kNN. The test split is never used.
 
     OMP_NUM_THREADS=2 python benchmarks/demo_validation.py

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="val: the clean images are held-out TRAINING normals (for decisions); test: the test split")
     ap.add_argument("--multi-only", action="store_true", help="skip the single-scale AnoMem run")
     ap.add_argument("--grid", nargs="*", default=[], metavar="WG,WL,WM",
-                    help="also read the multi-scale model with pixels.weight,local_weight,map_pixel_weight "
+                    help="also read the multi-scale model with weights.pixel_global,pixel_local,map_pixel "
                          "set to each triple (same trained model)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for both AnoMem runs, e.g. augment.crop_scale=[0.85,1]")

@@ -10,7 +10,7 @@ readings of the same trained model:
 * ``heads``      the heads g∘φ trained on the pseudo-anomalies (Eq. 10-12);
 * ``bank``       distance to the nearest pooled tap features of the training normals;
 * ``eq9+bank``   and ``heads+bank``: each scale's two standardised signals averaged
-                 (``bank.weight=0.5``);
+                 (``weights.bank=0.5``);
 
 beside raw-pixel kNN (k = 2) on the same normals. It prints one row per (variant,
 class), the mean over classes per variant and the seconds each fit took.

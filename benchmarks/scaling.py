@@ -56,7 +56,7 @@ from anomem.calibration import calibration_count  # noqa: E402
 from anomem.config import AnoMemConfig, ThresholdConfig, load_config, with_overrides  # noqa: E402
 from anomem.engine import resolve_device  # noqa: E402
 from anomem.factory import build_net, build_scorer  # noqa: E402
-from anomem.stage2.fit import PATCH_FIT_IMAGES, pixel_bank_used
+from anomem.fit.stage2 import PATCH_FIT_IMAGES
 from anomem.stage2.patch_bank import pixel_descriptors
 from anomem.stage2.scorer import Scorer  # noqa: E402
 
@@ -135,7 +135,7 @@ class CheckpointModel:
         }
 
     def _patch_images(self, train: int) -> int:
-        """Training normals whose descriptors feed the coresets (stage2.fit_patch_banks)."""
+        """Training normals whose descriptors feed the coresets (anomem.fit.stage2.fit_patch_banks)."""
         held = min(max(1, round(self.patch_held_out * train)), train - 1, 64)
         return min(train - held, PATCH_FIT_IMAGES)
 
@@ -204,7 +204,7 @@ def measure(args: argparse.Namespace) -> ScalingReport:
     # first and check the shape model's prediction against the others.
     row_floats = sum(c * cfg.heads.pool_size**2 for c in net.backbone.tap_channels)
     feature_floats = sum(net.backbone.tap_channels)
-    pixel_active = cfg.bank.size > 0 and pixel_bank_used(cfg)
+    pixel_active = cfg.bank.size > 0 and cfg.weights.pixel_bank_used
     pixel_floats = int(build_scorer(cfg, net.backbone.tap_channels).pixels.features(torch.zeros(1, *IMAGE_SHAPE)).shape[1])
     pixel_floats = pixel_floats if pixel_active else 0
     with torch.no_grad():

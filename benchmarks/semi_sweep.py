@@ -6,7 +6,7 @@ them) and scores a VALIDATION split (the rest of the training data, every class;
 test split is never used) in several ways:
 
 * ``detector``   the detector's score (heads of Eq. 10 mixed with the bank and pixel bank);
-* ``det cw=w``   the same detector with ``pixels.contrast_weight=w`` (0: the pixel bank's
+* ``det cw=w``   the same detector with ``weights.contrast=w`` (0: the pixel bank's
                  distance to the normals, as before the contrast score existed);
 * ``ratio s<i>`` per scale, kNN distance to the training normals minus kNN distance to
                  the labelled anomalies (cosine on pooled tap features): a kNN
@@ -40,7 +40,7 @@ from validation import draw, fit_class, score_with, split, sweep_config
 
 def embeddings(det: AnoMem, x: torch.Tensor) -> list[torch.Tensor]:
     model = det.inference_model
-    per = [ev.embeddings for ev in model.evidence_batches(x)]
+    per = [r.net.embeddings for r in model.readings(x, need=set())]
     return [F.normalize(torch.cat([p[s] for p in per]).float(), dim=1) for s in range(len(per[0]))]
 
 
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--contrast-weights", type=float, nargs="*", default=[0.0, 1 / 3, 0.5, 0.66],
-                    help="re-score the same fitted detector with these pixels.contrast_weight values")
+                    help="re-score the same fitted detector with these weights.contrast values")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 

@@ -40,7 +40,7 @@ from anomem.baselines import make_baseline
 from anomem.bench.protocols import FitValidation, validation_split
 from anomem.data.registry import load_dataset
 from anomem.imageset import ImageSet
-from anomem.stage2.fusion import Weights, fuse
+from anomem.stage2.weights import SETTINGS
 
 # -- fit and validate ------------------------------------------------------------------
 
@@ -117,7 +117,7 @@ def cells(values: Iterable[Any], width: int, digits: int = 3) -> str:
 
 # -- re-scoring under other weights ----------------------------------------------------
 
-WEIGHTS = Weights._fields
+WEIGHTS = SETTINGS
 
 
 def _given(weights: dict[str, Any]) -> dict[str, Any]:
@@ -132,16 +132,16 @@ def score_with(det: AnoMem, X: Any, heads: bool | None = None, **weights: Any) -
     """``det.anomaly_score(X)`` with other stage-2 ``weights`` (see the module docstring;
     the others as fitted), through the public API. ``heads`` is no weight but a reading:
     True reads per-scale scores from the heads (Eq. 10), False from the memories (Eq. 9),
-    None as fitted; another reading than the fitted one fuses the named parts itself."""
+    None as fitted; the other reading moves each scale's weight between ``memory.s``
+    and ``heads.s`` (the score is linear: a reading is a choice of weights)."""
     w = _given(weights)
     if heads is None:
         return det.anomaly_score(X, weights=w or None)
-    model = det.inference_model
-    fused = det.fusion_weights(w) or model.scorer.weights.get()
-    with torch.inference_mode():
-        out = [fuse(model.scorer.parts(ev, bool(heads)), fused)
-               for ev in model.evidence_batches(det.prepare_images(X), 256, every=True)]
-    return torch.cat(out).double().cpu().numpy()
+    flat = det.fusion_weights(w) if w else det.weights_
+    frm, to = ("memory", "heads") if heads else ("heads", "memory")
+    for s in range(det.scorer_.num_scales):
+        flat[f"{to}.{s}"], flat[f"{frm}.{s}"] = flat[f"{to}.{s}"] + flat[f"{frm}.{s}"], 0.0
+    return det.anomaly_score(X, weights=flat)
 
 
 def maps_with(det: AnoMem, X: Any, heads: bool | None = None, **weights: Any) -> AnomalyMaps:

@@ -58,7 +58,7 @@ def anomem_scores(
 ) -> torch.Tensor:
     """One-class anomaly scores (N,) on the host, the path of ``AnoMem.anomaly_score``."""
     model = AnoMemModel(net, scorer, tuple(images.shape[2:]), 0.0, "one-class").to(device)
-    out = [model.merged_score(ev) for ev in model.evidence_batches(images, batch)]  # Eq. 9 + 13
+    out = [model.score(r) for r in model.readings(images, batch)]  # Eq. 9 + 13
     return torch.cat(out).float().cpu()
 
 

@@ -14,13 +14,13 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "anomem"
 
-# The pure-torch floor: tensors in, tensors out; built from plain arguments. Packages
-# (``model``) belong whole; of ``stage2`` the signals and the scorer do, not the modules
-# that fit them from a config (ORCHESTRATION).
+# The pure-torch floor: tensors in, tensors out; built from plain arguments: stage 1
+# (``model``), stage 2 (``stage2``), the two joined (``inference``) and the one smoothing.
 PURE = ("model", "stage2", "inference", "maps")
-ORCHESTRATION = ("stage2.fit", "stage2.fit_fusion")
-# What the floor must never reach: configs, training, the estimator and its files, the CLI.
-UPPER = ("config", "engine", "factory", "calibration", "io", "detector", "cli", "bench", "explain", "serve")
+# What the floor must never reach: configs, fitting, training, the estimator and its files, the CLI.
+UPPER = ("config", "fit", "engine", "factory", "calibration", "io", "detector", "cli", "bench", "explain", "serve")
+# What reading a config may import: no torch, no model (tests/config checks the modules loaded).
+CONFIG_MAY_IMPORT = ("config", "errors", "choices")
 MAX_LINES = 450
 MAX_TOP_LEVEL = 24  # modules side by side at the package's top level
 
@@ -80,17 +80,17 @@ def _top(name: str) -> str:
 
 
 def _pure(name: str) -> bool:
-    return _top(name) in PURE and not name.startswith(ORCHESTRATION)
+    return _top(name) in PURE
 
 
 def _upper(name: str) -> bool:
-    return _top(name) in UPPER or name.startswith(ORCHESTRATION)
+    return _top(name) in UPPER
 
 
 def _unit(name: str) -> str:
-    """What the package-level cycle check collapses a module to: the pure floor is one
-    unit, every other top-level package or module its own."""
-    return "floor" if _pure(name) else _top(name)
+    """What the package-level cycle check collapses a module to: its top-level package
+    or module (``stage2.*`` is one unit, ``model.*`` another, ``inference`` a third)."""
+    return _top(name)
 
 
 def test_no_import_cycles():
@@ -125,9 +125,28 @@ def test_pure_floor_imports_nothing_above_it(name):
     assert not bad, f"{name} imports {bad}"
 
 
+@pytest.mark.parametrize("name", [m for m in sorted(MODULES) if _top(m) == "model"])
+def test_stage_1_imports_nothing_of_stage_2(name):
+    bad = sorted(m for m in GRAPH[name] if _top(m) in ("stage2", "inference", "fit"))
+    assert not bad, f"{name} imports {bad}"
+
+
+@pytest.mark.parametrize("name", [m for m in sorted(MODULES) if _top(m) == "config"])
+def test_config_imports_no_model(name):
+    bad = sorted(m for m in GRAPH[name] if _top(m) not in CONFIG_MAY_IMPORT)
+    assert not bad, f"{name} imports {bad}"
+
+
+def test_the_cycle_checks_see_a_cycle():
+    """Both cycle checks fail on a graph with one (so that passing means something)."""
+    graph = {"a.x": {"b.y"}, "b.y": {"a.z"}, "a.z": set()}
+    assert _unit_cycle(graph) == ["a", "b", "a"] and _unit_cycle({"a.x": {"b.y"}, "b.y": set()}) is None
+
+
 def test_factory_is_where_config_meets_the_pure_floor():
     """The pure modules take plain arguments; the factory builds them from a config."""
     assert "config" in GRAPH["factory"] and {"model.net", "stage2.scorer", "model.augment"} <= GRAPH["factory"]
+    assert not any(_top(m) == "config" for m in GRAPH if _pure(m) for m in GRAPH[m])
 
 
 @pytest.mark.parametrize("name", ["io.export", "explain"])
@@ -151,35 +170,42 @@ def test_module_size(name):
     assert lines <= MAX_LINES, f"{MODULES[name].relative_to(SRC)} has {lines} lines (> {MAX_LINES}); split it"
 
 
-def test_no_cycles_between_packages():
-    """Collapsed to units (``data.*`` is one unit, ``cli.*`` another, the pure floor a
-    third), the import graph has no cycle either (e.g. inputs <-> data)."""
+def _unit_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle between units (top-level packages or modules) of ``graph``, or None."""
     units: dict[str, set[str]] = {}
-    for name, deps in GRAPH.items():
-        if not name:
-            continue
-        units.setdefault(_unit(name), set()).update(_unit(d) for d in deps if d and _unit(d) != _unit(name))
+    for name, deps in graph.items():
+        if name:
+            units.setdefault(_unit(name), set()).update(_unit(d) for d in deps if d and _unit(d) != _unit(name))
     state: dict[str, int] = {}
 
-    def dfs(node: str, path: list[str]) -> None:
+    def dfs(node: str, path: list[str]) -> list[str] | None:
         state[node] = 1
         for nxt in sorted(units.get(node, ())):
             if state.get(nxt) == 1:
-                pytest.fail("package cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
-            if nxt not in state:
-                dfs(nxt, path + [nxt])
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := dfs(nxt, path + [nxt])):
+                return found
         state[node] = 2
+        return None
 
     for u in sorted(units):
-        if u not in state:
-            dfs(u, [u])
+        if u not in state and (found := dfs(u, [u])):
+            return found
+    return None
+
+
+def test_no_cycles_between_packages():
+    """Collapsed to units (``data.*`` is one, ``stage2.*`` another, ``inference`` a third),
+    the import graph has no cycle either (e.g. stage2 <-> inference, detector <-> io)."""
+    cycle = _unit_cycle(GRAPH)
+    assert cycle is None, "package cycle: " + " -> ".join(cycle or [])
 
 
 def test_top_level_shows_the_architecture():
     """At most MAX_TOP_LEVEL modules side by side; the rest live in packages."""
     top = sorted(p.name for p in SRC.glob("*.py"))
     assert len(top) <= MAX_TOP_LEVEL, f"{len(top)} top-level modules: {top}"
-    for pkg in ("model", "stage2", "io", "bench", "config", "data", "cli", "baselines"):
+    for pkg in ("model", "stage2", "fit", "io", "bench", "config", "data", "cli", "baselines"):
         assert (SRC / pkg / "__init__.py").is_file(), pkg
 
 

@@ -11,7 +11,7 @@ from anomem.errors import DataError, NotFittedError
 from synthetic import stripes
 
 # ~180 SGD steps with mild crops: with fewer the one-class score can still be
-# inverted (unseen stripes land near the blurred average recollection; docs/method.md).
+# inverted (unseen stripes land near the blurred average recollection; docs/decisions.md).
 CFG = load_config(
     "tiny", None, ["train.epochs=30", "train.batch_size=32", "heads.steps=150", "augment.crop_scale=[0.85,1]"]
 )

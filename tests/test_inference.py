@@ -1,5 +1,6 @@
-"""The inference module (anomem.inference.AnoMemModel): one straight line from pixels to
-named parts to the fused score and heat-map, the same for the estimator and the export."""
+"""The inference module (anomem.inference.AnoMemModel): one straight line from pixels to a
+reading, named parts and the fused score and heat-map, the same for the estimator and the
+export."""
 
 from __future__ import annotations
 
@@ -10,16 +11,15 @@ import pytest
 import torch
 
 from anomem import AnoMem
-from anomem.stage2.fusion import fuse, map_components, per_scale
-from anomem.stage2.parts import Local, Signals
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
 def semi():
-    """A small semi-supervised detector keeping every signal (a committed file)."""
-    return AnoMem.load(FIXTURES / "v1-semi.ckpt")
+    """A small semi-supervised detector keeping every signal, both patch banks weighted
+    (a committed format-2 file, migrated at load)."""
+    return AnoMem.load(FIXTURES / "v2-semi.ckpt")
 
 
 @pytest.fixture(scope="module")
@@ -35,45 +35,52 @@ def test_forward_is_what_the_estimator_gives(semi, probe):
     np.testing.assert_allclose(fused.numpy(), semi.anomaly_maps(probe[:8]).fused, atol=1e-6)
 
 
-def test_evidence_carries_named_signals_only_for_the_banks_read(semi, probe):
+def test_a_reading_computes_only_the_input_signals_the_weights_read(semi, probe):
     model = semi.inference_model
-    w = semi.weights_
-    assert w["image"][1] == 0 and w["map"][1] == 0  # the feature patches are not weighed in this file
     with torch.inference_mode():
-        ev = model.evidence(probe[:5])
-        every = model.evidence(probe[:5], every=True)
-    sig = ev.signals
-    assert isinstance(sig, Signals) and isinstance(sig.pixel_local, Local) and sig.pixel_global.shape == (5,)
-    assert sig.contrast is not None and sig.feature_patches is None and sig.pixel_patches.score.shape == (5,)
-    assert every.signals.feature_patches is not None  # read when asked for (fitting the fusion)
-    torch.testing.assert_close(every.signals.pixel_patches.score, sig.pixel_patches.score)
+        r = model.read(probe[:5])
+        none = model.read(probe[:5], need=set())
+        only = model.read(probe[:5], need={"pixel_patches"})
+    assert set(r.inputs) == {"pixel_global", "pixel_local", "contrast", "feature_patches", "pixel_patches"}
+    assert none.inputs == {} and none.maps == {} and none.net.local_features is None
+    assert set(only.inputs) == {"pixel_patches"} and only.net.local_features is None  # no encoder descriptors read
+    torch.testing.assert_close(only.inputs["pixel_patches"], r.inputs["pixel_patches"])
 
 
-def test_parts_fuse_to_the_score_and_the_heads_take_the_memorys_place(semi, probe):
+def test_the_score_is_the_weighted_sum_of_the_named_parts(semi, probe):
+    """Each part's contribution computed on its own, by hand, adds up to the score and map."""
     model = semi.inference_model
     assert model.use_heads
+    w = semi.weights_
     with torch.inference_mode():
-        ev = model.evidence(probe[:6])
-        parts = model.scorer.parts(ev, use_heads=True)
-        memory_only = model.scorer.parts(ev, use_heads=False)
-        w = model.scorer.weights.get()
-        torch.testing.assert_close(model.merged_score(ev), fuse(parts, w))
-        torch.testing.assert_close(model.scale_scores(ev), per_scale(parts, w))
-        assert parts.heads is not None and memory_only.heads is None and memory_only.contrast is None
-        torch.testing.assert_close(parts.memory, memory_only.memory)
-        maps, comp = model.heatmap_parts(ev)
-        fused = model.heatmaps(ev).fused
-    assert comp.shape == (6, 3, *probe.shape[-2:]) and maps.shape[1] == 2
-    torch.testing.assert_close(fused, (comp * w.map[None, :, None, None]).sum(1))
-    torch.testing.assert_close(comp, map_components(model.scorer.map_parts(ev, model.image_size, model.map_sigma)[1], w))
+        r = model.read(probe[:6])
+        parts = model.scorer.parts(r)
+        score = model.score(r)
+        _, maps = model.scorer.map_parts(r, model.image_size, model.map_sigma)
+        fused = model.heatmaps(r).fused
+    by_hand = torch.zeros(6)
+    for name, value in parts.items():
+        by_hand += w[name] * value
+    torch.testing.assert_close(score, by_hand)
+    # the heads read each scale, the memory's weight is 0, the contrast took pixel_global's place
+    assert w["heads.0"] > 0 and w["memory.0"] == 0 and w["contrast"] > 0 and w["pixel_global"] == 0
+    map_by_hand = sum(w[name] * value for name, value in maps.items())
+    torch.testing.assert_close(fused, map_by_hand)
+    assert set(maps) == {"map.memory.0", "map.memory.1", "map.pixel_local", "map.feature_patches", "map.pixel_patches"}
 
 
 def test_one_class_mode_reads_the_memory(semi, probe):
-    from anomem.inference import AnoMemModel
-
-    model = semi.inference_model
-    one = AnoMemModel(model.net, model.scorer, model.image_size, model.map_sigma, "one-class").eval()
-    assert not one.use_heads
+    """Mode one-class on a detector with trained heads: the same parts, the memory weighted."""
+    det = AnoMem.load(FIXTURES / "v2-semi.ckpt")
+    det.config_ = det.config_.__class__.from_dict({**det.config_.to_dict(), "scorer": {
+        **det.config_.to_dict()["scorer"], "mode": "one-class"}})
+    det.model_ = det.new_model(det.net_, det.scorer_)
+    assert not det.model_.use_heads
+    one = det.fusion_weights({"image": det.settings_["image"]})  # recomposed for what one-class reads
+    assert one["heads.0"] == 0 and one["memory.0"] > 0 and one["contrast"] == 0 and one["pixel_global"] > 0
     with torch.inference_mode():
-        ev = one.evidence(probe[:4])
-        torch.testing.assert_close(one.merged_score(ev), fuse(one.scorer.parts(ev, False), one.scorer.weights.get()))
+        r = det.model_.read(probe[:4], need=det.model_.need(one))
+        parts = det.scorer_.parts(r)
+    want = sum(one[k] * v for k, v in parts.items())
+    np.testing.assert_allclose(det.anomaly_score(probe[:4], weights={"image": det.settings_["image"]}), want.numpy(),
+                               atol=1e-6)

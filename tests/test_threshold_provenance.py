@@ -12,8 +12,8 @@ from anomem import AnoMem, load_config
 from anomem.calibration import calibration_count, calibration_fraction_for, fit_target_fpr
 from anomem.config import ThresholdConfig
 from anomem.errors import ConfigError
+from anomem.fit.stage2 import cached_scores
 from anomem.splits import calibration_split
-from anomem.stage2.fit import cached_scores
 from anomem.thresholds import (
     Threshold,
     ThresholdWarning,

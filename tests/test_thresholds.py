@@ -15,7 +15,7 @@ from anomem import AnoMem, load_config
 from anomem.calibration import calibration_count
 from anomem.cli import main
 from anomem.errors import ConfigError, DataError, NotFittedError
-from anomem.stage2.fit import cached_scores
+from anomem.fit.stage2 import cached_scores
 from anomem.thresholds import (
     Threshold,
     threshold_at_fpr,

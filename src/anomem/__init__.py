@@ -8,8 +8,30 @@ the recalled prototypes, one-class or with a few labelled anomalies.
 
 from __future__ import annotations
 
+import os
+
 from anomem._version import __version__
 from anomem.errors import AnoMemError, CheckpointError, ConfigError, DataError, NotFittedError
+
+
+def _cap_onednn_on_amd_avx512() -> None:
+    """torch 2.14.1's oneDNN crashes (SIGSEGV) in the backward pass of channels-last
+    convolutions on AMD CPUs with AVX-512 (an AMD EPYC here: stage-1 training on 48-px
+    photographs; docs/reliability.md). Cap oneDNN at AVX2 there, before its first use,
+    unless the user set ``ONEDNN_MAX_CPU_ISA``; channels-last training then still runs
+    about 2x faster than without it on that machine (docs/performance.md)."""
+    if "ONEDNN_MAX_CPU_ISA" in os.environ:
+        return
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            head = f.read(8192)
+    except OSError:
+        return
+    if "AuthenticAMD" in head and "avx512" in head:
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+
+
+_cap_onednn_on_amd_avx512()
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: the command starts sooner
 if TYPE_CHECKING:  # pragma: no cover

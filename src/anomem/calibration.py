@@ -3,7 +3,7 @@
 :class:`ThresholdMixin` is the part of :class:`anomem.AnoMem` that chooses
 ``threshold_`` (the rules themselves are in :mod:`anomem.thresholds`); stage 1 and
 stage 2 are never touched. Scores of the normals held out at fit time come from their
-stored :class:`~anomem.stage2.fit.ScoreBank`, so a threshold can be re-derived without the
+stored :class:`~anomem.fit.stage2.ScoreBank`, so a threshold can be re-derived without the
 images.
 
 **How many normals are held out.** ``threshold.calibration_fraction`` of them, raised, when
@@ -31,8 +31,8 @@ import torch
 
 from anomem.config import ThresholdConfig
 from anomem.errors import ConfigError, DataError, NotFittedError
+from anomem.fit.stage2 import ScoreBank, cached_scores
 from anomem.inputs import check_disjoint, image_digests
-from anomem.stage2.fit import ScoreBank, cached_scores
 from anomem.thresholds import (
     Threshold,
     ThresholdWarning,
@@ -260,7 +260,9 @@ class ThresholdMixin:
         """Set the threshold by hand (anomaly iff raw score > ``value``).
 
         ``scale`` (the spread used by normalised scores) defaults to the spread of the
-        held-out normals' scores, else of the training normals kept at fit time.
+        held-out normals' scores, else of the training normals kept at fit time, as long as
+        the score reads only parts those keep (the memory's and the heads'); otherwise
+        ``scale`` must be given.
 
         Returns:
             self
@@ -274,6 +276,10 @@ class ThresholdMixin:
             bank = self.calibration_bank_ or ScoreBank(self.banks_.normal_scores, self.banks_.normal)
             if bank.raw.shape[0] == 0:  # a checkpoint from before thresholds existed
                 raise ConfigError("this detector keeps no normal scores to derive the scale from; pass scale=")
+            lacking = [k for k, v in self.weights_.items() if v and k.split(".")[0] not in ("memory", "heads", "map")]
+            if self.calibration_bank_ is None and lacking:
+                raise ConfigError(f"this detector keeps no held-out normals, and its training normals' bank holds "
+                                  f"no {', '.join(lacking)}, which its score reads: pass scale=")
             scale = normal_spread(cached_scores(self.model_, bank))
         self.threshold_ = Threshold(value=value, method="manual", scale=float(scale))
         return self

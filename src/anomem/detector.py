@@ -7,7 +7,7 @@ y = 0 anomaly convention stays internal).
 
 A thin layer: all inference is one module, ``model_`` (:class:`anomem.inference.AnoMemModel`:
 images -> Δ (Eq. 8) -> named parts -> the fused score and maps, :mod:`anomem.stage2`). Fit
-runs stage 1 (:mod:`anomem.engine`), then stage 2 (:mod:`anomem.stage2.fit`); thresholds
+runs stage 1 (:mod:`anomem.engine`), then stage 2 (:mod:`anomem.fit.stage2`); thresholds
 live in :mod:`anomem.calibration`, files in :mod:`anomem.io.persistence`. Stage 1 is shared
 by the one-class and semi-supervised settings: :meth:`AnoMem.refit_scorer` retrains only
 stage 2 with new labelled anomalies, in seconds, every stage-1 weight bit-identical.
@@ -16,19 +16,21 @@ stage 2 with new labelled anomalies, in seconds, every stage-1 weight bit-identi
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from anomem import splits
+from anomem._version import __version__
 from anomem.calibration import ThresholdMixin, calibration_fraction_for
 from anomem.config import AnoMemConfig, load_config
 from anomem.engine import EpochLog, Stage1Trainer, resolve_device
 from anomem.errors import ConfigError, NotFittedError
 from anomem.factory import build_net, build_scorer, load_backbone_weights
-from anomem.inference import AnoMemModel, smooth_maps
+from anomem.fit.fusion import FusionFit, fit_fusion
+from anomem.fit.stage2 import ScoreBank, Stage2Banks, calibration_bank, fit_scorer, refit
+from anomem.inference import AnoMemModel
 from anomem.inputs import (
     as_images,
     check_batch_size,
@@ -37,15 +39,13 @@ from anomem.inputs import (
     to_float,
     training_set,
 )
-from anomem.io import persistence
+from anomem.io.persistence import PersistenceMixin
+from anomem.limits import check_config_limits
 from anomem.model.net import AnoMemNet
 from anomem.model.prototypes import PrototypeCache, build_prototype_cache
 from anomem.params import ParamsMixin, apply_overrides, check_overrides, weights_for_call
-from anomem.stage2 import fit as stage2
-from anomem.stage2.fit import ScoreBank, Stage2Banks
-from anomem.stage2.fit_fusion import fit_fusion
-from anomem.stage2.fusion import Weights
 from anomem.stage2.scorer import Scorer
+from anomem.stage2.weights import SETTINGS, global_only, split_of
 from anomem.thresholds import Threshold
 
 EpochCallback = Callable[["AnoMem", Stage1Trainer, EpochLog], None]
@@ -55,7 +55,7 @@ class AnomalyMaps(NamedTuple):
     """Where the anomaly is.
 
     Attributes:
-        fused: (N, H, W) the fused map (:func:`anomem.stage2.fusion.fuse_maps`).
+        fused: (N, H, W) the fused map (the ``map.*`` parts added up by :func:`anomem.stage2.scorer.fuse`).
         per_scale: (N, S, H, W) ‖Δ^(s)_ij‖₂ at input size, smoothed (``scorer.map_sigma``).
         scores: (N,) image anomaly scores, as :meth:`AnoMem.anomaly_score`.
     """
@@ -65,7 +65,7 @@ class AnomalyMaps(NamedTuple):
     scores: np.ndarray
 
 
-class AnoMem(ParamsMixin, ThresholdMixin):
+class AnoMem(ParamsMixin, ThresholdMixin, PersistenceMixin):
     """AnoMem anomaly detector (Jezequel et al., multi-scale contrasted memory).
 
     Args:
@@ -83,14 +83,17 @@ class AnoMem(ParamsMixin, ThresholdMixin):
 
     Attributes (after fit or load):
         model_: the inference module (:class:`~anomem.inference.AnoMemModel`).
-        banks_: pooled deviations kept for refits (:class:`~anomem.stage2.fit.Stage2Banks`).
+        banks_: pooled deviations kept for refits (:class:`~anomem.fit.stage2.Stage2Banks`).
         calibration_bank_: stage-2 inputs of the held-out normals, or None.
         threshold_: the decision threshold (:class:`~anomem.thresholds.Threshold`) or None.
         training_digests_: {"normal", "anomaly"}: (N,) int64 pixel digests of the images
             it learned from (:func:`anomem.inputs.image_digests`), for the label check
             and evaluation; empty for files from before them.
-        prototype_cache_, history_, config_, in_channels_, image_size_, device_, and
-        backbone_weights_ (after fit only: what ``backbone.weights`` loaded, or None).
+        fusion_: what the fit of the ``image``/``map`` split chose, and why
+            (:class:`~anomem.fit.fusion.FusionFit`), or None.
+        backbone_weights_: what ``backbone.weights`` loaded at fit, or None.
+        prototype_cache_, history_, config_, in_channels_, image_size_, device_, meta_
+        (free-form metadata saved with the file), library_version_.
 
     Example:
         >>> det = AnoMem("tiny").fit(normal_images)            # doctest: +SKIP
@@ -115,7 +118,9 @@ class AnoMem(ParamsMixin, ThresholdMixin):
             cfg = self.config
         else:
             raise ConfigError(f"config must be an AnoMemConfig or a preset name, got {type(self.config).__name__}")
-        return apply_overrides(cfg, self._overrides())
+        cfg = apply_overrides(cfg, self._overrides())
+        check_config_limits(cfg)  # a ceiling is refused before anything is allocated
+        return cfg
 
     def fit(
         self,
@@ -186,23 +191,24 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         trainer = Stage1Trainer(net, cfg, x, normal, self.device_)
         self.history_: list[EpochLog] = []
         if resume is not None:
-            persistence.restore_stage1(self, resume, trainer)
+            self.restore_stage1(resume, trainer)
         self._train_stage1(trainer, on_epoch_end)
         net = trainer.net.to(memory_format=torch.contiguous_format)
         self.model_ = self.new_model(net, build_scorer(cfg, net.backbone.tap_channels)).to(self.device_)
-        self.banks_ = stage2.fit_scorer(self.model_, cfg, x[normal], x[real], x[~normal & ~real])
+        self.banks_ = fit_scorer(self.model_, cfg, x[normal], x[real], x[~normal & ~real])
         self.calibration_bank_: ScoreBank | None = None
         self.threshold_: Threshold | None = None
         if calibration.shape[0]:
-            self.calibration_bank_ = stage2.calibration_bank(self.model_, calibration, cfg.scorer.normal_bank,
-                                                             cfg.train.seed)
-        self.fusion_ = fit_fusion(self.model_, cfg, calibration, self.calibration_bank_)
+            self.calibration_bank_ = calibration_bank(self.model_, calibration, cfg.scorer.normal_bank, cfg.train.seed)
+        self.fusion_: FusionFit | None = fit_fusion(self.model_, cfg, calibration, self.calibration_bank_)
         self.threshold_ = self.fit_threshold(lambda: x[normal])
         self.prototype_cache_: PrototypeCache | None = None
         if cfg.scorer.prototype_cache > 0:
             self.prototype_cache_ = build_prototype_cache(net, x[normal][: cfg.scorer.prototype_cache], self.device_)
         self.training_digests_ = digests  # which images it learned from (refit and evaluation check them)
-        persistence.check_loadable(self, "the fitted detector")  # degenerate data stop here, not at load
+        self.meta_: dict[str, Any] = {}
+        self.library_version_ = __version__
+        self.check_loadable("the fitted detector")  # degenerate data stop here, not at load
         return self
 
     def _train_stage1(self, trainer: Stage1Trainer, on_epoch_end: EpochCallback | None) -> None:
@@ -250,7 +256,7 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         normals = None if normals is None else self.prepare_images(normals, "normals")
         cal = self.calibration_bank_  # without held-out pixel vectors (older files) the threshold could not follow
         contrast = cal is None or cal.pixel_features is not None
-        self.banks_ = stage2.refit(self.model_, self.banks_, self.config_, a, normals, keep_previous, contrast)
+        self.banks_ = refit(self.model_, self.banks_, self.config_, a, normals, keep_previous, contrast)
         if seen:
             old = seen.get("anomaly", mine[:0]) if keep_previous else mine[:0]
             self.training_digests_ = {**seen, "anomaly": torch.cat([old, mine])}
@@ -292,15 +298,25 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         return self.model_.scorer
 
     @property
-    def weights_(self) -> dict[str, float | list[float]]:
-        """The fitted fusion weights by name (:mod:`anomem.stage2.fusion`), as plain numbers."""
+    def weights_(self) -> dict[str, float]:
+        """The score's flat weights by part name (:mod:`anomem.stage2.weights`): the image
+        score is Σ_k weights_[k] · part_k, the heat-map the same over the ``map.*`` parts."""
         self.check_fitted()
-        return self.model_.scorer.weights.describe()
+        return self.model_.scorer.weights.as_dict()
 
-    def fusion_weights(self, weights: Mapping[str, Any] | None = None, fusion: Any = None) -> Weights | None:
-        """The fitted weights with some replaced for one call, checked; None when none are."""
+    @property
+    def settings_(self) -> dict[str, Any]:
+        """The settings the weights were composed from: the config's ``weights`` section and
+        the fitted ``image`` and ``map`` splits."""
+        w = self.weights_
+        return {**self.config_.weights.settings(self.model_.scorer.num_scales), "image": split_of(w),
+                "map": split_of(w, "map.")}
+
+    def fusion_weights(self, weights: Mapping[str, Any] | None = None, fusion: Any = None) -> dict[str, float] | None:
+        """Flat weights for one call: ``weights`` may name settings (:data:`SETTINGS`, the
+        others as fitted, recomposed) and parts (replaced after); None when none are given."""
         self.check_fitted()
-        return weights_for_call(self.model_.scorer.weights, weights, fusion)
+        return weights_for_call(self.model_, self.settings_, weights, fusion)
 
     @property
     def anomaly_bank_(self) -> list[torch.Tensor]:
@@ -323,8 +339,8 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         """Per-scale anomaly scores (N, S): the heads' or the memory's, standardised if
         configured, mixed with the feature bank (``weights`` as in :meth:`anomaly_score`)."""
         model, batch_size = self.inference_model, check_batch_size(batch_size)
-        w = self.fusion_weights(weights)
-        out = [model.scale_scores(ev, w) for ev in model.evidence_batches(self.prepare_images(X), batch_size)]
+        w = self.fusion_weights({**(weights or {}), "image": global_only(), "pixel_global": 0.0, "pixel_local": 0.0})
+        out = [model.scale_scores(r, w) for r in model.readings(self.prepare_images(X), batch_size, need=set())]
         return torch.cat(out).cpu().numpy()
 
     @torch.inference_mode()
@@ -337,19 +353,20 @@ class AnoMem(ParamsMixin, ThresholdMixin):
                 0.5 (:meth:`anomem.thresholds.Threshold.normalize`: a logistic centred
                 on the threshold, scaled by the spread of normal scores); needs a
                 threshold. The default is the raw score.
-            weights: other fusion weights for this call, by name (``scales``, ``bank``,
-                ``pixel_global``, ``pixel_local``, ``contrast``, ``image``, ``map_pixel``,
-                ``map``; :class:`anomem.stage2.fusion.Weights`), the others as fitted
-                (:attr:`weights_`); for sweeps and ablations, the detector is not changed.
-                ``{"image": (1, 0, 0)}`` is the score without patch banks.
+            weights: other weights for this call, for sweeps and ablations (the detector is
+                not changed): settings by name (``scales``, ``bank``, ``pixel_global``,
+                ``pixel_local``, ``contrast``, ``image``, ``map_pixel``, ``map``; the
+                others as in :attr:`settings_`) recompose the flat weights, and part
+                names (``memory.0``, ``pixel_patches``, ... as in :attr:`weights_`) then
+                replace single entries. ``{"image": (1, 0, 0)}`` is the score without
+                patch banks, ``{"pixel_patches": 1}`` adds that part at weight 1.
             fusion: the same as ``weights={"image": fusion}``.
         """
         model, batch_size = self.inference_model, check_batch_size(batch_size)
         if normalized:
             self.require_threshold("normalized scores")
         w = self.fusion_weights(weights, fusion)
-        evidence = model.evidence_batches(self.prepare_images(X), batch_size, every=w is not None)
-        out = [model.merged_score(ev, w) for ev in evidence]
+        out = [model.score(r, w) for r in model.readings(self.prepare_images(X), batch_size, need=model.need(w))]
         raw = torch.cat(out).double().cpu().numpy()  # float64 (N,), the estimator contract
         return self.threshold_.normalize(raw) if normalized else raw
 
@@ -371,7 +388,7 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         feature-space baselines (SimCLR + kNN / k-means)."""
         self.check_fitted()
         model, batch_size = self.model_, check_batch_size(batch_size)
-        out = [ev.embeddings[scale].cpu() for ev in model.evidence_batches(self.prepare_images(X), batch_size)]
+        out = [r.net.embeddings[scale].cpu() for r in model.readings(self.prepare_images(X), batch_size, need=set())]
         return torch.cat(out).numpy().astype(np.float64)
 
     def predict(self, X: Any, batch_size: int = 256) -> np.ndarray:
@@ -392,7 +409,7 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         ``scorer.map_sigma`` × the shorter image side; 0 = no smoothing); the fused map
         is the fusion of the memory's per-scale maps, standardised and merged by Eq. 13
         per pixel, with the pixel bank's and the patch banks' maps
-        (:func:`anomem.stage2.fusion.fuse_maps`).
+        (the ``map.*`` parts added up by :func:`anomem.stage2.scorer.fuse`).
 
         Args:
             sigma: smoothing σ in pixels; None = the configured default.
@@ -404,11 +421,11 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         if not (np.isfinite(sigma) and sigma >= 0):
             raise ConfigError(f"sigma must be a finite number >= 0 (pixels), got {sigma!r}")
         fused, per, scores = [], [], []
-        for ev in model.evidence_batches(self.prepare_images(X), batch_size, every=w is not None):
-            maps = model.heatmaps(ev, sigma, w)
+        for r in model.readings(self.prepare_images(X), batch_size, need=model.need(w)):
+            maps = model.heatmaps(r, sigma, w)
             fused.append(maps.fused)
             per.append(maps.per_scale)
-            scores.append(model.merged_score(ev, w))
+            scores.append(model.score(r, w))
         cat = lambda t: torch.cat(t).float().cpu().numpy()  # noqa: E731
         return AnomalyMaps(cat(fused), cat(per), cat(scores))
 
@@ -418,27 +435,6 @@ class AnoMem(ParamsMixin, ThresholdMixin):
         self.check_fitted()
         return self.model_.map_sigma
 
-    # -- persistence ---------------------------------------------------------------
-    def stage1_checkpoint(self, trainer: Stage1Trainer) -> dict[str, Any]:
-        """A resumable mid-training checkpoint dict (weights + trainer state)."""
-        return persistence.stage1_checkpoint(self, trainer)
-
-    def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> None:
-        """Write the fitted detector to one file (atomically)."""
-        self.check_fitted()
-        persistence.save_detector(self, path, meta)
-
-    @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> AnoMem:
-        """Load a detector saved by :meth:`save` (no code in the file is executed).
-
-        Raises:
-            CheckpointError: the file is missing, corrupt, unsafe, from a newer format,
-                or holds entries of the wrong kind (a clear message, never a traceback).
-        """
-        return persistence.load_detector(cls, path, device)
-
-
 def _progress(total: int, initial: int, enabled: bool):  # -> tqdm | None
     if not enabled:
         return None
@@ -447,4 +443,4 @@ def _progress(total: int, initial: int, enabled: bool):  # -> tqdm | None
     return tqdm(total=total, initial=initial, desc="stage 1", unit="epoch", leave=False)
 
 
-__all__ = ["AnoMem", "AnomalyMaps", "ScoreBank", "Stage2Banks", "smooth_maps"]
+__all__ = ["AnoMem", "AnomalyMaps", "SETTINGS", "ScoreBank", "Stage2Banks"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from anomem.config import AnoMemConfig, HeadsConfig
+from anomem.config import AnoMemConfig
 from anomem.distributed import (
     convert_batchnorm,
     gather_no_grad,
@@ -35,10 +35,10 @@ from anomem.model.losses import (
     ContrastedMemoryLoss,
     LossTerms,
     ScalePairs,
-    double_hinge,
     make_objective,
 )
 from anomem.model.net import AnoMemNet
+from anomem.model.schedule import cosine_with_warmup
 
 
 class TrainingDivergedError(AnoMemError, RuntimeError):
@@ -56,14 +56,6 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r} but no CUDA device is available; use 'cpu' or 'auto'")
     return dev
-
-
-def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
-    """Learning-rate factor: linear warm-up, then cosine annealing to 0."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
 @dataclass(frozen=True)
@@ -129,7 +121,7 @@ class Stage1Trainer:
         self.views = build_views(cfg, tuple(images.shape[2:]), images.shape[1]).to(device)
         self.loss_fn = ContrastedMemoryLoss(
             make_objective(cfg.loss.objective, cfg.loss.temperature, cfg.loss.barlow_lambda),
-            cfg.memory.weights(net.num_scales),
+            cfg.weights.settings(net.num_scales)["scales"],
             cfg.loss.variance_weight,
             cfg.loss.variance_eps,
         )
@@ -267,72 +259,10 @@ class Stage1Trainer:
             torch.manual_seed(self.cfg.train.seed + 1000 * self.rank + 7919 * self.epoch)
 
 
-def fit_heads(
-    heads: nn.ModuleList,
-    normal_feats: list[torch.Tensor],
-    anomaly_feats: list[torch.Tensor],
-    cfg: HeadsConfig,
-    seed: int,
-) -> list[float]:
-    """Train g^(s) on pooled deviations φ(Δ^(s)) with the double hinge (Eq. 11-12).
-
-    Anomalies are rare, so every batch is drawn half from normals and half from
-    anomalies (with replacement), which guarantees both labels in each batch.
-
-    Args:
-        heads: one DeviationHead per scale (their input statistics are set here).
-        normal_feats, anomaly_feats: per scale, pooled features (N, D_s) / (M, D_s).
-        cfg: the heads section (steps, batch_size, lr, margin...).
-        seed: seeds the batch draws and the head initialisation.
-
-    Returns:
-        the loss of each step (for logging and tests).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    n, m = normal_feats[0].shape[0], anomaly_feats[0].shape[0]
-    if n == 0 or m == 0:
-        raise ConfigError("supervised heads need both normal and anomalous training samples")
-    device = normal_feats[0].device
-    with torch.no_grad():
-        for head, f in zip(heads, normal_feats):
-            head.inputs.fit(f)
-            for layer in head.mlp:
-                if isinstance(layer, nn.Linear):
-                    bound = 1.0 / math.sqrt(layer.in_features)
-                    w = torch.empty(layer.weight.shape).uniform_(-bound, bound, generator=gen)
-                    layer.weight.copy_(w)  # drawn on the CPU generator, copied to the device
-                    layer.bias.zero_()
-    params = [p for h in heads for p in h.mlp.parameters()]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg.steps, 0))
-    half = max(1, cfg.batch_size // 2)
-    y = torch.cat([torch.ones(half), torch.zeros(half)]).to(device)  # 1 = normal
-    losses = []
-    for h in heads:
-        h.train()
-    for _ in range(cfg.steps):
-        ni = torch.randint(n, (half,), generator=gen).to(device)
-        ai = torch.randint(m, (half,), generator=gen).to(device)
-        loss = 0.0
-        for head, fn, fa in zip(heads, normal_feats, anomaly_feats):
-            d = head.distance(torch.cat([fn[ni], fa[ai]]))  # (2·half,)
-            loss = loss + double_hinge(d, y, cfg.margin).mean()
-        loss = loss / len(heads)  # Eq. 12: mean over samples and scales
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.detach())
-    for h in heads:
-        h.eval()
-    return torch.stack(losses).tolist()  # one host sync, after the loop
-
-
 __all__ = [
     "EpochLog",
     "Stage1Trainer",
     "TrainingDivergedError",
     "cosine_with_warmup",
-    "fit_heads",
     "resolve_device",
 ]

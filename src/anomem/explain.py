@@ -90,7 +90,8 @@ class _ScaleRecall(NamedTuple):
 def _recalls(det: AnoMem, x: torch.Tensor, batch_size: int) -> list[list[_ScaleRecall]]:
     """Per batch, per scale: what each position recalled, through the inference module."""
     out = []
-    for ev in det.inference_model.evidence_batches(x, batch_size, associations=True):
+    for reading in det.inference_model.readings(x, batch_size, associations=True, need=set()):
+        ev = reading.net
         out.append([_ScaleRecall(r.pattern, r.weight, d.norm(dim=1)) for r, d in zip(ev.recalled, ev.deviations)])
     return out
 

@@ -18,6 +18,7 @@ from anomem.model.backbone import TappedResNet, WeightsReport, load_resnet_weigh
 from anomem.model.memory import HopfieldMemory
 from anomem.model.net import AnoMemNet
 from anomem.stage2.scorer import Scorer
+from anomem.stage2.weights import compose, global_only
 from anomem.thresholds import user_stacklevel
 
 
@@ -51,13 +52,14 @@ def load_backbone_weights(net: AnoMemNet, cfg: AnoMemConfig) -> WeightsReport | 
 
 
 def build_scorer(cfg: AnoMemConfig, channels: tuple[int, ...]) -> Scorer:
-    """An untrained stage-2 scorer for taps with ``channels``."""
+    """An untrained stage-2 scorer for taps with ``channels``, its weights composed from
+    the config's settings for what it can read yet (the memory alone)."""
     scorer = Scorer(channels, pool=cfg.heads.pool_size, hidden=cfg.heads.hidden, bank_k=cfg.bank.k,
                     pixel_side=cfg.pixels.side, local_k=cfg.pixels.local_k, map_sigma=cfg.scorer.map_sigma,
-                    patch_banks=(cfg.patches.feature_bank, cfg.patches.pixel_bank), patch_top_k=cfg.patches.top_k)
-    p = cfg.pixels
-    scorer.weights.set(scales=cfg.memory.weights(len(channels)), bank=cfg.bank.weight, pixel_global=p.weight,
-                       pixel_local=p.local_weight, contrast=p.contrast_weight, map_pixel=p.map_weight)
+                    patch_banks={"feature_patches": cfg.patches.feature_bank, "pixel_patches": cfg.patches.pixel_bank},
+                    patch_top_k=cfg.patches.top_k)
+    settings = {**cfg.weights.settings(len(channels)), "image": global_only(), "map": global_only()}
+    scorer.weights.set(compose(settings, scorer.readable(False), len(channels), heads=False))
     return scorer
 
 

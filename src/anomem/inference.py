@@ -6,13 +6,10 @@ the stage-2 scorer, and reads them in one straight line:
     images in [0, 1]
       -> feature maps z^(s)                    (AnoMemNet.features)
       -> Δ^(s) = z^(s) - HF^(s)(z^(s))         (Eq. 8, AnoMemNet.evidence)
-      -> input-level signals                   (pixel and patch banks, Scorer.signals)
-      -> named parts, each a z-score           (Eq. 9 or the heads' Eq. 10, the banks;
-                                               Scorer.parts)
-      -> image score                           (the fusion: Eq. 13, then the banks;
-                                               anomem.stage2.fusion.fuse)
-      -> fused heat-map                        (the same, position by position;
-                                               anomem.stage2.fusion.fuse_maps)
+      -> a reading                             (Eq. 9 norms, the heads' inputs, the banks,
+                                               the input-level signals; Scorer.read)
+      -> named parts, each a z-score           (Scorer.parts, Scorer.map_parts)
+      -> image score, fused heat-map           (Σ_k w[k] · part[k]; anomem.stage2.scorer.fuse)
 
 Every equation is computed by exactly one function; the estimator
 (:class:`anomem.AnoMem`), the export (:mod:`anomem.io.export` traces this module) and the
@@ -31,13 +28,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from anomem.choices import MODES
 from anomem.inputs import to_float
-from anomem.maps import smooth_maps
 from anomem.model.net import AnoMemNet, Evidence
-from anomem.stage2.fusion import Weights, fuse_maps, map_components, per_scale
-from anomem.stage2.scorer import Scorer
-
-MODES = ("auto", "one-class", "supervised")
+from anomem.stage2.scorer import Reading, Scorer, fuse
+from anomem.stage2.weights import LOCAL
 
 
 class Heatmaps(NamedTuple):
@@ -45,7 +40,7 @@ class Heatmaps(NamedTuple):
 
     Attributes:
         per_scale: (B, S, H, W) ‖Δ^(s)_ij‖₂ upsampled (bilinear), then smoothed.
-        fused: (B, H, W) the fused map (:func:`anomem.stage2.fusion.fuse_maps`).
+        fused: (B, H, W) the fused map (the ``map.*`` parts by :func:`anomem.stage2.scorer.fuse`).
     """
 
     per_scale: torch.Tensor
@@ -87,65 +82,69 @@ class AnoMemModel(nn.Module):
         return bool(self.scorer.heads.trained) and self.mode != "one-class"
 
     # -- the straight line -------------------------------------------------------------
-    def evidence(self, x: torch.Tensor, associations: bool = False, every: bool = False,
-                 signals: bool = True) -> Evidence:
-        """Δ^(s) (Eq. 8) and pooled tap features of a batch (see :meth:`AnoMemNet.evidence`),
-        with the input-level signals the scorer reads (every ready patch bank with
-        ``every``, as fitting the fusion needs; none without ``signals``). The encoder's
-        patch descriptors are computed only when the feature patch bank is read."""
-        s = self.scorer
-        read = s.patch_banks_read(every) if signals else {}
-        ev = self.net.evidence(x, associations, local=read.get("feature", False))
-        if signals and (s.pixels.ready or any(read.values())):
-            ev = ev._replace(signals=s.signals(x, ev.local_features, every))
-        return ev
+    def weights(self, weights: dict[str, float] | None = None) -> dict[str, float]:
+        """The flat fusion weights: the fitted ones, or ``weights`` for one call."""
+        return self.scorer.weights.as_dict() if weights is None else weights
 
-    def weights(self, weights: Weights | None = None) -> Weights:
-        return self.scorer.weights.get() if weights is None else weights
+    def need(self, weights: dict[str, float] | None = None, every: bool = False) -> set[str]:
+        """The parts to read: those the weights give any weight, or every readable one."""
+        if every:
+            return self.scorer.readable(True) | {f"map.{p}" for p in ("pixel_local", *LOCAL)}
+        return {k for k, v in self.weights(weights).items() if v}
 
-    def scale_scores(self, evidence: Evidence, weights: Weights | None = None) -> torch.Tensor:
-        """Per-scale scores (B, S): Eq. 9 or 10, standardised and mixed with the bank."""
-        return per_scale(self.scorer.parts(evidence, self.use_heads), self.weights(weights))
+    def read(self, x: torch.Tensor, associations: bool = False, need: set[str] | None = None) -> Reading:
+        """The stage-2 reading of a batch x (B, C, H, W) in [0, 1] (:meth:`Scorer.read`) from
+        one encoder pass (Δ^(s), Eq. 8); the input-level signals ``need`` names (default:
+        those the fitted weights read); the patch descriptors only when read."""
+        need = self.need() if need is None else need
+        ev = self.net.evidence(x, associations, local=self.scorer.reads_encoder_patches(need))
+        return self.scorer.read(x, ev, need)
 
-    def merged_score(self, evidence: Evidence, weights: Weights | None = None) -> torch.Tensor:
-        """Image anomaly score s_a (B,), higher = more anomalous (:func:`anomem.stage2.fusion.fuse`)."""
-        return self.scorer(evidence, self.use_heads, weights)
+    def score(self, reading: Reading, weights: dict[str, float] | None = None) -> torch.Tensor:
+        """Image anomaly score s_a (B,), higher = more anomalous (:func:`anomem.stage2.scorer.fuse`)."""
+        return self.scorer(reading, self.weights(weights))
 
-    def heatmaps(self, evidence: Evidence, sigma: float | None = None, weights: Weights | None = None) -> Heatmaps:
+    def scale_scores(self, reading: Reading, weights: dict[str, float] | None = None) -> torch.Tensor:
+        """Per-scale scores (B, S): each scale's own terms (memory or heads, feature bank),
+        in the ratio the weights give them."""
+        w, parts = self.weights(weights), self.scorer.parts(reading)
+        out = []
+        for s in range(self.scorer.num_scales):
+            group = {k: w.get(k, 0.0) for k in (f"memory.{s}", f"heads.{s}", f"bank.{s}") if k in parts}
+            total = sum(group.values())
+            out.append(fuse(parts, {k: v / total for k, v in group.items()}) if total > 0 else parts[f"memory.{s}"])
+        return torch.stack(out, 1)
+
+    def heatmaps(self, reading: Reading, sigma: float | None = None, weights: dict[str, float] | None = None) -> Heatmaps:
         """Per-scale and fused maps at input size; ``sigma`` pixels (None = ``map_sigma``),
         fused with the fitted or the given weights."""
-        maps, parts = self.scorer.map_parts(evidence, self.image_size, self.map_sigma if sigma is None else sigma)
-        return Heatmaps(maps, fuse_maps(parts, self.weights(weights)))
-
-    def heatmap_parts(self, evidence: Evidence, sigma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-scale maps (B, S, H, W) and the three maps the ``map`` weights mix (B, 3, H, W)
-        (:func:`anomem.stage2.fusion.map_components`)."""
-        maps, parts = self.scorer.map_parts(evidence, self.image_size, self.map_sigma if sigma is None else sigma)
-        return maps, map_components(parts, self.weights())
+        maps, parts = self.scorer.map_parts(reading, self.image_size, self.map_sigma if sigma is None else sigma)
+        return Heatmaps(maps, fuse(parts, self.weights(weights)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(score (B,), fused map (B, H, W)) — a plain tuple, as tracing and ONNX need."""
-        ev = self.evidence(x)
-        return self.merged_score(ev), self.heatmaps(ev).fused
+        r = self.read(x)
+        return self.score(r), self.heatmaps(r).fused
 
     # -- batching ------------------------------------------------------------------------
     @torch.inference_mode()
-    def evidence_batches(self, images: torch.Tensor, batch_size: int = 256,
-                         associations: bool = False, every: bool = False, signals: bool = True) -> Iterator[Evidence]:
-        """Evidence of many images (uint8 or float), ``batch_size`` at a time, on the
-        model's device in eval mode; bfloat16 autocast on CUDA, float32 out. With
-        ``every`` every ready patch bank is read, weighted or not (to fit the fusion);
-        without ``signals`` none of the input-level signals is (:meth:`evidence`)."""
+    def readings(self, images: torch.Tensor, batch_size: int = 256, associations: bool = False,
+                 need: set[str] | None = None) -> Iterator[Reading]:
+        """Readings of many images (uint8 or float), ``batch_size`` at a time, on the model's
+        device in eval mode: the encoder under bfloat16 autocast on CUDA, stage 2 in float32;
+        ``need`` as in :meth:`read`."""
         self.eval()
         device = self.net.pixel_mean.device
-        amp = device.type == "cuda"
+        need = self.need() if need is None else need
+        local = self.scorer.reads_encoder_patches(need)
         for i in range(0, images.shape[0], batch_size):
             x = to_float(images[i : i + batch_size].to(device))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                ev = self.evidence(x, associations, every, signals)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                ev = self.net.evidence(x, associations, local=local)
             f = lambda t: None if t is None else t.float()  # noqa: E731
-            yield Evidence([d.float() for d in ev.deviations], [e.float() for e in ev.embeddings], ev.recalled,
-                           f(ev.local_features), None if ev.signals is None else ev.signals.float())
+            ev = Evidence([d.float() for d in ev.deviations], [e.float() for e in ev.embeddings], ev.recalled,
+                          f(ev.local_features))
+            yield self.scorer.read(x, ev, need)
 
 
-__all__ = ["AnoMemModel", "Heatmaps", "MODES", "smooth_maps"]
+__all__ = ["AnoMemModel", "Heatmaps", "MODES"]

@@ -38,6 +38,11 @@ LIMITS: dict[tuple[str, str], tuple[float, str]] = {
     ("bank", "k"): (1024, "kNN neighbours"),
     ("scorer", "prototype_cache"): (1_000_000, "training normals scanned for prototypes"),
     ("pseudo", "ratio"): (100, "pseudo-anomalies per training normal"),
+    ("pixels", "side"): (512, "longer side of a stored pixel vector"),
+    ("pixels", "local_k"): (1024, "neighbours of the local pixel map"),
+    ("patches", "feature_bank"): (1_000_000, "coreset rows of the feature patch bank"),
+    ("patches", "pixel_bank"): (1_000_000, "coreset rows of the pixel patch bank"),
+    ("patches", "min_validation"): (1_000_000, "held-out normals needed to fit the fusion"),
 }
 
 

@@ -33,7 +33,6 @@ from anomem.errors import DataError
 from anomem.inputs import binary_values
 
 __all__ = [
-    "DetectionMetrics",
     "LocalisationMetrics",
     "ProCurve",
     "aupro",
@@ -65,13 +64,6 @@ class ProCurve(NamedTuple):
     pro: np.ndarray
     thresholds: np.ndarray
     n_regions: int
-
-
-class DetectionMetrics(NamedTuple):
-    """Image-level metrics."""
-
-    auroc: float
-    average_precision: float
 
 
 class LocalisationMetrics(NamedTuple):

@@ -27,7 +27,7 @@ from typing import Any
 
 from anomem.config import AnoMemConfig, with_overrides
 from anomem.errors import ConfigError
-from anomem.stage2.fusion import FusionWeights, Weights
+from anomem.stage2.weights import SETTINGS, check_parts, compose
 
 __all__ = ["ParamsMixin", "apply_overrides", "check_overrides", "config_key", "config_keys", "weights_for_call"]
 
@@ -141,17 +141,25 @@ class ParamsMixin:
         return f"{text} fitted on {c}x{h}x{w} images, {kind} scores, {t}"
 
 
-def weights_for_call(fitted: FusionWeights, weights: Mapping[str, Any] | None, fusion: Any = None) -> Weights | None:
-    """The fitted fusion weights with those named in ``weights`` replaced for one call
-    (``fusion`` is ``weights={"image": fusion}``), each checked; None when none are given.
-    Bad names or values are a :class:`~anomem.errors.ConfigError` naming them."""
+def weights_for_call(model: Any, settings: Mapping[str, Any], weights: Mapping[str, Any] | None,
+                     fusion: Any = None) -> dict[str, float] | None:
+    """Flat weights for one call (None when none are given): settings named in ``weights``
+    replace those of ``settings`` and the weights are recomposed for what ``model`` (an
+    :class:`~anomem.inference.AnoMemModel`) can read; part names in ``weights`` then
+    replace single entries. ``fusion`` is ``weights={"image": fusion}``. Bad names or
+    values are a :class:`~anomem.errors.ConfigError` naming them."""
     if fusion is not None:
         weights = {**(weights or {}), "image": fusion}
     if weights is None:
         return None
     if not isinstance(weights, Mapping):
         raise ConfigError(f"weights must be a mapping of weight names to values, got {type(weights).__name__}")
+    scorer = model.scorer
     try:
-        return fitted.merged_with(weights)
+        given = {k: v for k, v in weights.items() if k in SETTINGS}
+        flat = scorer.weights.as_dict()
+        if given:
+            flat = compose({**settings, **given}, scorer.readable(model.use_heads), scorer.num_scales, model.use_heads)
+        return {**flat, **check_parts({k: v for k, v in weights.items() if k not in SETTINGS}, scorer.weights.names)}
     except ValueError as e:
         raise ConfigError(str(e)) from None

@@ -236,7 +236,7 @@ def test_score_with_reads_other_weights_and_leaves_the_detector_as_fitted(monkey
 
         mem = validation.maps_with(det, x, map=(1, 0, 0), map_pixel=0.0, bank=1.0, contrast=0.0, heads=False)
         z = (torch.from_numpy(mem.per_scale) - s.memory.map.mean[:, None, None]) / s.memory.map.std[:, None, None]
-        lam = s.weights.scales
+        lam = torch.tensor(det.settings_["scales"])
         np.testing.assert_allclose(mem.fused, ((z * lam[:, None, None]).sum(1) / lam.sum()).numpy(), atol=1e-4)  # Eq. 13 per pixel
         assert _same_state(_state(s), fitted)
         np.testing.assert_array_equal(det.anomaly_maps(x).fused, maps.fused)

@@ -19,7 +19,7 @@ def test_paper_preset_has_paper_hyperparameters():
     assert c.memory.sizes == (512, 256) and c.memory.sample_ratios == (0.3, 1.0) and c.memory.beta == 2.0
     assert c.memory.normalize == "none"
     assert c.loss.temperature == 0.1 and c.loss.variance_weight == 0.05 and c.heads.margin == 2.0
-    assert c.train.batch_size == 1024 and c.memory.weights(2) == (1.0, 2.0)
+    assert c.train.batch_size == 1024 and c.weights.settings(2)["scales"] == [1.0, 2.0]
 
 
 def test_overrides_and_yaml(tmp_path):
@@ -66,34 +66,83 @@ def test_every_section_has_at_most_twelve_fields():
             assert len(dataclasses.fields(section)) <= 12, f.name
 
 
-def test_keys_of_the_old_layout_are_moved():
-    cfg = load_config("tiny", overrides=["scorer.steps=7", "scorer.bank_weight=0.25", "scorer.target_fpr=0.05",
-                                         "scorer.pixel_weight=0.2", "scorer.map_pixel_weight=0.1"])
-    assert (cfg.heads.steps, cfg.bank.weight, cfg.threshold.target_fpr) == (7, 0.25, 0.05)
-    assert (cfg.pixels.weight, cfg.pixels.map_weight) == (0.2, 0.1)
-    old = {"scorer": {"merge": "weighted", "bank": 2048, "pixel_weight": 0.5, "steps": 9}}
-    new = AnoMemConfig.from_dict(old)  # settings the old layout ignored are made what they did
-    assert new.bank.size == 0 and new.pixels.weight == 0.0 and new.heads.steps == 9
+def test_old_keys_are_moved_only_where_an_old_file_is_read():
     from anomem.config import config_differences
+    from anomem.config.legacy import upgrade
 
+    # today, an old key is an error that names its new place
+    with pytest.raises(ConfigError, match=r"bank.weight is now weights.bank"):
+        load_config("tiny", overrides=["bank.weight=0.25"])
+    with pytest.raises(ConfigError, match=r"scorer.steps is now heads.steps"):
+        AnoMemConfig.from_dict({"scorer": {"steps": 7}})
+    # an old file's config (format 1, format 2) is upgraded where it is read
+    v1 = {"scorer": {"steps": 7, "bank_weight": 0.25, "target_fpr": 0.05, "pixel_weight": 0.2, "map_pixel_weight": 0.1}}
+    cfg = AnoMemConfig.from_dict(upgrade(v1))
+    assert (cfg.heads.steps, cfg.weights.bank, cfg.threshold.target_fpr) == (7, 0.25, 0.05)
+    assert (cfg.weights.pixel_global, cfg.weights.map_pixel) == (0.2, 0.1)
+    v2 = {"bank": {"weight": 0.3}, "pixels": {"local_weight": 0.1, "contrast_weight": 0.4}, "memory": {"scale_weights": [1, 3]}}
+    cfg = AnoMemConfig.from_dict(upgrade(v2))
+    assert (cfg.weights.bank, cfg.weights.pixel_local, cfg.weights.contrast, cfg.weights.scales) == (0.3, 0.1, 0.4, (1, 3))
+    old = {"scorer": {"merge": "weighted", "bank": 2048, "pixel_weight": 0.5, "steps": 9}}
+    new = AnoMemConfig.from_dict(upgrade(old))  # settings the old layout ignored are made what they did
+    assert new.bank.size == 0 and new.weights.pixel_global == 0.0 and new.heads.steps == 9
     assert config_differences({"scorer": {"steps": 9}}, {"heads": {"steps": 9}}) == []
+
+
+def test_reading_a_config_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from anomem.config import load_config; load_config('cpu-small', overrides=['weights.bank=0.2']); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'torchvision')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["scorer.merge=weighted"], "set bank.size=0 too"),
-    (["bank.size=0"], "pixels.weight=0"),
+    (["bank.size=0"], "weights.pixel_global=0"),
 ])
 def test_settings_that_would_be_ignored_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("tiny", overrides=overrides)
-    load_config("tiny", overrides=["bank.size=0", "pixels.weight=0", "pixels.map_weight=0", "pixels.contrast_weight=0"])
+    load_config("tiny", overrides=["bank.size=0", "weights.pixel_global=0", "weights.map_pixel=0", "weights.contrast=0"])
 
 
 def test_the_demo_and_the_papers_method_are_defined_with_the_presets():
     from anomem.config import paper_literal
 
     demo = load_config("demo-digits")
-    assert demo.backbone.width == 16 and demo.pixels.weight == 0.9 and demo.augment.flip_p == 0
+    assert demo.backbone.width == 16 and demo.weights.pixel_global == 0.9 and demo.augment.flip_p == 0
     paper = paper_literal(load_config("cpu-small"))
     assert not paper.pseudo.enabled and paper.bank.size == 0 and paper.patches.pixel_bank == 0
-    assert paper.pixels.weight == paper.pixels.map_weight == 0 and paper.train == load_config("cpu-small").train
+    assert paper.weights.pixel_global == paper.weights.map_pixel == 0 and paper.train == load_config("cpu-small").train
+
+
+def test_every_count_in_the_config_has_a_ceiling_in_one_table():
+    """Every integer setting (or tuple of integers) of every section is in limits.LIMITS,
+    and a value above its ceiling is refused with a message naming it."""
+    import dataclasses
+
+    from anomem.limits import LIMITS, check_config_limits
+
+    cfg = AnoMemConfig()
+    counts = []
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        for g in dataclasses.fields(section):
+            v = getattr(section, g.name)
+            ints = v if isinstance(v, tuple) else (v,)
+            if ints and all(isinstance(x, int) and not isinstance(x, bool) for x in ints):
+                counts.append((f.name, g.name))
+    missing = sorted(set(counts) - set(LIMITS))
+    assert not missing, f"counts without a ceiling: {missing}"
+    for (section, key), (top, _) in LIMITS.items():
+        value = getattr(getattr(cfg, section), key)
+        big = int(top) + 1 if isinstance(top, int) or float(top).is_integer() else top * 2
+        over = dataclasses.replace(cfg, **{section: dataclasses.replace(
+            getattr(cfg, section), **{key: (big,) * len(value) if isinstance(value, tuple) else big})})
+        with pytest.raises(ConfigError, match=f"{section}.{key} (= |must lie in)"):
+            check_config_limits(over)

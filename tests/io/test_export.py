@@ -96,7 +96,7 @@ def test_onnx_imported_only_inside_export_code():
 def test_onnx_parity_with_the_local_pixel_map_in_score_and_heat_map(tmp_path):
     """The pixel bank's local signal (top-k gather, min over neighbours, blur) exports too."""
     cfg = load_config("tiny", None, ["train.epochs=1", "train.batch_size=64", "heads.steps=5",
-                                     "pixels.local_weight=0.2", "pixels.map_weight=0.5", "pixels.local_k=4"])
+                                     "weights.pixel_local=0.2", "weights.map_pixel=0.5", "pixels.local_k=4"])
     d = AnoMem(cfg, progress=False).fit(stripes(64, False, seed=1))
     assert d.scorer_.pixels.ready
     x = _inputs()

@@ -20,7 +20,12 @@ from anomem.model.pseudo import (
     shift,
 )
 from anomem.stage2.feature_bank import FeatureBank, bank_distances
-from anomem.stage2.fusion import merge_scales
+
+
+def eq13(scores: torch.Tensor, lam: list[float]) -> torch.Tensor:
+    """Eq. 13 written out, the reference: Σ_s λ_s s_s / Σ_s λ_s over dimension 1."""
+    lam_t = torch.tensor(lam, dtype=scores.dtype)
+    return (scores * lam_t).sum(1) / lam_t.sum()
 
 
 def _images(n=32, c=1, h=16, w=16, seed=0):
@@ -87,7 +92,7 @@ def test_make_pseudo_anomalies_is_seeded_and_mixes_families():
 
 def test_pseudo_config_is_validated():
     for bad in ("pseudo.shifts=[spin]", "pseudo.defects=[stain]", "pseudo.ratio=0", "pseudo.defect_fraction=2",
-                "pseudo.defect_size=[0.5,0.2]", "bank.size=-1", "bank.weight=1.5"):
+                "pseudo.defect_size=[0.5,0.2]", "bank.size=-1", "weights.bank=1.5"):
         with pytest.raises(ConfigError):
             load_config("tiny", overrides=[bad])
 
@@ -152,11 +157,11 @@ def test_paper_switch_gives_the_paper_score_exactly():
     cfg = paper_literal(load_config("tiny", overrides=["train.epochs=1", "train.batch_size=16", "scorer.prototype_cache=0"]))
     det = AnoMem(cfg, progress=False).fit(x)
     s = det.scorer_
-    assert not s.bank.ready and not s.pixels.ready and not any(b.ready for b in s.patches.values())
+    assert not s.bank.ready and not s.pixels.ready and not s.feature_patches.ready and not s.pixel_patches.ready
     with torch.inference_mode():
         devs = det.net_.eval().deviation_maps(x.float() / 255)
         raw = one_class_scores(devs)
-        ref = merge_scales((raw - s.memory.score.mean) / s.memory.score.std, torch.tensor([1.0, 2.0]))
+        ref = eq13((raw - s.memory.score.mean) / s.memory.score.std, [1.0, 2.0])
     assert np.allclose(det.anomaly_score(x), ref.numpy(), atol=1e-5)
 
 
@@ -174,7 +179,7 @@ def test_bank_survives_save_load_and_threshold(tmp_path):
 
 
 def test_refit_uses_the_pseudo_anomalies_beside_the_new_ones(monkeypatch):
-    from anomem.stage2 import fit as stage2
+    from anomem.fit import stage2
 
     x = (_images(40) * 255).to(torch.uint8)
     det = _fit_tiny(x, "pseudo.ratio=0.5", "threshold.calibration_fraction=0", "pseudo.min_separability=0")
@@ -182,9 +187,9 @@ def test_refit_uses_the_pseudo_anomalies_beside_the_new_ones(monkeypatch):
     seen = {}
     real = stage2.fit_heads
 
-    def spy(heads, normal_feats, anomaly_feats, cfg, seed):
+    def spy(heads, normal_feats, anomaly_feats, **kw):
         seen["m"] = anomaly_feats[0].shape[0]
-        return real(heads, normal_feats, anomaly_feats, cfg, seed)
+        return real(heads, normal_feats, anomaly_feats, **kw)
 
     monkeypatch.setattr(stage2, "fit_heads", spy)
     det.refit_scorer((_images(3, seed=9) * 255).to(torch.uint8))
@@ -244,11 +249,11 @@ def test_euclidean_bank_distance_matches_scikit_learn():
 def test_pixel_bank_mixes_into_the_image_score_and_survives_save_load(tmp_path):
     """score = (1 - w) · Eq. 13 + w · z_pixel, z standardised by the bank's leave-one-out stats."""
     x = (_images(60) * 255).to(torch.uint8)
-    det = _fit_tiny(x, "pixels.weight=0.25", "patches.fit_fusion=false")  # the global score alone
+    det = _fit_tiny(x, "weights.pixel_global=0.25", "patches.fit_fusion=false")  # the global score alone
     s = det.scorer_
     assert s.pixels.ready and s.pixels.bank.shape[1] == 16 * 16
     y = (_images(7, seed=8) * 255).to(torch.uint8)
-    merged = merge_scales(torch.from_numpy(det.score_per_scale(y)), s.weights.scales)
+    merged = eq13(torch.from_numpy(det.score_per_scale(y)), det.settings_["scales"])
     p = s.pixels
     z = (bank_distances(y.flatten(1).float() / 255, p.bank, s.bank.k, metric="euclidean") - p.global_z.mean) / p.global_z.std
     np.testing.assert_allclose(det.anomaly_score(y), (0.75 * merged + 0.25 * z).numpy(), atol=1e-5)

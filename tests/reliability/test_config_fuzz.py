@@ -104,7 +104,7 @@ def test_yaml_config_file_gives_config_or_config_error(doc, raw):
         ("train.lr=.nan", "train.lr"),
         ("augment.crop_scale=[0.5]", "augment.crop_scale"),
         ("augment.blur_sigma=[1.0]", "augment.blur_sigma"),
-        ("memory.scale_weights=[a, b]", "memory.scale_weights"),
+        ("weights.scales=[a, b]", "weights.scales"),
         ("train.device=cuda:x", "train.device"),
         ("train.epochs=2020-13-45", "train.epochs"),
         ("train.nope=1", "unknown config key"),

@@ -93,8 +93,8 @@ def test_patch_knn_finds_obvious_defects_that_whole_image_knn_misses():
 def test_subtle_defects_keep_the_photographs_values(kind):
     sp = photo_category("brick", n_train=1, n_test_normal=1, per_kind=3, kinds=(kind,), seed=1)
     for img, mask in zip(sp.test_defect, sp.masks):
-        inside = img[:, mask]
-        assert 0.0 <= inside.min() and inside.max() <= 1.0 and mask.sum() > 20
+        inside = img[:, mask]  # the generator clips to [0, 1]; a subtle defect never reaches either end
+        assert float(((inside <= 0.0) | (inside >= 1.0)).mean()) == 0.0 and mask.sum() > 20
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +203,7 @@ def test_export_parity_with_the_patch_banks_in_use(photo_detector, tmp_path):
     from anomem.io.export import export_scorer
 
     det, sp, u8 = photo_detector
-    assert any(det.scorer_.patch_banks_read().values())  # the fitted fusion weighs at least one patch bank
+    assert det.weights_["feature_patches"] + det.weights_["pixel_patches"] > 0  # the fit weighs a patch bank
     imgs = u8(sp.test_defect[:5])
     ref, maps = det.anomaly_score(imgs), det.anomaly_maps(imgs).fused
     path = export_scorer(det, tmp_path / "m.onnx", "onnx")

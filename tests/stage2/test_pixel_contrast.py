@@ -1,5 +1,5 @@
 """The pixel bank's contrast score: kNN distance to the normals minus kNN distance to the
-labelled anomalies, on raw pixels (docs/method.md, Decision 9)."""
+labelled anomalies, on raw pixels (docs/decisions.md, Decision 9)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from anomem import AnoMem, load_config
-from anomem.stage2.fit import cached_scores, calibration_bank
-from anomem.stage2.fusion import merge_scales
+from anomem.fit.stage2 import cached_scores, calibration_bank
 from anomem.stage2.pixel_bank import Contrast, PixelBank
 
 from synthetic import stripes
+
+
+def eq13(scores: torch.Tensor, lam: list[float]) -> torch.Tensor:
+    """Eq. 13 written out, the reference: Σ_s λ_s s_s / Σ_s λ_s over dimension 1."""
+    lam_t = torch.tensor(lam, dtype=scores.dtype)
+    return (scores * lam_t).sum(1) / lam_t.sum()
 
 
 def _knn(q: np.ndarray, ref: np.ndarray, k: int, loo: bool = False) -> np.ndarray:
@@ -52,22 +57,22 @@ def semi():
 
 def test_heads_score_uses_the_contrast_in_place_of_the_global_pixel_score(semi):
     s = semi.scorer_
-    assert bool(s.heads.trained) and s.contrast.anomalies.shape == (8, 16 * 16) and semi.weights_["contrast"] == 0.5
+    assert bool(s.heads.trained) and s.contrast.anomalies.shape == (8, 16 * 16) and semi.settings_["contrast"] == 0.5
     x = torch.cat([stripes(6, False, seed=2), stripes(6, True, seed=3)])
-    merged = merge_scales(torch.from_numpy(semi.score_per_scale(x)), s.weights.scales)
+    merged = eq13(torch.from_numpy(semi.score_per_scale(x)), semi.settings_["scales"])
     feats = s.pixels.features(x.float() / 255)
     raw, glob, _ = s.pixels.scores(feats)
     contrast = s.contrast(raw.global_distance, feats)
     np.testing.assert_allclose(semi.anomaly_score(x), (0.5 * merged + 0.5 * contrast).numpy(), atol=1e-5)
     # contrast off: the distance to the normals, with the pixel weight, as without anomalies
-    w = semi.weights_["pixel_global"]
+    w = semi.settings_["pixel_global"]
     np.testing.assert_allclose(semi.anomaly_score(x, weights={"contrast": 0.0}), ((1 - w) * merged + w * glob).numpy(),
                                atol=1e-5)
     # no global pixel evidence: no contrast either
     np.testing.assert_allclose(semi.anomaly_score(x, weights={"pixel_global": 0.0}), merged.numpy(), atol=1e-5)
-    load_config("tiny", overrides=["pixels.weight=0", "pixels.local_weight=0.8"])  # the defects setting
-    with pytest.raises(Exception, match="contrast_weight must lie in"):
-        load_config("tiny", overrides=["pixels.local_weight=0.6"])
+    load_config("tiny", overrides=["weights.pixel_global=0", "weights.pixel_local=0.8"])  # the defects setting
+    with pytest.raises(Exception, match="weights.contrast must lie in"):
+        load_config("tiny", overrides=["weights.pixel_local=0.6"])
 
 
 def test_refit_adds_anomalies_to_the_pixel_bank_and_the_threshold_follows(semi, tmp_path):

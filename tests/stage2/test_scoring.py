@@ -1,22 +1,14 @@
-"""Stage 2 as named signals: one standardisation, named parts, one fusion (closed forms)."""
+"""Stage 2's score is linear: one standardisation, named parts, flat weights composed from
+settings, one fuse (closed forms written out by hand)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from anomem.stage2.fusion import (
-    FusionWeights,
-    Weights,
-    check_weight,
-    fuse,
-    fuse_maps,
-    image_components,
-    merge_scales,
-    per_scale,
-)
-from anomem.stage2.parts import MapParts, ScoreParts
+from anomem.stage2.scorer import fuse
 from anomem.stage2.standard import EPS, Standard
+from anomem.stage2.weights import Weights, check_setting, compose, part_names, split_of
 
 
 def test_standard_per_scale_and_per_signal():
@@ -30,7 +22,8 @@ def test_standard_per_scale_and_per_signal():
     maps = torch.randn(4, 3, 5, 5, generator=g)
     torch.testing.assert_close(s(maps), (maps - s.mean[:, None, None]) / s.std[:, None, None])  # per scale, per position
     one = Standard().fit(maps)
-    torch.testing.assert_close(one.mean, maps.mean()) and torch.testing.assert_close(one.std, maps.std(unbiased=False))
+    torch.testing.assert_close(one.mean, maps.mean())
+    torch.testing.assert_close(one.std, maps.std(unbiased=False))
     assert float(Standard().fit(torch.full((7,), 3.0)).std) == pytest.approx(EPS)  # a constant signal: the floor, never 0
     assert float(Standard().fit(torch.tensor([2.0])).std) == 1.0  # one value: no spread to estimate
     m = Standard(2).fit_moments(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 8.0]))
@@ -38,62 +31,70 @@ def test_standard_per_scale_and_per_signal():
     torch.testing.assert_close(Standard(2).identity()(v[:, :2]), v[:, :2])
 
 
-def _weights(**kw) -> Weights:
-    w = FusionWeights(2)
-    w.set(scales=[1.0, 2.0], bank=0.5, pixel_global=0.3, pixel_local=0.1, contrast=0.4, map_pixel=0.25,
-          image=[0.5, 0.2, 0.3], map=[0.6, 0.1, 0.3])
-    return w.merged_with(kw)
+SETTINGS = {"scales": [1.0, 2.0], "bank": 0.5, "pixel_global": 0.3, "pixel_local": 0.1, "contrast": 0.4,
+            "map_pixel": 0.25, "image": [0.5, 0.2, 0.3], "map": [0.6, 0.1, 0.3]}
+EVERY = {"memory.0", "memory.1", "bank.0", "bank.1", "pixel_global", "pixel_local", "feature_patches", "pixel_patches"}
 
 
-def _parts(b: int = 6, **kw) -> ScoreParts:
-    g = torch.Generator().manual_seed(1)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    return ScoreParts(memory=r(b, 2), heads=None, bank=r(b, 2), pixel_global=r(b), pixel_local=r(b), contrast=None,
-                      feature_patches=r(b), pixel_patches=r(b))._replace(**kw)
+def _parts(names, b: int = 6, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(b, generator=g) for k in sorted(names)}
 
 
-def test_fuse_is_the_documented_formula():
-    p, w = _parts(), _weights()
-    per = 0.5 * p.memory + 0.5 * p.bank
-    g = (per[:, 0] + 2 * per[:, 1]) / 3
-    g = (1 - 0.3 - 0.1) * g + 0.3 * p.pixel_global + 0.1 * p.pixel_local
-    want = 0.5 * g + 0.2 * p.feature_patches + 0.3 * p.pixel_patches
-    torch.testing.assert_close(fuse(p, w), want)
-    torch.testing.assert_close(per_scale(p, w), per)
-    torch.testing.assert_close(image_components(p, w), torch.stack([g, p.feature_patches, p.pixel_patches], 1))
+def test_fuse_is_a_weighted_sum_of_named_parts():
+    p = _parts(["a", "b", "c"])
+    torch.testing.assert_close(fuse(p, {"a": 2.0, "c": -1.0, "z": 5.0}), 2 * p["a"] - p["c"])  # b: weight 0; z: no part
+    maps = {"map.x": torch.ones(2, 4, 4), "map.y": torch.full((2, 4, 4), 3.0)}
+    torch.testing.assert_close(fuse(maps, {"map.x": 0.5, "map.y": 0.5}), torch.full((2, 4, 4), 2.0))
 
 
-def test_heads_replace_the_memory_and_the_contrast_the_global_pixel_score():
-    p = _parts()
-    heads, contrast = torch.randn(6, 2), torch.randn(6)
-    sup = p._replace(heads=heads, contrast=contrast)
-    w = _weights(image=[1, 0, 0])
-    per = 0.5 * heads + 0.5 * p.bank
-    g = (per[:, 0] + 2 * per[:, 1]) / 3
-    torch.testing.assert_close(fuse(sup, w), (1 - 0.4 - 0.1) * g + 0.4 * contrast + 0.1 * p.pixel_local)
+def test_composed_weights_are_the_nested_formula_multiplied_out():
+    """The format-2 formula, written out: each scale (1 - w_b) m_s + w_b bank_s; Eq. 13;
+    then (1 - w_pg - w_pl) g + w_pg pixel_global + w_pl pixel_local; then the image split."""
+    p = _parts(EVERY)
+    w = compose(SETTINGS, EVERY, 2, heads=False)
+    per = [0.5 * p[f"memory.{s}"] + 0.5 * p[f"bank.{s}"] for s in range(2)]
+    g = (per[0] + 2 * per[1]) / 3
+    g = (1 - 0.3 - 0.1) * g + 0.3 * p["pixel_global"] + 0.1 * p["pixel_local"]
+    torch.testing.assert_close(fuse(p, w), 0.5 * g + 0.2 * p["feature_patches"] + 0.3 * p["pixel_patches"])
+    assert split_of(w) == pytest.approx([0.5, 0.2, 0.3])
+    assert set(w) == set(part_names(2)) and w["heads.0"] == w["contrast"] == 0.0  # the switched-off terms: weight 0
+    # the global terms add up to the image split's global weight (every part is a z-score)
+    assert sum(v for k, v in w.items() if not k.startswith("map.") and "patches" not in k) == pytest.approx(0.5)
+
+
+def test_the_heads_take_the_memorys_weight_and_the_contrast_the_global_pixel_weight():
+    readable = EVERY | {"heads.0", "heads.1", "contrast"}
+    p = _parts(readable)
+    w = compose({**SETTINGS, "image": [1, 0, 0]}, readable, 2, heads=True)
+    assert w["memory.0"] == w["memory.1"] == w["pixel_global"] == 0.0
+    per = [0.5 * p[f"heads.{s}"] + 0.5 * p[f"bank.{s}"] for s in range(2)]
+    g = (per[0] + 2 * per[1]) / 3
+    torch.testing.assert_close(fuse(p, w), (1 - 0.4 - 0.1) * g + 0.4 * p["contrast"] + 0.1 * p["pixel_local"])
     # either weight 0: the global pixel score as without anomalies (none at all with pixel_global 0)
-    torch.testing.assert_close(fuse(sup, _weights(image=[1, 0, 0], contrast=0.0)),
-                               (1 - 0.3 - 0.1) * g + 0.3 * p.pixel_global + 0.1 * p.pixel_local)
-    torch.testing.assert_close(fuse(sup, _weights(image=[1, 0, 0], pixel_global=0.0)), 0.9 * g + 0.1 * p.pixel_local)
+    w0 = compose({**SETTINGS, "image": [1, 0, 0], "contrast": 0.0}, readable, 2, heads=True)
+    torch.testing.assert_close(fuse(p, w0), (1 - 0.3 - 0.1) * g + 0.3 * p["pixel_global"] + 0.1 * p["pixel_local"])
+    w1 = compose({**SETTINGS, "image": [1, 0, 0], "pixel_global": 0.0}, readable, 2, heads=True)
+    torch.testing.assert_close(fuse(p, w1), 0.9 * g + 0.1 * p["pixel_local"])
 
 
-def test_missing_parts_drop_out():
-    p = _parts(bank=None, pixel_global=None, pixel_local=None, feature_patches=None, pixel_patches=None)
-    w = _weights()
-    torch.testing.assert_close(fuse(p, w), merge_scales(p.memory, w.scales))  # Eq. 13 alone, whatever w.image says
-    only_pixel = _parts(feature_patches=None)
-    comp = image_components(only_pixel, w)
-    assert torch.equal(comp[:, 1], torch.zeros(6))
+def test_parts_a_detector_cannot_read_get_weight_zero():
+    p = _parts({"memory.0", "memory.1"})
+    w = compose(SETTINGS, {"memory.0", "memory.1"}, 2, heads=False)
+    torch.testing.assert_close(fuse(p, w), (p["memory.0"] + 2 * p["memory.1"]) / 3)  # Eq. 13 alone, whatever image says
+    assert all(v == 0 for k, v in w.items() if not k.startswith(("memory.", "map.memory.")))
+    only_pixel = compose(SETTINGS, EVERY - {"feature_patches"}, 2, heads=False)
+    assert only_pixel["feature_patches"] == 0 and only_pixel["pixel_patches"] == pytest.approx(0.3)
 
 
-def test_fuse_maps_is_the_documented_formula():
+def test_map_weights_are_the_documented_formula():
     g = torch.Generator().manual_seed(2)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    m = MapParts(memory=r(3, 2, 8, 8), pixel_local=r(3, 8, 8), feature_patches=None, pixel_patches=r(3, 8, 8))
-    w = _weights()
-    memory = (m.memory[:, 0] + 2 * m.memory[:, 1]) / 3
-    memory = 0.75 * memory + 0.25 * m.pixel_local
-    torch.testing.assert_close(fuse_maps(m, w), 0.6 * memory + 0.3 * m.pixel_patches)
+    names = ["map.memory.0", "map.memory.1", "map.pixel_local", "map.pixel_patches"]
+    m = {k: torch.randn(3, 8, 8, generator=g) for k in names}
+    w = compose(SETTINGS, EVERY - {"feature_patches"}, 2, heads=False)
+    memory = 0.75 * (m["map.memory.0"] + 2 * m["map.memory.1"]) / 3 + 0.25 * m["map.pixel_local"]
+    torch.testing.assert_close(fuse(m, w), 0.6 * memory + 0.3 * m["map.pixel_patches"])
+    assert split_of(w, "map.") == pytest.approx([0.7, 0.0, 0.3])  # no feature patches: their 0.1 is dropped
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -102,19 +103,27 @@ def test_fuse_maps_is_the_documented_formula():
     ("map", [1, 0], "3 numbers"),
     ("scales", [1.0], "2 numbers"),
     ("scales", [0.0, 0.0], "positive sum"),
+    ("scales", [float("inf"), 1.0], "finite"),
     ("contrast", float("nan"), "finite"),
-    ("gamma", 1.0, "unknown fusion weight"),
+    ("gamma", 1.0, "unknown weight"),
     ("image", "abc", "numbers"),
 ])
-def test_bad_weights_are_refused_by_name(name, value, message):
+def test_bad_settings_are_refused_by_name(name, value, message):
     with pytest.raises(ValueError, match=message):
-        check_weight(name, value, 2)
+        check_setting(name, value, 2)
 
 
-def test_weights_for_one_call_leave_the_fitted_ones_unchanged():
-    w = FusionWeights(2)
-    w.set(image=[0, 0, 1])
-    other = w.merged_with({"image": [1, 0, 0], "bank": 0.2})
-    assert other.image.tolist() == [1, 0, 0] and float(other.bank) == pytest.approx(0.2)
-    assert w.image.tolist() == [0, 0, 1] and float(w.bank) == 0.0
-    assert w.describe()["image"] == [0, 0, 1] and w.describe()["scales"] == [1.0, 2.0]
+def test_huge_scale_weights_are_normalised_not_overflowed():
+    """λ is normalised in float64 before it meets float32 parts: 3e38 twice is (0.5, 0.5)."""
+    w = compose({**SETTINGS, "scales": [3e38, 3e38]}, {"memory.0", "memory.1"}, 2, heads=False)
+    assert (w["memory.0"], w["memory.1"]) == (0.5, 0.5)
+
+
+def test_the_weights_state_is_flat_and_checked():
+    w = Weights(2)
+    w.set({"memory.0": 0.25, "pixel_patches": 0.75})
+    assert w.as_dict()["memory.0"] == 0.25 and w.as_dict()["pixel_patches"] == 0.75 and w.values.shape == (len(w.names),)
+    for bad in ({"nope": 1.0}, {"memory.0": -1.0}, {"memory.0": float("inf")}, {"memory.0": True}):
+        with pytest.raises(ValueError):
+            w.set(bad)
+    assert w.as_dict()["memory.0"] == 0.25  # a refused call changes nothing

@@ -252,7 +252,8 @@ def _anomem_config(s: BenchmarkSettings, seed: int, group: str = "anomem") -> An
         return paper_literal(cfg)
     if group == "anomem-single-scale":  # the deepest tap only (paper Tab. 5)
         return replace(cfg, backbone=replace(b, taps=b.taps[-1:]),
-                       memory=replace(m, sizes=m.sizes[-1:], sample_ratios=m.sample_ratios[-1:], scale_weights=None))
+                       memory=replace(m, sizes=m.sizes[-1:], sample_ratios=m.sample_ratios[-1:]),
+                       weights=replace(cfg.weights, scales=None))
     if group == "simclr":  # the same encoder and training with the memory disabled
         return replace(cfg, memory=replace(m, enabled=False))
     return cfg

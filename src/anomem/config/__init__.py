@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from anomem.config.legacy import PIXEL_WEIGHTS, upgrade
+from anomem.config.legacy import upgrade
 from anomem.config.sections import (  # noqa: F401  (re-exported: the sections are part of the config's API)
     ARCHS,
     MERGES,
@@ -32,10 +32,13 @@ from anomem.config.sections import (  # noqa: F401  (re-exported: the sections a
     ScorerConfig,
     ThresholdConfig,
     TrainConfig,
+    WeightsConfig,
     _check,
 )
 from anomem.config.tree import build_dataclass
 from anomem.errors import ConfigError
+
+PIXEL_WEIGHTS = ("pixel_global", "pixel_local", "map_pixel", "contrast")  # the settings that read the pixel bank
 
 
 @dataclass(frozen=True)
@@ -55,25 +58,23 @@ class AnoMemConfig:
     pixels: PixelsConfig = field(default_factory=PixelsConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
 
     def __post_init__(self) -> None:
         s = len(self.backbone.taps)
         for name in ("sizes", "sample_ratios"):
             n = len(getattr(self.memory, name))
             _check(n == s, f"memory.{name} has {n} entries but backbone.taps has {s} scales")
-        if self.memory.scale_weights is not None:
-            _check(
-                len(self.memory.scale_weights) == s,
-                f"memory.scale_weights has {len(self.memory.scale_weights)} entries for {s} scales",
-            )
+        if self.weights.scales is not None:
+            _check(len(self.weights.scales) == s, f"weights.scales has {len(self.weights.scales)} entries for {s} scales")
         # Settings that would be ignored are refused, never silently dropped.
         _check(self.scorer.merge == "standardized" or self.bank.size == 0,
                "scorer.merge=weighted weighs raw Eq. 9 scores, which the banks' z-scores cannot join: "
                "set bank.size=0 too (or scorer.merge=standardized)")
-        used = [f"pixels.{n}" for n in PIXEL_WEIGHTS if getattr(self.pixels, n) > 0]
+        used = [f"weights.{n}" for n in PIXEL_WEIGHTS if getattr(self.weights, n) > 0]
         _check(self.bank.size > 0 or not used,
                f"the pixel bank keeps the bank's normals, so bank.size=0 leaves {', '.join(used)} without effect: "
-               f"set {'=0, '.join(used)}=0 too, or keep bank.size > 0 and set bank.weight=0")
+               f"set {'=0, '.join(used)}=0 too, or keep bank.size > 0 and set weights.bank=0")
 
     # -- serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -84,9 +85,10 @@ class AnoMemConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AnoMemConfig:
-        """Build from a (possibly partial) nested dict; unknown keys are errors, keys of
-        the old layout are moved (:mod:`anomem.config.legacy`)."""
-        return build_dataclass(cls, upgrade(d), prefix="")
+        """Build from a (possibly partial) nested dict; unknown keys are errors (a key of
+        an older layout names its new place; old files are upgraded where they are read,
+        :func:`anomem.config.legacy.upgrade`)."""
+        return build_dataclass(cls, d, prefix="")
 
 
 # -- presets ---------------------------------------------------------------------------
@@ -94,7 +96,7 @@ class AnoMemConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # Narrow ResNet-18 for 2 CPU cores: a few minutes per Fashion-MNIST class.
     # Milder crops than SimCLR's (0.2-1): on 28-px images a small crop no longer shows the
-    # object's shape (Fashion-MNIST validation, docs/method.md, Decision 5).
+    # object's shape (Fashion-MNIST validation, docs/decisions.md, Decision 5).
     "cpu-small": {
         "backbone": {"arch": "resnet18", "width": 16, "stem": "auto", "taps": ["layer3", "layer4"]},
         "memory": {"sizes": [128, 64], "sample_ratios": [0.3, 1.0]},
@@ -113,7 +115,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "backbone": {"arch": "resnet50", "width": 64, "stem": "auto", "taps": ["layer3", "layer4"]},
         "memory": {"sizes": [512, 256], "sample_ratios": [0.3, 1.0], "beta": 2.0, "normalize": "none"},
         "loss": {"temperature": 0.1, "variance_weight": 0.05},
-        "scorer": {"margin": 2.0},
+        "heads": {"margin": 2.0},
         "train": {"epochs": 500, "batch_size": 1024, "lr": 0.5},
     },
     # Tiny network for tests.
@@ -125,7 +127,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 # ``anomem demo`` on the scikit-learn digits: "tiny" with settings chosen on a validation
-# split of the digits training data (docs/method.md; benchmarks/demo_validation.py):
+# split of the digits training data (docs/decisions.md, Decision 8; benchmarks/demo_validation.py):
 # digits are not flip-invariant, and heavy crops erase what tells them apart.
 PRESETS["demo-digits"] = {
     **PRESETS["tiny"],
@@ -133,7 +135,7 @@ PRESETS["demo-digits"] = {
     "train": {**PRESETS["tiny"]["train"], "epochs": 100, "batch_size": 32},
     "memory": {**PRESETS["tiny"]["memory"], "normalize": "l2", "beta": 8.0},
     "augment": {"flip_p": 0.0, "crop_scale": [0.85, 1.0]},
-    "pixels": {"weight": 0.9},
+    "weights": {"pixel_global": 0.9},
 }
 
 # The paper's method read literally, on top of any preset (the ``anomem-paper`` benchmark
@@ -141,7 +143,7 @@ PRESETS["demo-digits"] = {
 PAPER_LITERAL: dict[str, Any] = {
     "pseudo": {"enabled": False},
     "bank": {"size": 0},
-    "pixels": {n: 0.0 for n in PIXEL_WEIGHTS},
+    "weights": {n: 0.0 for n in PIXEL_WEIGHTS},
     "patches": {"feature_bank": 0, "pixel_bank": 0},
 }
 
@@ -247,6 +249,7 @@ __all__ = [
     "ScorerConfig",
     "ThresholdConfig",
     "TrainConfig",
+    "WeightsConfig",
     "paper_literal",
     "load_config",
     "parse_overrides",

@@ -7,10 +7,9 @@ import math
 import re
 from dataclasses import dataclass
 
+from anomem.choices import DEFECTS, NORMALISATIONS, SHIFTS, STEMS
+from anomem.choices import MODES as SCORE_MODES
 from anomem.errors import ConfigError
-from anomem.inference import MODES as SCORE_MODES
-from anomem.model.backbone import STEMS
-from anomem.model.memory import NORMALISATIONS
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 OBJECTIVES = ("ntxent", "barlow")
@@ -65,18 +64,17 @@ class MemoryConfig:
     enabled: bool = True  # False: Mem(z, y) = z, i.e. plain SimCLR on the taps (ablation)
     init: str = "data"  # data: patterns start as features of random training positions | random
     sizes: tuple[int, ...] = (512, 256)  # N_mem per scale
-    # β and normalisation were chosen by measurement (docs/method.md,
+    # β and normalisation were chosen by measurement (docs/decisions.md,
     # benchmarks/validation_sweep.py): with unit vectors β = 2 makes retrieval uniform and
     # every image recalls the same prototype; centring each vector first stops post-ReLU
     # features from all looking alike; β = 8 (not 32) because sharper retrieval inverts the
-    # one-class score of short runs on some seeds (docs/method.md, Decision 3).
+    # one-class score of short runs on some seeds (docs/decisions.md, Decision 3).
     beta: float = 8.0  # inverse temperature β
     learn_beta: bool = False
     normalize: str = "centered-l2"  # none | l2 | centered-l2 | layernorm, queries and patterns
     max_steps: int = 3  # retrieval iterations of Eq. 1 at most
     tol: float = 0.0  # stop early when max |Δξ| < tol (0 = always max_steps, no host sync)
     sample_ratios: tuple[float, ...] = (0.3, 1.0)  # r^(s): fraction of positions in Ω^(s)
-    scale_weights: tuple[float, ...] | None = None  # λ^(s); None = 2^(s-1)
 
     def __post_init__(self) -> None:
         _check(all(n >= 1 for n in self.sizes), f"memory.sizes must be >= 1, got {self.sizes}")
@@ -89,17 +87,6 @@ class MemoryConfig:
             all(0 < r <= 1 for r in self.sample_ratios),
             f"memory.sample_ratios must lie in (0, 1], got {self.sample_ratios}",
         )
-        if self.scale_weights is not None:
-            _check(
-                all(isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) and w > 0 for w in self.scale_weights),
-                f"memory.scale_weights must be numbers > 0, got {self.scale_weights}",
-            )
-
-    def weights(self, n_scales: int) -> tuple[float, ...]:
-        """λ^(s) for each scale: the configured ones or 2^(s-1) (paper §4.2)."""
-        if self.scale_weights is not None:
-            return tuple(self.scale_weights)
-        return tuple(float(2**s) for s in range(n_scales))
 
 
 @dataclass(frozen=True)
@@ -249,42 +236,66 @@ class BankConfig:
 
     size: int = 2048  # training normals kept (0 = off, and no pixel bank either)
     k: int = 2  # neighbours averaged by the kNN distances (feature bank, pixel bank, contrast)
-    weight: float = 0.5  # share of the bank distance in each scale's score
 
     def __post_init__(self) -> None:
         _check(self.size >= 0, f"bank.size must be >= 0, got {self.size}")
         _check(self.k >= 1, f"bank.k must be >= 1, got {self.k}")
-        _check(0 <= self.weight <= 1, f"bank.weight must lie in [0, 1], got {self.weight}")
 
 
 @dataclass(frozen=True)
 class PixelsConfig:
     """The raw-pixel bank (:mod:`anomem.stage2.pixel_bank`): the input as the finest scale.
 
-    Its weights are the fusion's (:mod:`anomem.stage2.fusion`); all of them 0 = no pixel bank.
+    Its weights are in the ``weights`` section; all of them 0 = no pixel bank.
     """
 
     side: int = 32  # images are kept with the longer side at most this
-    # share of the raw-pixel kNN score in the image score, after Eq. 13 (docs/method.md, Decision 6)
-    weight: float = 1 / 3
-    # the local map's maximum in the image score, and the map in the heat-map (Decision 7)
-    local_weight: float = 0.0
-    map_weight: float = 0.5
     local_k: int = 20  # neighbours the local map takes its per-position minimum over
-    # with labelled anomalies, the contrast (distance to the normals minus distance to the
-    # anomalies) in the global pixel score's place when the heads score (Decision 9)
-    contrast_weight: float = 0.5
 
     def __post_init__(self) -> None:
-        _check(1 <= self.side <= 512, f"pixels.side must lie in [1, 512], got {self.side}")
-        _check(0 <= self.weight < 1, f"pixels.weight must lie in [0, 1), got {self.weight}")
-        _check(0 <= self.local_weight < 1 and self.weight + self.local_weight < 1,
-               f"pixels.local_weight must lie in [0, 1) with weight + local_weight < 1, got {self.local_weight}")
-        _check(0 <= self.contrast_weight < 1 and (self.weight == 0 or self.contrast_weight + self.local_weight < 1),
-               f"pixels.contrast_weight must lie in [0, 1) with contrast_weight + local_weight < 1 (unless "
-               f"weight is 0, which turns it off), got {self.contrast_weight}")
-        _check(0 <= self.map_weight <= 1, f"pixels.map_weight must lie in [0, 1], got {self.map_weight}")
-        _check(1 <= self.local_k <= 1024, f"pixels.local_k must lie in [1, 1024], got {self.local_k}")
+        _check(self.side >= 1, f"pixels.side must be >= 1, got {self.side}")  # ceilings: anomem.limits
+        _check(self.local_k >= 1, f"pixels.local_k must be >= 1, got {self.local_k}")
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    """The settings the score's flat weights are composed from (:mod:`anomem.stage2.weights`,
+    which names them the same); ``image`` and ``map`` are fitted, not set here."""
+
+    scales: tuple[float, ...] | None = None  # λ^(s) of Eq. 13; None = 2^(s-1) (paper §4.2)
+    bank: float = 0.5  # share of the pooled-feature bank in each scale's score
+    # share of the raw-pixel kNN score beside the scales (docs/decisions.md, Decision 6)
+    pixel_global: float = 1 / 3
+    # the pixel bank's local map: its maximum in the image score, the map in the heat-map (Decision 7)
+    pixel_local: float = 0.0
+    map_pixel: float = 0.5
+    # with labelled anomalies, the contrast (distance to the normals minus distance to the
+    # anomalies) takes pixel_global's place when the heads score (Decision 9)
+    contrast: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.scales is not None:
+            _check(all(isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) and 0 < w <= 1e6
+                       for w in self.scales), f"weights.scales must be numbers in (0, 1e6], got {self.scales}")
+        _check(0 <= self.bank <= 1, f"weights.bank must lie in [0, 1], got {self.bank}")
+        _check(0 <= self.pixel_global < 1, f"weights.pixel_global must lie in [0, 1), got {self.pixel_global}")
+        _check(0 <= self.pixel_local < 1 and self.pixel_global + self.pixel_local < 1,
+               f"weights.pixel_local must lie in [0, 1) with pixel_global + pixel_local < 1, got {self.pixel_local}")
+        _check(0 <= self.contrast < 1 and (self.pixel_global == 0 or self.contrast + self.pixel_local < 1),
+               f"weights.contrast must lie in [0, 1) with contrast + pixel_local < 1 (unless pixel_global "
+               f"is 0, which turns it off), got {self.contrast}")
+        _check(0 <= self.map_pixel <= 1, f"weights.map_pixel must lie in [0, 1], got {self.map_pixel}")
+
+    def settings(self, n_scales: int) -> dict[str, float | list[float]]:
+        """The settings by name, λ^(s) filled in (2^(s-1) unless given)."""
+        lam = list(self.scales) if self.scales is not None else [float(2**s) for s in range(n_scales)]
+        return {"scales": lam, "bank": self.bank, "pixel_global": self.pixel_global, "pixel_local": self.pixel_local,
+                "contrast": self.contrast, "map_pixel": self.map_pixel}
+
+    @property
+    def pixel_bank_used(self) -> bool:
+        """Whether any weight reads the raw-pixel bank (else it is not kept)."""
+        return max(self.pixel_global, self.pixel_local, self.map_pixel, self.contrast) > 0
 
 
 @dataclass(frozen=True)
@@ -308,7 +319,6 @@ class PseudoConfig:
     min_separability: float = 0.7
 
     def __post_init__(self) -> None:
-        from anomem.model.pseudo import DEFECTS, SHIFTS
 
         _check(self.ratio > 0, f"pseudo.ratio must be > 0, got {self.ratio}")
         for k in self.shifts:
@@ -329,7 +339,7 @@ class PatchConfig:
     the encoder's finest stages and raw-pixel patches. The image score is the fusion
     w_global · (memory, feature bank, pixel bank) + w_feature · feature patches +
     w_pixel · pixel patches, with weights fitted per dataset at fit time on held-out
-    normals against pseudo-anomalies (:func:`anomem.stage2.fit_fusion.fit_fusion`).
+    normals against pseudo-anomalies (:func:`anomem.fit.fusion.fit_fusion`).
     """
 
     feature_bank: int = 2048  # coreset rows of encoder patch descriptors (0 = off)

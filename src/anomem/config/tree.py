@@ -12,6 +12,7 @@ import math
 from dataclasses import fields
 from typing import Any
 
+from anomem.config.legacy import MOVED
 from anomem.errors import ConfigError
 
 
@@ -64,7 +65,10 @@ def build_dataclass(cls: type, d: Any, prefix: str) -> Any:
         raise ConfigError(f"config key(s) must be names, got {bad[:3]!r} in {prefix or 'the top level'}")
     unknown = sorted(set(d) - set(known))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; expected one of {sorted(known)}")
+        moved = [f"{prefix}{k} is now {MOVED[prefix + k]}" for k in unknown if prefix + k in MOVED]
+        hint = f" ({'; '.join(moved)})" if moved else ""
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}{hint}; "
+                          f"expected one of {sorted(known)}")
     defaults = cls()
     kwargs = {}
     for name, value in d.items():

@@ -6,15 +6,19 @@
   (pixel bank, contrast, patch banks, pseudo bank, calibration bank...) were absent
   from older files.
 * Format 2: one module per signal (:mod:`anomem.stage2`), each with its own entries
-  under its name (``memory.score.mean``, ``bank.rows0``, ``pixels.global_z.mean``,
-  ``weights.image``...); every fusion weight is state (``weights.*``); the config has
-  the sections of :mod:`anomem.config.legacy`; the calibration bank's parts are named;
-  every entry is present.
+  under its name (``memory.score.mean``, ``bank.rows0``, ``pixels.global_z.mean``...);
+  the fusion's eight nested weights as state (``weights.scales``, ``weights.image``...);
+  the patch banks under ``patches.feature`` / ``patches.pixel``.
+* Format 3: the score is linear: one flat weight per named part (``weights.values``, in
+  :func:`anomem.stage2.weights.part_names` order), the patch banks under their part
+  names (``feature_patches``, ``pixel_patches``), the config's fusion settings in its
+  ``weights`` section, and the fit's record (``fusion``, ``backbone_weights``) saved.
 
-:func:`migrate` turns a format-1 dict into format 2 once, after its content hash was
+:func:`migrate` brings an older dict to format 3 once, after its content hash was
 checked, so nothing past the loader ever looks at which keys a file holds. A file's
-scores do not change: the migrated state scores as format 1 did (a test holds two
-small format-1 files and their scores, tests/fixtures).
+scores do not change: format 2's nested formula multiplied out is format 3's weights
+(:func:`anomem.stage2.weights.compose`); tests/fixtures holds files of formats 1 and 2
+with what the code that wrote them scored (tests/io/test_migration.py).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import torch
 from anomem.config import AnoMemConfig
 from anomem.config.legacy import upgrade
 from anomem.errors import ConfigError
+from anomem.io.checkpoint import FORMAT_VERSION
+from anomem.stage2.weights import LOCAL, compose, part_names
 
 # format-1 scorer entry -> format-2 entry, by pattern
 RENAMES = [
@@ -57,25 +63,58 @@ def _rename(key: str) -> str:
 
 
 def _scorer_v2(old: dict[str, Any], cfg: AnoMemConfig | None) -> dict[str, Any]:
-    """A format-1 scorer state in format 2; entries it lacks come from a fresh scorer."""
+    """A format-1 scorer state in format 2's names; the weights format 1 read from the
+    config become entries, the image and map splits it lacked are the global score's."""
     new = {_rename(k): v for k, v in old.items()}
     if cfg is None:
         return new  # an unreadable config: the validator names the problem
-    from anomem.factory import build_scorer
-
-    scales = 0
-    while f"bank.rows{scales}" in new:
-        scales += 1
-    channels = tuple(int(new[f"bank.rows{i}"].shape[1]) for i in range(scales))
-    if not channels:
-        return new
-    fresh = build_scorer(cfg, channels).state_dict()
     if cfg.scorer.merge == "weighted":  # format 1 read raw Eq. 9 and head scores under this merge
+        n = len(cfg.backbone.taps)
         for stat in ("memory.score", "heads.z"):
-            new[f"{stat}.mean"], new[f"{stat}.std"] = fresh[f"{stat}.mean"], fresh[f"{stat}.std"]
+            new[f"{stat}.mean"], new[f"{stat}.std"] = torch.zeros(n), torch.ones(n)
+    w = cfg.weights
     for name in ("bank", "pixel_global", "pixel_local", "contrast", "map_pixel"):
-        new[f"weights.{name}"] = fresh[f"weights.{name}"]  # format 1 read them from the config
-    return {**fresh, **new}
+        new[f"weights.{name}"] = torch.tensor(float(getattr(w, name)))  # format 1 read them from the config
+    for name in ("image", "map"):
+        new.setdefault(f"weights.{name}", torch.tensor([1.0, 0.0, 0.0]))
+    return new
+
+
+def _rows(state: dict[str, Any], key: str) -> int:
+    t = state.get(key)
+    return int(t.shape[0]) if isinstance(t, torch.Tensor) and t.ndim >= 1 else 0
+
+
+def _scorer_v3(old: dict[str, Any], cfg: AnoMemConfig | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A format-2 scorer state in format 3 (the nested weights multiplied out into flat
+    ones), and the settings it held (for the config's ``weights`` section)."""
+    new = {re.sub(r"^patches\.(feature|pixel)\.", r"\1_patches.", k): v for k, v in old.items()
+           if not k.startswith("weights.")}
+    scales = old.get("weights.scales")
+    if cfg is None or not isinstance(scales, torch.Tensor) or scales.ndim != 1 or not scales.numel():
+        return new, {}  # left for the validator, which names what is missing
+    n = int(scales.numel())
+    settings = {k[len("weights."):]: v.tolist() for k, v in old.items() if k.startswith("weights.")}
+    trained = old.get("heads.trained")
+    heads = bool(trained) if isinstance(trained, torch.Tensor) and trained.numel() == 1 else False
+    heads = heads and cfg.scorer.mode != "one-class"
+    readable = {f"memory.{s}" for s in range(n)} | ({f"heads.{s}" for s in range(n)} if heads else set())
+    readable |= {f"bank.{s}" for s in range(n)} if _rows(new, "bank.rows0") > 1 else set()
+    pixels = _rows(new, "pixels.bank") > 1
+    readable |= {"pixel_global", "pixel_local"} if pixels else set()
+    anomalies, bank = new.get("contrast.anomalies"), new.get("pixels.bank")
+    if heads and pixels and _rows(new, "contrast.anomalies") and anomalies.shape[-1] == bank.shape[-1]:
+        readable.add("contrast")
+    image, maps = settings.get("image", [1.0, 0.0, 0.0]), settings.get("map", [1.0, 0.0, 0.0])
+    for i, part in enumerate(LOCAL, 1):  # format 2 read a patch bank only when a split weighed it
+        if _rows(new, f"{part}.bank") and max(image[i], maps[i]) > 0:
+            readable.add(part)
+    try:
+        flat = compose(settings, readable, n, heads)
+    except ValueError:
+        return new, {}  # refused settings: the validator names the missing weights entry
+    new["weights.values"] = torch.tensor([flat[k] for k in part_names(n)])
+    return new, {k: v for k, v in settings.items() if k not in ("image", "map")}
 
 
 def _calibration_v2(cal: dict[str, Any]) -> dict[str, Any]:
@@ -92,13 +131,14 @@ def _calibration_v2(cal: dict[str, Any]) -> dict[str, Any]:
 
 
 def migrate(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """``ckpt`` in the current format (2): format-1 dicts are migrated, others returned as is.
+    """``ckpt`` in the current format (3): older dicts are migrated, others returned as is.
     Works on detector files and mid-training checkpoints alike."""
-    if ckpt.get("format_version") != 1:
+    version = ckpt.get("format_version")
+    if version not in (1, 2) or isinstance(version, bool):
         return ckpt
     out = dict(ckpt)
-    out["format_version"] = 2
-    cfg = None
+    out["format_version"] = FORMAT_VERSION
+    cfg, d = None, None
     try:
         d = upgrade(json.loads(ckpt["config"]))
         out["config"] = json.dumps(d, sort_keys=True)
@@ -107,16 +147,38 @@ def migrate(ckpt: dict[str, Any]) -> dict[str, Any]:
         pass  # left for the validator, which names what is wrong
     if not isinstance(ckpt.get("scorer"), dict):
         return out  # a mid-training checkpoint: its config was all that changed
-    out["scorer"] = _scorer_v2(ckpt["scorer"], cfg)
-    anomaly = ckpt.get("anomaly_bank") or []
-    out.setdefault("pseudo_bank", [a[:0].clone() for a in anomaly])
-    out.setdefault("normal_score_bank", torch.zeros(0, len(anomaly)))
-    out["calibration_bank"] = _calibration_v2(ckpt.get("calibration_bank") or {})
-    for key, empty in (("threshold", ""), ("history", "[]"), ("meta", "{}")):
+    scorer = _scorer_v2(ckpt["scorer"], cfg) if version == 1 else ckpt["scorer"]
+    scorer, settings = _scorer_v3(scorer, cfg)
+    if cfg is not None and settings:
+        d["weights"] = {**d.get("weights", {}), **settings}  # the weights format 2 scored with
+        if len(settings.get("scales", [])) == len(cfg.backbone.taps):
+            out["config"] = json.dumps(d, sort_keys=True)
+            cfg = AnoMemConfig.from_dict(d)
+    if cfg is not None:
+        scorer = {**_fresh_scorer(scorer, cfg), **scorer}
+    out["scorer"] = scorer
+    if version == 1:
+        anomaly = ckpt.get("anomaly_bank") or []
+        out.setdefault("pseudo_bank", [a[:0].clone() for a in anomaly])
+        out.setdefault("normal_score_bank", torch.zeros(0, len(anomaly)))
+        out["calibration_bank"] = _calibration_v2(ckpt.get("calibration_bank") or {})
+        for key in ("prototype_cache", "training_digests"):
+            out[key] = ckpt.get(key) or {}
+    for key, empty in (("threshold", ""), ("history", "[]"), ("meta", "{}"), ("fusion", ""), ("backbone_weights", "")):
         out.setdefault(key, empty)
-    for key in ("prototype_cache", "training_digests"):
-        out[key] = ckpt.get(key) or {}
     return out
+
+
+def _fresh_scorer(state: dict[str, Any], cfg: AnoMemConfig) -> dict[str, Any]:
+    """The state of a fresh scorer of the config, for entries an old file lacks."""
+    from anomem.factory import build_scorer
+
+    rows = []
+    while isinstance(state.get(f"bank.rows{len(rows)}"), torch.Tensor):
+        rows.append(state[f"bank.rows{len(rows)}"])
+    if not rows or any(r.ndim != 2 for r in rows):
+        return {}  # the validator names the entry
+    return build_scorer(cfg, tuple(int(r.shape[1]) for r in rows)).state_dict()
 
 
 __all__ = ["RENAMES", "migrate"]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
+from anomem.choices import STEMS
 from anomem.errors import ConfigError
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -247,7 +248,6 @@ def load_resnet_weights(backbone: TappedResNet, path: str | Path) -> WeightsRepo
     return WeightsReport(len(take), tuple(mismatched), tuple(unused), missing, summed)
 
 
-STEMS = ("small", "imagenet", "imagenet8", "auto")
 
 
 def resolve_stem(stem: str, image_size: Sequence[int] | None) -> str:

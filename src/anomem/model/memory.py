@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomem.choices import NORMALISATIONS
 from anomem.errors import ConfigError
-
-NORMALISATIONS = ("none", "l2", "centered-l2", "layernorm")
 
 
 class Retrieval(NamedTuple):

@@ -11,15 +11,29 @@ S scales.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from anomem.model.backbone import TappedResNet
 from anomem.model.losses import ScalePairs
 from anomem.model.memory import HopfieldMemory, retrieve_map
-from anomem.stage2.patch_bank import feature_descriptors
+
+
+def feature_descriptors(stages: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Patch descriptors of the encoder: ``layer1`` and ``layer2`` each averaged over its
+    3x3 neighbourhood (a little context per position), brought to ``layer2``'s grid and
+    concatenated (read by the feature patch bank, :mod:`anomem.stage2.patch_bank`).
+
+    Shape:
+        stages {'layer1': (B, C1, H1, W1), 'layer2': (B, C2, H2, W2), ...} -> (B, C1 + C2, H2, W2)
+    """
+    fine, coarse = F.avg_pool2d(stages["layer1"], 3, 1, 1), F.avg_pool2d(stages["layer2"], 3, 1, 1)
+    if fine.shape[-2:] != coarse.shape[-2:]:
+        fine = F.interpolate(fine, size=coarse.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.cat([fine, coarse], 1)
 
 
 class AnoMemNet(nn.Module):
@@ -168,14 +182,10 @@ class Evidence(NamedTuple):
         embeddings: S tensors (B, C_s), tap features z^(s) averaged over positions.
         recalled: S :class:`Recall`, only when asked for (explanations).
         local_features: (B, D, h, w) the encoder's patch descriptors
-            (:func:`anomem.stage2.patch_bank.feature_descriptors`), or None.
-        signals: what the scorer's input-level signals say of the batch
-            (:class:`anomem.stage2.parts.Signals`: pixel and patch banks), set by
-            :class:`anomem.inference.AnoMemModel` when the scorer keeps them.
+            (:func:`feature_descriptors`), or None.
     """
 
     deviations: list[torch.Tensor]
     embeddings: list[torch.Tensor]
     recalled: list[Recall] | None = None
     local_features: torch.Tensor | None = None
-    signals: Any = None

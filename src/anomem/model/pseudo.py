@@ -31,8 +31,7 @@ from typing import NamedTuple
 
 import torch
 
-SHIFTS = ("rot90", "rot180", "rot270", "vflip", "hflip", "permute")
-DEFECTS = ("cutpaste", "scar", "noise")
+from anomem.choices import DEFECTS, SHIFTS
 
 
 class PseudoAnomalies(NamedTuple):

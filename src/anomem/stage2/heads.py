@@ -2,7 +2,7 @@
 
 With labelled anomalies (or pseudo-anomalies, ``pseudo.heads``), one head per scale,
 g^(s) ∘ φ (Eq. 10): φ an adaptive average pool of Δ^(s) to p x p, g a 2-layer MLP with
-one output, trained with the double hinge (Eq. 11-12, :func:`anomem.engine.fit_heads`)
+one output, trained with the double hinge (Eq. 11-12, :func:`fit_heads` below)
 while encoder and memories stay frozen. Once trained, their standardised distances take
 the memory's Eq. 9 scores' place in the image score.
 
@@ -11,12 +11,16 @@ Symbols: B batch, C channels, H W spatial, S scales, D = C·p·p.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
 from torch import nn
 
+from anomem.errors import ConfigError
+from anomem.model.losses import double_hinge
+from anomem.model.schedule import cosine_with_warmup
 from anomem.stage2.standard import Standard
 from anomem.stage2.state import StateError, entry, statistic
 
@@ -123,4 +127,71 @@ class HeadsSignal(nn.Module):
         return dims
 
 
-__all__ = ["DeviationHead", "HeadsSignal", "adaptive_pool_matrix"]
+def fit_heads(
+    heads: nn.ModuleList,
+    normal_feats: list[torch.Tensor],
+    anomaly_feats: list[torch.Tensor],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    margin: float,
+    seed: int,
+) -> list[float]:
+    """Train g^(s) on pooled deviations φ(Δ^(s)) with the double hinge (Eq. 11-12).
+
+    Anomalies are rare, so every batch is drawn half from normals and half from
+    anomalies (with replacement), which guarantees both labels in each batch.
+
+    Args:
+        heads: one DeviationHead per scale (their input statistics are set here).
+        normal_feats, anomaly_feats: per scale, pooled features (N, D_s) / (M, D_s).
+        steps, batch_size, lr, weight_decay: SGD (Nesterov momentum 0.9, cosine schedule).
+        margin: M of Eq. 11.
+        seed: seeds the batch draws and the head initialisation.
+
+    Returns:
+        the loss of each step (for logging and tests).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n, m = normal_feats[0].shape[0], anomaly_feats[0].shape[0]
+    if n == 0 or m == 0:
+        raise ConfigError("supervised heads need both normal and anomalous training samples")
+    device = normal_feats[0].device
+    with torch.no_grad():
+        for head, f in zip(heads, normal_feats):
+            head.inputs.fit(f)
+            for layer in head.mlp:
+                if isinstance(layer, nn.Linear):
+                    bound = 1.0 / math.sqrt(layer.in_features)
+                    w = torch.empty(layer.weight.shape).uniform_(-bound, bound, generator=gen)
+                    layer.weight.copy_(w)  # drawn on the CPU generator, copied to the device
+                    layer.bias.zero_()
+    params = [p for h in heads for p in h.mlp.parameters()]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, steps, 0))
+    half = max(1, batch_size // 2)
+    y = torch.cat([torch.ones(half), torch.zeros(half)]).to(device)  # 1 = normal
+    losses = []
+    for h in heads:
+        h.train()
+    for _ in range(steps):
+        ni = torch.randint(n, (half,), generator=gen).to(device)
+        ai = torch.randint(m, (half,), generator=gen).to(device)
+        loss = 0.0
+        for head, fn, fa in zip(heads, normal_feats, anomaly_feats):
+            d = head.distance(torch.cat([fn[ni], fa[ai]]))  # (2·half,)
+            loss = loss + double_hinge(d, y, margin).mean()
+        loss = loss / len(heads)  # Eq. 12: mean over samples and scales
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.detach())
+    for h in heads:
+        h.eval()
+    return torch.stack(losses).tolist()  # one host sync, after the loop
+
+
+__all__ = ["DeviationHead", "HeadsSignal", "adaptive_pool_matrix", "fit_heads"]

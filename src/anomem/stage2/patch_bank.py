@@ -8,7 +8,7 @@ idea of PatchCore, Roth et al. 2022, with our own contrastively trained encoder)
 
 * **feature patches**: the encoder's two finest stages (``layer1``, ``layer2``), each
   averaged over its 3x3 neighbourhood (so a descriptor sees a little context), brought
-  to the grid of ``layer2`` and concatenated (:func:`feature_descriptors`);
+  to the grid of ``layer2`` and concatenated (:func:`anomem.model.net.feature_descriptors`);
 * **pixel patches**: raw p x p pixel patches at stride p/2 of the image brought to at
   most ``PIXEL_SIDE`` px (:func:`pixel_descriptors`), the input as the finest scale.
 
@@ -30,26 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomem.stage2.feature_bank import euclidean_distances
-from anomem.stage2.parts import Local
-from anomem.stage2.standard import Standard
+from anomem.stage2.standard import Local, Standard
 from anomem.stage2.state import entry, statistic
 
 PIXEL_SIDE = 128  # pixel patches are cut from the image brought down to this side
 PIXEL_PATCH = 8  # side of a raw-pixel patch, at stride PIXEL_PATCH // 2
-
-
-def feature_descriptors(stages: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Locally averaged ``layer1`` and ``layer2`` maps on ``layer2``'s grid, concatenated.
-
-    Shape:
-        stages {'layer1': (B, C1, H1, W1), 'layer2': (B, C2, H2, W2), ...} -> (B, C1 + C2, H2, W2)
-    """
-    fine, coarse = stages["layer1"], stages["layer2"]
-    fine = F.avg_pool2d(fine, 3, 1, 1)
-    coarse = F.avg_pool2d(coarse, 3, 1, 1)
-    if fine.shape[-2:] != coarse.shape[-2:]:
-        fine = F.interpolate(fine, size=coarse.shape[-2:], mode="bilinear", align_corners=False)
-    return torch.cat([fine, coarse], 1)
 
 
 def pixel_descriptors(x: torch.Tensor, side: int = PIXEL_SIDE, patch: int = PIXEL_PATCH) -> torch.Tensor:
@@ -91,20 +76,51 @@ def greedy_coreset(x: torch.Tensor, k: int, generator: torch.Generator, dim: int
     return chosen
 
 
+def reads_encoder(source):
+    """Mark a descriptor source that reads the encoder's patch descriptors
+    (``ev.local_features``), so that the encoder pass computes them."""
+    source.reads_encoder = True
+    return source
+
+
+@reads_encoder
+def encoder_descriptors(x: torch.Tensor, ev) -> torch.Tensor:
+    """The encoder's patch descriptors of a batch (:func:`anomem.model.net.feature_descriptors`,
+    computed with the encoder pass when a local signal asks for them)."""
+    return ev.local_features
+
+
+def raw_descriptors(x: torch.Tensor, ev) -> torch.Tensor:
+    """Raw-pixel patches of a batch (:func:`pixel_descriptors`)."""
+    return pixel_descriptors(x)
+
+
+# The registry of local signals: name -> where a batch's descriptors come from. Each is a
+# PatchBank of that name whose image score and map are the parts ``name`` and ``map.name``,
+# weighed by the ``image`` and ``map`` splits in this order. Adding a local signal is one
+# function of descriptors and one line here (docs/architecture.md).
+LOCAL = {"feature_patches": encoder_descriptors, "pixel_patches": raw_descriptors}
+
+
 class PatchBank(nn.Module):
     """Nearest-neighbour distances of local descriptors to a coreset of normal ones.
 
     Args:
         size: rows kept (the coreset size K); 0 turns the bank off.
         top_k: share of the map's positions whose mean is the image score (at least one).
+        source: the batch's descriptors, ``source(x, encoder_evidence)`` (:data:`LOCAL`).
+
+    Attributes:
+        reads_encoder: whether the source needs the encoder's patch descriptors.
 
     Shape:
         descriptors (B, D, h, w) -> score (B,), map (B, h, w)
     """
 
-    def __init__(self, size: int, top_k: float = 0.01) -> None:
+    def __init__(self, size: int, top_k: float = 0.01, source=raw_descriptors) -> None:
         super().__init__()
-        self.size, self.top_k = int(size), float(top_k)
+        self.size, self.top_k, self.source = int(size), float(top_k), source
+        self.reads_encoder = bool(getattr(source, "reads_encoder", False))
         self.register_buffer("bank", torch.zeros(0, 0))
         self.map_z, self.score_z = Standard(), Standard()
 
@@ -139,6 +155,10 @@ class PatchBank(nn.Module):
         self.map_z.fit(maps)
         self.score_z.fit(self.image_score(maps))
 
+    def read(self, x: torch.Tensor, ev) -> Local:
+        """The standardised image score and map of a batch x and its encoder evidence."""
+        return self(self.source(x, ev))
+
     def forward(self, desc: torch.Tensor) -> Local:
         """Standardised image score (B,) and map (B, h, w) of descriptors (B, D, h, w)."""
         dist = self.distance_map(desc)
@@ -157,4 +177,5 @@ class PatchBank(nn.Module):
             self.bank = torch.zeros_like(state[f"{prefix}bank"])
 
 
-__all__ = ["PIXEL_PATCH", "PIXEL_SIDE", "PatchBank", "feature_descriptors", "greedy_coreset", "pixel_descriptors"]
+__all__ = ["LOCAL", "PIXEL_PATCH", "PIXEL_SIDE", "PatchBank", "encoder_descriptors", "greedy_coreset",
+           "pixel_descriptors", "raw_descriptors", "reads_encoder"]

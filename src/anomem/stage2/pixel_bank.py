@@ -12,7 +12,7 @@ bank's leave-one-out statistics (each stored normal scored against the others):
   matched by one of the neighbours, a local defect by none. The image score is the
   map's maximum.
 
-docs/method.md (Decisions 6 and 7) measures them on validation splits.
+docs/decisions.md (Decisions 6 and 7) measures them on validation splits.
 
 Symbols: B batch, N stored normals, C channels, h w bank resolution, D = C·h·w.
 """
@@ -27,8 +27,7 @@ from torch import nn
 
 from anomem.maps import smooth_maps
 from anomem.stage2.feature_bank import euclidean_distances, knn_mean
-from anomem.stage2.parts import Local
-from anomem.stage2.standard import Standard
+from anomem.stage2.standard import Local, Standard
 from anomem.stage2.state import StateError, entry, statistic
 
 

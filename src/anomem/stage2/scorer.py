@@ -1,29 +1,22 @@
-"""Everything stage 2 keeps, and the one path from evidence to named parts to scores.
+"""Stage 2 scores a batch in three steps: read it, name its parts, add them up.
 
-:class:`Scorer` holds one module per signal, each with its own state and statistics:
+1. :meth:`Scorer.read` turns one encoder pass (and the pixels) into a :class:`Reading`;
+   a cached reading of held-out normals (:mod:`anomem.fit.stage2`) has the same fields.
+2. :meth:`Scorer.parts` names every z-score of the reading: ``memory.s`` (Eq. 9),
+   ``heads.s`` (Eq. 10), ``bank.s``, ``pixel_global``, ``pixel_local``, ``contrast``,
+   ``feature_patches``, ``pixel_patches``; :meth:`Scorer.map_parts` the same for heat-maps
+   (``map.memory.s``, ``map.pixel_local``, ``map.feature_patches``, ``map.pixel_patches``).
+3. :func:`fuse`: the score is ``Σ_k w[k] · parts[k]``, the heat-map the same over the
+   map parts, with the flat weights of :mod:`anomem.stage2.weights`.
 
-=================  =========================================  ===========================
-signal             evidence                                   module
-=================  =========================================  ===========================
-memory             ‖Δ^(s)‖₂ (Eq. 9) and its per-position map  :mod:`.memory`
-heads              g^(s)(φ(Δ^(s))) (Eq. 10-12)                :mod:`.heads`
-bank               kNN of pooled tap features                 :mod:`.feature_bank`
-pixel_global/local raw-pixel kNN, per-position difference     :mod:`.pixel_bank`
-contrast           normals vs stored anomalies, raw pixels    :mod:`.pixel_bank`
-*_patches          patch descriptors vs coresets              :mod:`.patch_bank`
-=================  =========================================  ===========================
-
-and the fusion's weights (:mod:`.fusion`). Reading a batch is: :meth:`Scorer.signals`
-(the input-level evidence, once per batch), :meth:`Scorer.parts` (every image-level
-z-score by name), :func:`~anomem.stage2.fusion.fuse` (the image score); heat-maps go
-the same way through :meth:`Scorer.map_parts` and :func:`~anomem.stage2.fusion.fuse_maps`.
-
-Symbols: B batch, S scales, H W input size.
+``SIGNALS`` is the registry: one module per signal, each with its own state, statistics
+and ``check_state``. Symbols: B batch, S scales, H W input size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,137 +24,139 @@ from torch import nn
 
 from anomem.maps import smooth_maps
 from anomem.stage2.feature_bank import FeatureBank
-from anomem.stage2.fusion import FusionWeights, Weights, fuse
 from anomem.stage2.heads import HeadsSignal
-from anomem.stage2.memory import MemorySignal, norm_maps
-from anomem.stage2.parts import Local, MapParts, ScoreParts, Signals
-from anomem.stage2.patch_bank import PatchBank, pixel_descriptors
+from anomem.stage2.memory import MemorySignal, norm_maps, one_class_scores
+from anomem.stage2.patch_bank import LOCAL as LOCAL_SIGNALS
+from anomem.stage2.patch_bank import PatchBank
 from anomem.stage2.pixel_bank import Contrast, PixelBank
+from anomem.stage2.weights import LOCAL, Weights
 
-PATCH_BANKS = ("feature", "pixel")  # the patch banks, in the order of the fusion's image weights 1 and 2
+SIGNALS = {"memory": MemorySignal, "heads": HeadsSignal, "bank": FeatureBank, "pixels": PixelBank,
+           "contrast": Contrast, **dict.fromkeys(LOCAL_SIGNALS, PatchBank)}
+
+
+class Reading(NamedTuple):
+    """What stage 2 reads of B images. ``eq9`` (B, S) raw ‖Δ^(s)‖₂; ``pooled`` S x (B, D_s)
+    φ(Δ^(s)) for the heads; ``bank`` (B, S) the feature bank's z-scores; ``inputs`` the
+    input-level image z-scores by part name and ``maps`` their maps (B, h, w); ``net`` the
+    encoder's evidence (None for a cached reading, which has no maps)."""
+
+    eq9: torch.Tensor
+    pooled: list[torch.Tensor] | None = None
+    bank: torch.Tensor | None = None
+    inputs: dict[str, torch.Tensor] = {}
+    maps: dict[str, torch.Tensor] = {}
+    net: object = None
+
+
+def fuse(parts: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
+    """Σ_k w[k] · parts[k]: the image score (B,) of image parts, the heat-map of map parts."""
+    first = next(iter(parts.values()))
+    return sum((float(weights.get(k, 0.0)) * v for k, v in parts.items() if weights.get(k, 0.0)),
+               torch.zeros_like(first))
 
 
 class Scorer(nn.Module):
-    """The fitted stage 2: one module per signal and the fusion's weights.
-
-    Args:
-        channels: C_s of each tapped scale.
-        pool, hidden: the heads' pooling side and MLP width (Eq. 10).
-        bank_k: neighbours of the kNN distances (feature bank, pixel bank, contrast).
-        pixel_side, local_k, map_sigma: the pixel bank's resolution, local neighbours and
-            smoothing (:class:`~anomem.stage2.pixel_bank.PixelBank`).
-        patch_banks: coreset sizes of the feature and pixel patch banks (0 = off).
-        patch_top_k: share of a patch map's positions averaged into its image score.
-
-    No defaults: :func:`anomem.factory.build_scorer` builds it from the config, where
-    every default lives.
-
-    Shape:
-        evidence of B images -> image score (B,)
-    """
+    """The fitted stage 2: the ``SIGNALS`` and the flat ``weights``. Built from the config
+    by :func:`anomem.factory.build_scorer`, where every default lives."""
 
     def __init__(self, channels: Sequence[int], *, pool: int, hidden: int, bank_k: int, pixel_side: int,
-                 local_k: int, map_sigma: float, patch_banks: tuple[int, int], patch_top_k: float) -> None:
+                 local_k: int, map_sigma: float, patch_banks: Mapping[str, int], patch_top_k: float) -> None:
         super().__init__()
         s = len(channels)
-        self.memory = MemorySignal(s)
-        self.heads = HeadsSignal(channels, pool, hidden)
-        self.bank = FeatureBank(channels, bank_k)
-        self.pixels = PixelBank(pixel_side, bank_k, local_k, map_sigma)
-        self.contrast = Contrast(bank_k)
-        self.patches = nn.ModuleDict({n: PatchBank(size, patch_top_k) for n, size in zip(PATCH_BANKS, patch_banks)})
-        self.weights = FusionWeights(s)
+        self.memory, self.heads, self.bank = MemorySignal(s), HeadsSignal(channels, pool, hidden), FeatureBank(channels, bank_k)
+        self.pixels, self.contrast = PixelBank(pixel_side, bank_k, local_k, map_sigma), Contrast(bank_k)
+        for name, source in LOCAL_SIGNALS.items():  # the local signals' registry (off where no size is given)
+            self.add_module(name, PatchBank(patch_banks.get(name, 0), patch_top_k, source))
+        self.weights = Weights(s)
+
+    def local(self, name: str) -> PatchBank:
+        """The local signal ``name`` of :data:`~anomem.stage2.patch_bank.LOCAL`."""
+        return getattr(self, name)
 
     @property
     def num_scales(self) -> int:
-        return self.weights.scales_count
+        return self.memory.score.mean.numel()
 
-    def patch_banks_read(self, every: bool = False) -> dict[str, bool]:
-        """Which patch banks a batch is read with: ready ones the image or the map fusion
-        weighs (all ready ones with ``every``)."""
-        w = torch.maximum(self.weights.image[1:], self.weights.map[1:])
-        return {n: b.ready and (every or float(w[i]) > 0) for i, (n, b) in enumerate(self.patches.items())}
+    def reads_encoder_patches(self, need: Container[str]) -> bool:
+        """Whether reading ``need`` asks the encoder pass for its patch descriptors."""
+        return any(self.local(p).reads_encoder and self.local(p).ready and (p in need or f"map.{p}" in need)
+                   for p in LOCAL)
 
-    def signals(self, x: torch.Tensor, local_features: torch.Tensor | None, every: bool = False) -> Signals:
-        """The input-level evidence of a batch x (B, C, H, W) in [0, 1], from the pixels and
-        the encoder's patch descriptors; each patch bank only when read."""
-        pixel_global = pixel_local = contrast = None
-        if self.pixels.ready:
-            pixel_global, pixel_local, contrast = self.pixel_signals(self.pixels.features(x))
-        read = self.patch_banks_read(every)
-        descriptors = {"feature": lambda: local_features, "pixel": lambda: pixel_descriptors(x)}
-        patches = {}
-        for name, bank in self.patches.items():
-            d = descriptors[name]() if read[name] else None  # computed only when read
-            patches[name] = None if d is None else bank(d)
-        return Signals(pixel_global, pixel_local, contrast, patches.get("feature"), patches.get("pixel"))
+    def readable(self, heads: bool) -> set[str]:
+        """The image parts this scorer can read now (``heads``: the heads score)."""
+        out = {f"memory.{s}" for s in range(self.num_scales)}
+        out |= {f"heads.{s}" for s in range(self.num_scales)} if heads else set()
+        out |= {f"bank.{s}" for s in range(self.num_scales)} if self.bank.ready else set()
+        out |= {"pixel_global", "pixel_local"} if self.pixels.ready else set()
+        out |= {"contrast"} if heads and self.contrast.ready_for(self.pixels) else set()
+        return out | {p for p in LOCAL if self.local(p).ready}
 
-    def pixel_signals(self, feats: torch.Tensor, contrast: bool = True) -> tuple[torch.Tensor, Local, torch.Tensor | None]:
-        """The pixel bank's global score (B,) and local signal, and the contrast (B,) (None
-        without stored anomalies, or unless ``contrast``), of pixel vectors (B, D)."""
+    def read(self, x: torch.Tensor, ev, need: Container[str]) -> Reading:
+        """The reading of a batch x (B, C, H, W) in [0, 1] and its encoder evidence ``ev``;
+        the input-level signals only where ``need`` names one of their parts."""
+        inputs, maps = {}, {}
+        if self.pixels.ready and any(k in need for k in ("pixel_global", "pixel_local", "contrast", "map.pixel_local")):
+            inputs, maps = self.pixel_parts(self.pixels.features(x))
+        for name in LOCAL:
+            if self.local(name).ready and (name in need or f"map.{name}" in need):
+                inputs[name], maps[name] = self.local(name).read(x, ev)
+        pooled = self.heads.pool(ev.deviations) if self.heads.trained else None
+        bank = self.bank(ev.embeddings) if self.bank.ready else None
+        return Reading(one_class_scores(ev.deviations), pooled, bank, inputs, maps, ev)
+
+    def pixel_parts(self, feats: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The pixel bank's and the contrast's image parts, and the local map, of pixel vectors (B, D)."""
         raw, glob, local = self.pixels.scores(feats)
-        c = self.contrast(raw.global_distance, feats) if contrast and self.contrast.ready_for(self.pixels) else None
-        return glob, local, c
+        inputs = {"pixel_global": glob, "pixel_local": local.score}
+        if self.contrast.ready_for(self.pixels):
+            inputs["contrast"] = self.contrast(raw.global_distance, feats)
+        return inputs, {"pixel_local": local.map}
 
-    def parts(self, evidence, use_heads: bool) -> ScoreParts:
-        """Every standardised image-level part of a batch, by name. The heads' distances
-        are read when ``use_heads`` (and the contrast then too)."""
-        sig = evidence.signals if evidence.signals is not None else Signals()
-        pixel_global, pixel_local, feature_patches, pixel_patches = sig.image_scores()
-        return ScoreParts(
-            memory=self.memory(evidence.deviations),
-            heads=self.heads(evidence.deviations) if use_heads else None,
-            bank=self.bank(evidence.embeddings) if self.bank.ready else None,
-            pixel_global=pixel_global,
-            pixel_local=pixel_local,
-            contrast=sig.contrast if use_heads else None,
-            feature_patches=feature_patches,
-            pixel_patches=pixel_patches,
-        )
+    def parts(self, r: Reading) -> dict[str, torch.Tensor]:
+        """Every image z-score (B,) of a reading, by name."""
+        cols = {"memory": self.memory.score(r.eq9)}
+        if r.pooled is not None:
+            cols["heads"] = self.heads.scores(r.pooled)
+        if r.bank is not None:
+            cols["bank"] = r.bank
+        named = {f"{k}.{s}": v[:, s] for k, v in cols.items() for s in range(v.shape[1])}
+        return {**named, **r.inputs}
 
-    def map_parts(self, evidence, size: tuple[int, int], sigma: float) -> tuple[torch.Tensor, MapParts]:
-        """The per-scale smoothed norm maps (B, S, H, W) and every standardised map part at
-        ``size``, smoothed by ``sigma`` pixels."""
-        maps = norm_maps(evidence.deviations, size, sigma)
-        sig = evidence.signals if evidence.signals is not None else Signals()
+    def map_parts(self, r: Reading, size: tuple[int, int], sigma: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The per-scale smoothed norm maps (B, S, H, W) and every map z-score (B, H, W) at
+        ``size``, by name; the patch maps smoothed by ``sigma`` pixels like the memory's."""
+        maps = norm_maps(r.net.deviations, size, sigma)
+        z = self.memory.map(maps)
+        out = {f"map.memory.{s}": z[:, s] for s in range(z.shape[1])}
+        for name, m in r.maps.items():
+            m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)
+            out[f"map.{name}"] = (smooth_maps(m, sigma) if name in LOCAL and sigma > 0 else m)[:, 0]
+        return maps, out
 
-        def up(local: Local | None, smooth: bool) -> torch.Tensor | None:
-            if local is None:
-                return None
-            m = F.interpolate(local.map[:, None], size=size, mode="bilinear", align_corners=False)
-            return (smooth_maps(m, sigma) if smooth and sigma > 0 else m)[:, 0]
-
-        return maps, MapParts(self.memory.map(maps), up(sig.pixel_local, False), up(sig.feature_patches, True),
-                              up(sig.pixel_patches, True))
-
-    def forward(self, evidence, use_heads: bool, weights: Weights | None = None) -> torch.Tensor:
-        """Image anomaly score (B,), higher = more anomalous: the parts fused with the
-        fitted weights or ``weights``."""
-        return fuse(self.parts(evidence, use_heads), self.weights.get() if weights is None else weights)
+    def forward(self, r: Reading, weights: Mapping[str, float]) -> torch.Tensor:
+        """Image anomaly score (B,), higher = more anomalous."""
+        return fuse(self.parts(r), weights)
 
     @staticmethod
     def check_state(state, pixel_grid: list[int], max_scales: int) -> list[int]:
-        """Every signal checks its own saved entries (StateError naming the first wrong
-        one); returns each scale's pooled input width. ``pixel_grid`` (C, h, w) is what
-        the detector's input size gives the pixel bank."""
+        """Each signal checks its own saved entries (StateError naming the first wrong
+        one); returns each scale's pooled input width."""
         dims = HeadsSignal.check_state(state, "heads.", max_scales)
         n = len(dims)
         MemorySignal.check_state(state, "memory.", n)
         FeatureBank.check_state(state, "bank.", n)
-        width = PixelBank.check_state(state, "pixels.", pixel_grid)
-        Contrast.check_state(state, "contrast.", width)
-        for name in PATCH_BANKS:
-            PatchBank.check_state(state, f"patches.{name}.")
-        FusionWeights.check_state(state, "weights.", n)
+        Contrast.check_state(state, "contrast.", PixelBank.check_state(state, "pixels.", pixel_grid))
+        for name in LOCAL:
+            PatchBank.check_state(state, f"{name}.")
+        Weights.check_state(state, "weights.", n)
         return dims
 
     def resize_like(self, state: dict) -> None:
         """Give every variable-size buffer the shape a saved state holds, before load_state_dict."""
-        self.bank.resize_like(state, "bank.")
-        self.pixels.resize_like(state, "pixels.")
-        self.contrast.resize_like(state, "contrast.")
-        for name, bank in self.patches.items():
-            bank.resize_like(state, f"patches.{name}.")
+        for name in SIGNALS:
+            if hasattr(getattr(self, name), "resize_like"):
+                getattr(self, name).resize_like(state, f"{name}.")
 
 
-__all__ = ["PATCH_BANKS", "Scorer"]
+__all__ = ["Reading", "SIGNALS", "Scorer", "fuse"]

@@ -9,6 +9,8 @@ computed: one per signal, or one per scale (then applied along dimension 1).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -68,4 +70,11 @@ class Standard(nn.Module):
         return (values - self.mean.view(shape)) / self.std.view(shape)
 
 
-__all__ = ["EPS", "Standard"]
+class Local(NamedTuple):
+    """A local signal of a batch, standardised: ``score`` (B,), read off ``map`` (B, h, w)."""
+
+    score: torch.Tensor
+    map: torch.Tensor
+
+
+__all__ = ["EPS", "Local", "Standard"]

@@ -18,26 +18,14 @@ import numpy as np
 import torch
 
 from anomem.config import AnoMemConfig
-from anomem.engine import fit_heads
 from anomem.inference import AnoMemModel
 from anomem.inputs import to_float
-from anomem.stage2.fusion import Weights, fuse
-from anomem.stage2.memory import one_class_scores
-from anomem.stage2.parts import ScoreParts
-from anomem.stage2.patch_bank import pixel_descriptors
+from anomem.stage2.heads import fit_heads
+from anomem.stage2.scorer import Reading, fuse
+from anomem.stage2.weights import LOCAL, compose, split_of
 
-
-class InputScores(NamedTuple):
-    """Image-level scores (N,) of the input-level signals that never change after fit
-    (None: not kept). The contrast is not here: a refit changes it."""
-
-    pixel_global: torch.Tensor | None = None
-    pixel_local: torch.Tensor | None = None
-    feature_patches: torch.Tensor | None = None
-    pixel_patches: torch.Tensor | None = None
-
-    def take(self, idx: torch.Tensor) -> InputScores:
-        return InputScores(*(None if v is None else v[idx.to(v.device)] for v in self))
+INPUTS = ("pixel_global", "pixel_local", "feature_patches", "pixel_patches")  # kept per image; the contrast is
+# not: a refit changes it, so it is recomputed from the kept pixel vectors
 
 
 class DeviationSummary(NamedTuple):
@@ -48,7 +36,7 @@ class DeviationSummary(NamedTuple):
     embeddings: list[torch.Tensor]  # S x (N, C_s) tap features averaged over positions
     map_mean: torch.Tensor  # (S,) mean of per-position ‖Δ_ij‖ over all images
     map_sq: torch.Tensor  # (S,) mean of per-position ‖Δ_ij‖²
-    inputs: InputScores  # the input-level signals' scores, every kept bank read
+    inputs: dict[str, torch.Tensor]  # (N,) the input-level image scores of INPUTS, every ready bank read
 
 
 class ScoreBank(NamedTuple):
@@ -58,7 +46,7 @@ class ScoreBank(NamedTuple):
         raw: (N, S) one-class scores ‖Δ^(s)‖₂ (Eq. 9), before standardisation.
         pooled: S x (N, D_s) pooled deviations φ(Δ^(s)) for the heads (Eq. 10).
         bank: (N, S) standardised feature-bank distances, or None without a bank.
-        inputs: the input-level signals' scores (:class:`InputScores`).
+        inputs: (N,) image scores of the input-level signals by name (:data:`INPUTS`).
         pixel_features: (N, D) the images at pixel-bank resolution, or None: with them
             the pixel scores and the contrast are recomputed under the current state.
     """
@@ -66,7 +54,7 @@ class ScoreBank(NamedTuple):
     raw: torch.Tensor
     pooled: list[torch.Tensor]
     bank: torch.Tensor | None = None
-    inputs: InputScores = InputScores()
+    inputs: dict[str, torch.Tensor] = {}
     pixel_features: torch.Tensor | None = None
 
 
@@ -92,54 +80,49 @@ def summarise(model: AnoMemModel, images: torch.Tensor, batch_size: int = 256, i
     input-level scores (every ready bank read; only the calibration bank keeps them)."""
     heads = model.scorer.heads
     scores, pooled, embs, msum, msq, count = [], [], [], 0.0, 0.0, 0
-    rows: list[tuple[torch.Tensor | None, ...]] = []
-    for ev in model.evidence_batches(images, batch_size, every=True, signals=inputs):
-        if ev.signals is not None:
-            rows.append(ev.signals.image_scores())
-        devs = ev.deviations
-        embs.append(ev.embeddings)
-        scores.append(one_class_scores(devs))
+    rows: list[dict[str, torch.Tensor]] = []
+    for r in model.readings(images, batch_size, need=model.need(every=True) if inputs else set()):
+        devs = r.net.deviations
+        rows.append({k: v for k, v in r.inputs.items() if k in INPUTS})
+        embs.append(r.net.embeddings)
+        scores.append(r.eq9)
         pooled.append(heads.pool(devs))
         norms = [d.norm(dim=1) for d in devs]  # S x (B, H_s, W_s)
         msum = msum + torch.stack([n.mean((1, 2)).sum() for n in norms])
         msq = msq + torch.stack([(n**2).mean((1, 2)).sum() for n in norms])
         count += devs[0].shape[0]
-    cols = [None if not rows or rows[0][i] is None else torch.cat([r[i] for r in rows]) for i in range(4)]
+    cols = {k: torch.cat([r[k] for r in rows]) for k in (rows[0] if rows else {})}
     return DeviationSummary(torch.cat(scores), [torch.cat(p) for p in zip(*pooled)],
-                            [torch.cat(e) for e in zip(*embs)], msum / count, msq / count, InputScores(*cols))
+                            [torch.cat(e) for e in zip(*embs)], msum / count, msq / count, cols)
 
 
-def cached_parts(model: AnoMemModel, bank: ScoreBank, every: bool = False) -> ScoreParts:
-    """The named parts of a :class:`ScoreBank` under the model's current stage 2, as
-    :meth:`Scorer.parts` gives them for those images (each patch bank as it is read,
-    every ready one with ``every``)."""
-    s, device = model.scorer, model.scorer.weights.scales.device
-    use_heads = model.use_heads
-    dev = lambda t: None if t is None else t.to(device)  # noqa: E731
-    raw = bank.raw.to(device)
-    heads = s.heads.scores([p.to(device) for p in bank.pooled]) if use_heads else None
-    pixel_global, pixel_local, contrast = dev(bank.inputs.pixel_global), dev(bank.inputs.pixel_local), None
+def cached_reading(model: AnoMemModel, bank: ScoreBank) -> Reading:
+    """The :class:`~anomem.stage2.scorer.Reading` of a :class:`ScoreBank` under the model's
+    current stage 2: what :meth:`Scorer.read` gives for those images, without them (the
+    pixel bank and the contrast recomputed from the kept pixel vectors)."""
+    s, device = model.scorer, model.scorer.weights.values.device
+    inputs = {k: v.to(device) for k, v in bank.inputs.items()}
     if bank.pixel_features is not None and bank.pixel_features.numel() and s.pixels.ready:
-        pixel_global, local, contrast = s.pixel_signals(bank.pixel_features.to(device), contrast=use_heads)
-        pixel_local = local.score
-    read = s.patch_banks_read(every)
-    fp = dev(bank.inputs.feature_patches) if read["feature"] else None
-    pp = dev(bank.inputs.pixel_patches) if read["pixel"] else None
-    return ScoreParts(s.memory.score(raw), heads, dev(bank.bank), pixel_global, pixel_local, contrast, fp, pp)
+        inputs.update(s.pixel_parts(bank.pixel_features.to(device))[0])
+    pooled = [p.to(device) for p in bank.pooled] if s.heads.trained else None
+    return Reading(bank.raw.to(device), pooled, None if bank.bank is None else bank.bank.to(device), inputs)
 
 
 @torch.inference_mode()
-def cached_scores(model: AnoMemModel, bank: ScoreBank, weights: Weights | None = None) -> np.ndarray:
+def cached_scores(model: AnoMemModel, bank: ScoreBank, weights: dict[str, float] | None = None) -> np.ndarray:
     """Image scores (N,) of a :class:`ScoreBank` under the model's current stage 2 (and
     fitted or given weights): what :meth:`AnoMem.anomaly_score` gives for those images."""
-    w = model.scorer.weights.get() if weights is None else weights
-    return fuse(cached_parts(model, bank), w).float().cpu().numpy()
+    return fuse(model.scorer.parts(cached_reading(model, bank)), model.weights(weights)).float().cpu().numpy()
 
 
-def pixel_bank_used(cfg: AnoMemConfig) -> bool:
-    """Whether the config gives the raw-pixel bank any weight (else it is not kept)."""
-    p = cfg.pixels
-    return max(p.weight, p.local_weight, p.map_weight, p.contrast_weight) > 0
+def compose_weights(model: AnoMemModel, cfg: AnoMemConfig, image: list[float] | None = None,
+                    map: list[float] | None = None) -> dict[str, float]:
+    """The flat weights of the config's settings and the ``image``/``map`` split (default:
+    the split the current weights hold) for what the scorer can read now."""
+    w = model.scorer.weights.as_dict()
+    settings = {**cfg.weights.settings(model.scorer.num_scales), "image": image or split_of(w),
+                "map": map or split_of(w, "map.")}
+    return compose(settings, model.scorer.readable(model.use_heads), model.scorer.num_scales, model.use_heads)
 
 
 def fit_scorer(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, anomalies: torch.Tensor,
@@ -148,7 +131,7 @@ def fit_scorer(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, ano
 
     The heads learn from the labelled anomalies and the pseudo-anomalies together;
     pseudo-anomalies alone train them only with ``pseudo.heads`` (alone they make
-    unstable heads, docs/method.md), but their pooled deviations are kept so that a
+    unstable heads, docs/decisions.md), but their pooled deviations are kept so that a
     later refit uses them beside the new anomalies.
     """
     scorer = model.scorer
@@ -158,8 +141,8 @@ def fit_scorer(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, ano
     if cfg.bank.size > 0 and standardise and normals.shape[0] > 2:
         pick = torch.randperm(normals.shape[0], generator=torch.Generator().manual_seed(cfg.train.seed + 31))
         scorer.bank.fit([e[pick[: cfg.bank.size].to(e.device)] for e in summ.embeddings])
-        if pixel_bank_used(cfg):
-            scorer.pixels.fit(to_float(normals[pick[: cfg.bank.size]]).to(scorer.weights.scales.device))
+        if cfg.weights.pixel_bank_used:
+            scorer.pixels.fit(to_float(normals[pick[: cfg.bank.size]]).to(scorer.weights.values.device))
     fit_patch_banks(model, cfg, normals)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     keep = torch.randperm(normals.shape[0], generator=gen)[: cfg.scorer.normal_bank]
@@ -170,12 +153,18 @@ def fit_scorer(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, ano
         keep = torch.randperm(pseudo.shape[0], generator=gen)[: cfg.scorer.normal_bank]
         banks = banks._replace(pseudo=summarise(model, pseudo[keep]).pooled)
     if cfg.scorer.mode == "one-class":
-        return banks
+        return finish(model, cfg, banks)
     if anomalies.shape[0] > 0:
         banks = banks._replace(anomaly=summarise(model, anomalies).pooled)
         store_anomalies(model, anomalies, keep_previous=False)
     if anomalies.shape[0] > 0 or (cfg.pseudo.heads and pseudo.shape[0] > 0):
         train_heads(model, banks, cfg)
+    return finish(model, cfg, banks)
+
+
+def finish(model: AnoMemModel, cfg: AnoMemConfig, banks: Stage2Banks) -> Stage2Banks:
+    """Compose the weights for what the scorer can read now (after a fit or a refit)."""
+    model.scorer.weights.set(compose_weights(model, cfg))
     return banks
 
 
@@ -197,7 +186,9 @@ def train_heads(model: AnoMemModel, banks: Stage2Banks, cfg: AnoMemConfig) -> No
     then set the statistics of their distances and mark them trained."""
     heads = model.scorer.heads
     anomalies = [torch.cat([a, p]) for a, p in zip(banks.anomaly, banks.pseudo)]
-    fit_heads(heads.nets, banks.normal, anomalies, cfg.heads, cfg.train.seed)
+    h = cfg.heads
+    fit_heads(heads.nets, banks.normal, anomalies, steps=h.steps, batch_size=h.batch_size, lr=h.lr,
+              weight_decay=h.weight_decay, margin=h.margin, seed=cfg.train.seed)
     heads.calibrate(banks.normal, standardise=cfg.scorer.merge == "standardized")
 
 
@@ -216,7 +207,7 @@ def refit(model: AnoMemModel, banks: Stage2Banks, cfg: AnoMemConfig, anomalies: 
     if contrast:
         store_anomalies(model, anomalies, keep_previous)
     train_heads(model, banks, cfg)
-    return banks
+    return finish(model, cfg, banks)
 
 
 def calibration_bank(model: AnoMemModel, images: torch.Tensor, cap: int, seed: int) -> ScoreBank:
@@ -229,7 +220,8 @@ def calibration_bank(model: AnoMemModel, images: torch.Tensor, cap: int, seed: i
     feats = None
     if s.pixels.ready:
         feats = s.pixels.features(to_float(images[keep.to(images.device)]).to(s.pixels.bank.device))
-    return ScoreBank(summ.scores[keep], [p[keep.to(p.device)] for p in summ.pooled], near, summ.inputs.take(keep), feats)
+    inputs = {k: v[keep.to(v.device)] for k, v in summ.inputs.items()}
+    return ScoreBank(summ.scores[keep], [p[keep.to(p.device)] for p in summ.pooled], near, inputs, feats)
 
 
 PATCH_FIT_IMAGES = 1024  # training normals whose descriptors feed the coresets, at most
@@ -239,9 +231,8 @@ PATCH_FIT_IMAGES = 1024  # training normals whose descriptors feed the coresets,
 def fit_patch_banks(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor) -> None:
     """Fill the patch banks (:mod:`anomem.stage2.patch_bank`): a seeded share
     ``patches.held_out`` of the normals (at least one) is left out of the coresets and
-    sets their statistics. The fusion weighs them only once :mod:`.fit_fusion` has."""
-    banks = model.scorer.patches
-    model.scorer.weights.set(image=[1.0, 0.0, 0.0], map=[1.0, 0.0, 0.0])
+    sets their statistics. The fusion weighs them only once :mod:`anomem.fit.fusion` has."""
+    banks = {name: model.scorer.local(name) for name in LOCAL}
     if not any(b.size > 0 for b in banks.values()) or normals.shape[0] < 2:
         return
     model.eval()  # BatchNorm must not move while the descriptors are read
@@ -259,14 +250,12 @@ def fit_patch_banks(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor
 
 
 def patch_descriptors(model: AnoMemModel, images: torch.Tensor, name: str, batch_size: int = 128) -> torch.Tensor | None:
-    """Descriptors (N, D, h, w) of one patch bank (``feature`` or ``pixel``) of ``images``."""
-    out = []
+    """Descriptors (N, D, h, w) of the local signal ``name`` of ``images``."""
+    bank, out = model.scorer.local(name), []
     for i in range(0, images.shape[0], batch_size):
         x = to_float(images[i : i + batch_size].to(model.net.pixel_mean.device))
-        if name == "pixel":
-            out.append(pixel_descriptors(x))
-            continue
-        d = model.net.evidence(x, local=True).local_features
+        ev = model.net.evidence(x, local=bank.reads_encoder)
+        d = bank.source(x, ev)
         if d is None:
             return None
         out.append(d.float())
@@ -280,7 +269,7 @@ def score_bank_state(bank: ScoreBank | None) -> dict[str, Any]:
     t = lambda v, *shape: torch.zeros(*shape) if v is None else v.detach().cpu()  # noqa: E731
     n = bank.raw.shape[0]
     return {"raw": bank.raw.cpu(), "pooled": [p.cpu() for p in bank.pooled], "bank": t(bank.bank, n, 0),
-            **{k: t(v, 0) for k, v in bank.inputs._asdict().items()}, "pixel_features": t(bank.pixel_features, 0)}
+            **{k: t(bank.inputs.get(k), 0) for k in INPUTS}, "pixel_features": t(bank.pixel_features, 0)}
 
 
 def score_bank_from_state(state: dict[str, Any]) -> ScoreBank | None:
@@ -290,20 +279,20 @@ def score_bank_from_state(state: dict[str, Any]) -> ScoreBank | None:
     some = lambda v: None if v is None or v.numel() == 0 else v  # noqa: E731
     bank = state["bank"]
     return ScoreBank(state["raw"], list(state["pooled"]), bank if bank.shape[1] else None,
-                     InputScores(*(some(state.get(k)) for k in InputScores._fields)), some(state.get("pixel_features")))
+                     {k: state[k] for k in INPUTS if some(state.get(k)) is not None}, some(state.get("pixel_features")))
 
 
 __all__ = [
     "DeviationSummary",
-    "InputScores",
     "ScoreBank",
     "Stage2Banks",
-    "cached_parts",
+    "cached_reading",
     "cached_scores",
     "calibration_bank",
     "fit_patch_banks",
+    "finish",
     "fit_scorer",
-    "pixel_bank_used",
+    "compose_weights",
     "refit",
     "score_bank_from_state",
     "score_bank_state",

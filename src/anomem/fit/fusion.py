@@ -1,11 +1,10 @@
-"""Fit the fusion of the image score per dataset, without labels.
+"""Fit the ``image`` and ``map`` splits per dataset, without labels.
 
-The image score is w_image · (global score, feature patches, pixel patches), where the
-global score is the memory's (or the heads'), the feature bank's and the pixel bank's,
-merged by steps 1-2 of :mod:`anomem.stage2.fusion`; these are the ``image`` weights
-(and ``map`` for the heat-map) of :class:`~anomem.stage2.fusion.FusionWeights`. Which evidence matters depends on
-the data: semantic anomalies (another object) move the global signals, small local
-defects on a photograph move only a few patches. So the weights are chosen at fit time
+The image score is the global score (the memory's or the heads', the feature bank's and
+the pixel bank's terms of :func:`anomem.stage2.weights.compose`) and the local signals
+(the patch banks), mixed by the ``image`` split; the heat-map the same by ``map``.
+Which evidence matters depends on the data: semantic anomalies (another object) move the
+global signals, small local defects on a photograph move only a few patches. So the weights are chosen at fit time
 on the held-out normals (never seen by stage 1, the banks or the heads) against
 pseudo-anomalies of two families made from those same normals (:mod:`anomem.model.pseudo`):
 
@@ -18,7 +17,7 @@ scored by its validation AUROC in each family. The shifts family comes first: a
 candidate may make at most ``SHIFT_SLACK`` times the errors (1 - AUROC) of the best
 candidate on it, because shifts are an easy stand-in for semantic anomalies (AUROC
 near 1) and a small loss there was a large loss on real ones (Fashion-MNIST, see
-docs/method.md, Decision 10). Among the candidates left, the best mean over families
+docs/decisions.md, Decision 10). Among the candidates left, the best mean over families
 wins; ties go to the larger global weight. The best single signal on the shifts is
 always left, so on that family the fused score is never worse than the best single
 signal, and among those left it is the best on average.
@@ -32,19 +31,21 @@ normals and the defects' untouched pixels.
 from __future__ import annotations
 
 import itertools
+import json
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from anomem.config import AnoMemConfig
+from anomem.fit.stage2 import ScoreBank, cached_reading, compose_weights
 from anomem.inference import AnoMemModel
 from anomem.inputs import to_float
 from anomem.metrics import image_auroc
 from anomem.model.pseudo import make_pseudo_anomalies
 from anomem.splits import usable_shifts
-from anomem.stage2.fit import ScoreBank, cached_parts
-from anomem.stage2.fusion import IMAGE_SIGNALS, image_components
+from anomem.stage2.scorer import fuse
+from anomem.stage2.weights import LOCAL, global_only
 
 
 class FusionFit(NamedTuple):
@@ -61,8 +62,21 @@ class FusionFit(NamedTuple):
     families: tuple[str, ...]
     table: dict[tuple[float, ...], tuple[float, ...]]
     normals: int
-    map_weights: tuple[float, ...] = (1.0, 0.0, 0.0)
+    map_weights: tuple[float, ...] = tuple(global_only())
     map_table: dict[tuple[float, ...], float] | None = None
+
+    def to_json(self) -> str:
+        """As JSON (saved in the detector file: a loaded detector holds the same record)."""
+        table = lambda t: None if t is None else [[list(w), v] for w, v in t.items()]  # noqa: E731
+        return json.dumps({"weights": self.weights, "families": self.families, "table": table(self.table),
+                           "normals": self.normals, "map_weights": self.map_weights, "map_table": table(self.map_table)})
+
+    @classmethod
+    def from_json(cls, text: str) -> FusionFit:
+        d = json.loads(text)
+        table = lambda rows, f: None if rows is None else {tuple(w): f(v) for w, v in rows}  # noqa: E731
+        return cls(tuple(d["weights"]), tuple(d["families"]), table(d["table"], tuple), int(d["normals"]),
+                   tuple(d["map_weights"]), table(d["map_table"], float))
 
 
 def candidates(ready: tuple[bool, ...], step: int = 4) -> list[tuple[float, ...]]:
@@ -75,31 +89,44 @@ def candidates(ready: tuple[bool, ...], step: int = 4) -> list[tuple[float, ...]
     return sorted(out, key=lambda w: (-w[0], -w[1]))
 
 
+Parts = dict[str, torch.Tensor]
+
+
 @torch.inference_mode()
-def signal_scores(model: AnoMemModel, images: torch.Tensor) -> np.ndarray:
-    """(N, 3) the three scores the ``image`` weights weigh, of ``images``: the global
-    score and the standardised patch scores (:func:`~anomem.stage2.fusion.image_components`)."""
-    w, rows = model.scorer.weights.get(), []
-    for ev in model.evidence_batches(images, 128, every=True):
-        rows.append(image_components(model.scorer.parts(ev, model.use_heads), w))
-    return torch.cat(rows).double().cpu().numpy()
+def image_parts(model: AnoMemModel, images: torch.Tensor) -> Parts:
+    """Every readable image part (N,) of ``images``, by name."""
+    rows = [model.scorer.parts(r) for r in model.readings(images, 128, need=model.need(every=True))]
+    return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+
+
+def aurocs(model: AnoMemModel, cfg: AnoMemConfig, normal: Parts, anomalous: Parts, key: str,
+           pixels: np.ndarray | None = None) -> dict[tuple[float, ...], float]:
+    """AUROC of every candidate ``key`` (``image`` or ``map``) split: the fused score of
+    ``normal`` parts (label 0) against ``anomalous`` parts (label 1); with ``pixels`` the
+    parts are maps and ``pixels`` their per-pixel labels."""
+    ready = (True, *(model.scorer.local(p).ready for p in LOCAL))
+    normal, anomalous = ({k: v.double() for k, v in d.items()} for d in (normal, anomalous))
+    out = {}
+    for w in candidates(ready):
+        flat = compose_weights(model, cfg, **{key: list(w)})
+        a, b = fuse(normal, flat).cpu().numpy(), fuse(anomalous, flat).cpu().numpy()
+        labels = np.r_[np.zeros(len(a)), np.ones(len(b))] if pixels is None else pixels
+        out[w] = image_auroc(labels, np.r_[a.ravel(), b.ravel()])
+    return out
 
 
 def fit_fusion(model: AnoMemModel, cfg: AnoMemConfig, held_out: torch.Tensor, bank: ScoreBank | None) -> FusionFit | None:
-    """Choose and set the ``image`` and ``map`` weights (see the module docstring). Returns what was
-    chosen, or None (weights left at the global score alone) when the fit is off, no
-    patch bank is ready, or fewer than ``patches.min_validation`` normals are held out."""
+    """Choose the ``image`` and ``map`` split and compose the weights with it (see the
+    module docstring). Returns what was chosen, or None (the global score alone) when the
+    fit is off, no patch bank is ready, or fewer than ``patches.min_validation`` normals
+    are held out."""
     scorer = model.scorer
-    ready = (True, *(b.ready for b in scorer.patches.values()))
     n = int(held_out.shape[0])
-    if not cfg.patches.fit_fusion or not any(ready[1:]) or bank is None or n < cfg.patches.min_validation:
+    if not cfg.patches.fit_fusion or not any(scorer.local(p).ready for p in LOCAL) or bank is None \
+            or n < cfg.patches.min_validation:
         return None
-    scorer.weights.set(image=[1.0, 0.0, 0.0], map=[1.0, 0.0, 0.0])
     with torch.inference_mode():
-        normal = image_components(cached_parts(model, bank, every=True), scorer.weights.get())
-    if normal is None:
-        return None
-    normal = normal.double().cpu().numpy()
+        normal = scorer.parts(cached_reading(model, bank))
     x = to_float(held_out)
     gen = torch.Generator().manual_seed(cfg.train.seed + 65537)
     families, masks = {}, None
@@ -114,21 +141,14 @@ def fit_fusion(model: AnoMemModel, cfg: AnoMemConfig, held_out: torch.Tensor, ba
         families["shifts"] = make_pseudo_anomalies(x, 2 * n, shifts, (), 0.0, cfg.pseudo.defect_size, gen).images
     if not families:
         return None
-    fam_scores = {name: signal_scores(model, imgs) for name, imgs in families.items()}
-    table = {}
-    for w in candidates(ready):
-        wv = np.asarray(w)
-        table[w] = tuple(
-            image_auroc(np.r_[np.zeros(len(normal)), np.ones(len(a))], np.r_[normal @ wv, a @ wv]) for a in fam_scores.values()
-        )
+    per_family = [aurocs(model, cfg, normal, image_parts(model, imgs), "image") for imgs in families.values()]
+    table = {w: tuple(f[w] for f in per_family) for w in per_family[0]}
     best = choose(table, tuple(families))
-    scorer.weights.set(image=best)
     fit = FusionFit(best, tuple(families), table, n)
     if masks is not None:
-        map_table = fit_map_fusion(model, ready, x, families["defects"], masks)
-        best_map = max(map_table, key=map_table.get)
-        scorer.weights.set(map=best_map)
-        fit = fit._replace(map_weights=best_map, map_table=map_table)
+        map_table = fit_map_fusion(model, cfg, x, families["defects"], masks)
+        fit = fit._replace(map_weights=max(map_table, key=map_table.get), map_table=map_table)
+    scorer.weights.set(compose_weights(model, cfg, image=list(fit.weights), map=list(fit.map_weights)))
     return fit
 
 
@@ -149,23 +169,20 @@ MAP_IMAGES = 96  # held-out normals and pseudo-defects whose maps are compared, 
 
 
 @torch.inference_mode()
-def map_parts(model: AnoMemModel, images: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) memory, feature-patch and pixel-patch maps of ``images``."""
-    out = []
-    for ev in model.evidence_batches(images, 64, every=True):
-        out.append(model.heatmap_parts(ev)[1])
-    return torch.cat(out)
+def map_parts(model: AnoMemModel, images: torch.Tensor) -> Parts:
+    """Every map part (N, H, W) of ``images``, by name."""
+    rows = [model.scorer.map_parts(r, model.image_size, model.map_sigma)[1]
+            for r in model.readings(images, 64, need=model.need(every=True))]
+    return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
 
 
-def fit_map_fusion(model: AnoMemModel, ready: tuple[bool, ...], normals: torch.Tensor, defects: torch.Tensor,
+def fit_map_fusion(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, defects: torch.Tensor,
                    masks: torch.Tensor) -> dict[tuple[float, ...], float]:
-    """Pixel AUROC of every candidate heat-map weighting on the pseudo-defects' masks."""
+    """Pixel AUROC of every candidate heat-map split on the pseudo-defects' masks, against
+    every pixel of the held-out normals and the defects' untouched pixels."""
     normals, defects, masks = normals[:MAP_IMAGES], defects[:MAP_IMAGES], masks[:MAP_IMAGES]
-    parts = torch.cat([map_parts(model, normals), map_parts(model, defects)])  # (N, 3, H, W)
     truth = torch.cat([torch.zeros(normals.shape[0], *masks.shape[1:], dtype=torch.bool), masks.cpu()])
-    flat = parts.permute(1, 0, 2, 3).reshape(3, -1).double().cpu().numpy()  # (3, N·H·W)
-    labels = truth.flatten().numpy()
-    return {w: image_auroc(labels, np.asarray(w) @ flat) for w in candidates(ready)}
+    return aurocs(model, cfg, map_parts(model, normals), map_parts(model, defects), "map", truth.flatten().numpy())
 
 
-__all__ = ["FusionFit", "IMAGE_SIGNALS", "SHIFT_SLACK", "candidates", "choose", "fit_fusion", "signal_scores"]
+__all__ = ["FusionFit", "SHIFT_SLACK", "aurocs", "candidates", "choose", "fit_fusion", "image_parts"]

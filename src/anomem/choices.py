@@ -1,0 +1,16 @@
+"""The named choices a config may make and the model implements, without torch.
+
+:mod:`anomem.config` checks a config against these before anything is built (reading a
+config never imports torch); the modules that implement each choice import the same
+tuple, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+STEMS = ("small", "imagenet", "imagenet8", "auto")  # anomem.model.backbone
+NORMALISATIONS = ("none", "l2", "centered-l2", "layernorm")  # anomem.model.memory
+SHIFTS = ("rot90", "rot180", "rot270", "vflip", "hflip", "permute")  # anomem.model.pseudo
+DEFECTS = ("cutpaste", "scar", "noise")  # anomem.model.pseudo
+MODES = ("auto", "one-class", "supervised")  # anomem.inference: how the score reads the heads
+
+__all__ = ["DEFECTS", "MODES", "NORMALISATIONS", "SHIFTS", "STEMS"]
