@@ -5,6 +5,7 @@ SIGTERM ends it with exit code 0."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -68,6 +69,18 @@ class Server:
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(60)
+
+
+def _wait_until_refused(host: str, port: int) -> None:
+    """Return once a connection to host:port is refused or reset (the server closed its
+    listening socket; one queued on it as it closed is reset)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+        except (ConnectionRefusedError, ConnectionResetError):
+            return
+    pytest.fail("the server still listens 60 s after SIGTERM")
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -230,9 +243,11 @@ def test_sigterm_ends_it_cleanly_after_the_request_in_flight(setup):
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as conn:
         conn.sendall(f"POST /score HTTP/1.1\r\n{head}Connection: close\r\n\r\n".encode() + body[:50])
-        time.sleep(0.5)  # the server has the request's head: the request is in flight
+        # the one event loop accepted and read this connection before it answers a later one:
+        # once /health is answered, the request's head has arrived and the request is in flight
+        assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
         server.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        _wait_until_refused(host, int(port))  # the server has begun to stop: it listens no more
         conn.sendall(body[50:])
         answer = b""
         while chunk := conn.recv(65536):
@@ -241,7 +256,7 @@ def test_sigterm_ends_it_cleanly_after_the_request_in_flight(setup):
     assert status.startswith(b"HTTP/1.1 200"), answer[:300]
     _check_same(json.loads(payload)["results"], ["i02.png", "i09.png"], expected)
     assert server.proc.wait(60) == 0
-    time.sleep(0.2)  # the reader thread takes the last lines
+    assert server.done.wait(60)  # the reader thread took the last lines
     assert server.lines[-1] == "anomem: server stopped" and "Traceback" not in server.stderr
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/health", timeout=5)
@@ -251,7 +266,7 @@ def test_ctrl_c_ends_it_like_every_command(setup):
     server = Server(setup[0] / "model.ckpt")
     server.proc.send_signal(signal.SIGINT)
     assert server.proc.wait(60) == 130
-    time.sleep(0.2)
+    assert server.done.wait(60)
     assert server.lines[-1] == "anomem: interrupted" and "Traceback" not in server.stderr
 
 
@@ -301,16 +316,17 @@ def test_serve_load_benchmark_prints_its_table():
 def test_the_scoring_thread_skips_cancelled_requests_and_goes_on():
     from anomem.serve import MicroBatcher
 
-    release = threading.Event()
+    release, started = threading.Event(), threading.Event()
 
     class SlowDetector:  # the first call blocks, so that the next jobs queue up behind it
         def anomaly_score(self, images, batch_size):
+            started.set()
             release.wait(30)
             return images.flatten(1)[:, 0].double().numpy()
 
     batcher = MicroBatcher(SlowDetector(), max_batch=8)
     first = batcher.submit(torch.full((1, 1, 2, 2), 1), maps=False)
-    time.sleep(0.2)  # the thread holds the first job
+    assert started.wait(30)  # the thread holds the first job
     gone = batcher.submit(torch.full((1, 1, 2, 2), 2), maps=False)
     kept = batcher.submit(torch.full((2, 1, 2, 2), 3), maps=False)
     assert gone.cancel()  # its client disconnected
@@ -426,3 +442,84 @@ def test_sigterm_does_not_wait_on_a_client_trickling_its_body(setup):
     server.done.wait(60)
     assert server.lines[-1] == "anomem: server stopped" and "Traceback" not in server.stderr
     assert "Exception in ASGI application" not in server.stderr
+
+
+# -- issue 25: the decode budget -------------------------------------------------------
+def test_the_decode_budget_lets_requests_in_order_and_never_past_its_capacity():
+    """Reservations wait while the budget is used, are let in in the order they asked (a
+    small one does not pass a large one), a cancelled waiter leaves the queue, and one
+    larger than the whole budget is refused at once."""
+    from anomem.serve import DecodeBudget
+
+    async def scenario() -> list[str]:
+        budget, order = DecodeBudget(100), []
+        release = {name: asyncio.Event() for name in ("a", "b", "c", "d")}
+
+        async def hold(name: str, n: int) -> None:
+            async with budget.reserve(n):
+                order.append(f"{name} in, {budget.used} used")
+                assert budget.used <= budget.capacity
+                await release[name].wait()
+
+        a = asyncio.create_task(hold("a", 60))
+        await asyncio.sleep(0)  # a holds 60
+        b, c, d = (asyncio.create_task(hold(name, n)) for name, n in (("b", 50), ("c", 10), ("d", 30)))
+        while budget.waiting < 3:  # b does not fit; c and d would, but queue behind b
+            await asyncio.sleep(0)
+        assert order == ["a in, 60 used"]
+        d.cancel()  # its client went away while it waited
+        with pytest.raises(asyncio.CancelledError):
+            await d
+        release["a"].set()
+        await a
+        while len(order) < 3:
+            await asyncio.sleep(0)
+        release["b"].set(), release["c"].set()
+        await asyncio.gather(b, c)
+        with pytest.raises(ValueError, match="more than the whole budget"):
+            async with budget.reserve(101):
+                pass
+        assert budget.used == 0 and budget.peak == 60 and budget.waiting == 0
+        return order
+
+    # a's release lets b and c in together (50 + 10); d's 30 was never taken
+    assert asyncio.run(scenario()) == ["a in, 60 used", "b in, 60 used", "c in, 60 used"]
+
+
+def test_decode_estimates_from_the_header(setup):
+    """Per pixel: twice the raster (the decoded image and its EXIF-rotated copy) plus the
+    converted raster; palettes with transparency and 16-bit grey add their wider copies."""
+    from anomem.serve import decode_estimate
+
+    def est(image: Image.Image, channels: int, **save) -> int:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", **save)
+        return decode_estimate(buf.getvalue(), (16, 16), channels).bytes - 16 * 16 * channels * 3
+
+    px = 30 * 20
+    assert est(Image.new("L", (30, 20)), 1) == px * (2 * 1 + 1)
+    assert est(Image.new("RGBA", (30, 20)), 1) == px * (2 * 4 + 1)
+    assert est(Image.new("RGB", (30, 20)), 3) == px * (2 * 4 + 4)
+    assert est(Image.new("P", (30, 20)), 3, transparency=0) == px * (2 * 1 + 4 + 4)
+    assert est(Image.open(io.BytesIO(_png16(20, 30))), 1) == px * (2 * 2 + 1 + 34)
+    assert decode_estimate(b"not an image", (16, 16), 1) is None
+
+
+def test_an_upload_over_the_decode_budget_is_413_and_concurrent_ones_within_it_are_scored(setup):
+    """A 1 MiB budget and a grey model: a 600x600 RGB upload (9 bytes a pixel, about 3 MiB
+    to decode) is refused with the estimate and the flag; 12 concurrent 250x250 ones (0.54
+    MiB each: one fits at a time) all wait their turn and are scored."""
+    server = Server(setup[0] / "model.ckpt", "--decode-budget-mb", "1")
+    try:
+        big = np.zeros((600, 600, 3), np.uint8)
+        r = httpx.post(f"{server.url}/score", files=[("file", ("big.png", _png(big), "image/png"))], timeout=60)
+        assert r.status_code == 413 and r.json() == {
+            "error": "big.png (600x600 RGB) takes about 3 MiB to decode; the decode budget is 1 MiB (--decode-budget-mb)"}
+        fits = _png(np.full((250, 250, 3), 90, np.uint8))
+        with ThreadPoolExecutor(12) as ex:
+            answers = list(ex.map(lambda i: httpx.post(f"{server.url}/score", timeout=120, files=[
+                ("file", (f"m{i}.png", fits, "image/png"))]), range(12)))
+        assert [a.status_code for a in answers] == [200] * 12
+        assert len({a.json()["results"][0]["score"] for a in answers}) == 1
+    finally:
+        assert server.stop() == 0

@@ -14,8 +14,10 @@ Uploads are decoded exactly as ``anomem score`` reads files
 (:func:`anomem.data.image_io.decode_image`, resized and converted grey/colour to fit), and
 the records are the score files' (:func:`anomem.io.records.score_records`), so the two give
 the same scores. Bad input is a 4xx ``{"error": "..."}`` naming the problem; sizes and
-pixel counts are checked before anything is decoded, and at most ``max_decodes`` uploads
-are decoded at once, which bounds the memory of concurrent requests (:class:`ServeLimits`).
+pixel counts are checked before anything is decoded, and each request reserves the memory
+its decode will take (estimated from the image headers, :func:`decode_estimate`) from one
+budget shared by all requests (:class:`DecodeBudget`), which bounds the memory of
+concurrent uploads (:class:`ServeLimits`).
 Slow clients, descriptor exhaustion and shutdown are handled in :mod:`anomem.serve_net`.
 
 One thread owns the detector (:class:`MicroBatcher`): requests queue their images, and
@@ -27,9 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import ctypes
 import ctypes.util
+import io
 import logging
 import math
 import os
@@ -37,6 +41,7 @@ import queue
 import signal
 import socket
 import threading
+import warnings
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -45,6 +50,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import python_multipart  # noqa: F401 - Starlette parses uploads with it: missing, fail at start, not per request
 import torch
+from PIL import Image
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -64,6 +70,8 @@ from anomem.errors import DataError
 from anomem.inputs import check_int_range
 from anomem.io.records import score_records
 from anomem.serve_net import (
+    ACCEPT_BATCH,
+    LISTEN_BACKLOG,
     ThrottledErrors,
     default_max_connections,
     guarded_protocol,
@@ -85,8 +93,9 @@ class ServeLimits:
             it is read, and again while it streams).
         max_batch: images scored together at most (the micro-batch).
         max_pixels: pixels per image (width x height, from the header, before decoding).
-        max_decodes: uploads decoded at once; the others wait. One decode holds about
-            8 bytes per pixel of its image at its peak.
+        decode_budget: bytes that the decodes of concurrent requests may hold together
+            (their estimates, :func:`decode_estimate`); a request waits until its estimate
+            fits, and one whose estimate alone is larger is refused (413).
         request_timeout: seconds for a request to arrive whole (408 after).
         shutdown_timeout: seconds a request still arriving gets after SIGTERM (503 after).
         max_connections: connections held at once (None: the descriptor limit less 64).
@@ -97,7 +106,7 @@ class ServeLimits:
     max_request_bytes: int = 64 * MIB
     max_batch: int = 64
     max_pixels: int = 25_000_000
-    max_decodes: int = 2
+    decode_budget: int = 512 * MIB
     request_timeout: float = 30.0
     shutdown_timeout: float = 10.0
     max_connections: int | None = None
@@ -108,7 +117,7 @@ class ServeLimits:
         check_int_range("max_request_bytes", self.max_request_bytes, 1, 2**40)
         check_int_range("max_batch", self.max_batch, 1, 65536)
         check_int_range("max_pixels", self.max_pixels, 1, 2**40)
-        check_int_range("max_decodes", self.max_decodes, 1, 1024)
+        check_int_range("decode_budget", self.decode_budget, 1, 2**50)
         for name in ("request_timeout", "shutdown_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
@@ -339,6 +348,135 @@ def _decode_all(files: list[tuple[str, bytes]], det: Any, max_pixels: int | None
     return Uploads(torch.stack([d.image for d in decoded]), describe_conversions(counts))
 
 
+# Bytes per pixel of Pillow's raster for each mode: 1 for "1", "L", "P"; 2 for the 16-bit
+# grey modes; 4 for every other mode (Pillow keeps RGB, LA, "I" and "F" in 32 bits a pixel).
+_RASTER_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+_WIDE_EXTRA = 34  # wide grey samples go through int64, uint64 and float64 arrays (_to_mode, wide_to_uint8)
+
+
+class Estimate(NamedTuple):
+    """What decoding one upload takes: ``pixels`` (from its header) and ``bytes`` at its peak."""
+
+    pixels: int
+    bytes: int
+    what: str  # "9000x9000 RGBA", for messages
+
+
+def decode_estimate(data: bytes, size: tuple[int, int], channels: int) -> Estimate | None:
+    """The memory :func:`~anomem.data.image_io.decode_image` takes for ``data`` at its peak,
+    from the header alone (nothing is decoded); None when the header is unreadable (the
+    decode then fails at once, with its own message). Raises Pillow's DecompressionBombError
+    for a header of more than twice Pillow's pixel limit (about 179 Mpx).
+
+    Per pixel of the file: twice its raster (Pillow's decoded image and the copy that
+    applies the EXIF rotation), the raster of the converted image (grey 1 byte, RGB 4), 4
+    more for a palette with transparency (expanded to RGBA first), 34 more for 16- and
+    32-bit grey (widened to 64-bit arrays to scale them); plus the resized image three times
+    (Pillow, numpy, torch). Measured peaks are 0.3-4 bytes per pixel below this
+    (``benchmarks/serve_limits.py``, first table).
+    """
+    try:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as im:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the decode refuses those itself
+            w, h, mode, palette_alpha = im.width, im.height, im.mode, "transparency" in im.info
+    except Image.DecompressionBombError:
+        raise
+    except Exception:  # noqa: BLE001 - not an image: the decode says why
+        return None
+    raster = _RASTER_BYTES.get(mode, 4)
+    per_pixel = 2 * raster + (1 if channels == 1 else 4)
+    if mode == "PA" or (mode == "P" and palette_alpha):
+        per_pixel += 4
+    elif mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        per_pixel += _WIDE_EXTRA
+    out = size[0] * size[1] * channels * 3
+    return Estimate(w * h, w * h * per_pixel + out, f"{w}x{h} {mode}")
+
+
+class DecodeBudget:
+    """Bytes of decoding memory shared by the requests of one event loop.
+
+    ``async with budget.reserve(n)`` takes ``n`` bytes, waiting until they fit; requests are
+    let in in the order they asked, so a large one is not passed over for ever by small
+    ones. A reservation larger than the whole budget raises ValueError at once. A waiter
+    whose request is cancelled (its client went away) leaves the queue.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.used, self.peak = capacity, 0, 0
+        self._waiting: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
+
+    @property
+    def waiting(self) -> int:
+        return sum(not f.done() for _, f in self._waiting)
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, n: int) -> AsyncIterator[None]:
+        if n > self.capacity:
+            raise ValueError(f"{n} bytes is more than the whole budget ({self.capacity} bytes)")
+        if self._waiting or self.used + n > self.capacity:
+            entry = (n, asyncio.get_running_loop().create_future())
+            self._waiting.append(entry)
+            try:
+                await entry[1]
+            except asyncio.CancelledError:
+                if entry[1].done() and not entry[1].cancelled():  # granted, then cancelled: give it back
+                    self._release(n)
+                else:
+                    self._waiting.remove(entry)
+                    self._wake()
+                raise
+        else:
+            self._take(n)
+        try:
+            yield
+        finally:
+            self._release(n)
+
+    def _take(self, n: int) -> None:
+        self.used += n
+        self.peak = max(self.peak, self.used)
+
+    def _release(self, n: int) -> None:
+        self.used -= n
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting:
+            n, future = self._waiting[0]
+            if future.done():  # cancelled while queued
+                self._waiting.popleft()
+                continue
+            if self.used + n > self.capacity:
+                return
+            self._waiting.popleft()
+            self._take(n)
+            future.set_result(None)
+
+
+def _estimate_all(files: list[tuple[str, bytes]], det: Any, limits: ServeLimits) -> int:
+    """Bytes to reserve for decoding ``files`` one after another: the largest estimate plus
+    the resized images. Refuses (413) an image over ``max_pixels`` or over the whole budget."""
+    largest, outputs = 0, 0
+    for name, data in files:
+        try:
+            est = decode_estimate(data, det.image_size_, det.in_channels_)
+        except Image.DecompressionBombError as e:
+            raise BadRequest(413, f"{name}: {e} (--max-pixels)") from None
+        if est is None:
+            continue
+        if est.pixels > limits.max_pixels:
+            raise BadRequest(413, f"{name} is {est.what.split()[0]} = {est.pixels} pixels; "
+                                  f"the limit is {limits.max_pixels} pixels per image (--max-pixels)")
+        if est.bytes > limits.decode_budget:
+            raise BadRequest(413, f"{name} ({est.what}) takes about {est.bytes / MIB:.0f} MiB to decode; the "
+                                  f"decode budget is {limits.decode_budget / MIB:.0f} MiB (--decode-budget-mb)")
+        h, w = det.image_size_
+        out = h * w * det.in_channels_ * 3
+        largest, outputs = max(largest, est.bytes - out), outputs + out
+    return largest + outputs
+
+
 def _with_maps(records: list[dict], fused: np.ndarray) -> list[dict]:
     from anomem.bench.report import heatmap_png, map_range
 
@@ -367,7 +505,8 @@ def create_app(det: Any, checkpoint: str, limits: ServeLimits | None = None) -> 
             if maps not in (None, "png"):
                 raise BadRequest(400, f"maps must be 'png', got {maps!r}")
             files = await _read_uploads(request, limits)
-            async with state["decodes"]:  # bounds the memory of concurrent requests
+            need = await run_in_threadpool(_estimate_all, files, det, limits)
+            async with state["decodes"].reserve(need):  # bounds the memory of concurrent decodes
                 uploads = await run_in_threadpool(_decode_all, files, det, limits.max_pixels)
         except BadRequest as e:
             return _error(e.status, str(e))
@@ -392,7 +531,7 @@ def create_app(det: Any, checkpoint: str, limits: ServeLimits | None = None) -> 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state["batcher"] = MicroBatcher(det, limits.max_batch)
-        state["decodes"] = asyncio.Semaphore(limits.max_decodes)
+        state["decodes"] = DecodeBudget(limits.decode_budget)
         try:
             yield
         finally:
@@ -426,7 +565,8 @@ def run_server(app: Any, host: str, port: int, announce: Callable[[str], None]) 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             asyncio.get_running_loop().set_exception_handler(ThrottledErrors())  # EMFILE: one line per 10 s
-            await super().startup(sockets=sockets)
+            await super().startup(sockets=sockets)  # listens with the accept batch as its backlog
+            sock.listen(LISTEN_BACKLOG)  # the kernel's queue stays long; asyncio still accepts ACCEPT_BATCH a turn
             if self.started:
                 announce(url)
 
@@ -434,7 +574,7 @@ def run_server(app: Any, host: str, port: int, announce: Callable[[str], None]) 
     protocol = guarded_protocol(lim.request_timeout, lim.shutdown_timeout,
                                 lim.max_connections or default_max_connections())
     # uvicorn's own deadline is a backstop: the protocol ends every unfinished request by shutdown_timeout
-    server = Server(uvicorn.Config(app, log_level="warning", lifespan="on", http=protocol,
+    server = Server(uvicorn.Config(app, log_level="warning", lifespan="on", http=protocol, backlog=ACCEPT_BATCH,
                                    timeout_graceful_shutdown=math.ceil(lim.shutdown_timeout) + 30))
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the re-raised SIGTERM: a clean exit
     try:
@@ -446,4 +586,5 @@ def run_server(app: Any, host: str, port: int, announce: Callable[[str], None]) 
         sock.close()
 
 
-__all__ = ["MicroBatcher", "ServeLimits", "create_app", "listen_socket", "model_info", "run_server"]
+__all__ = ["DecodeBudget", "Estimate", "MicroBatcher", "ServeLimits", "create_app", "decode_estimate", "listen_socket",
+           "model_info", "run_server"]

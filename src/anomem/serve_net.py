@@ -8,10 +8,13 @@ the process runs out of file descriptors, and logs a traceback for each failed a
 * a **request timeout**: a request must arrive whole (head and body) within
   ``request_timeout`` seconds of its connection opening or of the previous answer, or it
   gets 408 ``{"error": ...}`` and the connection is closed;
-* a **connection cap** below the descriptor limit: when one more connection would pass
-  ``max_connections``, the oldest connection still sending an unfinished request is
-  answered 503 and closed, so a flood of slow clients never fills the descriptor table
-  and a new client (``GET /health``) is served at once;
+* a **connection cap** below the descriptor limit: when connections pass
+  ``max_connections``, the oldest ones still sending an unfinished request are answered
+  503 and closed, so a flood of slow clients never fills the descriptor table and a new
+  client (``GET /health``) is served. The check runs once the loop has read what the new
+  connections sent, once per batch of accepts: a connection whose whole request has
+  arrived is never dropped, and a batch costs one pass over the connections, not one per
+  connection;
 * a **shutdown deadline**: after SIGTERM, a request still arriving gets
   ``shutdown_timeout`` seconds more, then 503, so the server never waits on a client
   that trickles its body (requests being scored are answered).
@@ -37,6 +40,14 @@ from anomem.errors import DataError
 
 log = logging.getLogger("anomem.serve")
 FD_RESERVE = 64  # descriptors kept free of client connections: the model, threads, spooled uploads, logs
+# Connections accepted per turn of the event loop. asyncio accepts up to its server's
+# "backlog" at a time (uvicorn's: 2048), and on EMFILE it goes on trying the rest of that
+# count, scheduling a retry for each failure: under a flood at the descriptor limit that was
+# about 90,000 failed accepts and as many timers in 8 s, and GET /health waited seconds.
+# With 8 (at most about 3 batches are accepted before their connections are counted), the
+# cap holds the descriptors below the limit.
+ACCEPT_BATCH = 8
+LISTEN_BACKLOG = 1024  # connections the kernel queues before they are accepted
 _PHRASES = {408: "Request Timeout", 503: "Service Unavailable"}
 
 
@@ -52,18 +63,36 @@ def default_max_connections() -> int:
 def guarded_protocol(request_timeout: float, shutdown_timeout: float, max_connections: int) -> type[H11Protocol]:
     """uvicorn's h11 protocol with the timeouts and the connection cap of this module."""
 
+    over_cap: list[asyncio.TimerHandle] = []  # the pending check, when one is
+
+    def _enforce_cap(connections: set) -> None:
+        """Close the oldest unfinished requests until ``max_connections`` are held (503 each)."""
+        for handle in over_cap:
+            handle.cancel()
+        over_cap.clear()
+        excess = len(connections) - max_connections
+        if excess <= 0:
+            return
+        # first those that sent part of a request and stopped, oldest first; then those not read yet
+        waiting = sorted((c for c in connections if isinstance(c, Guarded) and c._unfinished()),
+                         key=lambda c: (not c._heard, c._since))
+        for c in waiting[:excess]:
+            c._refuse(503, f"the server holds {max_connections} connections (its limit) and this request was the "
+                           "slowest to arrive; send it again")
+
     class Guarded(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             self._timer: asyncio.TimerHandle | None = None
-            self._since = self.loop.time()
+            self._since, self._heard = self.loop.time(), False  # _heard: something of a request was read
             super().connection_made(transport)
             self._arm(request_timeout, "not received whole within {:g} s (--request-timeout)")
-            if len(self.connections) > max_connections:
-                waiting = [c for c in self.connections if c is not self and isinstance(c, Guarded) and c._unfinished()]
-                if waiting:
-                    min(waiting, key=lambda c: c._since)._refuse(
-                        503, f"the server holds {max_connections} connections (its limit) and this request was the "
-                             "slowest to arrive; send it again")
+            if len(self.connections) > max_connections + FD_RESERVE // 4:  # descriptors first: at once
+                _enforce_cap(self.connections)
+            elif len(self.connections) > max_connections and not over_cap:
+                # Decided once the loop has read what the new connections sent: a batch of
+                # accepts is then checked in one pass, and a client whose whole request had
+                # arrived (a GET /health) is never taken for a slow one.
+                over_cap.append(self.loop.call_later(0, _enforce_cap, self.connections))
 
         def _unfinished(self) -> bool:
             """The client is still sending a request (nothing of the answer is out yet)."""
@@ -100,6 +129,10 @@ def guarded_protocol(request_timeout: float, shutdown_timeout: float, max_connec
                 self.transport.write(f"HTTP/1.1 {status} {_PHRASES[status]}\r\ncontent-type: application/json\r\n"
                                      f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body)
             self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            self._heard = True
+            super().data_received(data)
 
         def handle_events(self) -> None:
             super().handle_events()
@@ -161,11 +194,11 @@ def listen_socket(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(1024)
+        sock.listen(LISTEN_BACKLOG)
     except (OSError, OverflowError) as e:
         sock.close()
         raise DataError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
     return sock
 
 
-__all__ = ["FD_RESERVE", "ThrottledErrors", "default_max_connections", "guarded_protocol", "listen_socket"]
+__all__ = ["ACCEPT_BATCH", "FD_RESERVE", "LISTEN_BACKLOG", "ThrottledErrors", "default_max_connections", "guarded_protocol", "listen_socket"]

@@ -144,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve a trained detector over HTTP: POST /score, GET /model, GET /health",
                         description="Serve a trained detector over HTTP. Limits: files, bytes per file and per "
                                     "request, and pixels per image are refused with 413 and a JSON reason; a request "
-                                    "that does not arrive whole within --request-timeout gets 408; at most "
-                                    "--max-decodes uploads are decoded at once.")
+                                    "that does not arrive whole within --request-timeout gets 408; uploads are "
+                                    "decoded while their estimated memory fits in --decode-budget-mb.")
     sv.add_argument("checkpoint")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
     sv.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port, printed at start)")
@@ -156,10 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-pixels", type=float, default=25e6,
                     help="pixels per image (width x height), checked from its header before decoding; over it: "
                          "413 (default 25e6, e.g. 5000x5000)")
-    sv.add_argument("--max-decodes", type=int, default=2,
-                    help="uploads decoded at once; the others wait (default 2). Decoding an 8-bit image takes about "
-                         "8 bytes per pixel at its peak (16-bit ones more), so about max-decodes x max-pixels x 8 "
-                         "bytes (400 MB with the defaults) above the loaded model")
+    sv.add_argument("--decode-budget-mb", type=float, default=512.0,
+                    help="MiB that the decodes of concurrent uploads may take together, each estimated from its "
+                         "header (about 9-12 bytes per pixel for 8-bit images, 39 for 16-bit grey); an upload waits "
+                         "until its estimate fits, and one whose estimate alone is larger gets 413 (default 512)")
     sv.add_argument("--request-timeout", type=float, default=30.0,
                     help="seconds a request may take to arrive whole (head and body); then 408 (default 30)")
     sv.add_argument("--shutdown-timeout", type=float, default=10.0,

@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_request_bytes=_mebibytes("--max-request-mb", args.max_request_mb),
                          max_batch=check_int_range("--max-batch", args.max_batch, 1, 65536),
                          max_pixels=_count("--max-pixels", args.max_pixels),
-                         max_decodes=check_int_range("--max-decodes", args.max_decodes, 1, 1024),
+                         decode_budget=_mebibytes("--decode-budget-mb", args.decode_budget_mb),
                          request_timeout=_seconds("--request-timeout", args.request_timeout),
                          shutdown_timeout=_seconds("--shutdown-timeout", args.shutdown_timeout),
                          max_connections=None if args.max_connections is None else
