@@ -1,7 +1,7 @@
 """A training run SIGKILLed mid-epoch resumes with ``anomem train --resume RUN_DIR``.
 
-The run is a real ``python -m anomem.cli train`` process, killed once its first
-``last.ckpt`` exists (so during a later epoch). Resuming must finish the run, and on
+The run is a real ``anomem train`` process that SIGKILLs itself at the first training step
+after its first ``last.ckpt`` was saved (so inside epoch 2). Resuming must finish the run, and on
 CPU with a fixed seed its final checkpoint must be bit-identical to an uninterrupted
 run's: last.ckpt holds the optimizer, schedule, epoch count and the global RNG state
 taken at the epoch boundary (kornia's augmentations draw from it); the data order and
@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -52,29 +51,39 @@ def _losses(ckpt: dict) -> list[float]:
     return [e["loss"] for e in json.loads(ckpt["history"])]
 
 
+# `anomem train` that kills itself (SIGKILL) in the first training step after its first
+# last.ckpt was saved: mid-epoch 2 on any machine, without a clock.
+_KILL_IN_EPOCH_2 = """
+import os, signal, sys
+import anomem.cli.train as train
+import anomem.engine as engine
+saved = [False]
+real_save, real_step = train.save_checkpoint, engine.Stage1Trainer._step
+def save(*a, **k):
+    real_save(*a, **k)
+    saved[0] = True
+def step(self, *a, **k):
+    if saved[0]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_step(self, *a, **k)
+train.save_checkpoint, engine.Stage1Trainer._step = save, step
+from anomem.cli import main
+sys.argv = ["anomem", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
 @pytest.mark.slow  # a fresh Python process (imports torch) plus a resumed run: ~15 s on 2 idle cores
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(folder_dataset, trained_run, trained_epochs, tiny_train, tmp_path):
     run = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same kernels as this process
     argv = [sys.executable, "-m", "anomem.cli", "train", "--data", str(folder_dataset),
             "--epochs", str(trained_epochs), "--out", str(run), *tiny_train]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    try:
-        deadline = time.monotonic() + 240
-        while not (run / "last.ckpt").exists():
-            assert proc.poll() is None, f"training ended early: {proc.stderr.read().decode()}"
-            assert time.monotonic() < deadline, "no checkpoint after 240 s"
-            time.sleep(0.01)
-        time.sleep(0.05)  # into the next epoch
-        assert proc.poll() is None, "the run finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    proc = subprocess.run([sys.executable, "-c", _KILL_IN_EPOCH_2, *argv[3:]], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, env=env, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     assert not (run / "model.ckpt").exists(), "the run was not interrupted"
-    killed_at = load_checkpoint(run / "last.ckpt")["trainer"]["epoch"]
-    assert 1 <= killed_at < trained_epochs
+    assert load_checkpoint(run / "last.ckpt")["trainer"]["epoch"] == 1 < trained_epochs
 
     # Resume from a moved directory: outputs go to RUN_DIR, not the original --out.
     moved = tmp_path / "moved"
