@@ -200,8 +200,11 @@ def threshold_table(cells: dict, cats: list[str]) -> str:
 def results(cells: dict, cats: list[str], seeds: list[int], cmd: str) -> str:
     p = plan()
     fits = "; ".join(f"`{n}`: pseudo.defects={list(v['defects'])}, scores {', '.join(v['scores'])}" for n, v in p.items())
-    missing = [f"{c} seed {s} {n}" for c in cats for s in seeds
-               for n in (*p, "baselines") if (c, s, n) not in cells]
+    missing = []
+    for c in cats:
+        for s in seeds:
+            gone = [n for n in ("baselines", *p) if (c, s, n) not in cells]
+            missing += [f"{c} seed {s}" + ("" if len(gone) == len(p) + 1 else f" ({', '.join(gone)})")] if gone else []
     cmds = sorted({c["command"] for c in cells.values() if "command" in c}) or [cmd]
     code = sorted({c["commit"] for c in cells.values() if c.get("commit")})
     return (f"Command: {', '.join(f'`{x}`' for x in cmds)} (code at commit {', '.join(code) or 'unknown'}, "
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=list(CATEGORIES))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--train", type=int, default=240, help="training normals")
     ap.add_argument("--test-normal", type=int, default=60, help="test normals")
