@@ -42,8 +42,8 @@ log = logging.getLogger("anomem.serve")
 FD_RESERVE = 64  # descriptors kept free of client connections: the model, threads, spooled uploads, logs
 # Connections accepted per turn of the event loop. asyncio accepts up to its server's
 # "backlog" at a time (uvicorn's: 2048), and on EMFILE it goes on trying the rest of that
-# count, scheduling a retry for each failure: under a flood at the descriptor limit that was
-# about 90,000 failed accepts and as many timers in 8 s, and GET /health waited seconds.
+# count, scheduling a retry for each failure: under a flood at the descriptor limit those
+# calls and timers took most of the loop's time, and GET /health waited seconds.
 # With 8 (at most about 3 batches are accepted before their connections are counted), the
 # cap holds the descriptors below the limit.
 ACCEPT_BATCH = 8
