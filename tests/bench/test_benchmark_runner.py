@@ -1,6 +1,7 @@
 """The `anomem benchmark` runner on embedded digits: cells, resume, tables, protocols."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,3 +272,18 @@ def test_settings_carry_the_config_object_without_changing_their_identity():
     got = _anomem_config(with_cfg, seed=3)
     assert got.heads.steps == 7 and got.train.seed == 3  # trained from the object, seed set per cell
     assert _anomem_config(s, seed=3).heads.steps != 7  # without it: preset + overrides
+
+
+def test_a_directory_written_with_old_keys_resumes_with_todays(tmp_path):
+    """The committed fashion-mnist-contrast run was asked with scorer.calibration_max_fraction=0:
+    the same settings spelled today (threshold.calibration_max_fraction=0) are the same benchmark."""
+    import json as _json
+
+    from anomem.bench.plan import fingerprint
+
+    root = Path(__file__).resolve().parents[2] / "docs/results/fashion-mnist-contrast/benchmark.json"
+    old = _json.loads(root.read_text())["settings"]
+    assert "scorer.calibration_max_fraction=0" in old["overrides"]
+    today = {**old, "overrides": [o.replace("scorer.calibration", "threshold.calibration") for o in old["overrides"]]}
+    assert fingerprint(today) == fingerprint(old)
+    assert fingerprint({**today, "overrides": [*today["overrides"], "train.seed=1"]}) != fingerprint(old)

@@ -10,6 +10,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from anomem.config.legacy import MOVED
+
 __all__ = ["GROUPS", "LABEL_FREE", "METHODS", "PROTOCOLS", "BenchmarkSettings", "Cell"]
 
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -55,10 +57,27 @@ class BenchmarkSettings:
     config: dict | None = field(default=None, compare=False)
 
     def fingerprint(self) -> str:
-        """Identity of the benchmark: every setting but ``config``, which preset and
-        overrides determine (so directories written before it existed still resume)."""
-        d = {k: v for k, v in asdict(self).items() if k != "config"}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        """Identity of the benchmark (:func:`fingerprint`)."""
+        return fingerprint(asdict(self))
+
+
+def fingerprint(settings: dict) -> str:
+    """Identity of a benchmark from its settings: every one but ``config``, which preset
+    and overrides determine (so directories written before it existed still resume), with
+    each override's key in today's spelling (a directory written with ``scorer.bank=0``
+    resumes with ``bank.size=0``; :data:`anomem.config.legacy.MOVED`)."""
+    d = {k: v for k, v in settings.items() if k != "config"}
+    if isinstance(d.get("overrides"), list | tuple):
+        d["overrides"] = [_today(o) for o in d["overrides"]]
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _today(override: object) -> object:
+    """``key=value`` with the key in today's spelling (anything else as it is)."""
+    if not isinstance(override, str) or "=" not in override:
+        return override
+    key, value = override.split("=", 1)
+    return f"{MOVED.get(key.strip(), key.strip())}={value}" if key.strip() in MOVED else override
 
 
 @dataclass(frozen=True)

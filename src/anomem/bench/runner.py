@@ -47,7 +47,15 @@ from anomem.bench.feature_eval import (
     linear_evaluation,
     linear_probe,
 )
-from anomem.bench.plan import GROUPS, LABEL_FREE, METHODS, PROTOCOLS, BenchmarkSettings, Cell
+from anomem.bench.plan import (
+    GROUPS,
+    LABEL_FREE,
+    METHODS,
+    PROTOCOLS,
+    BenchmarkSettings,
+    Cell,
+    fingerprint,
+)
 from anomem.bench.tables import load_rows, markdown_table, summarise
 from anomem.errors import ConfigError, DataError
 from anomem.io.checkpoint import atomic_write_bytes, atomic_write_text
@@ -327,7 +335,7 @@ def _prepare_out(out: Path, s: BenchmarkSettings) -> None:
             old = json.loads(meta.read_text())
         except ValueError as e:
             raise DataError(f"{str(meta)!r} is unreadable ({e}); use a new --out directory") from None
-        if old.get("fingerprint") != s.fingerprint():
+        if fingerprint(old.get("settings") or {}) != s.fingerprint():
             diff = sorted(k for k, v in asdict(s).items() if json.dumps(old.get("settings", {}).get(k)) != json.dumps(v))
             raise ConfigError(f"{str(out)!r} holds a benchmark with other settings (differs in {', '.join(diff)}); "
                               "use a new --out directory, or the same settings to resume")
