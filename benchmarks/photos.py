@@ -76,11 +76,11 @@ def run_cell(cat: str, seed: int, config: str, size: int, n_train: int, n_test_n
 # -- the tables, from the cells ------------------------------------------------------------
 
 def ms(values: list[float], digits: int = 3) -> str:
-    """mean ± std (population std over the seeds), or "mean (1 seed)"; "–" when empty."""
+    """mean ± sample std (ddof 1) of the values, or "mean (1 seed)"; "–" when empty."""
     v = [x for x in values if x is not None and np.isfinite(x)]
     if not v:
         return "–"
-    return f"{np.mean(v):.{digits}f} ± {np.std(v):.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f} (1 seed)"
+    return f"{np.mean(v):.{digits}f} ± {np.std(v, ddof=1):.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f} (1 seed)"
 
 
 def unseen_kinds(cells: dict, cat: str, seed: int) -> dict[str, dict] | None:
@@ -113,9 +113,11 @@ def family(kinds: dict[str, dict] | None, fam: str, metric: str = "image_auroc")
     return float(np.mean(v)) if v else None
 
 
-def done_seeds(cells: dict, cat: str, method: str) -> list[int]:
+def done_seeds(cells: dict, cat: str, method: str = "") -> list[int]:
+    """The seeds of ``cat`` with every cell on disk (all AnoMem fits and the baselines), so
+    that every method in a table is compared on the same seeds (``method`` is not consulted)."""
     seeds = sorted({s for (c, s, _) in cells if c == cat})
-    return [s for s in seeds if method_kinds(cells, cat, s, method) is not None]
+    return [s for s in seeds if all((cat, s, n) in cells for n in (*plan(), "baselines"))]
 
 
 def over_seeds(cells: dict, cat: str, method: str, fn) -> list[float]:
@@ -142,7 +144,8 @@ def headline(cells: dict, cats: list[str]) -> str:
             row += [ms(over_seeds(cells, cat, m, lambda k, f=f: family(k, f))) for f in FAMILIES]
         for f in FAMILIES:
             best = strongest_patch(cells, cat, f)
-            row.append(ms(over_seeds(cells, cat, best, lambda k, f=f: family(k, f))) + f" ({best[10:]})")
+            got = over_seeds(cells, cat, best, lambda k, f=f: family(k, f))
+            row.append(ms(got) + (f" ({best[10:]})" if got else ""))
         row += [ms(over_seeds(cells, cat, "knn", lambda k, f=f: family(k, f))) for f in FAMILIES]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
@@ -211,7 +214,7 @@ def results(cells: dict, cats: list[str], seeds: list[int], cmd: str) -> str:
             f"with this benchmark's files).\n\nCells on disk: {len(cells)}. Missing: {', '.join(missing) or 'none'}.\n\n"
             f"AnoMem fits per (category, seed): {fits}.\n\n"
             "## Image AUROC per family (mean over the family's kinds; mean ± std over seeds)\n\n"
-            + headline(cells, cats) + "\n## Image AUROC per kind (all finished categories and seeds)\n\n"
+            + headline(cells, cats) + "\n## Image AUROC per kind (mean ± std over every finished (category, seed))\n\n"
             + per_kind_table(cells, cats) + "\n## Localisation (test normals' pixels included)\n\n"
             + localisation_table(cells, cats) + "\n## The default threshold and the fit\n\n" + threshold_table(cells, cats))
 

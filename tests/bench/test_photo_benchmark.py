@@ -107,9 +107,12 @@ def test_tables_take_each_kind_from_the_fit_that_never_saw_it(bench) -> None:
             kinds = {k: {"image_auroc": level if k in p["scores"] else 1.0, "pixel_auroc": 0.5, "aupro": 0.3}
                      for k in OBVIOUS + SUBTLE}
             cells[("grass", seed, name)] = {"kinds": kinds}
+        cells[("grass", seed, "baselines")] = {"methods": {}}
     unseen = photos.unseen_kinds(cells, "grass", 0)
     assert {v["image_auroc"] for v in unseen.values()} == {0.6}
     assert photos.ms(photos.over_seeds(cells, "grass", "anomem never saw", lambda k: photos.family(k, "obvious"))) \
-        == "0.700 ± 0.100"
+        == "0.700 ± 0.141"  # sample std of 0.6 and 0.8
     del cells[("grass", 1, "anomem-minus-scar")]  # an unfinished seed is left out, not half-counted
     assert photos.done_seeds(cells, "grass", "anomem never saw") == [0]
+    del cells[("grass", 0, "baselines")]  # and every method is compared on the same seeds
+    assert photos.done_seeds(cells, "grass", "anomem default") == []
