@@ -51,3 +51,15 @@ def require_realdata() -> Callable[[str | Path, str], Path]:
         pytest.skip(message)
 
     return require
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handler_restored():
+    """Each test leaves Ctrl-C as it found it: a handler left ignoring SIGINT in this process
+    is inherited by every child a later test starts, whose Ctrl-C then does nothing."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    if signal.getsignal(signal.SIGINT) is not before:
+        signal.signal(signal.SIGINT, before)

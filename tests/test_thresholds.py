@@ -183,8 +183,9 @@ def test_no_calibration_split(tmp_path):
         det.anomaly_score(stripes(2, False), normalized=True)
     with pytest.raises(DataError, match="held-out"):
         det.calibrate_threshold()
-    det.set_threshold(0.0)  # scale from the training normals kept at fit time
-    assert det.threshold_.scale > 0 and det.predict(stripes(3, False)).shape == (3,)
+    det.set_threshold(0.0)  # no held-out normals: the largest spread of the weighted unit-spread parts
+    image_weights = sum(v for k, v in det.weights_.items() if not k.startswith("map."))
+    assert det.threshold_.scale == pytest.approx(image_weights) and det.predict(stripes(3, False)).shape == (3,)
 
 
 # -- the command ----------------------------------------------------------------------

@@ -31,7 +31,7 @@ import torch
 
 from anomem.config import ThresholdConfig
 from anomem.errors import ConfigError, DataError, NotFittedError
-from anomem.fit.stage2 import ScoreBank, cached_scores
+from anomem.fit.stage2 import cached_scores
 from anomem.inputs import check_disjoint, image_digests
 from anomem.thresholds import (
     Threshold,
@@ -260,9 +260,10 @@ class ThresholdMixin:
         """Set the threshold by hand (anomaly iff raw score > ``value``).
 
         ``scale`` (the spread used by normalised scores) defaults to the spread of the
-        held-out normals' scores, else of the training normals kept at fit time, as long as
-        the score reads only parts those keep (the memory's and the heads'); otherwise
-        ``scale`` must be given.
+        held-out normals' scores. Without held-out normals it is Σ_k w[k] over the image
+        parts: every part is a z-score of unit spread on training normals, so that is the
+        largest spread their weighted sum can have (the kept training normals hold only
+        the memory's and the heads' parts, not enough to score them whole).
 
         Returns:
             self
@@ -273,14 +274,10 @@ class ThresholdMixin:
         except (TypeError, ValueError):
             raise ConfigError(f"threshold value must be a number, got {value!r}") from None
         if scale is None:
-            bank = self.calibration_bank_ or ScoreBank(self.banks_.normal_scores, self.banks_.normal)
-            if bank.raw.shape[0] == 0:  # a checkpoint from before thresholds existed
-                raise ConfigError("this detector keeps no normal scores to derive the scale from; pass scale=")
-            lacking = [k for k, v in self.weights_.items() if v and k.split(".")[0] not in ("memory", "heads", "map")]
-            if self.calibration_bank_ is None and lacking:
-                raise ConfigError(f"this detector keeps no held-out normals, and its training normals' bank holds "
-                                  f"no {', '.join(lacking)}, which its score reads: pass scale=")
-            scale = normal_spread(cached_scores(self.model_, bank))
+            if self.calibration_bank_ is not None:
+                scale = normal_spread(cached_scores(self.model_, self.calibration_bank_))
+            else:
+                scale = sum(v for k, v in self.weights_.items() if not k.startswith("map."))
         self.threshold_ = Threshold(value=value, method="manual", scale=float(scale))
         return self
 

@@ -75,6 +75,9 @@ def test_a_run_folder_stands_for_its_model(trained_run, folder_dataset, tmp_path
 # signal lands in that phase on any machine.
 _CTRL_C_IN = """
 import functools, importlib.abc, os, signal, sys
+# a parent that ignores SIGINT (an earlier test in the same pytest process may leave it so)
+# hands that on to its children, and Python then never raises KeyboardInterrupt: restore it
+signal.signal(signal.SIGINT, signal.default_int_handler)
 phase = sys.argv[1]
 def interrupt():
     os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt right here

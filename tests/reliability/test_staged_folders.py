@@ -180,6 +180,9 @@ def test_interrupted_evaluate_report_leaves_nothing(setup, folder_dataset, monke
 # without any clock, where the signal lands. The hook is installed before the command runs.
 _INTERRUPT_AT = """
 import functools, os, signal, sys
+# a parent that ignores SIGINT (an earlier test in the same pytest process may leave it so)
+# hands that on to its children, and Python then never raises KeyboardInterrupt: restore it
+signal.signal(signal.SIGINT, signal.default_int_handler)
 phase, nth = sys.argv[1], int(sys.argv[2])
 import anomem.bench.report as report, anomem.data.scan as scan, anomem.inference as inference
 import anomem.io.staging as staging
