@@ -29,7 +29,14 @@ from anomem.engine import EpochLog, Stage1Trainer, resolve_device
 from anomem.errors import ConfigError, NotFittedError
 from anomem.factory import build_net, build_scorer, load_backbone_weights
 from anomem.fit.fusion import FusionFit, fit_fusion
-from anomem.fit.stage2 import ScoreBank, Stage2Banks, calibration_bank, fit_scorer, refit
+from anomem.fit.stage2 import (
+    ScoreBank,
+    Stage2Banks,
+    calibration_bank,
+    fit_scorer,
+    refit,
+    settings_of,
+)
 from anomem.inference import AnoMemModel
 from anomem.inputs import (
     as_images,
@@ -45,7 +52,7 @@ from anomem.model.net import AnoMemNet
 from anomem.model.prototypes import PrototypeCache, build_prototype_cache
 from anomem.params import ParamsMixin, apply_overrides, check_overrides, weights_for_call
 from anomem.stage2.scorer import Scorer
-from anomem.stage2.weights import SETTINGS, global_only, split_of
+from anomem.stage2.weights import SETTINGS, global_only
 from anomem.thresholds import Threshold
 
 EpochCallback = Callable[["AnoMem", Stage1Trainer, EpochLog], None]
@@ -308,9 +315,8 @@ class AnoMem(ParamsMixin, ThresholdMixin, PersistenceMixin):
     def settings_(self) -> dict[str, Any]:
         """The settings the weights were composed from: the config's ``weights`` section and
         the fitted ``image`` and ``map`` splits."""
-        w = self.weights_
-        return {**self.config_.weights.settings(self.model_.scorer.num_scales), "image": split_of(w),
-                "map": split_of(w, "map.")}
+        self.check_fitted()
+        return settings_of(self.model_, self.config_)
 
     def fusion_weights(self, weights: Mapping[str, Any] | None = None, fusion: Any = None) -> dict[str, float] | None:
         """Flat weights for one call: ``weights`` may name settings (:data:`SETTINGS`, the

@@ -115,13 +115,19 @@ def cached_scores(model: AnoMemModel, bank: ScoreBank, weights: dict[str, float]
     return fuse(model.scorer.parts(cached_reading(model, bank)), model.weights(weights)).float().cpu().numpy()
 
 
+def settings_of(model: AnoMemModel, cfg: AnoMemConfig) -> dict[str, Any]:
+    """The settings the model's weights were composed from: the config's ``weights``
+    section and the ``image`` / ``map`` splits the current weights hold."""
+    w = model.scorer.weights.as_dict()
+    return {**cfg.weights.settings(model.scorer.num_scales), "image": split_of(w), "map": split_of(w, "map.")}
+
+
 def compose_weights(model: AnoMemModel, cfg: AnoMemConfig, image: list[float] | None = None,
                     map: list[float] | None = None) -> dict[str, float]:
     """The flat weights of the config's settings and the ``image``/``map`` split (default:
     the split the current weights hold) for what the scorer can read now."""
-    w = model.scorer.weights.as_dict()
-    settings = {**cfg.weights.settings(model.scorer.num_scales), "image": image or split_of(w),
-                "map": map or split_of(w, "map.")}
+    settings = settings_of(model, cfg)
+    settings.update({k: v for k, v in (("image", image), ("map", map)) if v})
     return compose(settings, model.scorer.readable(model.use_heads), model.scorer.num_scales, model.use_heads)
 
 
@@ -293,6 +299,7 @@ __all__ = [
     "finish",
     "fit_scorer",
     "compose_weights",
+    "settings_of",
     "refit",
     "score_bank_from_state",
     "score_bank_state",
