@@ -18,8 +18,8 @@ def _cap_onednn_on_amd_avx512() -> None:
     """torch 2.14.1's oneDNN crashes (SIGSEGV) in the backward pass of channels-last
     convolutions on AMD CPUs with AVX-512 (an AMD EPYC here: stage-1 training on 48-px
     photographs; docs/reliability.md). Cap oneDNN at AVX2 there, before its first use,
-    unless the user set ``ONEDNN_MAX_CPU_ISA``; channels-last training then still runs
-    about 2x faster than without it on that machine (docs/performance.md)."""
+    unless the user set ``ONEDNN_MAX_CPU_ISA``; channels-last training still pays under
+    the cap (``benchmarks/onednn_isa.py``, docs/decisions.md Decision 12)."""
     if "ONEDNN_MAX_CPU_ISA" in os.environ:
         return
     try:
