@@ -29,14 +29,8 @@ from anomem.engine import EpochLog, Stage1Trainer, resolve_device
 from anomem.errors import ConfigError, NotFittedError
 from anomem.factory import build_net, build_scorer, load_backbone_weights
 from anomem.fit.fusion import FusionFit, fit_fusion
-from anomem.fit.stage2 import (
-    ScoreBank,
-    Stage2Banks,
-    calibration_bank,
-    fit_scorer,
-    refit,
-    settings_of,
-)
+from anomem.fit.stage2 import ScoreBank, Stage2Banks, calibration_bank, fit_scorer, refit
+from anomem.fit.stage2 import settings_of as fitted_settings
 from anomem.inference import AnoMemModel
 from anomem.inputs import (
     as_images,
@@ -313,10 +307,9 @@ class AnoMem(ParamsMixin, ThresholdMixin, PersistenceMixin):
 
     @property
     def settings_(self) -> dict[str, Any]:
-        """The settings the weights were composed from: the config's ``weights`` section and
-        the fitted ``image`` and ``map`` splits."""
+        """The settings of the weights: the config's ``weights`` section, the fitted splits."""
         self.check_fitted()
-        return settings_of(self.model_, self.config_)
+        return fitted_settings(self.model_, self.config_)
 
     def fusion_weights(self, weights: Mapping[str, Any] | None = None, fusion: Any = None) -> dict[str, float] | None:
         """Flat weights for one call: ``weights`` may name settings (:data:`SETTINGS`, the
