@@ -65,17 +65,24 @@ def guarded_protocol(request_timeout: float, shutdown_timeout: float, max_connec
 
     over_cap: list[asyncio.TimerHandle] = []  # the pending check, when one is
 
-    def _enforce_cap(connections: set) -> None:
-        """Close the oldest unfinished requests until ``max_connections`` are held (503 each)."""
-        for handle in over_cap:
-            handle.cancel()
-        over_cap.clear()
+    def _enforce_cap(connections: set, heard_only: bool = False) -> None:
+        """Close the oldest unfinished requests until ``max_connections`` are held (503 each).
+
+        ``heard_only``: close only connections that sent part of a request and stopped. A
+        connection not read yet may hold a whole request in the kernel's buffer (a GET
+        /health accepted in the same turn as a flood): closing it would reset it (unread
+        data turns the close into a TCP RST), so it waits for the check one turn later,
+        after the loop has read it."""
+        if not heard_only:
+            for handle in over_cap:
+                handle.cancel()
+            over_cap.clear()
         excess = len(connections) - max_connections
         if excess <= 0:
             return
         # first those that sent part of a request and stopped, oldest first; then those not read yet
-        waiting = sorted((c for c in connections if isinstance(c, Guarded) and c._unfinished()),
-                         key=lambda c: (not c._heard, c._since))
+        waiting = sorted((c for c in connections if isinstance(c, Guarded) and c._unfinished()
+                          and (c._heard or not heard_only)), key=lambda c: (not c._heard, c._since))
         for c in waiting[:excess]:
             c._refuse(503, f"the server holds {max_connections} connections (its limit) and this request was the "
                            "slowest to arrive; send it again")
@@ -87,8 +94,8 @@ def guarded_protocol(request_timeout: float, shutdown_timeout: float, max_connec
             super().connection_made(transport)
             self._arm(request_timeout, "not received whole within {:g} s (--request-timeout)")
             if len(self.connections) > max_connections + FD_RESERVE // 4:  # descriptors first: at once
-                _enforce_cap(self.connections)
-            elif len(self.connections) > max_connections and not over_cap:
+                _enforce_cap(self.connections, heard_only=True)
+            if len(self.connections) > max_connections and not over_cap:
                 # Decided once the loop has read what the new connections sent: a batch of
                 # accepts is then checked in one pass, and a client whose whole request had
                 # arrived (a GET /health) is never taken for a slow one.
