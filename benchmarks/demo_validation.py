@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from anomem import load_config
-from anomem.cli.bench import DEMO_PRESET
+from anomem.cli.demo import DEMO_PRESET
 from anomem.data.registry import load_dataset
 
 # isort: split

@@ -1,9 +1,6 @@
 """The cells of benchmarks/photos.py: one AnoMem configuration, or the baselines, on one
 category and seed. Each returns a JSON-ready dict; nothing here reads or writes files.
-
-Per test defect kind (each against all the test normals): image AUROC, pixel AUROC and
-AUPRO over the normals and that kind's images (a normal image's pixels are all normal, so
-a hot spot on a normal counts as a false positive, as in the MVTec AD protocol).
+The metrics (per kind, and over all test images) are :mod:`anomem.bench.photos`'.
 """
 
 from __future__ import annotations
@@ -16,8 +13,8 @@ import torch.nn.functional as F
 
 from anomem import AnoMem
 from anomem.baselines import RawPixelKNN, RawPixelPatchKNN, aggregate_patch_distances
+from anomem.bench.photos import all_images, per_kind
 from anomem.data.photos import PhotoSplit
-from anomem.metrics import aupro, image_auroc, pixel_auroc
 
 #: patch-kNN memory banks: a seeded uniform draw of 40000 patches (the registry's default),
 #: and a greedy k-centre coreset of 4096 (about 1.8 % of the 230k candidate patches of 240
@@ -29,32 +26,6 @@ AGGREGATES = {"max": 1.0, "top1%": 0.01}
 
 def u8(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.round(np.clip(a, 0, 1) * 255).astype(np.uint8))
-
-
-def per_kind(sp: PhotoSplit, s_normal: np.ndarray, s_defect: np.ndarray,
-             m_normal: np.ndarray | None = None, m_defect: np.ndarray | None = None) -> dict[str, dict[str, float]]:
-    """{kind: {"image_auroc", and with maps "pixel_auroc", "aupro"}}, each kind against all test normals."""
-    kinds = np.asarray(sp.kinds)
-    empty = np.zeros((len(s_normal), *sp.masks.shape[1:]), bool)
-    out = {}
-    for k in dict.fromkeys(sp.kinds):
-        sel = kinds == k
-        rec = {"image_auroc": image_auroc(np.r_[np.zeros(len(s_normal)), np.ones(sel.sum())], np.r_[s_normal, s_defect[sel]])}
-        if m_normal is not None:
-            masks = np.concatenate([empty, sp.masks[sel]])
-            maps = np.concatenate([m_normal, m_defect[sel]])
-            rec.update(pixel_auroc=pixel_auroc(masks, maps), aupro=aupro(masks, maps))
-        out[k] = rec
-    return out
-
-
-def all_images(sp: PhotoSplit, m_normal: np.ndarray, m_defect: np.ndarray) -> dict[str, float]:
-    """Pixel AUROC and AUPRO over every test image (normals included), and AUPRO over the
-    defective images only (the protocol of the earlier photo benchmark, for comparison)."""
-    masks = np.concatenate([np.zeros((len(m_normal), *sp.masks.shape[1:]), bool), sp.masks])
-    maps = np.concatenate([m_normal, m_defect])
-    return {"pixel_auroc_all": pixel_auroc(masks, maps), "aupro_all": aupro(masks, maps),
-            "aupro_defective_only": aupro(sp.masks, m_defect)}
 
 
 def _fusion(det: AnoMem) -> dict[str, list[float]]:

@@ -6,10 +6,13 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from anomem import AnoMem
 from anomem.cli import main
 
 from synthetic import stripes
@@ -127,9 +130,47 @@ def test_small_runs_get_an_estimable_threshold_and_asked_targets_warn_once_at_th
     assert "WARNING" not in out and len([x for x in err.splitlines() if "warning" in x]) == 1
 
 
-def test_demo_prints_no_warnings(tmp_path, capsys):
+def test_digits_demo_prints_no_warnings(tmp_path, capsys):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert main(["demo", "--classes", "0", "--set", "train.epochs=2", "--out", str(tmp_path / "demo")]) == 0
+        assert main(["demo", "--data", "digits", "--classes", "0", "--set", "train.epochs=2",
+                     "--out", str(tmp_path / "demo")]) == 0
     out, err = capsys.readouterr()
     assert "mean" in out and "warning:" not in (out + err).lower() and not caught, (err, [str(w.message) for w in caught])
+
+
+def test_photo_demo_reports_what_its_saved_detector_scores(tmp_path, capsys, monkeypatch):
+    """The photo demo at a small size: no warning; its report has the heat-maps and every
+    defect kind; the AnoMem row is what the saved detector scores on the same crops; the
+    baselines are on the same footing (same kinds, same normals)."""
+    from anomem.bench.photos import family_means, per_kind
+    from anomem.cli import demo
+    from anomem.data.photos import OBVIOUS, SUBTLE, photo_category
+
+    monkeypatch.setitem(demo.PHOTO, "n_train", 48)
+    monkeypatch.setitem(demo.PHOTO, "n_test_normal", 12)
+    monkeypatch.setitem(demo.PHOTO, "per_kind", 3)
+    out_dir = tmp_path / "demo"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["demo", "--size", "32", "--set", "train.epochs=1", "--set", "train.min_steps=4",
+                     "--out", str(out_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in (out + err).lower() and not caught, (err, [str(w.message) for w in caught])
+    result = json.loads((out_dir / "demo.json").read_text())
+    assert list(result["methods"]) == ["AnoMem (cpu-small)", "patch kNN (coreset, max)",
+                                       "patch kNN (coreset, top 1% mean)", "kNN (whole image)"]
+    for name, row in result["methods"].items():
+        assert set(row["kinds"]) == set(OBVIOUS + SUBTLE), name
+        assert name in out
+    sp = photo_category("grass", size=32, n_train=48, n_test_normal=12, per_kind=3, seed=0)
+    det = AnoMem.load(out_dir / "detector.ckpt")
+    u8 = lambda a: torch.from_numpy(np.round(np.clip(a, 0, 1) * 255).astype(np.uint8))  # noqa: E731
+    kinds = per_kind(sp, det.anomaly_score(u8(sp.test_normal)), det.anomaly_score(u8(sp.test_defect)))
+    row = result["methods"]["AnoMem (cpu-small)"]
+    for fam, value in family_means(kinds).items():
+        assert row[f"image_auroc_{fam}"] == pytest.approx(value, abs=1e-6)
+    assert result["threshold_flags_test_normals"] == int(det.predict(u8(sp.test_normal)).sum())
+    html = (out_dir / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and all(k in html for k in OBVIOUS + SUBTLE)
+    assert "patch kNN (coreset, max): image AUROC obvious / subtle" in html

@@ -280,7 +280,11 @@ def test_config_values_above_their_ceiling_are_refused_before_work(folder_datase
     (["evaluate", "{ckpt}", "--data", "{data}", "--out", "{tmp}/r", "--seed", "-1"], "--seed must lie in"),
     (["linear-eval", "{ckpt}", "--data", "digits", "--seed", "-7"], "--seed must lie in"),
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--seed", "-3"], "train.seed must lie in"),
-    (["demo", "--classes", "12", "--out", "{tmp}/r"], "--classes must lie in [0, 9]"),
+    (["demo", "--data", "digits", "--classes", "12", "--out", "{tmp}/r"], "--classes must lie in [0, 9]"),
+    (["demo", "--classes", "1", "--out", "{tmp}/r"], "--classes applies to --data digits, not --data photo"),
+    (["demo", "--data", "digits", "--size", "64", "--out", "{tmp}/r"], "--size applies to --data photo"),
+    (["demo", "--category", "sky", "--out", "{tmp}/r"], "--category must be one of grass, gravel"),
+    (["demo", "--size", "16", "--out", "{tmp}/r"], "--size must lie in [32, 256]"),
     (["benchmark", "--data", "digits", "--methods", "knn", "--pollution", "-1", "--out", "{tmp}/r"], "--pollution"),
     (["benchmark", "--data", "digits", "--set", "backbone.width=4096", "--out", "{tmp}/r"], "backbone.width"),
 ])

@@ -1,4 +1,4 @@
-"""``anomem benchmark``, ``linear-eval`` and ``demo``."""
+"""``anomem benchmark`` and ``linear-eval``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
-from anomem import __version__
 from anomem.cli.common import (
-    _auroc,
     _load_detector,
     progress_mode,
     summary_stream,
@@ -24,12 +20,11 @@ from anomem.cli.train import (
 from anomem.config import load_config
 from anomem.errors import DataError
 from anomem.inputs import check_int_range
-from anomem.io.checkpoint import atomic_write_text, git_commit
+from anomem.io.checkpoint import atomic_write_text
 from anomem.io.outputs import (
     check_claimable,
     check_file_target,
     check_outputs,
-    claim_output_dir,
 )
 from anomem.limits import check_config_limits, check_seed
 
@@ -102,46 +97,6 @@ def cmd_linear_eval(args: argparse.Namespace) -> int:
     if args.out:
         atomic_write_text(Path(args.out), json.dumps({"checkpoint": str(args.checkpoint), "data": args.data,
                                                       "max_train": args.max_train, "seed": args.seed, **acc}, indent=2))
-    return 0
-
-
-DEMO_PRESET = "demo-digits"  # its settings live with every preset, in anomem.config
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """One-vs-all on scikit-learn's embedded digits: AnoMem vs raw-pixel kNN."""
-    from anomem.baselines import make_baseline
-    from anomem.bench.protocols import one_vs_all
-    from anomem.data.registry import load_dataset
-    from anomem.detector import AnoMem
-
-    check_claimable("--out", args.out, "demo", legacy=("demo.json",))
-    for c in args.classes:
-        check_int_range("--classes", c, 0, 9)
-    cfg = load_config(DEMO_PRESET, None, [f"train.seed={args.seed}", *(args.set or [])])
-    check_config_limits(cfg)
-    run = claim_output_dir("--out", args.out, "demo", legacy=("demo.json",))
-    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
-    rows = []
-    print(f"AnoMem demo: scikit-learn digits ({len(train)} train / {len(test)} test, 16x16), one-vs-all, preset '{DEMO_PRESET}'")
-    print(f"{'normal':>6} {'AnoMem':>7} {'kNN':>7} {'seconds':>8}")
-    for c in args.classes:
-        t0 = time.time()
-        split = one_vs_all(train, test, c, 0.0, args.seed)
-        det = AnoMem(cfg, progress=False).fit(split.normals)
-        auc = _auroc(split.test_is_anomaly, det.anomaly_score(split.test_images))
-        knn = make_baseline("knn").fit(split.normals)
-        auc_knn = _auroc(split.test_is_anomaly, knn.anomaly_score(split.test_images))
-        rows.append({"normal_class": c, "anomem_auroc": auc, "knn_auroc": auc_knn, "seconds": round(time.time() - t0, 1)})
-        print(f"{c:>6} {auc:7.3f} {auc_knn:7.3f} {time.time() - t0:8.1f}", flush=True)
-        det.save(run / f"class{c}.ckpt")
-    mean = float(np.mean([r["anomem_auroc"] for r in rows]))
-    mean_knn = float(np.mean([r["knn_auroc"] for r in rows]))
-    print(f"{'mean':>6} {mean:7.3f} {mean_knn:7.3f}")
-    result = {"version": __version__, "git_commit": git_commit(), "seed": args.seed, "config": cfg.to_dict(), "rows": rows,
-              "mean_anomem_auroc": mean, "mean_knn_auroc": mean_knn}
-    atomic_write_text(run / "demo.json", json.dumps(result, indent=2))
-    print(f"run directory: {run} (results: {run / 'demo.json'}, detectors: class<k>.ckpt)")
     return 0
 
 
