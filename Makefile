@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (Python 3.11, pip; see README):
-#   make demo   create .venv, install, train on the embedded digits, print AUROC
+#   make demo   create .venv, install, AnoMem beside patch kNN and kNN on a bundled photograph (report.html)
 #   make test   create .venv, install with test extras, run the whole test suite
 PY ?= python3
 VENV ?= .venv
