@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
 from anomem import AnoMem
-from anomem.baselines import RawPixelKNN, RawPixelPatchKNN, aggregate_patch_distances
-from anomem.bench.photos import all_images, per_kind
+from anomem.baselines import RawPixelKNN, RawPixelPatchKNN
+from anomem.bench.photos import all_images, patch_maps, patch_scores, per_kind, uint8_images
 from anomem.data.photos import PhotoSplit
 
 #: patch-kNN memory banks: a seeded uniform draw of 40000 patches (the registry's default),
@@ -22,10 +18,6 @@ from anomem.data.photos import PhotoSplit
 BANKS = {"random": 40000, "coreset": 4096}
 #: patch-kNN image scores from the nearest-patch distances: the largest, or the mean of the top 1 %
 AGGREGATES = {"max": 1.0, "top1%": 0.01}
-
-
-def u8(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.round(np.clip(a, 0, 1) * 255).astype(np.uint8))
 
 
 def _fusion(det: AnoMem) -> dict[str, list[float]]:
@@ -42,7 +34,7 @@ def anomem_overrides(seed: int, excluded: tuple[str, ...], defects: tuple[str, .
 
 def anomem_cell(sp: PhotoSplit, seed: int, excluded: tuple[str, ...], defects: tuple[str, ...]) -> dict:
     """AnoMem with the library defaults but ``pseudo.defects=defects`` (the default set minus ``excluded``)."""
-    train, normal, defect = u8(sp.train), u8(sp.test_normal), u8(sp.test_defect)
+    train, normal, defect = uint8_images(sp.train), uint8_images(sp.test_normal), uint8_images(sp.test_defect)
     over = anomem_overrides(seed, excluded, defects)
     t0 = time.perf_counter()
     det = AnoMem(progress=False, **over).fit(train)
@@ -63,15 +55,10 @@ def anomem_cell(sp: PhotoSplit, seed: int, excluded: tuple[str, ...], defects: t
     }
 
 
-def _upsample(near: np.ndarray, side: tuple[int, int]) -> np.ndarray:
-    """Nearest-patch distances on the patch grid (N, h, w) -> bilinear maps at image size (N, H, W)."""
-    return F.interpolate(torch.from_numpy(near)[:, None], size=side, mode="bilinear", align_corners=False)[:, 0].numpy()
-
-
 def baseline_cell(sp: PhotoSplit, seed: int) -> dict:
     """Patch kNN (both banks x both aggregations; heat-map: the nearest-patch distances,
     upsampled) and whole-image kNN."""
-    train, normal, defect = u8(sp.train), u8(sp.test_normal), u8(sp.test_defect)
+    train, normal, defect = uint8_images(sp.train), uint8_images(sp.test_normal), uint8_images(sp.test_defect)
     side = tuple(sp.masks.shape[1:])
     out: dict = {}
     for bank, size in BANKS.items():
@@ -81,12 +68,11 @@ def baseline_cell(sp: PhotoSplit, seed: int) -> dict:
         t0 = time.perf_counter()
         near_n, near_d = b.nearest_patch_distances(normal), b.nearest_patch_distances(defect)
         score_s = time.perf_counter() - t0
-        maps_n, maps_d = _upsample(near_n, side), _upsample(near_d, side)
+        maps_n, maps_d = patch_maps(near_n, side), patch_maps(near_d, side)
         loc = all_images(sp, maps_n, maps_d)
         for agg, frac in AGGREGATES.items():
             how = "max" if agg == "max" else "topk"
-            s_n, s_d = (aggregate_patch_distances(torch.from_numpy(x.reshape(len(x), -1)), how, frac).numpy()
-                        for x in (near_n, near_d))
+            s_n, s_d = patch_scores(near_n, how, frac), patch_scores(near_d, how, frac)
             out[f"patch-knn {bank} {agg}"] = {"kinds": per_kind(sp, s_n, s_d, maps_n, maps_d), **loc,
                                               "fit_s": fit_s, "score_s": score_s, "bank_rows": int(b.bank_.shape[0])}
     t0 = time.perf_counter()

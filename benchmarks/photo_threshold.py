@@ -29,16 +29,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from anomem import AnoMem
+from anomem.bench.photos import uint8_images
 from anomem.data.photos import CATEGORIES, _crops, _photo
 
 BANDS = {"train": (0.0, 0.45), "band": (0.45, 0.65), "test": (0.65, 1.0)}  # row fractions of the photograph
-
-
-def u8(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.round(np.clip(a, 0, 1) * 255).astype(np.uint8))
 
 
 def run(category: str, seed: int, size: int, n_train: int, n_eval: int) -> dict:
@@ -46,10 +42,10 @@ def run(category: str, seed: int, size: int, n_train: int, n_eval: int) -> dict:
     h = photo.shape[1]
     rng = np.random.default_rng([seed, 7])
     rows = {k: (int(round(a * h)), int(round(b * h))) for k, (a, b) in BANDS.items()}
-    train = u8(_crops(photo, rows["train"], n_train, size, rng))
-    sets = {"fresh, same rows": u8(_crops(photo, rows["train"], n_eval, size, rng)),
-            "disjoint band": u8(_crops(photo, rows["band"], n_eval, size, rng)),
-            "test rows": u8(_crops(photo, rows["test"], n_eval, size, rng))}
+    train = uint8_images(_crops(photo, rows["train"], n_train, size, rng))
+    sets = {"fresh, same rows": uint8_images(_crops(photo, rows["train"], n_eval, size, rng)),
+            "disjoint band": uint8_images(_crops(photo, rows["band"], n_eval, size, rng)),
+            "test rows": uint8_images(_crops(photo, rows["test"], n_eval, size, rng))}
     t0 = time.perf_counter()
     det = AnoMem(progress=False, train__seed=seed).fit(train)
     out = {"category": category, "seed": seed, "size": size, "train": n_train, "fit_s": round(time.perf_counter() - t0, 1),

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from anomem import AnoMem
+from anomem.bench.photos import uint8_images
 from anomem.data.photos import CATEGORIES, _crops, _photo
 from anomem.metrics import image_auroc
 from anomem.model.pseudo import make_pseudo_anomalies
@@ -38,21 +39,16 @@ KINDS = ("cutpaste", "scar", "noise")
 ROWS = {"train": (0.0, 0.4), "validation": (0.4, 0.65)}  # row fractions; the benchmark's test rows start at 0.65
 
 
-def u8(a: np.ndarray | torch.Tensor) -> torch.Tensor:
-    a = torch.as_tensor(a, dtype=torch.float64)
-    return (a.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 def run(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int, extra: dict[str, str]) -> dict:
     photo = _photo(CATEGORIES[category])
     h = photo.shape[1]
     rng = np.random.default_rng([seed, KINDS.index(kind), 11])
     rows = {k: (int(round(a * h)), int(round(b * h))) for k, (a, b) in ROWS.items()}
-    train = u8(_crops(photo, rows["train"], n_train, size, rng))
+    train = uint8_images(_crops(photo, rows["train"], n_train, size, rng))
     val = torch.from_numpy(_crops(photo, rows["validation"], 2 * n_val, size, rng)).float()
-    normal, base = u8(val[:n_val]), val[n_val:]
+    normal, base = uint8_images(val[:n_val]), val[n_val:]
     made = make_pseudo_anomalies(base, n_val, (), (kind,), 1.0, (0.1, 0.25), torch.Generator().manual_seed(seed))
-    anomalous = u8(made.images)
+    anomalous = uint8_images(made.images)
     others = tuple(k for k in KINDS if k != kind)
     t0 = time.perf_counter()
     extra = {k: {"true": True, "false": False}.get(v.lower(), v) for k, v in extra.items()}

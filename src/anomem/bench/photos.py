@@ -10,9 +10,29 @@ protocol). A family's number (obvious, subtle) is the mean over its kinds.
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
+from anomem.baselines import aggregate_patch_distances
 from anomem.data.photos import DEFECT_FAMILIES, PhotoSplit
 from anomem.metrics import aupro, image_auroc, pixel_auroc
+
+
+def uint8_images(a: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] (a :class:`PhotoSplit`'s arrays) as uint8, as a user's files hold them."""
+    return (torch.as_tensor(a, dtype=torch.float64).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def patch_maps(near: np.ndarray, side: tuple[int, int]) -> np.ndarray:
+    """Patch kNN's nearest-patch distances on the patch grid (N, h, w) -> bilinear maps at
+    image size (N, H, W), its heat-maps."""
+    return F.interpolate(torch.from_numpy(near)[:, None], size=side, mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+def patch_scores(near: np.ndarray, how: str, share: float) -> np.ndarray:
+    """Patch kNN's image scores (N,) from its nearest-patch distances (N, h, w): ``how``
+    ``max`` or ``topk`` (the mean of the ``share`` of largest)."""
+    return aggregate_patch_distances(torch.from_numpy(near.reshape(len(near), -1)), how, share).numpy()
 
 
 def per_kind(sp: PhotoSplit, s_normal: np.ndarray, s_defect: np.ndarray,
@@ -51,4 +71,4 @@ def family_means(kinds: dict[str, dict[str, float]], metric: str = "image_auroc"
     return out
 
 
-__all__ = ["all_images", "family_means", "per_kind"]
+__all__ = ["all_images", "family_means", "patch_maps", "patch_scores", "per_kind", "uint8_images"]

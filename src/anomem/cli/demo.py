@@ -103,17 +103,22 @@ def digits_demo(args: argparse.Namespace, cfg: AnoMemConfig, run: Path) -> dict:
 def photo_demo(args: argparse.Namespace, cfg: AnoMemConfig, run: Path) -> dict:
     """AnoMem, patch kNN and kNN on one photograph's crops with drawn local defects."""
     import torch
-    import torch.nn.functional as F
 
-    from anomem.baselines import RawPixelKNN, RawPixelPatchKNN, aggregate_patch_distances
-    from anomem.bench.photos import all_images, family_means, per_kind
+    from anomem.baselines import RawPixelKNN, RawPixelPatchKNN
+    from anomem.bench.photos import (
+        all_images,
+        family_means,
+        patch_maps,
+        patch_scores,
+        per_kind,
+        uint8_images,
+    )
     from anomem.bench.report import evaluate, write_report
     from anomem.data.photos import DEFECT_FAMILIES, photo_category
     from anomem.detector import AnoMem
 
     sp = photo_category(args.category, size=args.size, seed=args.seed, **PHOTO)
-    u8 = lambda a: torch.from_numpy(np.round(np.clip(a, 0, 1) * 255).astype(np.uint8))  # noqa: E731
-    train, normal, defect = u8(sp.train), u8(sp.test_normal), u8(sp.test_defect)
+    train, normal, defect = uint8_images(sp.train), uint8_images(sp.test_normal), uint8_images(sp.test_defect)
     n, side = normal.shape[0], tuple(sp.masks.shape[1:])
     fams = ", ".join(f"{f} ({' '.join(k)})" for f, k in DEFECT_FAMILIES.items())
     print(f"AnoMem demo: scikit-image photograph '{args.category}', {args.size}x{args.size} crops; "
@@ -121,11 +126,12 @@ def photo_demo(args: argparse.Namespace, cfg: AnoMemConfig, run: Path) -> dict:
           f"{PHOTO['per_kind']} images of each defect kind, {fams}", flush=True)
     rows: dict[str, dict] = {}
 
-    def record(name: str, seconds: float, s_n, s_d, m_n=None, m_d=None) -> None:
+    def record(name: str, seconds: float, s_n, s_d, m_n=None, m_d=None, loc=None) -> None:
         kinds = per_kind(sp, s_n, s_d, m_n, m_d)
-        rows[name] = {**{f"image_auroc_{f}": v for f, v in family_means(kinds).items()},
-                      **(all_images(sp, m_n, m_d) if m_n is not None else {}), "seconds": round(seconds, 1),
-                      "kinds": kinds}
+        if loc is None and m_n is not None:
+            loc = all_images(sp, m_n, m_d)
+        rows[name] = {**{f"image_auroc_{f}": v for f, v in family_means(kinds).items()}, **(loc or {}),
+                      "seconds": round(seconds, 1), "kinds": kinds}
 
     t0 = time.time()
     det = AnoMem(cfg, progress=False).fit(train)
@@ -137,13 +143,12 @@ def photo_demo(args: argparse.Namespace, cfg: AnoMemConfig, run: Path) -> dict:
     t0 = time.time()
     patch = RawPixelPatchKNN(max_patches=4096, bank="coreset", random_state=args.seed).fit(train)
     near_n, near_d = patch.nearest_patch_distances(normal), patch.nearest_patch_distances(defect)
-    up = lambda a: F.interpolate(torch.from_numpy(a)[:, None], size=side, mode="bilinear",  # noqa: E731
-                                 align_corners=False)[:, 0].numpy()
+    m_n, m_d = patch_maps(near_n, side), patch_maps(near_d, side)
+    loc = all_images(sp, m_n, m_d)  # one heat-map for both image scores
     seconds = time.time() - t0
     for label, how, frac in (("max", "max", 1.0), ("top 1% mean", "topk", 0.01)):
-        s_n, s_d = (aggregate_patch_distances(torch.from_numpy(x.reshape(len(x), -1)), how, frac).numpy()
-                    for x in (near_n, near_d))
-        record(f"patch kNN (coreset, {label})", seconds, s_n, s_d, up(near_n), up(near_d))
+        record(f"patch kNN (coreset, {label})", seconds, patch_scores(near_n, how, frac), patch_scores(near_d, how, frac),
+               m_n, m_d, loc)
     t0 = time.time()
     knn = RawPixelKNN().fit(train)
     record("kNN (whole image)", time.time() - t0, knn.anomaly_score(normal), knn.anomaly_score(defect))
