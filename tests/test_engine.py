@@ -1,5 +1,7 @@
 """Stage-1 mechanics: gradients reach encoder and memories, the loss goes down."""
 
+import math
+
 import torch
 
 from anomem.config import load_config
@@ -49,6 +51,54 @@ def test_mem_is_memory_for_normals_and_identity_for_anomalies():
             torch.testing.assert_close(got, q[:, b].sort(0).values)
         for b in (0, 2):  # normals: recollection differs from the query
             assert not torch.allclose(p.mem[:, b].sort(0).values, q[:, b].sort(0).values)
+
+
+def test_a_local_defect_makes_only_the_positions_it_touches_anomalous():
+    cfg = load_config("tiny", None, ["memory.sample_ratios=[1.0, 1.0]"])
+    net = _net(cfg).eval()
+    x = stripes(4, False).float() / 255
+    normal = torch.tensor([True, True, True, False])
+    altered = torch.zeros(4, 1, *x.shape[2:], dtype=torch.bool)
+    altered[0, :, :4, :4] = True  # the top-left corner of image 0
+    with torch.no_grad():
+        pairs = net.contrast_pairs(x, x, normal, (1.0, 1.0), torch.Generator().manual_seed(0), altered)
+        plain = net.contrast_pairs(x, x, normal, (1.0, 1.0), torch.Generator().manual_seed(0))
+    omega = torch.Generator().manual_seed(0)  # Ω of each scale in turn, drawn as the net draws it
+    for mem, p, q, f in zip(net.memories, pairs, plain, net.features(x)):
+        h, w = f.shape[-2:]
+        pos = torch.randperm(h * w, generator=omega)
+        corner = torch.zeros(h, w, dtype=torch.bool)
+        corner[: max(1, -(-4 * h // x.shape[-2])), : max(1, -(-4 * w // x.shape[-1]))] = True
+        want = normal[None].repeat(h * w, 1)
+        want[:, 0] = ~corner.flatten()[pos]
+        assert torch.equal(p.normal, want) and q.normal is None
+        torch.testing.assert_close(p.mem[want], q.mem[want])  # elsewhere Mem(z, y) is unchanged
+        moved = want != normal[None]  # the touched positions of image 0 read z, not HF(z)
+        assert moved.any() and not torch.allclose(p.mem[moved], q.mem[moved])
+        # the relative deviation ‖ξ - HF(ξ)‖ / ‖ξ‖ at every sampled position (Eq. 8 over the query's length)
+        xi = mem.project(f.flatten(2)[:, :, pos].permute(2, 0, 1))
+        rec = mem.recall(xi.reshape(-1, xi.shape[-1])).recollection.view_as(xi)
+        torch.testing.assert_close(p.deviation, (xi - rec).norm(dim=-1) / xi.norm(dim=-1))
+        assert q.deviation is None
+
+
+def test_local_negatives_alter_a_share_of_the_normals_both_views_alike():
+    cfg = load_config("tiny", None, ["pseudo.local=0.5", "train.batch_size=32"])
+    torch.manual_seed(0)
+    x = stripes(32, False)
+    normal = torch.ones(32, dtype=torch.bool)
+    normal[:8] = False
+    tr = Stage1Trainer(build_net(cfg, 1), cfg, x, normal, torch.device("cpu"))
+    views = x.float() / 255
+    a, b, mask = tr.local_negatives(views, views.clone(), normal, step=3)
+    hit = mask.flatten(1).any(1)
+    assert not hit[:8].any() and 6 <= int(hit[8:].sum()) <= 18  # normals only, about half of them
+    assert torch.equal(a, b) and torch.equal(a[~hit], views[~hit])
+    again = tr.local_negatives(views, views.clone(), normal, step=3)
+    assert torch.equal(again[2], mask)  # drawn from (seed, step): a resumed run draws the same
+    off = load_config("tiny", None, ["train.batch_size=32"])
+    assert Stage1Trainer(build_net(off, 1), off, x, normal, torch.device("cpu")).local_negatives(views, views, normal, 3)[2] is None
+    assert math.isfinite(tr.run_epoch().loss)  # a step trains with them
 
 
 def test_loss_goes_down_over_20_steps():

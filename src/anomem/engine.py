@@ -38,6 +38,7 @@ from anomem.model.losses import (
     make_objective,
 )
 from anomem.model.net import AnoMemNet
+from anomem.model.pseudo import twin_defects
 from anomem.model.schedule import cosine_with_warmup
 
 
@@ -124,6 +125,7 @@ class Stage1Trainer:
             cfg.weights.settings(net.num_scales)["scales"],
             cfg.loss.variance_weight,
             cfg.loss.variance_eps,
+            cfg.loss.local_weight,
         )
         lr = cfg.train.lr * self.batch_size / 256
         params = [p for p in self.net.parameters() if p.requires_grad]
@@ -157,27 +159,55 @@ class Stage1Trainer:
             mixed = (mixed * 1_000_003 + k + 1) % (2**63)
         return g.manual_seed(mixed)
 
-    def loss_on_views(self, x1: torch.Tensor, x2: torch.Tensor, normal: torch.Tensor, step: int) -> LossTerms:
-        """L_COM-MS (Eq. 7) for this rank's slice of two augmented views.
+    def loss_on_views(self, x1: torch.Tensor, x2: torch.Tensor, normal: torch.Tensor, step: int,
+                      altered: torch.Tensor | None = None) -> LossTerms:
+        """L_COM-MS (Eq. 7) for this rank's slice of two augmented views; ``altered`` marks
+        the pixels of local defects drawn on both (:meth:`local_negatives`).
 
         Shape:
-            x1, x2 (b, C, H, W) float, normal (b,) bool -> scalar terms
+            x1, x2 (b, C, H, W) float, normal (b,) bool, altered (b, 1, H, W) bool -> scalar terms
         """
         if self.cfg.train.channels_last:
             x1 = x1.contiguous(memory_format=torch.channels_last)
             x2 = x2.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            pairs = self.model(x1, x2, normal, self.cfg.memory.sample_ratios, self._generator(1, step))
+            pairs = self.model(x1, x2, normal, self.cfg.memory.sample_ratios, self._generator(1, step), altered)
         # Global batch for the negatives: (P, b, C) -> (P, W·b, C), gradients kept.
-        pairs = [ScalePairs(gather_with_grad(p.mem.float(), 1), gather_with_grad(p.other.float(), 1)) for p in pairs]
+        pairs = [ScalePairs(gather_with_grad(p.mem.float(), 1), gather_with_grad(p.other.float(), 1),
+                            None if p.normal is None else gather_no_grad(p.normal.to(torch.uint8), 1).bool(),
+                            None if p.deviation is None else gather_with_grad(p.deviation.float(), 1))
+                 for p in pairs]
         return self.loss_fn(pairs, gather_no_grad(normal.to(torch.uint8)).bool())
+
+    def local_negatives(self, x1: torch.Tensor, x2: torch.Tensor, normal: torch.Tensor, step: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """A share ``pseudo.local`` of the normals get one local defect, the same on both
+        views (:func:`anomem.model.pseudo.twin_defects`); returns the views and the mask of
+        changed pixels (None when the share is 0). Drawn from (seed, step, rank): a resumed
+        run draws the same defects.
+
+        Shape:
+            x1, x2 (b, C, H, W), normal (b,) -> x1', x2' (b, C, H, W), mask (b, 1, H, W) bool
+        """
+        p = self.cfg.pseudo
+        if not (p.enabled and p.local > 0):
+            return x1, x2, None
+        gen = self._generator(2, step, self.rank)
+        pick = ((torch.rand(x1.shape[0], generator=gen, device=x1.device) < p.local) & normal).nonzero().flatten()
+        mask = torch.zeros(x1.shape[0], 1, *x1.shape[2:], dtype=torch.bool, device=x1.device)
+        if pick.numel():
+            x1, x2 = x1.clone(), x2.clone()
+            x1[pick], x2[pick], mask[pick] = twin_defects(x1[pick], x2[pick], p.defects, p.defect_size, gen)
+        return x1, x2, mask
 
     def _step(self, idx: torch.Tensor, step: int) -> LossTerms:
         """One optimiser step on the images ``idx``; the loss terms, detached."""
         x = to_float(self.images[idx])  # (b, C, H, W)
+        normal = self.normal[idx]
         with torch.no_grad():
             x1, x2 = self.views(x), self.views(x)  # t(X), t'(X): independent per-sample draws
-        terms = self.loss_on_views(x1, x2, self.normal[idx], step)
+            x1, x2, altered = self.local_negatives(x1, x2, normal, step)
+        terms = self.loss_on_views(x1, x2, normal, step, altered)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         self.optimizer.step()

@@ -18,6 +18,7 @@ from anomem.model.pseudo import (
     noise_patch,
     scar,
     shift,
+    twin_defects,
 )
 from anomem.stage2.feature_bank import FeatureBank, bank_distances
 
@@ -55,6 +56,22 @@ def test_defects_change_pixels_only_inside_their_mask(fn):
     assert (area > 0).all() and (area < 0.5).all()
     changed = ((out - x).abs() * mask).sum() / mask.sum()
     assert changed > 0.15  # a visible change on average over the defect pixels
+
+
+def test_twin_defects_draw_the_same_defect_on_both_views():
+    a = _images(24)
+    b = (a * 0.8 + 0.1).flip(3)  # another "view": other pixels, same images
+    out_a, out_b, mask = twin_defects(a, b, ("cutpaste", "noise", "scar"), (0.15, 0.3), torch.Generator().manual_seed(5))
+    assert mask.shape == (24, 1, 16, 16) and bool(mask.flatten(1).any(1).all())
+    outside = ~mask.expand_as(a)
+    assert torch.equal(out_a[outside], a[outside]) and torch.equal(out_b[outside], b[outside])
+    assert ((out_b - b).abs() * mask).flatten(1).sum(1).gt(0).all()  # b changed where a's mask says
+    # on identical views the twins are identical: same kind, place, shape and draws
+    same_a, same_b, same_mask = twin_defects(a, a.clone(), ("cutpaste", "noise", "scar"), (0.15, 0.3),
+                                             torch.Generator().manual_seed(5))
+    assert torch.equal(same_a, same_b) and torch.equal(same_mask, mask)
+    with pytest.raises(ValueError, match="unknown defect"):
+        twin_defects(a, b, ("blot",), (0.1, 0.2), torch.Generator())
 
 
 def test_cutpaste_pastes_a_region_of_another_image():

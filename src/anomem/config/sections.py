@@ -98,12 +98,16 @@ class LossConfig:
     variance_weight: float = 0.05  # λ_V
     variance_eps: float = 1e-4  # ε inside sqrt(Var + ε)
     barlow_lambda: float = 5e-3  # off-diagonal weight, Barlow Twins only
+    # λ_L: the local hinge on the memory's deviation at positions of local negatives (pseudo.local > 0):
+    # normal positions within 0.5 of their recollection, altered ones beyond 1, relative to the query's length
+    local_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.objective in OBJECTIVES, f"loss.objective must be one of {OBJECTIVES}, got {self.objective!r}")
         _check(self.temperature > 0, f"loss.temperature must be > 0, got {self.temperature}")
         _check(self.variance_weight >= 0, f"loss.variance_weight must be >= 0, got {self.variance_weight}")
         _check(self.variance_eps > 0, f"loss.variance_eps must be > 0, got {self.variance_eps}")
+        _check(self.local_weight >= 0, f"loss.local_weight must be >= 0, got {self.local_weight}")
 
 
 @dataclass(frozen=True)
@@ -314,6 +318,10 @@ class PseudoConfig:
     defect_fraction: float = 0.0  # share of the pseudo-anomalies that are local defects
     defect_size: tuple[float, float] = (0.1, 0.25)  # box side as a fraction of the image side
     heads: bool = False  # without real anomalies, also train the stage-2 heads on pseudo-anomalies alone
+    # share of the normals of each stage-1 batch that get a local defect (kinds ``defects``), drawn
+    # afresh each step at the same place of both views; the positions it touches are y = 0 at every
+    # tap (Eq. 3 read per position: no memory there, hard negatives of the normal prototypes)
+    local: float = 0.0
     # keep only the shifts that move this class's normals off their distribution: pixel-kNN
     # AUROC of shifted vs unshifted normals at least this (0 = keep all; anomem.model.pseudo.shift_separability)
     min_separability: float = 0.7
@@ -327,6 +335,8 @@ class PseudoConfig:
             _check(k in DEFECTS, f"pseudo.defects: unknown defect {k!r}; expected names from {DEFECTS}")
         _check(bool(self.shifts) or bool(self.defects), "pseudo needs at least one shift or defect kind")
         _check(0 <= self.min_separability <= 1, f"pseudo.min_separability must lie in [0, 1], got {self.min_separability}")
+        _check(0 <= self.local <= 1, f"pseudo.local must lie in [0, 1], got {self.local}")
+        _check(self.local == 0 or bool(self.defects), "pseudo.local draws local defects: pseudo.defects cannot be empty")
         _check(0 <= self.defect_fraction <= 1, f"pseudo.defect_fraction must lie in [0, 1], got {self.defect_fraction}")
         _check(len(self.defect_size) == 2 and 0 < self.defect_size[0] <= self.defect_size[1] < 1, f"pseudo.defect_size must be a pair 0 < lo <= hi < 1, got {self.defect_size}")
 

@@ -74,6 +74,7 @@ class AnoMemNet(nn.Module):
         normal: torch.Tensor,
         ratios: tuple[float, ...],
         generator: torch.Generator | None = None,
+        altered: torch.Tensor | None = None,
     ) -> list[ScalePairs]:
         """Both branches of Eq. 4 at the positions Ω^(s) sampled for this batch.
 
@@ -82,6 +83,11 @@ class AnoMemNet(nn.Module):
         the memory's recollection for normals, the (projected) feature for anomalies.
         Both views are encoded in one pass so BatchNorm sees the whole 2B batch.
         ``generator`` draws Ω (all ranks of a distributed run pass equal ones).
+
+        ``altered`` (B, 1, H, W) bool marks pixels a local defect changed in both views:
+        every position of a scale whose cell holds one is y = 0 there (Eq. 3 read per
+        position), the rest of the image keeps its label; the pairs then carry their
+        per-position labels.
         """
         bsz = x1.shape[0]
         maps = self.features(torch.cat([x1, x2]))  # S x (2B, C, H, W)
@@ -92,17 +98,24 @@ class AnoMemNet(nn.Module):
             pos = torch.randperm(h * w, generator=generator, device=fmap.device)[:n_keep]  # Ω^(s): (P,)
             vec = fmap.flatten(2)[:, :, pos].permute(2, 0, 1)  # (P, 2B, C)
             z, z2 = vec[:, :bsz], vec[:, bsz:]  # (P, B, C) each
+            y = normal[None, :].expand(n_keep, bsz)  # (P, B)
+            if altered is not None:
+                touched = F.adaptive_max_pool2d(altered.float(), (h, w)).flatten(1)[:, pos].T > 0  # (P, B)
+                y = y & ~touched
             q = mem.project(z)
+            dev = None
             if self.use_memory:
                 rec = mem.recall(q.reshape(-1, c)).recollection.view_as(q)  # HF(z): (P, B, C)
-                q = torch.where(normal[None, :, None], rec, q)  # Mem(z, y), Eq. 3
-            out.append(ScalePairs(q, mem.project(z2)))
+                if altered is not None:  # how far each position is from its recollection, for the local hinge
+                    dev = (q - rec).norm(dim=-1) / q.norm(dim=-1).clamp_min(1e-6)  # (P, B)
+                q = torch.where(y[..., None], rec, q)  # Mem(z, y), Eq. 3
+            out.append(ScalePairs(q, mem.project(z2), None if altered is None else y, dev))
         return out
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, normal: torch.Tensor, ratios: tuple[float, ...],
-                generator: torch.Generator | None = None) -> list[ScalePairs]:
+                generator: torch.Generator | None = None, altered: torch.Tensor | None = None) -> list[ScalePairs]:
         """Stage-1 forward, :meth:`contrast_pairs` (so DDP can wrap the network)."""
-        return self.contrast_pairs(x1, x2, normal, ratios, generator)
+        return self.contrast_pairs(x1, x2, normal, ratios, generator, altered)
 
     @torch.no_grad()
     def init_memories_from(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:

@@ -174,6 +174,39 @@ def noise_patch(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator
 _DEFECT_FNS = {"cutpaste": cutpaste, "scar": scar, "noise": noise_patch}
 
 
+def twin_defects(
+    a: torch.Tensor, b: torch.Tensor, kinds: Sequence[str], size: tuple[float, float], generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One local defect per image, drawn identically on two views of the same images.
+
+    Image i of ``a`` and image i of ``b`` get the same kind (uniform over ``kinds``), at the
+    same place, with the same shape and draws: the generator is rewound before ``b``, so a
+    cut-paste takes the same box from the same other image (of its own view), a noise
+    patch holds the same noise. Stage 1 reads the two as a positive pair whose defect sits
+    at the same positions of both feature maps (:class:`anomem.engine.Stage1Trainer`).
+
+    Shape:
+        a, b (N, C, H, W) in [0, 1] -> a', b' (N, C, H, W), mask (N, 1, H, W) bool
+    """
+    for k in kinds:
+        if k not in DEFECTS:
+            raise ValueError(f"unknown defect {k!r}; expected names from {DEFECTS}")
+    if not kinds or a.shape != b.shape:
+        raise ValueError(f"twin_defects needs kinds and two views of one shape, got {list(kinds)}, "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    kind_of = torch.randint(len(kinds), (a.shape[0],), generator=generator, device=a.device)
+    out_a, out_b = a.clone(), b.clone()
+    mask = torch.zeros(a.shape[0], 1, *a.shape[2:], dtype=torch.bool, device=a.device)
+    for i, name in enumerate(kinds):
+        sel = (kind_of == i).nonzero().flatten()
+        if sel.numel():
+            state = generator.get_state()
+            out_a[sel], mask[sel] = _DEFECT_FNS[name](a[sel], size, generator)
+            generator.set_state(state)
+            out_b[sel] = _DEFECT_FNS[name](b[sel], size, generator).images
+    return out_a, out_b, mask
+
+
 def shift_separability(
     normals: torch.Tensor, shifts: Sequence[str], sample: int = 256, generator: torch.Generator | None = None
 ) -> dict[str, float]:
@@ -288,4 +321,5 @@ __all__ = [
     "scar",
     "shift",
     "shift_separability",
+    "twin_defects",
 ]

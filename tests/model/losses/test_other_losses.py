@@ -9,6 +9,7 @@ from anomem.model.losses import (
     NTXent,
     ScalePairs,
     barlow_twins,
+    local_hinge,
     double_hinge,
     variance_loss,
 )
@@ -33,6 +34,43 @@ def test_variance_loss_uses_normals_only_and_matches_formula():
     # fewer than two normals: no variance to measure
     one = torch.tensor([1, 0, 0, 0, 0, 0], dtype=torch.bool)
     torch.testing.assert_close(variance_loss(mem, one), torch.zeros(2))
+
+
+def test_variance_loss_per_position_labels_match_the_formula_position_by_position():
+    mem = torch.randn(3, 6, 4)
+    normal = torch.rand(3, 6, generator=torch.Generator().manual_seed(1)) > 0.3
+    normal[2] = False
+    normal[2, 0] = True  # one normal at the last position: no variance there
+    got = variance_loss(mem, normal, 1e-4)
+    for p in range(2):
+        want = -torch.sqrt(mem[p, normal[p]].var(0, unbiased=False) + 1e-4).mean()
+        torch.testing.assert_close(got[p], want)
+    assert got[2] == 0
+    # a (P, B) label equal at every position gives the (B,) result
+    same = normal[0]
+    torch.testing.assert_close(variance_loss(mem, same.expand(3, 6)), variance_loss(mem, same))
+
+
+def test_local_hinge_averages_each_side_over_its_own_positions():
+    dev = torch.tensor([[0.2, 0.7, 0.9], [1.3, 0.4, 0.1]])
+    normal = torch.tensor([[True, True, False], [False, True, True]])
+    # normals: 0.2 -> 0, 0.7 -> 0.2, 0.4 -> 0, 0.1 -> 0 (mean over 4); altered: 0.9 -> 0.1, 1.3 -> 0 (mean over 2)
+    torch.testing.assert_close(local_hinge(dev, normal), torch.tensor(0.2 / 4 + 0.1 / 2))
+    torch.testing.assert_close(local_hinge(dev, torch.ones_like(normal)), torch.tensor((0.2 + 0.4 + 0.8) / 6))
+    torch.testing.assert_close(local_hinge(dev, normal, (0.0, 2.0)), torch.tensor((0.2 + 0.7 + 0.4 + 0.1) / 4 + (1.1 + 0.7) / 2))
+
+
+def test_multiscale_loss_adds_the_local_hinge_where_pairs_carry_positions():
+    torch.manual_seed(0)
+    y = torch.rand(3, 6) > 0.3
+    dev = torch.rand(3, 6) * 1.5
+    p1 = ScalePairs(torch.randn(3, 6, 4), torch.randn(3, 6, 4), y, dev)
+    p2 = ScalePairs(torch.randn(5, 6, 8), torch.randn(5, 6, 8))  # image labels only: no local term
+    normal = torch.ones(6, dtype=torch.bool)
+    off = ContrastedMemoryLoss(NTXent(0.1), (1.0, 3.0), local_weight=0.0)([p1, p2], normal)
+    on = ContrastedMemoryLoss(NTXent(0.1), (1.0, 3.0), local_weight=2.0)([p1, p2], normal)
+    torch.testing.assert_close(on.total, off.total + 2.0 * 1.0 / 4.0 * local_hinge(dev, y))
+    torch.testing.assert_close(on.contrastive, off.contrastive)
 
 
 def test_double_hinge_values_at_and_beyond_margins():
@@ -63,7 +101,7 @@ def test_multiscale_loss_weights_and_normalisation():
     from anomem.model.losses import nt_xent
     from anomem.model.losses import variance_loss as vl
 
-    want_com = (nt_xent(*p1, 0.1).sum() + 2 * nt_xent(*p2, 0.1).sum()) / 8
+    want_com = (nt_xent(p1.mem, p1.other, 0.1).sum() + 2 * nt_xent(p2.mem, p2.other, 0.1).sum()) / 8
     want_var = (vl(p1.mem, normal).sum() + 2 * vl(p2.mem, normal).sum()) / 8
     torch.testing.assert_close(got.total, want_com + 0.05 * want_var)
     torch.testing.assert_close(got.contrastive, want_com)

@@ -2,10 +2,12 @@
 
 from anomem.model.losses.barlow import BarlowTwins, barlow_twins
 from anomem.model.losses.contrasted_memory import (
+    LOCAL_MARGINS,
     ContrastedMemoryLoss,
     LossTerms,
     PairwiseObjective,
     ScalePairs,
+    local_hinge,
 )
 from anomem.model.losses.hinge import double_hinge
 from anomem.model.losses.ntxent import NTXent, nt_xent
@@ -25,6 +27,7 @@ def make_objective(name: str, temperature: float = 0.1, barlow_lambda: float = 5
 
 __all__ = [
     "BarlowTwins",
+    "LOCAL_MARGINS",
     "ContrastedMemoryLoss",
     "LossTerms",
     "NTXent",
@@ -32,6 +35,7 @@ __all__ = [
     "ScalePairs",
     "barlow_twins",
     "double_hinge",
+    "local_hinge",
     "make_objective",
     "nt_xent",
     "variance_loss",

@@ -9,7 +9,7 @@ where L_COM is a pairwise objective over the batch at one position (NT-Xent by d
 Barlow Twins as the alternative the paper names).
 
 Shape:
-    per scale: mem (P_s, B, C_s), other (P_s, B, C_s); normal (B,) bool -> scalar.
+    per scale: mem (P_s, B, C_s), other (P_s, B, C_s) [, normal (P_s, B) bool]; normal (B,) bool -> scalar.
 """
 
 from __future__ import annotations
@@ -31,10 +31,38 @@ class ScalePairs(NamedTuple):
     Attributes:
         mem: Mem(z, y) of the first view, shape (P, B, C).
         other: z' of the second view, shape (P, B, C).
+        normal: y per position, (P, B) bool, where it differs from position to position
+            (a local defect makes only the positions it touches y = 0); None: the images'
+            labels hold at every position.
+        deviation: ‖ξ - HF(ξ)‖ / ‖ξ‖ at every sampled position of the first view, (P, B),
+            for the local hinge (:func:`local_hinge`); None when it is not trained.
     """
 
     mem: torch.Tensor
     other: torch.Tensor
+    normal: torch.Tensor | None = None
+    deviation: torch.Tensor | None = None
+
+
+LOCAL_MARGINS = (0.5, 1.0)  # the local hinge's (normal, anomalous) margins on ‖ξ - HF(ξ)‖ / ‖ξ‖
+
+
+def local_hinge(deviation: torch.Tensor, normal: torch.Tensor, margins: tuple[float, float] = LOCAL_MARGINS) -> torch.Tensor:
+    """The double hinge of Eq. 11 read position by position on the memory's own deviation.
+
+    A normal position is pulled within ``margins[0]`` of what the memory recalls for it, an
+    altered one pushed beyond ``margins[1]``, both relative to the query's length: at 1 the
+    recollection is no closer to the query than the origin is (the memory holds nothing
+    like it). Each side is averaged over its own positions, so a few altered positions
+    weigh as much as the many normal ones; a side with no position adds 0.
+
+    Shape:
+        deviation (P, B), normal (P, B) bool -> scalar
+    """
+    y = normal.to(deviation.dtype)
+    near = (y * torch.relu(deviation - margins[0])).sum() / y.sum().clamp_min(1.0)
+    far = ((1 - y) * torch.relu(margins[1] - deviation)).sum() / (1 - y).sum().clamp_min(1.0)
+    return near + far
 
 
 class LossTerms(NamedTuple):
@@ -53,6 +81,8 @@ class ContrastedMemoryLoss(torch.nn.Module):
         scale_weights: λ^(s) per scale (paper: 2^(s-1)).
         variance_weight: λ_V (paper: 0.05).
         variance_eps: ε of the variance term.
+        local_weight: λ_L of the local hinge (:func:`local_hinge`), added for the scales
+            whose pairs carry per-position labels and deviations, weighted by λ^(s) / Σ λ^(s).
     """
 
     def __init__(
@@ -61,9 +91,11 @@ class ContrastedMemoryLoss(torch.nn.Module):
         scale_weights: Sequence[float],
         variance_weight: float = 0.05,
         variance_eps: float = 1e-4,
+        local_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.objective = objective
+        self.local_weight = local_weight
         self.scale_weights = tuple(float(w) for w in scale_weights)
         self.variance_weight = variance_weight
         self.variance_eps = variance_eps
@@ -75,8 +107,15 @@ class ContrastedMemoryLoss(torch.nn.Module):
         com = var = None
         for lam, p in zip(self.scale_weights, pairs):
             c = lam * self.objective(p.mem, p.other).sum()  # Σ_ij λ L_COM
-            v = lam * variance_loss(p.mem, normal, self.variance_eps).sum()  # Σ_ij λ L_V
+            y = normal if p.normal is None else p.normal
+            v = lam * variance_loss(p.mem, y, self.variance_eps).sum()  # Σ_ij λ L_V
             com = c if com is None else com + c
             var = v if var is None else var + v
         com, var = com / n_pos, var / n_pos
-        return LossTerms(com + self.variance_weight * var, com.detach(), var.detach())
+        total = com + self.variance_weight * var
+        if self.local_weight > 0:
+            lam_sum = sum(self.scale_weights)
+            for lam, p in zip(self.scale_weights, pairs):
+                if p.deviation is not None and p.normal is not None:
+                    total = total + self.local_weight * lam / lam_sum * local_hinge(p.deviation, p.normal)
+        return LossTerms(total, com.detach(), var.detach())

@@ -8,7 +8,8 @@ all retrieved prototypes collapsing onto one point drives it to zero:
 ε keeps the gradient finite at exact collapse (d sqrt(v)/dv is infinite at v = 0).
 
 Shape:
-    mem: (P, B, C), normal: (B,) bool -> (P,). Fewer than two normals -> zeros.
+    mem: (P, B, C), normal: (B,) or per position (P, B) bool -> (P,). Fewer than two
+    normals (at a position) -> zero there.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import torch
 
 def variance_loss(mem: torch.Tensor, normal: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """Negative mean per-dimension standard deviation of ``mem`` over normal rows."""
-    if mem.ndim != 3 or normal.shape != mem.shape[1:2]:
-        raise ValueError(f"variance_loss expects mem (P, B, C) and normal (B,), got {tuple(mem.shape)}, {tuple(normal.shape)}")
-    w = normal.to(mem.dtype)  # (B,): 1 for normals, written with weights so no host sync
-    n = w.sum()
+    if mem.ndim != 3 or normal.shape not in (mem.shape[1:2], mem.shape[:2]):
+        raise ValueError(f"variance_loss expects mem (P, B, C) and normal (B,) or (P, B), got {tuple(mem.shape)}, "
+                         f"{tuple(normal.shape)}")
+    w = normal.to(mem.dtype).expand(mem.shape[:2])[..., None]  # (P, B, 1): 1 for normals, weights: no host sync
+    n = w.sum(1)  # (P, 1)
     denom = n.clamp_min(1.0)
-    mean = (mem * w[None, :, None]).sum(1, keepdim=True) / denom  # (P, 1, C)
-    var = (((mem - mean) ** 2) * w[None, :, None]).sum(1) / denom  # (P, C)
+    mean = (mem * w).sum(1, keepdim=True) / denom[:, None]  # (P, 1, C)
+    var = (((mem - mean) ** 2) * w).sum(1) / denom  # (P, C)
     loss = -torch.sqrt(var + eps).mean(-1)  # (P,)
+    n = n[:, 0]
     return torch.where(n >= 2, loss, torch.zeros_like(loss))

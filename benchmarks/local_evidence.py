@@ -1,0 +1,173 @@
+"""Which parts of a fitted detector see local defects it never saw, on a validation split.
+
+The learned part of AnoMem (encoder + memory, read as the memory's deviations and the
+encoder's patch descriptors) should carry local evidence on its own. This script fits
+AnoMem on crops of a photograph's top rows with a stage-1 / stage-2 variant, then scores
+a band of rows below them that no training crop touches (the photo benchmark's test rows
+further down are never read), normal and with one local defect drawn in, and reports the
+validation AUROC of every part separately:
+
+* ``fused``: the fitted score as the library returns it;
+* ``memory``: the memory's Eq. 9 scores (z-scored per scale, averaged over scales);
+* ``memory_peak``: the top 1 % of the memory's standardised deviation map, averaged over
+  scales (the memory read locally);
+* ``bank``: the pooled-feature bank; ``feature_patches`` / ``pixel_patches``: the patch banks;
+* ``map_memory`` / ``map_feature`` / ``map_fused``: pixel AUROC of those heat-maps (and of the
+  library's fused one) on the defects' masks, normal images' pixels included.
+
+Validation defects are of two families, none of them ever drawn in training by the fit
+it validates:
+
+* ``unseen-pseudo``: each pseudo-defect kind K of :data:`anomem.choices.DEFECTS` in turn,
+  with the fit's ``pseudo.defects`` set to the two others (stage 1 and the fusion fit
+  never see K);
+* ``structure``: alterations that keep the photograph's own pixel values and change only
+  the local structure (:func:`structure_defects`: a disc of the same band's texture
+  shuffled in 4-px blocks, or resampled 1.6x larger), drawn only here.
+
+    OMP_NUM_THREADS=2 python benchmarks/local_evidence.py --categories grass gravel \\
+        --set pseudo__local=0.5 --out docs/results/local-evidence/local-0.5.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomem import AnoMem
+from anomem.bench.photos import uint8_images
+from anomem.data.photos import CATEGORIES, _crops, _photo
+from anomem.fit.fusion import image_parts, map_parts
+from anomem.metrics import image_auroc
+from anomem.model.pseudo import make_pseudo_anomalies
+
+KINDS = ("cutpaste", "scar", "noise")
+ROWS = {"train": (0.0, 0.4), "validation": (0.4, 0.65)}  # row fractions; the benchmark's test rows start at 0.65
+
+
+def _disc_masks(n: int, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """(n, 1, size, size) bool discs, radius 0.08-0.16 x side, centre away from the border."""
+    r = rng.uniform(0.08, 0.16, n) * size
+    cy, cx = (rng.uniform(0.25, 0.75, (2, n)) * size)
+    yy, xx = np.mgrid[:size, :size]
+    m = (yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2 <= r[:, None, None] ** 2
+    return torch.from_numpy(m)[:, None]
+
+
+def structure_defects(x: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Half of ``x`` gets a disc whose 4-px blocks are shuffled, half a disc of the image
+    enlarged 1.6x about its centre: the pixel values stay the photograph's, the structure
+    does not. Shape: (N, C, H, W) float -> images, masks (N, 1, H, W) bool."""
+    n, c, h, w = x.shape
+    masks = _disc_masks(n, h, rng)
+    out = x.clone()
+    b = 4
+    for i in range(n):
+        if i % 2 == 0:  # shuffled blocks
+            blocks = x[i].unfold(1, b, b).unfold(2, b, b)  # (C, h/b, w/b, b, b)
+            gh, gw = blocks.shape[1:3]
+            flat = blocks.reshape(c, gh * gw, b, b)[:, torch.from_numpy(rng.permutation(gh * gw))]
+            moved = flat.reshape(c, gh, gw, b, b).permute(0, 1, 3, 2, 4).reshape(c, gh * b, gw * b)
+            out[i, :, : gh * b, : gw * b] = torch.where(masks[i, :, : gh * b, : gw * b], moved, x[i, :, : gh * b, : gw * b])
+        else:  # enlarged about the disc's centre
+            ys, xs = masks[i, 0].nonzero(as_tuple=True)
+            cy, cx = ys.float().mean() / (h - 1) * 2 - 1, xs.float().mean() / (w - 1) * 2 - 1
+            theta = torch.tensor([[1 / 1.6, 0, cx * (1 - 1 / 1.6)], [0, 1 / 1.6, cy * (1 - 1 / 1.6)]])[None]
+            grid = F.affine_grid(theta, (1, c, h, w), align_corners=False)
+            zoom = F.grid_sample(x[i : i + 1], grid, mode="bilinear", align_corners=False)[0]
+            out[i] = torch.where(masks[i], zoom, x[i])
+    return out, masks
+
+
+def _aurocs(det: AnoMem, normal: torch.Tensor, anomalous: torch.Tensor, masks: torch.Tensor) -> dict:
+    y = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
+    x = torch.cat([normal, anomalous])
+    out = {"fused": image_auroc(y, det.anomaly_score(x))}
+    model = det.model_
+    parts = image_parts(model, x)
+    maps = map_parts(model, x)
+    groups = {"memory": [k for k in parts if k.startswith("memory.")], "bank": [k for k in parts if k.startswith("bank.")],
+              "feature_patches": ["feature_patches"], "pixel_patches": ["pixel_patches"]}
+    for name, keys in groups.items():
+        if all(k in parts for k in keys) and keys:
+            out[name] = image_auroc(y, torch.stack([parts[k] for k in keys]).mean(0).numpy())
+    mem = torch.stack([maps[k] for k in maps if k.startswith("map.memory.")]).mean(0)  # (N, H, W)
+    flat = mem.flatten(1)
+    top = max(1, int(round(0.01 * flat.shape[1])))
+    out["memory_peak"] = image_auroc(y, flat.topk(top, dim=1).values.mean(1).numpy())
+    truth = torch.cat([torch.zeros_like(masks), masks])[:, 0].flatten().numpy()
+    out["map_memory"] = image_auroc(truth, mem.flatten().numpy())
+    out["map_fused"] = image_auroc(truth, det.anomaly_maps(x).fused.ravel())
+    if "map.feature_patches" in maps:
+        out["map_feature"] = image_auroc(truth, maps["map.feature_patches"].flatten().numpy())
+    return out
+
+
+def run(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int, extra: dict) -> dict:
+    photo = _photo(CATEGORIES[category])
+    h = photo.shape[1]
+    rng = np.random.default_rng([seed, KINDS.index(kind), 11])
+    rows = {k: (int(round(a * h)), int(round(b * h))) for k, (a, b) in ROWS.items()}
+    train = uint8_images(_crops(photo, rows["train"], n_train, size, rng))
+    val = torch.from_numpy(_crops(photo, rows["validation"], 3 * n_val, size, rng)).float()
+    normal = uint8_images(val[:n_val])
+    made = make_pseudo_anomalies(val[n_val : 2 * n_val], n_val, (), (kind,), 1.0, (0.1, 0.25),
+                                 torch.Generator().manual_seed(seed))
+    struct, struct_masks = structure_defects(val[2 * n_val :], rng)
+    t0 = time.perf_counter()
+    det = AnoMem(progress=False, train__seed=seed, pseudo__defects=tuple(k for k in KINDS if k != kind), **extra).fit(train)
+    fit_s = time.perf_counter() - t0
+    out = {"category": category, "kind": kind, "seed": seed, "size": size, "set": extra, "fit_s": round(fit_s, 1),
+           "unseen": _aurocs(det, normal, uint8_images(made.images), made.masks),
+           "structure": _aurocs(det, normal, uint8_images(struct), struct_masks)}
+    if det.fusion_ is not None:
+        out["fit"] = {"weights": list(det.fusion_.weights), "map_weights": list(det.fusion_.map_weights)}
+    return out
+
+
+def summary(rows: list[dict]) -> str:
+    lines = []
+    for fam in ("unseen", "structure"):
+        keys = sorted({k for r in rows for k in r[fam]})
+        lines.append(f"{fam:<9} " + " ".join(f"{k}:{np.mean([r[fam][k] for r in rows if k in r[fam]]):.3f}" for k in keys))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--categories", nargs="+", default=["grass", "gravel"])
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--train", type=int, default=160)
+    ap.add_argument("--validation", type=int, default=40)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION__KEY=VALUE",
+                    help="a config keyword for AnoMem (e.g. pseudo__local=0.5), for a variant")
+    ap.add_argument("--out", type=Path, required=True, help="JSON rows, rewritten after each fit (resumable)")
+    args = ap.parse_args()
+    import yaml
+
+    extra = {k: yaml.safe_load(v) for k, v in (kw.split("=", 1) for kw in args.set)}
+    rows = json.loads(args.out.read_text()) if args.out.exists() else []
+    done = {(r["category"], r["kind"], r["seed"]) for r in rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for cat in args.categories:
+        for kind in args.kinds:
+            for seed in args.seeds:
+                if (cat, kind, seed) in done:
+                    continue
+                r = run(cat, kind, seed, args.size, args.train, args.validation, extra)
+                rows.append(r)
+                args.out.write_text(json.dumps(rows, indent=1))
+                print(f"{cat:<7} unseen {kind:<8} seed {seed} [{r['fit_s']} s] fit {r.get('fit')}\n{summary([r])}", flush=True)
+    print(f"mean over {len(rows)} fits\n{summary(rows)}")
+
+
+if __name__ == "__main__":
+    main()
