@@ -126,6 +126,7 @@ class Stage1Trainer:
             cfg.loss.variance_weight,
             cfg.loss.variance_eps,
             cfg.loss.local_weight,
+            cfg.loss.local_margins,
         )
         lr = cfg.train.lr * self.batch_size / 256
         params = [p for p in self.net.parameters() if p.requires_grad]

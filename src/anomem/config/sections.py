@@ -99,8 +99,10 @@ class LossConfig:
     variance_eps: float = 1e-4  # ε inside sqrt(Var + ε)
     barlow_lambda: float = 5e-3  # off-diagonal weight, Barlow Twins only
     # λ_L: the local hinge on the memory's deviation at positions of local negatives (pseudo.local > 0):
-    # normal positions within 0.5 of their recollection, altered ones beyond 1, relative to the query's length
+    # normal positions within local_margins[0] of their recollection, altered ones beyond local_margins[1],
+    # relative to the query's length (anomem.model.losses.local_hinge)
     local_weight: float = 0.0
+    local_margins: tuple[float, float] = (0.5, 1.0)
 
     def __post_init__(self) -> None:
         _check(self.objective in OBJECTIVES, f"loss.objective must be one of {OBJECTIVES}, got {self.objective!r}")
@@ -108,6 +110,8 @@ class LossConfig:
         _check(self.variance_weight >= 0, f"loss.variance_weight must be >= 0, got {self.variance_weight}")
         _check(self.variance_eps > 0, f"loss.variance_eps must be > 0, got {self.variance_eps}")
         _check(self.local_weight >= 0, f"loss.local_weight must be >= 0, got {self.local_weight}")
+        _check(len(self.local_margins) == 2 and 0 <= self.local_margins[0] < self.local_margins[1],
+               f"loss.local_margins must be a pair 0 <= normal < altered, got {self.local_margins}")
 
 
 @dataclass(frozen=True)

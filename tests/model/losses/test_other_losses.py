@@ -55,8 +55,8 @@ def test_local_hinge_averages_each_side_over_its_own_positions():
     dev = torch.tensor([[0.2, 0.7, 0.9], [1.3, 0.4, 0.1]])
     normal = torch.tensor([[True, True, False], [False, True, True]])
     # normals: 0.2 -> 0, 0.7 -> 0.2, 0.4 -> 0, 0.1 -> 0 (mean over 4); altered: 0.9 -> 0.1, 1.3 -> 0 (mean over 2)
-    torch.testing.assert_close(local_hinge(dev, normal), torch.tensor(0.2 / 4 + 0.1 / 2))
-    torch.testing.assert_close(local_hinge(dev, torch.ones_like(normal)), torch.tensor((0.2 + 0.4 + 0.8) / 6))
+    torch.testing.assert_close(local_hinge(dev, normal, (0.5, 1.0)), torch.tensor(0.2 / 4 + 0.1 / 2))
+    torch.testing.assert_close(local_hinge(dev, torch.ones_like(normal), (0.5, 1.0)), torch.tensor((0.2 + 0.4 + 0.8) / 6))
     torch.testing.assert_close(local_hinge(dev, normal, (0.0, 2.0)), torch.tensor((0.2 + 0.7 + 0.4 + 0.1) / 4 + (1.1 + 0.7) / 2))
 
 
@@ -69,7 +69,7 @@ def test_multiscale_loss_adds_the_local_hinge_where_pairs_carry_positions():
     normal = torch.ones(6, dtype=torch.bool)
     off = ContrastedMemoryLoss(NTXent(0.1), (1.0, 3.0), local_weight=0.0)([p1, p2], normal)
     on = ContrastedMemoryLoss(NTXent(0.1), (1.0, 3.0), local_weight=2.0)([p1, p2], normal)
-    torch.testing.assert_close(on.total, off.total + 2.0 * 1.0 / 4.0 * local_hinge(dev, y))
+    torch.testing.assert_close(on.total, off.total + 2.0 * 1.0 / 4.0 * local_hinge(dev, y, (0.5, 1.0)))
     torch.testing.assert_close(on.contrastive, off.contrastive)
 
 

@@ -2,7 +2,6 @@
 
 from anomem.model.losses.barlow import BarlowTwins, barlow_twins
 from anomem.model.losses.contrasted_memory import (
-    LOCAL_MARGINS,
     ContrastedMemoryLoss,
     LossTerms,
     PairwiseObjective,
@@ -27,7 +26,6 @@ def make_objective(name: str, temperature: float = 0.1, barlow_lambda: float = 5
 
 __all__ = [
     "BarlowTwins",
-    "LOCAL_MARGINS",
     "ContrastedMemoryLoss",
     "LossTerms",
     "NTXent",

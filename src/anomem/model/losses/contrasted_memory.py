@@ -44,10 +44,7 @@ class ScalePairs(NamedTuple):
     deviation: torch.Tensor | None = None
 
 
-LOCAL_MARGINS = (0.5, 1.0)  # the local hinge's (normal, anomalous) margins on ‖ξ - HF(ξ)‖ / ‖ξ‖
-
-
-def local_hinge(deviation: torch.Tensor, normal: torch.Tensor, margins: tuple[float, float] = LOCAL_MARGINS) -> torch.Tensor:
+def local_hinge(deviation: torch.Tensor, normal: torch.Tensor, margins: tuple[float, float]) -> torch.Tensor:
     """The double hinge of Eq. 11 read position by position on the memory's own deviation.
 
     A normal position is pulled within ``margins[0]`` of what the memory recalls for it, an
@@ -83,6 +80,7 @@ class ContrastedMemoryLoss(torch.nn.Module):
         variance_eps: ε of the variance term.
         local_weight: λ_L of the local hinge (:func:`local_hinge`), added for the scales
             whose pairs carry per-position labels and deviations, weighted by λ^(s) / Σ λ^(s).
+        local_margins: its (normal, altered) margins.
     """
 
     def __init__(
@@ -92,10 +90,11 @@ class ContrastedMemoryLoss(torch.nn.Module):
         variance_weight: float = 0.05,
         variance_eps: float = 1e-4,
         local_weight: float = 0.0,
+        local_margins: tuple[float, float] = (0.5, 1.0),
     ) -> None:
         super().__init__()
         self.objective = objective
-        self.local_weight = local_weight
+        self.local_weight, self.local_margins = local_weight, tuple(local_margins)
         self.scale_weights = tuple(float(w) for w in scale_weights)
         self.variance_weight = variance_weight
         self.variance_eps = variance_eps
@@ -117,5 +116,5 @@ class ContrastedMemoryLoss(torch.nn.Module):
             lam_sum = sum(self.scale_weights)
             for lam, p in zip(self.scale_weights, pairs):
                 if p.deviation is not None and p.normal is not None:
-                    total = total + self.local_weight * lam / lam_sum * local_hinge(p.deviation, p.normal)
+                    total = total + self.local_weight * lam / lam_sum * local_hinge(p.deviation, p.normal, self.local_margins)
         return LossTerms(total, com.detach(), var.detach())
