@@ -7,7 +7,9 @@ a band of rows below them that no training crop touches (the photo benchmark's t
 further down are never read), normal and with one local defect drawn in, and reports the
 validation AUROC of every part separately:
 
-* ``fused``: the fitted score as the library returns it;
+* ``fused``: the fitted score as the library returns it; ``equal_split``: the same parts
+  with the image split fixed at (1/3, 1/3, 1/3) instead of fitted; ``learned``: the learned
+  part alone, (global score without the raw-pixel term, feature patches) at (1/2, 1/2);
 * ``memory``: the memory's Eq. 9 scores (z-scored per scale, averaged over scales);
 * ``memory_peak``: the top 1 % of the memory's standardised deviation map, averaged over
   scales (the memory read locally);
@@ -27,6 +29,7 @@ it validates:
 
     OMP_NUM_THREADS=2 python benchmarks/local_evidence.py --categories grass gravel \\
         --set pseudo__local=0.5 --out docs/results/local-evidence/local-0.5.json
+    python benchmarks/local_evidence.py --table docs/results/local-evidence/*.json
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ def _aurocs(det: AnoMem, normal: torch.Tensor, anomalous: torch.Tensor, masks: t
     y = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
     x = torch.cat([normal, anomalous])
     out = {"fused": image_auroc(y, det.anomaly_score(x))}
+    if det.fusion_ is not None:  # fixed splits instead of the fitted one
+        out["equal_split"] = image_auroc(y, det.anomaly_score(x, weights={"image": [1 / 3, 1 / 3, 1 / 3]}))
+        out["learned"] = image_auroc(y, det.anomaly_score(x, weights={"image": [0.5, 0.5, 0.0], "pixel_global": 0.0}))
     model = det.model_
     parts = image_parts(model, x)
     maps = map_parts(model, x)
@@ -139,6 +145,21 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PARTS = ("fused", "equal_split", "learned", "memory", "memory_peak", "bank", "feature_patches", "pixel_patches", "map_fused", "map_memory",
+         "map_feature")
+
+
+def table(paths: list[Path]) -> str:
+    """A markdown table: per result file and validation family, each part's mean AUROC over its cells."""
+    lines = ["| variant | family | cells | " + " | ".join(PARTS) + " |", "|---" * (3 + len(PARTS)) + "|"]
+    for path in paths:
+        rows = json.loads(path.read_text())
+        for fam in ("unseen", "structure"):
+            cells = [f"{np.mean([r[fam][k] for r in rows]):.3f}" if all(k in r[fam] for r in rows) else "–" for k in PARTS]
+            lines.append(f"| {path.stem} | {fam} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--categories", nargs="+", default=["grass", "gravel"])
@@ -149,8 +170,14 @@ def main() -> None:
     ap.add_argument("--validation", type=int, default=40)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION__KEY=VALUE",
                     help="a config keyword for AnoMem (e.g. pseudo__local=0.5), for a variant")
-    ap.add_argument("--out", type=Path, required=True, help="JSON rows, rewritten after each fit (resumable)")
+    ap.add_argument("--out", type=Path, help="JSON rows, rewritten after each fit (resumable)")
+    ap.add_argument("--table", type=Path, nargs="+", help="print a markdown table of these result files and stop")
     args = ap.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    if args.out is None:
+        ap.error("--out is required (or --table)")
     import yaml
 
     extra = {k: yaml.safe_load(v) for k, v in (kw.split("=", 1) for kw in args.set)}

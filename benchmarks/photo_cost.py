@@ -26,7 +26,7 @@ import torch
 CHILD = "child"
 
 
-def child(method: str, size: int, n_train: int, n_score: int) -> None:
+def child(method: str, size: int, n_train: int, n_score: int, settings: dict) -> None:
     from anomem import AnoMem
     from anomem.baselines import make_baseline
     from anomem.data.photos import photo_category
@@ -38,7 +38,7 @@ def child(method: str, size: int, n_train: int, n_score: int) -> None:
     train, test = u8(sp.train), u8(sp.test_normal)
     t0 = time.perf_counter()
     if method == "anomem":
-        det = AnoMem(progress=False).fit(train)
+        det = AnoMem(progress=False, **settings).fit(train)
     else:  # patch kNN as benchmarks/photos.py runs it: a random bank of 40000 or a coreset of 4096 patches
         kw = {"bank": "coreset", "max_patches": 4096} if method == "patch-knn-coreset" else {}
         det = make_baseline("patch-knn", **kw).fit(train)
@@ -50,8 +50,9 @@ def child(method: str, size: int, n_train: int, n_score: int) -> None:
     print(json.dumps({"fit_s": fit_s, "images_per_s": test.shape[0] / score_s}))
 
 
-def measure(method: str, size: int, n_train: int, n_score: int) -> dict:
-    cmd = ["/usr/bin/time", "-v", sys.executable, __file__, CHILD, method, str(size), str(n_train), str(n_score)]
+def measure(method: str, size: int, n_train: int, n_score: int, settings: dict) -> dict:
+    cmd = ["/usr/bin/time", "-v", sys.executable, __file__, CHILD, method, str(size), str(n_train), str(n_score),
+           json.dumps(settings)]
     p = subprocess.run(cmd, capture_output=True, text=True, check=True)
     rec = json.loads(p.stdout.strip().splitlines()[-1])
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
@@ -60,7 +61,7 @@ def measure(method: str, size: int, n_train: int, n_score: int) -> dict:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == CHILD:
-        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), json.loads(sys.argv[6]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
@@ -68,10 +69,15 @@ def main() -> int:
     ap.add_argument("--score", type=int, default=100)
     ap.add_argument("--methods", nargs="+", default=["anomem", "patch-knn"],
                     choices=["anomem", "patch-knn", "patch-knn-coreset"], help="the first is the ratios' numerator")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION__KEY=VALUE",
+                    help="a config keyword for AnoMem (e.g. train__min_steps=300), for a variant")
     a = ap.parse_args()
-    print(f"torch threads {torch.get_num_threads()}; {a.train} training normals, {a.score} scored")
+    import yaml
+
+    settings = {k: yaml.safe_load(v) for k, v in (kw.split("=", 1) for kw in a.set)}
+    print(f"torch threads {torch.get_num_threads()}; {a.train} training normals, {a.score} scored; AnoMem settings {settings}")
     for size in a.sizes:
-        rows = {m: measure(m, size, a.train, a.score) for m in a.methods}
+        rows = {m: measure(m, size, a.train, a.score, settings) for m in a.methods}
         for r in rows.values():
             print(f"{r['method']:9s} {size:4d} px  fit {r['fit_s']:7.1f} s  peak RSS {r['peak_rss_gib']:5.2f} GiB  "
                   f"scoring {r['images_per_s']:7.1f} images/s")

@@ -1,4 +1,5 @@
-"""Two gloo processes x B/2 give the loss and gradients of one process x B."""
+"""Two gloo processes x B/2 give the loss and gradients of one process x B (with local
+negatives: per-position labels and the local hinge's deviations are gathered too)."""
 
 import os
 import tempfile
@@ -14,7 +15,8 @@ from anomem.factory import build_net
 
 from synthetic import stripes
 
-CFG = load_config("tiny", None, ["train.batch_size=8", "memory.sample_ratios=[0.5, 1.0]", "train.seed=3"])
+CFG = load_config("tiny", None, ["train.batch_size=8", "memory.sample_ratios=[0.5, 1.0]", "train.seed=3",
+                                 "loss.local_weight=1.0"])
 B = 8
 
 
@@ -23,11 +25,14 @@ def _views():
     x = stripes(B, False).float() / 255
     x2 = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
     normal = torch.tensor([1, 1, 0, 1, 1, 1, 0, 1], dtype=torch.bool)
-    return x, x2, normal
+    altered = torch.zeros(B, 1, *x.shape[2:], dtype=torch.bool)
+    altered[1, :, 2:9, 3:12] = True  # a local defect on a normal of each rank's half
+    altered[5, :, 10:20, 0:6] = True
+    return x, x2, normal, altered
 
 
-def _one_step(trainer, x1, x2, normal):
-    terms = trainer.loss_on_views(x1, x2, normal, step=5)
+def _one_step(trainer, x1, x2, normal, altered):
+    terms = trainer.loss_on_views(x1, x2, normal, step=5, altered=altered)
     terms.total.backward()
     grads = {n: p.grad.detach().clone() for n, p in trainer.net.named_parameters() if p.grad is not None}
     return terms.total.detach(), grads
@@ -43,10 +48,10 @@ def _worker(rank, world, init_file, out_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     trainer = _make_trainer()
     try:
-        x1, x2, normal = _views()
+        x1, x2, normal, altered = _views()
         b = B // world
         sl = slice(rank * b, (rank + 1) * b)
-        loss, grads = _one_step(trainer, x1[sl], x2[sl], normal[sl])
+        loss, grads = _one_step(trainer, x1[sl], x2[sl], normal[sl], altered[sl])
         if rank == 0:
             torch.save({"loss": loss, "grads": grads}, out_file)
         # the gather layer itself: values and gradient bookkeeping
@@ -70,8 +75,10 @@ def _thread_names() -> list[str]:
 
 def test_two_ranks_match_one_process():
     single = _make_trainer()
-    x1, x2, normal = _views()
-    loss1, grads1 = _one_step(single, x1, x2, normal)
+    x1, x2, normal, altered = _views()
+    loss1, grads1 = _one_step(single, x1, x2, normal, altered)
+    plain = _one_step(_make_trainer(), x1, x2, normal, None)[0]
+    assert not torch.allclose(plain, loss1)  # the local negatives take part in the compared loss
 
     with tempfile.TemporaryDirectory() as d:
         init_file, out_file = os.path.join(d, "init"), os.path.join(d, "out.pt")
