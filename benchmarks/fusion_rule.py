@@ -23,6 +23,8 @@ API (``anomaly_score(X, weights={"image": ...})``).
 
     OMP_NUM_THREADS=1 python benchmarks/fusion_rule.py --classes 0 1 2 3 4 5 6 7 8 9 \\
         --out docs/results/fusion-rule
+
+``--set section.key=value`` (repeatable) reads the same validation for a config variant.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def run_class(args: argparse.Namespace, fv, cls: int) -> dict:
     fit_images, fit_targets = fv.fit.images, fv.fit.targets
     normals = fit_images[fit_targets == cls][: args.normals]
     x_val, y_val = draw(fv.validation, args.max_val, np.random.default_rng(args.seed + cls))
-    cfg = sweep_config(args.preset, args.epochs, args.seed, args.batch_size)
+    cfg = sweep_config(args.preset, args.epochs, args.seed, args.batch_size, args.set)
     f = fit_class(cfg, normals, y_val, cls)
     fit = f.det.fusion_
     if fit is None:
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-train", type=int, default=12000)
     ap.add_argument("--max-val", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a config override for AnoMem (e.g. pseudo.local=0.5), for a variant")
     ap.add_argument("--out", type=Path, required=True)
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)

@@ -9,8 +9,8 @@ from anomem.model.losses import (
     NTXent,
     ScalePairs,
     barlow_twins,
-    local_hinge,
     double_hinge,
+    local_hinge,
     variance_loss,
 )
 
