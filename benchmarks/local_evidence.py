@@ -34,7 +34,6 @@ it validates:
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -45,13 +44,13 @@ import torch.nn.functional as F
 
 from anomem import AnoMem
 from anomem.bench.photos import uint8_images
-from anomem.data.photos import CATEGORIES, _crops, _photo
 from anomem.fit.fusion import image_parts, map_parts
 from anomem.metrics import image_auroc
 from anomem.model.pseudo import make_pseudo_anomalies
 
-KINDS = ("cutpaste", "scar", "noise")
-ROWS = {"train": (0.0, 0.4), "validation": (0.4, 0.65)}  # row fractions; the benchmark's test rows start at 0.65
+# isort: split
+# sibling module in benchmarks/ (a script's own directory is first on sys.path)
+from photo_validation import KINDS, crops, parser
 
 
 def _disc_masks(n: int, size: int, rng: np.random.Generator) -> torch.Tensor:
@@ -116,12 +115,7 @@ def _aurocs(det: AnoMem, normal: torch.Tensor, anomalous: torch.Tensor, masks: t
 
 
 def run(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int, extra: dict) -> dict:
-    photo = _photo(CATEGORIES[category])
-    h = photo.shape[1]
-    rng = np.random.default_rng([seed, KINDS.index(kind), 11])
-    rows = {k: (int(round(a * h)), int(round(b * h))) for k, (a, b) in ROWS.items()}
-    train = uint8_images(_crops(photo, rows["train"], n_train, size, rng))
-    val = torch.from_numpy(_crops(photo, rows["validation"], 3 * n_val, size, rng)).float()
+    train, val, rng = crops(category, kind, seed, size, n_train, 3 * n_val)
     normal = uint8_images(val[:n_val])
     made = make_pseudo_anomalies(val[n_val : 2 * n_val], n_val, (), (kind,), 1.0, (0.1, 0.25),
                                  torch.Generator().manual_seed(seed))
@@ -161,15 +155,7 @@ def table(paths: list[Path]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--categories", nargs="+", default=["grass", "gravel"])
-    ap.add_argument("--kinds", nargs="+", default=list(KINDS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--size", type=int, default=96)
-    ap.add_argument("--train", type=int, default=160)
-    ap.add_argument("--validation", type=int, default=40)
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION__KEY=VALUE",
-                    help="a config keyword for AnoMem (e.g. pseudo__local=0.5), for a variant")
+    ap = parser(__doc__.splitlines()[0], "pseudo__local=0.5")
     ap.add_argument("--out", type=Path, help="JSON rows, rewritten after each fit (resumable)")
     ap.add_argument("--table", type=Path, nargs="+", help="print a markdown table of these result files and stop")
     args = ap.parse_args()

@@ -39,13 +39,34 @@ KINDS = ("cutpaste", "scar", "noise")
 ROWS = {"train": (0.0, 0.4), "validation": (0.4, 0.65)}  # row fractions; the benchmark's test rows start at 0.65
 
 
-def run(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int, extra: dict[str, str]) -> dict:
+def crops(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int
+          ) -> tuple[torch.Tensor, torch.Tensor, np.random.Generator]:
+    """Training crops (uint8) of the top rows, ``n_val`` validation crops (float) of the band
+    below, and the generator that drew them (seeded by seed and the unseen kind)."""
     photo = _photo(CATEGORIES[category])
     h = photo.shape[1]
     rng = np.random.default_rng([seed, KINDS.index(kind), 11])
     rows = {k: (int(round(a * h)), int(round(b * h))) for k, (a, b) in ROWS.items()}
     train = uint8_images(_crops(photo, rows["train"], n_train, size, rng))
-    val = torch.from_numpy(_crops(photo, rows["validation"], 2 * n_val, size, rng)).float()
+    return train, torch.from_numpy(_crops(photo, rows["validation"], n_val, size, rng)).float(), rng
+
+
+def parser(description: str, example: str) -> argparse.ArgumentParser:
+    """The command line both photo validation scripts read (``example``: a ``--set`` value)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--categories", nargs="+", default=["grass", "gravel"])
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--train", type=int, default=160)
+    ap.add_argument("--validation", type=int, default=40)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION__KEY=VALUE",
+                    help=f"a config keyword for AnoMem (e.g. {example}), for a variant")
+    return ap
+
+
+def run(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int, extra: dict[str, str]) -> dict:
+    train, val, _ = crops(category, kind, seed, size, n_train, 2 * n_val)
     normal, base = uint8_images(val[:n_val]), val[n_val:]
     made = make_pseudo_anomalies(base, n_val, (), (kind,), 1.0, (0.1, 0.25), torch.Generator().manual_seed(seed))
     anomalous = uint8_images(made.images)
@@ -72,15 +93,7 @@ def run(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--categories", nargs="+", default=["grass", "gravel"])
-    ap.add_argument("--kinds", nargs="+", default=list(KINDS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--size", type=int, default=96)
-    ap.add_argument("--train", type=int, default=160)
-    ap.add_argument("--validation", type=int, default=40)
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION__KEY=VALUE",
-                    help="a config keyword for AnoMem (e.g. patches__peak_smoothing=false), for a variant")
+    ap = parser(__doc__.splitlines()[0], "patches__peak_smoothing=false")
     ap.add_argument("--out", type=Path, required=True, help="JSON rows, rewritten after each fit (resumable)")
     args = ap.parse_args()
     rows = json.loads(args.out.read_text()) if args.out.exists() else []
