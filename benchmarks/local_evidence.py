@@ -20,12 +20,15 @@ validation AUROC of every part separately:
 Validation defects are of two families, none of them ever drawn in training by the fit
 it validates:
 
-* ``unseen-pseudo``: each pseudo-defect kind K of :data:`anomem.choices.DEFECTS` in turn,
-  with the fit's ``pseudo.defects`` set to the two others (stage 1 and the fusion fit
-  never see K);
+* ``unseen-pseudo``: each pseudo-defect kind K of ``photo_validation.KINDS`` (cut-paste,
+  scar, noise) in turn, with the fit's ``pseudo.defects`` set to the two others and any
+  ``--add-kinds``, less K's near copies (:data:`NEAR`), so stage 1 and the fusion fit never
+  see K; ``--fusion-kinds`` sets the kinds the fusion fit alone validates against;
 * ``structure``: alterations that keep the photograph's own pixel values and change only
   the local structure (:func:`structure_defects`: a disc of the same band's texture
-  shuffled in 4-px blocks, or resampled 1.6x larger), drawn only here.
+  shuffled in 4-px blocks, or resampled 1.6x larger), drawn only here; also read apart as
+  ``shuffle`` and ``zoom`` (the library's ``smooth`` kind, a defocused blob, is akin to the
+  zoom, which also lowers the local frequencies; nothing it draws resembles the shuffle).
 
     OMP_NUM_THREADS=2 python benchmarks/local_evidence.py --categories grass gravel \\
         --set pseudo__local=0.5 --out docs/results/local-evidence/local-0.5.json
@@ -114,18 +117,40 @@ def _aurocs(det: AnoMem, normal: torch.Tensor, anomalous: torch.Tensor, masks: t
     return out
 
 
-def run(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int, extra: dict) -> dict:
+#: a validation kind -> the library's other pseudo-defect kinds that are near copies of it, left
+#: out with it: ``graft`` blends in a region of another image of the category, as cut-paste does
+NEAR = {"cutpaste": ("graft",)}
+
+
+def kinds_for(kind: str, add: list[str], fusion: list[str]) -> dict:
+    """The fit's ``pseudo.defects`` and ``pseudo.fusion_defects`` with ``kind`` and its near
+    copies left out of both."""
+    out = set((kind, *NEAR.get(kind, ())))
+    keep = lambda ks: tuple(k for k in ks if k not in out)  # noqa: E731
+    kw = {"pseudo__defects": keep([*KINDS, *add])}
+    if fusion:
+        kw["pseudo__fusion_defects"] = keep(fusion)
+    return kw
+
+
+def run(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int, extra: dict,
+        add: list[str] = (), fusion: list[str] = ()) -> dict:
     train, val, rng = crops(category, kind, seed, size, n_train, 3 * n_val)
     normal = uint8_images(val[:n_val])
     made = make_pseudo_anomalies(val[n_val : 2 * n_val], n_val, (), (kind,), 1.0, (0.1, 0.25),
                                  torch.Generator().manual_seed(seed))
     struct, struct_masks = structure_defects(val[2 * n_val :], rng)
+    kw = kinds_for(kind, list(add), list(fusion))
     t0 = time.perf_counter()
-    det = AnoMem(progress=False, train__seed=seed, pseudo__defects=tuple(k for k in KINDS if k != kind), **extra).fit(train)
+    det = AnoMem(progress=False, train__seed=seed, **kw, **extra).fit(train)
     fit_s = time.perf_counter() - t0
-    out = {"category": category, "kind": kind, "seed": seed, "size": size, "set": extra, "fit_s": round(fit_s, 1),
+    struct = uint8_images(struct)
+    out = {"category": category, "kind": kind, "seed": seed, "size": size, "set": extra,
+           "kinds": {k.split("__")[1]: list(v) for k, v in kw.items()}, "fit_s": round(fit_s, 1),
            "unseen": _aurocs(det, normal, uint8_images(made.images), made.masks),
-           "structure": _aurocs(det, normal, uint8_images(struct), struct_masks)}
+           "structure": _aurocs(det, normal, struct, struct_masks),
+           "shuffle": _aurocs(det, normal, struct[0::2], struct_masks[0::2]),
+           "zoom": _aurocs(det, normal, struct[1::2], struct_masks[1::2])}
     if det.fusion_ is not None:
         out["fit"] = {"weights": list(det.fusion_.weights), "map_weights": list(det.fusion_.map_weights)}
     return out
@@ -133,12 +158,13 @@ def run(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int
 
 def summary(rows: list[dict]) -> str:
     lines = []
-    for fam in ("unseen", "structure"):
+    for fam in [f for f in FAMILIES if all(f in r for r in rows)]:
         keys = sorted({k for r in rows for k in r[fam]})
         lines.append(f"{fam:<9} " + " ".join(f"{k}:{np.mean([r[fam][k] for r in rows if k in r[fam]]):.3f}" for k in keys))
     return "\n".join(lines)
 
 
+FAMILIES = ("unseen", "structure", "shuffle", "zoom")  # shuffle and zoom: the structure family's two halves
 PARTS = ("fused", "equal_split", "learned", "memory", "memory_peak", "bank", "feature_patches", "pixel_patches", "map_fused", "map_memory",
          "map_feature")
 
@@ -148,7 +174,7 @@ def table(paths: list[Path]) -> str:
     lines = ["| variant | family | cells | " + " | ".join(PARTS) + " |", "|---" * (3 + len(PARTS)) + "|"]
     for path in paths:
         rows = json.loads(path.read_text())
-        for fam in ("unseen", "structure"):
+        for fam in [f for f in FAMILIES if all(f in r for r in rows)]:
             cells = [f"{np.mean([r[fam][k] for r in rows]):.3f}" if all(k in r[fam] for r in rows) else "–" for k in PARTS]
             lines.append(f"| {path.stem} | {fam} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -158,6 +184,10 @@ def main() -> None:
     ap = parser(__doc__.splitlines()[0], "pseudo__local=0.5")
     ap.add_argument("--out", type=Path, help="JSON rows, rewritten after each fit (resumable)")
     ap.add_argument("--table", type=Path, nargs="+", help="print a markdown table of these result files and stop")
+    ap.add_argument("--add-kinds", nargs="+", default=[], metavar="KIND",
+                    help="more pseudo-defect kinds for the fit beside the validation kinds (minus near copies of K)")
+    ap.add_argument("--fusion-kinds", nargs="+", default=[], metavar="KIND",
+                    help="pseudo.fusion_defects of the fit (minus K and its near copies); default: its pseudo.defects")
     args = ap.parse_args()
     if args.table:
         print(table(args.table))
@@ -175,7 +205,7 @@ def main() -> None:
             for seed in args.seeds:
                 if (cat, kind, seed) in done:
                     continue
-                r = run(cat, kind, seed, args.size, args.train, args.validation, extra)
+                r = run(cat, kind, seed, args.size, args.train, args.validation, extra, args.add_kinds, args.fusion_kinds)
                 rows.append(r)
                 args.out.write_text(json.dumps(rows, indent=1))
                 print(f"{cat:<7} unseen {kind:<8} seed {seed} [{r['fit_s']} s] fit {r.get('fit')}\n{summary([r])}", flush=True)

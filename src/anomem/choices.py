@@ -10,7 +10,7 @@ from __future__ import annotations
 STEMS = ("small", "imagenet", "imagenet8", "auto")  # anomem.model.backbone
 NORMALISATIONS = ("none", "l2", "centered-l2", "layernorm")  # anomem.model.memory
 SHIFTS = ("rot90", "rot180", "rot270", "vflip", "hflip", "permute")  # anomem.model.pseudo
-DEFECTS = ("cutpaste", "scar", "noise")  # anomem.model.pseudo
+DEFECTS = ("cutpaste", "scar", "noise", "smooth", "gain", "graft")  # anomem.model.pseudo
 MODES = ("auto", "one-class", "supervised")  # anomem.inference: how the score reads the heads
 
 __all__ = ["DEFECTS", "MODES", "NORMALISATIONS", "SHIFTS", "STEMS"]

@@ -33,7 +33,7 @@ def bench(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_pseudo_defect_names_are_the_models() -> None:
-    assert set(PSEUDO_DEFECTS) == set(DEFECTS)
+    assert PSEUDO_DEFECTS == AnoMem()._resolve_config().pseudo.defects  # the default fit's kinds
     assert set(NEAR_COPIES) == set(OBVIOUS + SUBTLE)
     assert all(set(v) <= set(DEFECTS) for v in NEAR_COPIES.values())
     # the two near copies the audit named
@@ -53,18 +53,22 @@ def test_every_kind_is_scored_once_by_a_config_without_its_near_copies(bench) ->
         over = cells.anomem_overrides(0, p["excluded"], p["defects"])
         assert AnoMem(**over)._resolve_config().pseudo.defects == tuple(p["defects"])
     assert plan["anomem-default"]["excluded"] == ()
-    assert AnoMem(**cells.anomem_overrides(0, (), DEFECTS))._resolve_config().pseudo.defects == tuple(DEFECTS)
+    assert AnoMem(**cells.anomem_overrides(0, (), PSEUDO_DEFECTS))._resolve_config().pseudo.defects == PSEUDO_DEFECTS
 
 
 def test_leave_kind_out_merges_contained_sets_and_keeps_the_smallest_home() -> None:
     near = {"a": ("x",), "b": ("x", "y"), "c": (), "d": ("y",), "e": ("z",)}
     with pytest.raises(DataError, match="no near-copy entry"):  # an unmapped kind is refused
         leave_kind_out(("a", "q"), near)
-    plan = leave_kind_out(tuple(near), near)
+    plan = leave_kind_out(tuple(near), near, in_use=("x", "y", "z", "w"))
     assert plan == {(): ("c",), ("z",): ("e",), ("x", "y"): ("a", "b", "d")}
     # a set that would leave no pseudo-defect is refused
     with pytest.raises(DataError, match="leaves no pseudo-defect"):
         leave_kind_out(("k",), {"k": tuple(PSEUDO_DEFECTS)})
+    # a near copy the default fit does not draw needs no fit of its own
+    assert leave_kind_out(tuple(near), near, in_use=("x", "y", "q")) == {(): ("c", "e"), ("x", "y"): ("a", "b", "d")}
+    with pytest.raises(DataError, match="leaves no pseudo-defect"):
+        leave_kind_out(("b",), near, in_use=("x", "y"))
 
 
 def test_aupro_counts_the_normals_pixels() -> None:

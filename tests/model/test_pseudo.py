@@ -14,10 +14,13 @@ from anomem.model.pseudo import (
     DEFECTS,
     SHIFTS,
     cutpaste,
+    gain,
+    graft,
     make_pseudo_anomalies,
     noise_patch,
     scar,
     shift,
+    smooth,
     twin_defects,
 )
 from anomem.stage2.feature_bank import FeatureBank, bank_distances
@@ -46,8 +49,10 @@ def test_shifts_match_numpy():
         shift(torch.zeros(1, 1, 4, 6), "rot90")
 
 
-@pytest.mark.parametrize("fn", [cutpaste, scar, noise_patch])
-def test_defects_change_pixels_only_inside_their_mask(fn):
+# the blob kinds fade in over a soft ~2-px edge, which the mean over their mask counts
+@pytest.mark.parametrize(("fn", "floor"), [(cutpaste, 0.15), (scar, 0.15), (noise_patch, 0.15), (smooth, 0.08),
+                                          (gain, 0.08), (graft, 0.08)])
+def test_defects_change_pixels_only_inside_their_mask(fn, floor):
     x = _images(64)
     out, mask = fn(x, (0.15, 0.3), torch.Generator().manual_seed(3))
     assert out.shape == x.shape and mask.shape == (64, 1, 16, 16) and mask.dtype == torch.bool
@@ -55,7 +60,7 @@ def test_defects_change_pixels_only_inside_their_mask(fn):
     area = mask.float().mean((1, 2, 3))
     assert (area > 0).all() and (area < 0.5).all()
     changed = ((out - x).abs() * mask).sum() / mask.sum()
-    assert changed > 0.15  # a visible change on average over the defect pixels
+    assert changed > floor  # a visible change on average over the defect pixels
 
 
 def test_twin_defects_draw_the_same_defect_on_both_views():
@@ -70,6 +75,8 @@ def test_twin_defects_draw_the_same_defect_on_both_views():
     same_a, same_b, same_mask = twin_defects(a, a.clone(), ("cutpaste", "noise", "scar"), (0.15, 0.3),
                                              torch.Generator().manual_seed(5))
     assert torch.equal(same_a, same_b) and torch.equal(same_mask, mask)
+    every = twin_defects(a, a.clone(), DEFECTS, (0.15, 0.3), torch.Generator().manual_seed(6))
+    assert torch.equal(every[0], every[1]) and bool(every[2].flatten(1).any(1).all())
     with pytest.raises(ValueError, match="unknown defect"):
         twin_defects(a, b, ("blot",), (0.1, 0.2), torch.Generator())
 
@@ -80,6 +87,53 @@ def test_cutpaste_pastes_a_region_of_another_image():
     for i in range(4):
         inside = out[i][mask[i]]
         assert inside.unique().numel() == 1 and inside[0] != x[i, 0, 0, 0]  # one other flat image's value
+
+
+def test_blobs_are_irregular_discs_of_the_asked_size():
+    from anomem.model.pseudo import _blob
+
+    soft, mask = _blob(400, 64, 64, (0.2, 0.2), torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert soft.shape == mask.shape == (400, 1, 64, 64) and torch.equal(mask, soft > 0)
+    assert float(soft.min()) == 0.0 and float(soft.max()) == 1.0
+    area = (soft > 0.5).float().sum((1, 2, 3))
+    box = (0.2 * 64) ** 2  # a box of side 0.2 x 64: the blob's area on average, give or take its wobble
+    assert 0.7 * box < float(area.mean()) < 1.3 * box and float(area.std()) > 0.05 * box  # not all one disc
+    ys, xs = mask[:, 0].nonzero(as_tuple=True)[1:]
+    assert ys.min() >= 0 and xs.max() <= 63
+
+
+def test_smooth_keeps_the_mean_and_removes_the_detail():
+    x = torch.rand(16, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+    out, mask = smooth(x, (0.3, 0.4), torch.Generator().manual_seed(0))
+    m = mask.expand_as(x)
+    assert abs(float(out[m].mean() - x[m].mean())) < 0.02  # the colours stay
+    assert float(out[m].std()) < 0.6 * float(x[m].std())  # the detail does not
+
+
+def test_gain_rescales_the_contrast_about_the_blob_mean():
+    from anomem.model.pseudo import _blob
+
+    x = 0.4 + 0.2 * torch.rand(64, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    out, _ = gain(x, (0.3, 0.4), torch.Generator().manual_seed(1))
+    soft, _ = _blob(64, 32, 32, (0.3, 0.4), torch.Generator().manual_seed(1), x.device)  # gain's first draw
+    core = soft == 1  # fully changed, inside the soft edge
+    ratio = torch.stack([(out[i][core[i]] - out[i][core[i]].mean()).std() / (x[i][core[i]] - x[i][core[i]].mean()).std()
+                         for i in range(64)])
+    assert bool(((ratio < 0.8) | (ratio > 1.2)).all())  # every blob's texture fainter or stronger
+
+
+def test_graft_blends_in_another_image_turned():
+    x = torch.arange(4, dtype=torch.float32)[:, None, None, None].expand(4, 1, 24, 24) / 4  # flat images 0, .25, .5, .75
+    out, mask = graft(x, (0.3, 0.4), torch.Generator().manual_seed(0))
+    for i in range(4):  # inside, between the image's own level and another image's: never beyond both
+        inside = out[i][mask[i]]
+        assert bool((inside != x[i, 0, 0, 0]).any())
+        others = x[torch.arange(4) != i, 0, 0, 0]
+        assert float(inside.min()) >= min(float(others.min()), float(x[i, 0, 0, 0])) - 1e-6
+    ramp = torch.linspace(0, 1, 24)[None, None, None, :].expand(2, 1, 24, 24).contiguous()  # one image: a turn shows
+    ramp[1] = ramp[1].flip(-1)
+    turned, m = graft(ramp, (0.4, 0.45), torch.Generator().manual_seed(1))
+    assert ((turned - ramp).abs() * m).sum() > 0
 
 
 def test_scar_contrasts_with_its_ground():
@@ -108,7 +162,7 @@ def test_make_pseudo_anomalies_is_seeded_and_mixes_families():
 
 
 def test_pseudo_config_is_validated():
-    for bad in ("pseudo.shifts=[spin]", "pseudo.defects=[stain]", "pseudo.ratio=0", "pseudo.defect_fraction=2",
+    for bad in ("pseudo.shifts=[spin]", "pseudo.defects=[stain]", "pseudo.fusion_defects=[blot]", "pseudo.ratio=0", "pseudo.defect_fraction=2",
                 "pseudo.defect_size=[0.5,0.2]", "bank.size=-1", "weights.bank=1.5"):
         with pytest.raises(ConfigError):
             load_config("tiny", overrides=[bad])

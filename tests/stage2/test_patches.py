@@ -161,6 +161,33 @@ def test_fitted_fusion_applies_choose_to_its_table(photo_detector):
     assert fit.map_table[fit.map_weights] == max(fit.map_table.values())
 
 
+def test_the_fusion_fits_against_its_own_kinds_and_stage_one_against_the_others(monkeypatch):
+    import anomem.engine
+    import anomem.fit.fusion
+    from anomem import AnoMem
+
+    seen = {"fusion": [], "stage1": set()}
+    fusion_draw, twin = anomem.fit.fusion.make_pseudo_anomalies, anomem.engine.twin_defects
+
+    def fusion_spy(x, count, shifts, defects, *a, **k):
+        seen["fusion"].append(tuple(defects))
+        return fusion_draw(x, count, shifts, defects, *a, **k)
+
+    def stage1_spy(a, b, kinds, *rest):
+        seen["stage1"].update(kinds)
+        return twin(a, b, kinds, *rest)
+
+    monkeypatch.setattr(anomem.fit.fusion, "make_pseudo_anomalies", fusion_spy)
+    monkeypatch.setattr(anomem.engine, "twin_defects", stage1_spy)
+    sp = photo_category("brick", size=48, n_train=80, n_test_normal=4, per_kind=2, kinds=("stain",), seed=1)
+    x = torch.from_numpy(np.round(sp.train * 255).astype(np.uint8))
+    det = AnoMem("tiny", progress=False, epochs=1, heads__steps=5, prototype_cache=0, calibration_fraction=0.15,
+                 pseudo__local=0.5, pseudo__defects=("cutpaste", "gain"), pseudo__fusion_defects=("smooth",)).fit(x)
+    assert det.fusion_ is not None and det.fusion_.families[0] == "defects"
+    assert seen["fusion"][0] == ("smooth",)  # the defects family: the fusion's own kind only
+    assert seen["stage1"] == {"cutpaste", "gain"}  # stage 1's local negatives never drew it
+
+
 def test_patch_evidence_finds_stains_and_survives_save_load(photo_detector, tmp_path):
     det, sp, u8 = photo_detector
     x = torch.cat([u8(sp.test_normal), u8(sp.test_defect)])

@@ -321,6 +321,9 @@ class PseudoConfig:
     defects: tuple[str, ...] = ("cutpaste", "scar", "noise")  # synthetic local defects
     defect_fraction: float = 0.0  # share of the pseudo-anomalies that are local defects
     defect_size: tuple[float, float] = (0.1, 0.25)  # box side as a fraction of the image side
+    # the local defects the stage-2 fusion fit (anomem.fit.fusion) validates against; empty = ``defects``.
+    # Kinds stage 1 never drew keep that fit from being decided by what stage 1 was taught (every part ~1)
+    fusion_defects: tuple[str, ...] = ()
     heads: bool = False  # without real anomalies, also train the stage-2 heads on pseudo-anomalies alone
     # share of the normals of each stage-1 batch that get a local defect (kinds ``defects``), drawn
     # afresh each step at the same place of both views; the positions it touches are y = 0 at every
@@ -335,8 +338,9 @@ class PseudoConfig:
         _check(self.ratio > 0, f"pseudo.ratio must be > 0, got {self.ratio}")
         for k in self.shifts:
             _check(k in SHIFTS, f"pseudo.shifts: unknown shift {k!r}; expected names from {SHIFTS}")
-        for k in self.defects:
-            _check(k in DEFECTS, f"pseudo.defects: unknown defect {k!r}; expected names from {DEFECTS}")
+        for name in ("defects", "fusion_defects"):
+            for k in getattr(self, name):
+                _check(k in DEFECTS, f"pseudo.{name}: unknown defect {k!r}; expected names from {DEFECTS}")
         _check(bool(self.shifts) or bool(self.defects), "pseudo needs at least one shift or defect kind")
         _check(0 <= self.min_separability <= 1, f"pseudo.min_separability must lie in [0, 1], got {self.min_separability}")
         _check(0 <= self.local <= 1, f"pseudo.local must lie in [0, 1], got {self.local}")

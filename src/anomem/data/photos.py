@@ -53,7 +53,7 @@ OBVIOUS = ("scratch", "stain", "patch", "colour")
 SUBTLE = ("blur", "warp", "rotate")
 DEFECT_FAMILIES = {"obvious": OBVIOUS, "subtle": SUBTLE}
 
-#: the pseudo-defect kinds AnoMem can fit against (:data:`anomem.choices.DEFECTS`, drawn by
+#: the pseudo-defect kinds the library's default config fits against (``pseudo.defects``, drawn by
 #: :mod:`anomem.model.pseudo`), spelled out here so that the data module does not import the model
 PSEUDO_DEFECTS = ("cutpaste", "scar", "noise")
 
@@ -69,31 +69,35 @@ NEAR_COPIES: dict[str, tuple[str, ...]] = {
     # a soft disc set to the far end of the brightness range from the ground it covers:
     # ``scar``'s level rule on a blob instead of a bar. Shape differs, the cue (a region of
     # extreme, uniform intensity opposite to its ground) does not, so it counts as seen.
-    "stain": ("scar",),
+    # ``gain`` darkens or brightens a soft blob and flattens its texture: a faint stain.
+    "stain": ("scar", "gain"),
     # a 0.1-0.22 x side square of foreign texture with sharp, axis-aligned edges;
     # ``cutpaste`` pastes a 0.1-0.25 x side box of texture from another image, and ``noise``
-    # fills a box of the same sizes with content foreign to the photograph.
-    "patch": ("cutpaste", "noise"),
+    # fills a box of the same sizes with content foreign to the photograph; ``graft`` blends
+    # in a blob of another image's texture.
+    "patch": ("cutpaste", "noise", "graft"),
     # a half-transparent blob of a saturated colour (grey photographs: a level 0.4 away);
     # ``noise`` is the only pseudo-defect that puts colours the photograph lacks into a
     # region (``scar`` is grey: equal levels in every channel; ``cutpaste`` copies the
-    # category's own colours).
-    "colour": ("noise",),
-    # a defocused disc: nothing in the pseudo-defects removes detail (``noise`` adds it,
-    # ``cutpaste`` moves it, ``scar`` paints over it).
-    "blur": (),
+    # category's own colours). ``gain`` moves a soft blob's level (and tints it slightly):
+    # on a grey photograph, the colour kind's flat level 0.4 away is that.
+    "colour": ("noise", "gain"),
+    # a defocused disc: ``smooth`` defocuses a blob (of the others, ``noise`` adds detail,
+    # ``cutpaste`` moves it, ``scar`` paints over it, ``gain`` scales it but keeps its shape).
+    "blur": ("smooth",),
     # a smooth swirl of the photograph's own pixels, no seam and no foreign values: no
     # pseudo-defect deforms the texture.
     "warp": (),
     # a 0.14-0.24 x side square of the photograph's own texture, turned by a quarter: a box
     # of the category's texture, out of place, with straight seams, which is what
-    # ``cutpaste`` (0.1-0.25 x side, from another image of the same category) makes.
-    "rotate": ("cutpaste",),
+    # ``cutpaste`` (0.1-0.25 x side, from another image of the same category) makes, and
+    # ``graft`` blends in a blob of the category's texture turned by a quarter or more.
+    "rotate": ("cutpaste", "graft"),
 }
 
 
-def leave_kind_out(kinds: Sequence[str] = OBVIOUS + SUBTLE,
-                   near: dict[str, tuple[str, ...]] | None = None) -> dict[tuple[str, ...], tuple[str, ...]]:
+def leave_kind_out(kinds: Sequence[str] = OBVIOUS + SUBTLE, near: dict[str, tuple[str, ...]] | None = None,
+                   in_use: Sequence[str] = PSEUDO_DEFECTS) -> dict[tuple[str, ...], tuple[str, ...]]:
     """Which detectors to fit so that no kind is scored by a fit that saw its near copy.
 
     Returns ``{excluded pseudo-kinds: test kinds it scores}``, ordered by excluded set.
@@ -102,15 +106,18 @@ def leave_kind_out(kinds: Sequence[str] = OBVIOUS + SUBTLE,
     kind's near copies keeps the guarantee and saves a fit. Each kind is scored by the
     smallest fitted set that holds all its near copies, so the kinds with none are scored
     by the default detector. Each kept set leaves at least one pseudo-defect in use.
+    ``in_use``: the pseudo-defect kinds the default detector fits against; a near copy it
+    does not draw needs no exclusion.
     """
     near = NEAR_COPIES if near is None else near
     unknown = [k for k in kinds if k not in near]
     if unknown:
         raise DataError(f"no near-copy entry for test kinds {unknown}")
+    near = {k: tuple(d for d in v if d in in_use) for k, v in near.items()}
     wanted = {tuple(sorted(near[k])) for k in kinds}
     keep = {()} | {s for s in wanted if s and not any(set(s) < set(t) for t in wanted)}
     for s in keep:
-        if set(s) >= set(PSEUDO_DEFECTS):
+        if set(s) >= set(in_use):
             raise DataError(f"excluding {list(s)} leaves no pseudo-defect to fit against")
     plan: dict[tuple[str, ...], list[str]] = {s: [] for s in sorted(keep, key=lambda s: (len(s), s))}
     for k in kinds:

@@ -8,7 +8,8 @@ global signals, small local defects on a photograph move only a few patches. So 
 on the held-out normals (never seen by stage 1, the banks or the heads) against
 pseudo-anomalies of two families made from those same normals (:mod:`anomem.model.pseudo`):
 
-* ``defects``: local defects (cut-paste, scars, noise patches);
+* ``defects``: local defects (cut-paste, scars, noise patches, ...: ``pseudo.fusion_defects``,
+  or ``pseudo.defects`` when that is empty);
 * ``shifts``: the distribution shifts these normals are not invariant to (rotations,
   flips; :func:`anomem.splits.usable_shifts`), a stand-in for semantic anomalies.
 
@@ -130,8 +131,9 @@ def fit_fusion(model: AnoMemModel, cfg: AnoMemConfig, held_out: torch.Tensor, ba
     x = to_float(held_out)
     gen = torch.Generator().manual_seed(cfg.train.seed + 65537)
     families, masks = {}, None
-    if cfg.pseudo.defects:
-        made = make_pseudo_anomalies(x, 2 * n, (), cfg.pseudo.defects, 1.0, cfg.pseudo.defect_size, gen)
+    defects = cfg.pseudo.fusion_defects or cfg.pseudo.defects
+    if defects:
+        made = make_pseudo_anomalies(x, 2 * n, (), defects, 1.0, cfg.pseudo.defect_size, gen)
         families["defects"], masks = made.images, made.masks[:, 0]
     shifts = cfg.pseudo.shifts
     if x.shape[-1] != x.shape[-2]:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+from kornia.filters import gaussian_blur2d
 
 from anomem.choices import DEFECTS, SHIFTS
 
@@ -171,7 +172,91 @@ def noise_patch(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator
     return Defected(torch.where(mask, noise, x), mask)
 
 
-_DEFECT_FNS = {"cutpaste": cutpaste, "scar": scar, "noise": noise_patch}
+def _blob(n: int, h: int, w: int, size: tuple[float, float], gen: torch.Generator | None,
+          device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Irregular blobs: a disc of the area of a box of side ``size`` x the shorter side whose border is
+    pushed in and out by low-frequency noise (a 6 x 6 grid upsampled), softened over ~2 px.
+
+    Returns:
+        soft (N, 1, H, W) float in [0, 1], the blend weight; mask (N, 1, H, W) bool, soft > 0.
+    """
+    side = min(h, w)
+    r = _uniform(n, *size, gen, device) * side * 0.56  # pi r^2 ~ (size x side)^2: a box's area
+    cy = _uniform(n, 0.0, 1.0, gen, device) * (h - 2 * r).clamp_min(0) + r
+    cx = _uniform(n, 0.0, 1.0, gen, device) * (w - 2 * r).clamp_min(0) + r
+    coarse = torch.rand(n, 1, 6, 6, generator=gen, device=device) * 2 - 1
+    wobble = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
+    yy = torch.arange(h, device=device, dtype=torch.float32)[None, None, :, None] - cy[:, None, None, None]
+    xx = torch.arange(w, device=device, dtype=torch.float32)[None, None, None, :] - cx[:, None, None, None]
+    rho = (yy.square() + xx.square()).sqrt() / r[:, None, None, None]  # 1 on the plain disc's border
+    edge = (1 + 0.45 * wobble - rho) * r[:, None, None, None] / 2  # about +-1 within 2 px of the border
+    soft = (edge + 0.5).clamp(0.0, 1.0)
+    return soft, soft > 0
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    return x * (1 - soft) + other * soft
+
+
+def smooth(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator | None) -> Defected:
+    """An irregular blob defocused by a Gaussian of sigma 1-3 px: the detail is gone, the
+    colours and mean brightness stay.
+
+    Shape:
+        (N, C, H, W) -> images (N, C, H, W), masks (N, 1, H, W) bool
+    """
+    n, _, h, w = x.shape
+    soft, mask = _blob(n, h, w, size, gen, x.device)
+    sigma = _uniform(n, 1.0, 3.0, gen, x.device)
+    blurred = gaussian_blur2d(x, 13, torch.stack([sigma, sigma], 1).to(x.dtype), border_type="reflect")
+    return Defected(_blend(x, blurred, soft.to(x.dtype)), mask)
+
+
+def gain(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator | None) -> Defected:
+    """An irregular blob whose contrast about its own mean is scaled (x 0.2-0.6 or x 1.6-2.5)
+    and whose brightness moves by 0.08-0.25 up or down, with a slight tint on colour images.
+
+    Shape:
+        (N, C, H, W) -> images (N, C, H, W), masks (N, 1, H, W) bool
+    """
+    n, c, h, w = x.shape
+    dev = x.device
+    soft, mask = _blob(n, h, w, size, gen, dev)
+    soft = soft.to(x.dtype)
+    mean = (x * soft).sum((2, 3), keepdim=True) / soft.sum((2, 3), keepdim=True).clamp_min(1e-6)
+    up = torch.rand(n, generator=gen, device=dev) < 0.5
+    scale = torch.where(up, _uniform(n, 1.6, 2.5, gen, dev), _uniform(n, 0.2, 0.6, gen, dev)).to(x.dtype)
+    sign = torch.where(torch.rand(n, generator=gen, device=dev) < 0.5, -1.0, 1.0)
+    shift_ = (sign * _uniform(n, 0.08, 0.25, gen, dev)).to(x.dtype)[:, None, None, None]
+    tint = ((torch.rand(n, c, 1, 1, generator=gen, device=dev) - 0.5) * 0.1).to(x.dtype) if c > 1 else 0.0
+    changed = (mean + scale[:, None, None, None] * (x - mean) + shift_ + tint).clamp(0.0, 1.0)
+    return Defected(_blend(x, changed, soft), mask)
+
+
+def graft(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator | None) -> Defected:
+    """An irregular blob of another image of the batch, turned by a quarter, a half or three
+    quarters, blended in at opacity 0.5-1: the category's own texture, out of its
+    orientation and place, with no straight seam (DRAEM's blended texture blobs, with the
+    category's own texture in place of an outside one).
+
+    Shape:
+        (N, C, H, W) -> images (N, C, H, W), masks (N, 1, H, W) bool
+    """
+    n, _, h, w = x.shape
+    dev = x.device
+    soft, mask = _blob(n, h, w, size, gen, dev)
+    offset = torch.randint(1, n, (n,), generator=gen, device=dev) if n > 1 else torch.zeros(1, dtype=torch.long, device=dev)
+    src = x[(torch.arange(n, device=dev) + offset) % max(n, 1)]
+    turns = torch.randint(1, 4, (n,), generator=gen, device=dev)
+    square = h == w
+    turned = torch.stack([torch.rot90(s, int(k), dims=(-2, -1)) if square else torch.flip(s, dims=(-2, -1))
+                          for s, k in zip(src, turns.tolist())]) if n else src
+    alpha = _uniform(n, 0.5, 1.0, gen, dev).to(x.dtype)[:, None, None, None]
+    return Defected(_blend(x, turned, soft.to(x.dtype) * alpha), mask)
+
+
+_DEFECT_FNS = {"cutpaste": cutpaste, "scar": scar, "noise": noise_patch, "smooth": smooth, "gain": gain,
+               "graft": graft}
 
 
 def twin_defects(
@@ -316,10 +401,13 @@ __all__ = [
     "SHIFTS",
     "cutpaste",
     "Defected",
+    "gain",
+    "graft",
     "make_pseudo_anomalies",
     "noise_patch",
     "scar",
     "shift",
     "shift_separability",
+    "smooth",
     "twin_defects",
 ]
