@@ -3,6 +3,7 @@
 import math
 
 import torch
+import torch.nn.functional as F
 
 from anomem.config import load_config
 from anomem.engine import Stage1Trainer
@@ -80,6 +81,32 @@ def test_a_local_defect_makes_only_the_positions_it_touches_anomalous():
         rec = mem.recall(xi.reshape(-1, xi.shape[-1])).recollection.view_as(xi)
         torch.testing.assert_close(p.deviation, (xi - rec).norm(dim=-1) / xi.norm(dim=-1))
         assert q.deviation is None
+
+
+def test_positions_a_defect_barely_covers_leave_the_local_hinge():
+    cfg = load_config("tiny", None, ["memory.sample_ratios=[1.0, 1.0]"])
+    net = _net(cfg).eval()
+    x = stripes(2, False).float() / 255
+    normal = torch.tensor([True, True])
+    side = x.shape[-1]
+    altered = torch.zeros(2, 1, side, side, dtype=torch.bool)
+    altered[0, :, : side // 2, : side // 8] = True  # a quarter of the top-left cell of a 2 x 2 grid
+    with torch.no_grad():
+        grids = [f.shape[-2:] for f in net.features(x)]
+        for cover in (0.0, 0.3):
+            pairs = net.contrast_pairs(x, x, normal, (1.0, 1.0), torch.Generator().manual_seed(0), altered, cover)
+            omega = torch.Generator().manual_seed(0)
+            for p, (h, w) in zip(pairs, grids):
+                pos = torch.randperm(h * w, generator=omega)
+                share = F.adaptive_avg_pool2d(altered.float(), (h, w)).flatten(1)[:, pos].T  # (P, B), by hand below
+                touched = share > 0
+                assert torch.equal(p.normal, ~touched)  # Eq. 3: every touched position is y = 0, whatever the cover
+                if cover == 0:
+                    assert p.partial is None
+                else:
+                    assert torch.equal(p.partial, touched & (share < cover))
+                    if (h, w) == (2, 2):  # the top-left cell is covered by a quarter: partial
+                        assert bool(p.partial.any()) and float(share[p.partial].max()) == 0.25
 
 
 def test_local_negatives_alter_a_share_of_the_normals_both_views_alike():

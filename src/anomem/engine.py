@@ -172,11 +172,13 @@ class Stage1Trainer:
             x1 = x1.contiguous(memory_format=torch.channels_last)
             x2 = x2.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            pairs = self.model(x1, x2, normal, self.cfg.memory.sample_ratios, self._generator(1, step), altered)
+            pairs = self.model(x1, x2, normal, self.cfg.memory.sample_ratios, self._generator(1, step), altered,
+                               self.cfg.loss.local_cover)
         # Global batch for the negatives: (P, b, C) -> (P, W·b, C), gradients kept.
         pairs = [ScalePairs(gather_with_grad(p.mem.float(), 1), gather_with_grad(p.other.float(), 1),
                             None if p.normal is None else gather_no_grad(p.normal.to(torch.uint8), 1).bool(),
-                            None if p.deviation is None else gather_with_grad(p.deviation.float(), 1))
+                            None if p.deviation is None else gather_with_grad(p.deviation.float(), 1),
+                            None if p.partial is None else gather_no_grad(p.partial.to(torch.uint8), 1).bool())
                  for p in pairs]
         return self.loss_fn(pairs, gather_no_grad(normal.to(torch.uint8)).bool())
 

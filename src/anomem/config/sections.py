@@ -103,6 +103,9 @@ class LossConfig:
     # relative to the query's length (anomem.model.losses.local_hinge)
     local_weight: float = 0.0
     local_margins: tuple[float, float] = (0.5, 1.0)
+    # a position counts as altered in the local hinge when the defect covers at least this share of
+    # its cell; positions touched less are left out of the hinge (still y = 0 in Eq. 3). 0: any touch
+    local_cover: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.objective in OBJECTIVES, f"loss.objective must be one of {OBJECTIVES}, got {self.objective!r}")
@@ -110,6 +113,7 @@ class LossConfig:
         _check(self.variance_weight >= 0, f"loss.variance_weight must be >= 0, got {self.variance_weight}")
         _check(self.variance_eps > 0, f"loss.variance_eps must be > 0, got {self.variance_eps}")
         _check(self.local_weight >= 0, f"loss.local_weight must be >= 0, got {self.local_weight}")
+        _check(0 <= self.local_cover < 1, f"loss.local_cover must lie in [0, 1), got {self.local_cover}")
         _check(len(self.local_margins) == 2 and 0 <= self.local_margins[0] < self.local_margins[1],
                f"loss.local_margins must be a pair 0 <= normal < altered, got {self.local_margins}")
 

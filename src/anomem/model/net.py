@@ -75,6 +75,7 @@ class AnoMemNet(nn.Module):
         ratios: tuple[float, ...],
         generator: torch.Generator | None = None,
         altered: torch.Tensor | None = None,
+        cover: float = 0.0,
     ) -> list[ScalePairs]:
         """Both branches of Eq. 4 at the positions Ω^(s) sampled for this batch.
 
@@ -87,7 +88,8 @@ class AnoMemNet(nn.Module):
         ``altered`` (B, 1, H, W) bool marks pixels a local defect changed in both views:
         every position of a scale whose cell holds one is y = 0 there (Eq. 3 read per
         position), the rest of the image keeps its label; the pairs then carry their
-        per-position labels.
+        per-position labels. A position whose cell the defect covers less than ``cover`` of
+        (a share in [0, 1)) is marked ``partial``: y = 0 still, but out of the local hinge.
         """
         bsz = x1.shape[0]
         maps = self.features(torch.cat([x1, x2]))  # S x (2B, C, H, W)
@@ -99,9 +101,13 @@ class AnoMemNet(nn.Module):
             vec = fmap.flatten(2)[:, :, pos].permute(2, 0, 1)  # (P, 2B, C)
             z, z2 = vec[:, :bsz], vec[:, bsz:]  # (P, B, C) each
             y = normal[None, :].expand(n_keep, bsz)  # (P, B)
+            partial = None
             if altered is not None:
                 touched = F.adaptive_max_pool2d(altered.float(), (h, w)).flatten(1)[:, pos].T > 0  # (P, B)
                 y = y & ~touched
+                if cover > 0:
+                    share = F.adaptive_avg_pool2d(altered.float(), (h, w)).flatten(1)[:, pos].T  # (P, B)
+                    partial = touched & (share < cover)
             q = mem.project(z)
             dev = None
             if self.use_memory:
@@ -109,13 +115,14 @@ class AnoMemNet(nn.Module):
                 if altered is not None:  # how far each position is from its recollection, for the local hinge
                     dev = (q - rec).norm(dim=-1) / q.norm(dim=-1).clamp_min(1e-6)  # (P, B)
                 q = torch.where(y[..., None], rec, q)  # Mem(z, y), Eq. 3
-            out.append(ScalePairs(q, mem.project(z2), None if altered is None else y, dev))
+            out.append(ScalePairs(q, mem.project(z2), None if altered is None else y, dev, partial))
         return out
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, normal: torch.Tensor, ratios: tuple[float, ...],
-                generator: torch.Generator | None = None, altered: torch.Tensor | None = None) -> list[ScalePairs]:
+                generator: torch.Generator | None = None, altered: torch.Tensor | None = None,
+                cover: float = 0.0) -> list[ScalePairs]:
         """Stage-1 forward, :meth:`contrast_pairs` (so DDP can wrap the network)."""
-        return self.contrast_pairs(x1, x2, normal, ratios, generator, altered)
+        return self.contrast_pairs(x1, x2, normal, ratios, generator, altered, cover)
 
     @torch.no_grad()
     def init_memories_from(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:

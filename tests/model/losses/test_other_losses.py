@@ -58,6 +58,10 @@ def test_local_hinge_averages_each_side_over_its_own_positions():
     torch.testing.assert_close(local_hinge(dev, normal, (0.5, 1.0)), torch.tensor(0.2 / 4 + 0.1 / 2))
     torch.testing.assert_close(local_hinge(dev, torch.ones_like(normal), (0.5, 1.0)), torch.tensor((0.2 + 0.4 + 0.8) / 6))
     torch.testing.assert_close(local_hinge(dev, normal, (0.0, 2.0)), torch.tensor((0.2 + 0.7 + 0.4 + 0.1) / 4 + (1.1 + 0.7) / 2))
+    # a partly covered position (0.9, row 0) is on neither side: the altered side is 1.3 alone
+    partial = torch.tensor([[False, False, True], [False, False, False]])
+    torch.testing.assert_close(local_hinge(dev, normal, (0.5, 1.0), partial), torch.tensor(0.2 / 4 + 0.0))
+    torch.testing.assert_close(local_hinge(dev, normal, (0.0, 2.0), partial), torch.tensor(1.4 / 4 + 0.7))
 
 
 def test_multiscale_loss_adds_the_local_hinge_where_pairs_carry_positions():

@@ -36,29 +36,35 @@ class ScalePairs(NamedTuple):
             labels hold at every position.
         deviation: ‖ξ - HF(ξ)‖ / ‖ξ‖ at every sampled position of the first view, (P, B),
             for the local hinge (:func:`local_hinge`); None when it is not trained.
+        partial: (P, B) bool, positions a local defect touches but covers less of than
+            ``loss.local_cover``: y = 0 in Eq. 3, left out of the local hinge; None: none.
     """
 
     mem: torch.Tensor
     other: torch.Tensor
     normal: torch.Tensor | None = None
     deviation: torch.Tensor | None = None
+    partial: torch.Tensor | None = None
 
 
-def local_hinge(deviation: torch.Tensor, normal: torch.Tensor, margins: tuple[float, float]) -> torch.Tensor:
+def local_hinge(deviation: torch.Tensor, normal: torch.Tensor, margins: tuple[float, float],
+                partial: torch.Tensor | None = None) -> torch.Tensor:
     """The double hinge of Eq. 11 read position by position on the memory's own deviation.
 
     A normal position is pulled within ``margins[0]`` of what the memory recalls for it, an
     altered one pushed beyond ``margins[1]``, both relative to the query's length: at 1 the
     recollection is no closer to the query than the origin is (the memory holds nothing
     like it). Each side is averaged over its own positions, so a few altered positions
-    weigh as much as the many normal ones; a side with no position adds 0.
+    weigh as much as the many normal ones; a side with no position adds 0. Positions marked
+    ``partial`` (a defect touches their cell but covers little of it) are on neither side.
 
     Shape:
-        deviation (P, B), normal (P, B) bool -> scalar
+        deviation (P, B), normal (P, B) bool, partial (P, B) bool -> scalar
     """
     y = normal.to(deviation.dtype)
+    a = 1 - y if partial is None else (~normal & ~partial).to(deviation.dtype)
     near = (y * torch.relu(deviation - margins[0])).sum() / y.sum().clamp_min(1.0)
-    far = ((1 - y) * torch.relu(margins[1] - deviation)).sum() / (1 - y).sum().clamp_min(1.0)
+    far = (a * torch.relu(margins[1] - deviation)).sum() / a.sum().clamp_min(1.0)
     return near + far
 
 
@@ -116,5 +122,6 @@ class ContrastedMemoryLoss(torch.nn.Module):
             lam_sum = sum(self.scale_weights)
             for lam, p in zip(self.scale_weights, pairs):
                 if p.deviation is not None and p.normal is not None:
-                    total = total + self.local_weight * lam / lam_sum * local_hinge(p.deviation, p.normal, self.local_margins)
+                    total = total + self.local_weight * lam / lam_sum * local_hinge(p.deviation, p.normal, self.local_margins,
+                                                                                 p.partial)
         return LossTerms(total, com.detach(), var.detach())
