@@ -109,7 +109,7 @@ def _aurocs(det: AnoMem, normal: torch.Tensor, anomalous: torch.Tensor, masks: t
     flat = mem.flatten(1)
     top = max(1, int(round(0.01 * flat.shape[1])))
     out["memory_peak"] = image_auroc(y, flat.topk(top, dim=1).values.mean(1).numpy())
-    truth = torch.cat([torch.zeros_like(masks), masks])[:, 0].flatten().numpy()
+    truth = torch.cat([torch.zeros(len(normal), *masks.shape[1:], dtype=torch.bool), masks])[:, 0].flatten().numpy()
     out["map_memory"] = image_auroc(truth, mem.flatten().numpy())
     out["map_fused"] = image_auroc(truth, det.anomaly_maps(x).fused.ravel())
     if "map.feature_patches" in maps:
