@@ -14,7 +14,9 @@ random draw taken from one ``torch.Generator`` (same seed, same output):
 * **Local defects** (local anomalies): a small region replaced by something that does
   not belong there — a patch of another normal image (CutPaste, Li et al., CVPR 2021),
   a thin scar of foreign intensity, or a patch of noise (DRAEM's synthetic anomalies,
-  Zavrtanik et al., ICCV 2021, use textures the same way). Each comes with its mask.
+  Zavrtanik et al., ICCV 2021, use textures the same way); or, in an irregular soft blob
+  (DRAEM's noise-shaped masks), the image defocused, its contrast and brightness changed,
+  or another image's texture turned and blended in. Each comes with its mask.
 
 In AnoMem they enter stage 1 as y = 0 samples (Eq. 3: no memory, so they are pushed
 away from the normal prototypes as hard negatives) and stage 2 as the anomalies the
@@ -235,7 +237,7 @@ def gain(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator | None
 
 def graft(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator | None) -> Defected:
     """An irregular blob of another image of the batch, turned by a quarter, a half or three
-    quarters, blended in at opacity 0.5-1: the category's own texture, out of its
+    quarters (non-square images: a half), blended in at opacity 0.5-1: the category's own texture, out of its
     orientation and place, with no straight seam (DRAEM's blended texture blobs, with the
     category's own texture in place of an outside one).
 
