@@ -84,14 +84,10 @@ def run_class(args: argparse.Namespace, fv, cls: int) -> dict:
         return {"class": cls, "error": "no fusion was fitted"}
     one = {i: f.det.anomaly_score(x_val, weights={"image": [float(j == i) for j in range(3)]}) for i in range(3)}
     validation = {w: f.auroc(sum(w[i] * one[i] for i in range(3))) for w in fit.table}
-    rows = {}
-    for rule in RULES:
-        w = pick(rule, fit.table, fit.families, validation)
-        rows[rule] = {"split": list(w), "validation_auroc": validation[w], "pseudo": list(fit.table[w])}
-    return {"class": cls, "families": list(fit.families), "fit_s": round(f.seconds, 1), "rules": rows,
-            "knn": f.knn_auroc(x_val),
+    cell = {"class": cls, "families": list(fit.families), "fit_s": round(f.seconds, 1), "knn": f.knn_auroc(x_val),
             "candidates": [{"split": list(w), "pseudo": list(fit.table[w]), "validation_auroc": v}
                            for w, v in validation.items()]}
+    return {**cell, "rules": rules_of(cell)}
 
 
 def rules_of(cell: dict) -> dict:

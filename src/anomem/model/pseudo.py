@@ -250,9 +250,13 @@ def graft(x: torch.Tensor, size: tuple[float, float], gen: torch.Generator | Non
     offset = torch.randint(1, n, (n,), generator=gen, device=dev) if n > 1 else torch.zeros(1, dtype=torch.long, device=dev)
     src = x[(torch.arange(n, device=dev) + offset) % max(n, 1)]
     turns = torch.randint(1, 4, (n,), generator=gen, device=dev)
-    square = h == w
-    turned = torch.stack([torch.rot90(s, int(k), dims=(-2, -1)) if square else torch.flip(s, dims=(-2, -1))
-                          for s, k in zip(src, turns.tolist())]) if n else src
+    turned = src.clone()
+    for k in (1, 2, 3):  # one batched turn per angle
+        sel = turns == k
+        if h == w:
+            turned[sel] = torch.rot90(src[sel], k, dims=(-2, -1))
+        else:
+            turned[sel] = torch.flip(src[sel], dims=(-2, -1))
     alpha = _uniform(n, 0.5, 1.0, gen, dev).to(x.dtype)[:, None, None, None]
     return Defected(_blend(x, turned, soft.to(x.dtype) * alpha), mask)
 
