@@ -162,7 +162,7 @@ def test_make_pseudo_anomalies_is_seeded_and_mixes_families():
 
 
 def test_pseudo_config_is_validated():
-    for bad in ("pseudo.shifts=[spin]", "pseudo.defects=[stain]", "pseudo.fusion_defects=[blot]", "pseudo.ratio=0", "pseudo.defect_fraction=2",
+    for bad in ("pseudo.shifts=[spin]", "pseudo.defects=[stain]", "pseudo.fusion_defects=[blot]", "loss.local_cover=1", "pseudo.ratio=0", "pseudo.defect_fraction=2",
                 "pseudo.defect_size=[0.5,0.2]", "bank.size=-1", "weights.bank=1.5"):
         with pytest.raises(ConfigError):
             load_config("tiny", overrides=[bad])
