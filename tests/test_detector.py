@@ -118,3 +118,24 @@ def test_fit_validates_and_unfitted_errors():
         AnoMem("tiny", progress=False).fit(stripes(4, False), y=[1, 1, 2, 1])
     with pytest.raises(DataError, match="channels-last"):
         AnoMem("tiny", progress=False).fit(np.zeros((4, 16, 16, 3), np.uint8))
+
+
+def test_fit_trains_stage1_with_the_local_recipe_of_its_image_size(monkeypatch):
+    import anomem.detector as detector_module
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(net, cfg, *args, **kwargs):  # stage 1 gets the resolved config; stop there
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(detector_module, "Stage1Trainer", spy)
+    for size, local in ((72, 0.5), (28, 0.0)):
+        with pytest.raises(Stop):
+            AnoMem("tiny", progress=False, pseudo__local_recipe="auto").fit(torch.rand(12, 1, size, size))
+        cfg = seen[-1]
+        assert cfg.pseudo.local == local and cfg.loss.local_weight == (1.0 if local else 0.0)
+        assert cfg.train.batch_size == (64 if local else load_config("tiny").train.batch_size)

@@ -12,5 +12,9 @@ NORMALISATIONS = ("none", "l2", "centered-l2", "layernorm")  # anomem.model.memo
 SHIFTS = ("rot90", "rot180", "rot270", "vflip", "hflip", "permute")  # anomem.model.pseudo
 DEFECTS = ("cutpaste", "scar", "noise", "smooth", "gain", "graft")  # anomem.model.pseudo
 MODES = ("auto", "one-class", "supervised")  # anomem.inference: how the score reads the heads
+LOCAL_RECIPES = ("never", "auto", "always")  # not on/off: YAML reads those as booleans  # anomem.config.resolve_local_recipe
+# the largest image side the ``auto`` stem treats as small (anomem.model.backbone.resolve_stem);
+# the ``auto`` local recipe switches on above it (anomem.config.resolve_local_recipe)
+SMALL_SIDE = 64
 
-__all__ = ["DEFECTS", "MODES", "NORMALISATIONS", "SHIFTS", "STEMS"]
+__all__ = ["DEFECTS", "LOCAL_RECIPES", "MODES", "NORMALISATIONS", "SHIFTS", "SMALL_SIDE", "STEMS"]

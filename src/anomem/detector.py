@@ -24,7 +24,7 @@ import torch
 from anomem import splits
 from anomem._version import __version__
 from anomem.calibration import ThresholdMixin, calibration_fraction_for
-from anomem.config import AnoMemConfig, load_config
+from anomem.config import AnoMemConfig, load_config, resolve_local_recipe
 from anomem.engine import EpochLog, Stage1Trainer, resolve_device
 from anomem.errors import ConfigError, NotFittedError
 from anomem.factory import build_net, build_scorer, load_backbone_weights
@@ -159,6 +159,7 @@ class AnoMem(ParamsMixin, ThresholdMixin, PersistenceMixin):
         """
         cfg = self._resolve_config()
         x, normal = training_set(X, anomalies, y)
+        cfg = resolve_local_recipe(cfg, x.shape[-2:])  # pseudo.local_recipe, read against the image size
         digests = {"normal": image_digests(x[normal]), "anomaly": image_digests(x[~normal])}
         if cfg.scorer.mode == "supervised" and bool(normal.all()) and not (cfg.pseudo.enabled and cfg.pseudo.heads):
             raise ConfigError("scorer.mode is 'supervised' but no labelled anomalies were given; pass anomalies= "

@@ -146,3 +146,23 @@ def test_every_count_in_the_config_has_a_ceiling_in_one_table():
             getattr(cfg, section), **{key: (big,) * len(value) if isinstance(value, tuple) else big})})
         with pytest.raises(ConfigError, match=f"{section}.{key} (= |must lie in)"):
             check_config_limits(over)
+
+
+def test_local_recipe_turns_on_by_image_size_and_keeps_what_was_set():
+    from anomem.config import LOCAL_RECIPE, resolve_local_recipe
+
+    base = load_config("cpu-small")
+    assert base.pseudo.local_recipe == "never" and resolve_local_recipe(base, (128, 128)) == base  # by default
+    auto = with_overrides(base, ["pseudo.local_recipe=auto"])
+    assert resolve_local_recipe(auto, (28, 28)) == auto and resolve_local_recipe(auto, (64, 40)) == auto  # small: as set
+    on = resolve_local_recipe(auto, (48, 96))  # one side above 64 px
+    assert on.pseudo.local == LOCAL_RECIPE["local"] and on.loss.local_weight == LOCAL_RECIPE["local_weight"]
+    assert on.train.min_steps == max(base.train.min_steps, 300) and on.train.batch_size == 64
+    assert resolve_local_recipe(on, (48, 96)) == on  # applying it twice changes nothing more
+    kept = with_overrides(base, ["pseudo.local_recipe=always", "pseudo.local=0.2", "loss.local_weight=3",
+                                 "train.min_steps=500", "train.batch_size=32"])
+    assert resolve_local_recipe(kept, (28, 28)) == kept  # always: whatever the size; values set stay
+    no_defects = with_overrides(base, ["pseudo.local_recipe=always", "pseudo.defects=[]"])
+    assert resolve_local_recipe(no_defects, (128, 128)) == no_defects  # nothing to draw local negatives from
+    with pytest.raises(ConfigError, match="pseudo.local_recipe must be one of"):
+        with_overrides(base, ["pseudo.local_recipe=sometimes"])

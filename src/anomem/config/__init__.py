@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from anomem.choices import SMALL_SIDE
 from anomem.config.legacy import upgrade
 from anomem.config.sections import (  # noqa: F401  (re-exported: the sections are part of the config's API)
     ARCHS,
@@ -233,8 +234,36 @@ def with_overrides(cfg: AnoMemConfig, overrides: list[str] | tuple[str, ...]) ->
     return AnoMemConfig.from_dict(_merge(cfg.to_dict(), parse_overrides(list(overrides))))
 
 
+# ``pseudo.local_recipe``: the settings with which stage 1 learns local evidence on photographs,
+# measured on a validation split of photographs (benchmarks/local_evidence.py; docs/decisions.md).
+LOCAL_RECIPE = {"local": 0.5, "local_weight": 1.0, "min_steps": 300, "batch_size": 64}
+
+
+def resolve_local_recipe(cfg: AnoMemConfig, image_size: tuple[int, int] | list[int]) -> AnoMemConfig:
+    """``cfg`` with ``pseudo.local_recipe`` applied for images of ``image_size`` (H, W).
+
+    ``always`` (or ``auto`` with a side larger than :data:`anomem.choices.SMALL_SIDE`) turns on
+    the local negatives and the local hinge where they are off (a share or weight already
+    set is kept) and trains at least ``min_steps`` steps at a batch of at most
+    ``batch_size`` (:data:`LOCAL_RECIPE`). With ``never``, or without pseudo-anomalies or defect kinds
+    to draw, ``cfg`` is returned unchanged. Applying it twice changes nothing more."""
+    p = cfg.pseudo
+    on = p.local_recipe == "always" or (p.local_recipe == "auto" and max(image_size) > SMALL_SIDE)
+    if not on or not p.enabled or not p.defects:
+        return cfg
+    r = LOCAL_RECIPE
+    return replace(
+        cfg,
+        pseudo=replace(p, local=p.local or r["local"]),
+        loss=replace(cfg.loss, local_weight=cfg.loss.local_weight or r["local_weight"]),
+        train=replace(cfg.train, min_steps=max(cfg.train.min_steps, r["min_steps"]),
+                      batch_size=min(cfg.train.batch_size, r["batch_size"])),
+    )
+
+
 __all__ = [
     "AnoMemConfig",
+    "LOCAL_RECIPE",
     "AugmentConfig",
     "BackboneConfig",
     "BankConfig",
@@ -254,6 +283,7 @@ __all__ = [
     "load_config",
     "parse_overrides",
     "replace",
+    "resolve_local_recipe",
     "with_overrides",
 ]
 

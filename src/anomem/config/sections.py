@@ -7,7 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from anomem.choices import DEFECTS, NORMALISATIONS, SHIFTS, STEMS
+from anomem.choices import DEFECTS, LOCAL_RECIPES, NORMALISATIONS, SHIFTS, STEMS
 from anomem.choices import MODES as SCORE_MODES
 from anomem.errors import ConfigError
 
@@ -333,6 +333,11 @@ class PseudoConfig:
     # afresh each step at the same place of both views; the positions it touches are y = 0 at every
     # tap (Eq. 3 read per position: no memory there, hard negatives of the normal prototypes)
     local: float = 0.0
+    # the local recipe (anomem.config.resolve_local_recipe; docs/decisions.md, "Finding — the local
+    # recipe against the defaults"): always = local negatives (``local`` 0.5 unless set), the local
+    # hinge (``loss.local_weight`` 1 unless set), at least 300 stage-1 steps at batch <= 64; auto = so
+    # for images larger than 64 px (those the ``auto`` stem does not treat as small); never = as configured
+    local_recipe: str = "never"
     # keep only the shifts that move this class's normals off their distribution: pixel-kNN
     # AUROC of shifted vs unshifted normals at least this (0 = keep all; anomem.model.pseudo.shift_separability)
     min_separability: float = 0.7
@@ -348,6 +353,8 @@ class PseudoConfig:
         _check(bool(self.shifts) or bool(self.defects), "pseudo needs at least one shift or defect kind")
         _check(0 <= self.min_separability <= 1, f"pseudo.min_separability must lie in [0, 1], got {self.min_separability}")
         _check(0 <= self.local <= 1, f"pseudo.local must lie in [0, 1], got {self.local}")
+        _check(self.local_recipe in LOCAL_RECIPES,
+               f"pseudo.local_recipe must be one of {LOCAL_RECIPES}, got {self.local_recipe!r}")
         _check(self.local == 0 or bool(self.defects), "pseudo.local draws local defects: pseudo.defects cannot be empty")
         _check(0 <= self.defect_fraction <= 1, f"pseudo.defect_fraction must lie in [0, 1], got {self.defect_fraction}")
         _check(len(self.defect_size) == 2 and 0 < self.defect_size[0] <= self.defect_size[1] < 1, f"pseudo.defect_size must be a pair 0 < lo <= hi < 1, got {self.defect_size}")

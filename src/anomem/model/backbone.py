@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from anomem.choices import STEMS
+from anomem.choices import SMALL_SIDE, STEMS
 from anomem.errors import ConfigError
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -259,7 +259,7 @@ def resolve_stem(stem: str, image_size: Sequence[int] | None) -> str:
     if stem != "auto":
         return stem
     side = max(image_size) if image_size else 32
-    return "small" if side <= 64 else "imagenet" if side <= 192 else "imagenet8"
+    return "small" if side <= SMALL_SIDE else "imagenet" if side <= 192 else "imagenet8"
 
 
 def _make_stem(in_channels: int, width: int, stem: str) -> nn.Module:
