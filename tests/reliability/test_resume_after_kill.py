@@ -223,3 +223,23 @@ def test_fuzzed_args_json_resumes_or_gives_one_line_error(trained_run, tmp_path_
     if code == 2:
         assert text[-1].startswith("anomem: error:"), text
         assert (run / "last.ckpt").read_bytes() == last and not (run / "model.ckpt").exists()
+
+
+def test_config_json_holds_the_local_recipe_as_resolved(folder_dataset, tiny_train, tmp_path, monkeypatch):
+    """config.json is what the checkpoints hold: the local recipe already read against the image
+    size, or a resume would find the two files differ and refuse."""
+    import anomem.detector
+
+    class Stop(Exception):
+        pass
+
+    def stop(self, *args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(anomem.detector.AnoMem, "fit", stop)
+    run = tmp_path / "run"
+    with pytest.raises(Stop):
+        main(["train", "--data", str(folder_dataset), "--out", str(run), *tiny_train, "--set", "pseudo.local_recipe=always"])
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["pseudo"]["local"] == 0.5 and cfg["loss"]["local_weight"] == 1.0
+    assert cfg["train"]["min_steps"] == 300 and cfg["train"]["batch_size"] == 16  # a smaller batch is kept

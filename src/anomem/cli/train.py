@@ -27,7 +27,7 @@ from anomem.cli.common import (
     progress_mode,
 )
 from anomem.cli.flags import FOLDER_LAYOUT
-from anomem.config import AnoMemConfig, config_differences, load_config
+from anomem.config import AnoMemConfig, config_differences, load_config, resolve_local_recipe
 from anomem.errors import CheckpointError, ConfigError, DataError
 from anomem.inputs import training_set
 from anomem.io.checkpoint import (
@@ -215,7 +215,10 @@ def _train(args: argparse.Namespace) -> int:
     if size is not None and not (8 <= size <= 4096):
         raise ConfigError(f"--image-size must lie in [8, 4096] pixels, got {size}")
     data = load_train_data(args, image_size=size)
-    training_set(data.normals, data.anomalies, None)  # degenerate data refused before anything is written
+    checked, _ = training_set(data.normals, data.anomalies, None)  # degenerate data refused before anything is written
+    # the recipe read against the image size now, so config.json, the checkpoint and a resume all hold the same values
+    cfg = resolve_local_recipe(cfg, checked.shape[-2:])
+    del checked
     if cfg.scorer.mode == "supervised" and data.anomalies is None:
         raise ConfigError("scorer.mode=supervised needs labelled anomalies (train/anomaly/ or --ratio > 0), "
                           "and the training data hold none")
