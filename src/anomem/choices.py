@@ -12,7 +12,8 @@ NORMALISATIONS = ("none", "l2", "centered-l2", "layernorm")  # anomem.model.memo
 SHIFTS = ("rot90", "rot180", "rot270", "vflip", "hflip", "permute")  # anomem.model.pseudo
 DEFECTS = ("cutpaste", "scar", "noise", "smooth", "gain", "graft")  # anomem.model.pseudo
 MODES = ("auto", "one-class", "supervised")  # anomem.inference: how the score reads the heads
-LOCAL_RECIPES = ("never", "auto", "always")  # not on/off: YAML reads those as booleans  # anomem.config.resolve_local_recipe
+# anomem.config.resolve_local_recipe; named so because YAML reads "on" and "off" as booleans
+LOCAL_RECIPES = ("never", "auto", "always")
 # the largest image side the ``auto`` stem treats as small (anomem.model.backbone.resolve_stem);
 # the ``auto`` local recipe switches on above it (anomem.config.resolve_local_recipe)
 SMALL_SIDE = 64
