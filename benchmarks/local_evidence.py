@@ -50,6 +50,7 @@ from anomem.bench.photos import uint8_images
 from anomem.fit.fusion import image_parts, map_parts
 from anomem.metrics import image_auroc
 from anomem.model.pseudo import make_pseudo_anomalies
+from anomem.stage2.weights import LOCAL
 
 # isort: split
 # sibling module in benchmarks/ (a script's own directory is first on sys.path)
@@ -90,7 +91,11 @@ def structure_defects(x: torch.Tensor, rng: np.random.Generator) -> tuple[torch.
     return out, masks
 
 
-def _aurocs(det: AnoMem, normal: torch.Tensor, anomalous: torch.Tensor, masks: torch.Tensor) -> dict:
+def _aurocs(det: AnoMem, normal: torch.Tensor, anomalous: torch.Tensor, masks: torch.Tensor,
+            scores: dict | None = None) -> dict:
+    """Every part's AUROC (see the module docstring); with ``scores`` (a dict) it also
+    receives each image's split terms (``global``, then each local signal's z-score), so
+    that any image split ``w`` can be scored again offline as ``Σ w_i · term_i``."""
     y = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
     x = torch.cat([normal, anomalous])
     out = {"fused": image_auroc(y, det.anomaly_score(x))}
@@ -99,6 +104,10 @@ def _aurocs(det: AnoMem, normal: torch.Tensor, anomalous: torch.Tensor, masks: t
         out["learned"] = image_auroc(y, det.anomaly_score(x, weights={"image": [0.5, 0.5, 0.0], "pixel_global": 0.0}))
     model = det.model_
     parts = image_parts(model, x)
+    if scores is not None and det.fusion_ is not None:
+        scores["label"] = y.astype(int).tolist()
+        scores["global"] = np.round(det.anomaly_score(x, weights={"image": [1.0, 0.0, 0.0]}), 6).tolist()
+        scores.update({p: np.round(parts[p].numpy(), 6).tolist() for p in LOCAL if p in parts})
     maps = map_parts(model, x)
     groups = {"memory": [k for k in parts if k.startswith("memory.")], "bank": [k for k in parts if k.startswith("bank.")],
               "feature_patches": ["feature_patches"], "pixel_patches": ["pixel_patches"]}
@@ -145,14 +154,18 @@ def run(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int
     det = AnoMem(progress=False, train__seed=seed, **kw, **extra).fit(train)
     fit_s = time.perf_counter() - t0
     struct = uint8_images(struct)
+    scores: dict = {}
     out = {"category": category, "kind": kind, "seed": seed, "size": size, "set": extra,
            "kinds": {k.split("__")[1]: list(v) for k, v in kw.items()}, "fit_s": round(fit_s, 1),
-           "unseen": _aurocs(det, normal, uint8_images(made.images), made.masks),
-           "structure": _aurocs(det, normal, struct, struct_masks),
+           "unseen": _aurocs(det, normal, uint8_images(made.images), made.masks, scores.setdefault("unseen", {})),
+           "structure": _aurocs(det, normal, struct, struct_masks, scores.setdefault("structure", {})),
            "shuffle": _aurocs(det, normal, struct[0::2], struct_masks[0::2]),
            "zoom": _aurocs(det, normal, struct[1::2], struct_masks[1::2])}
     if det.fusion_ is not None:
-        out["fit"] = {"weights": list(det.fusion_.weights), "map_weights": list(det.fusion_.map_weights)}
+        f = det.fusion_
+        out["fit"] = {"weights": list(f.weights), "map_weights": list(f.map_weights), "families": list(f.families),
+                      "table": [[list(w), list(v)] for w, v in f.table.items()]}
+        out["scores"] = scores  # the split terms of every validation image: rules replayed offline
     return out
 
 
