@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from anomem import AnoMem
 from anomem.bench.photos import uint8_images
-from anomem.fit.fusion import image_parts, map_parts
+from anomem.fit.fusion import SHIFT_SLACK, choose, image_parts, map_parts
 from anomem.metrics import image_auroc
 from anomem.model.pseudo import make_pseudo_anomalies
 from anomem.stage2.weights import LOCAL
@@ -120,10 +120,24 @@ def _aurocs(det: AnoMem, normal: torch.Tensor, anomalous: torch.Tensor, masks: t
     out["memory_peak"] = image_auroc(y, flat.topk(top, dim=1).values.mean(1).numpy())
     truth = torch.cat([torch.zeros(len(normal), *masks.shape[1:], dtype=torch.bool), masks])[:, 0].flatten().numpy()
     out["map_memory"] = image_auroc(truth, mem.flatten().numpy())
-    out["map_fused"] = image_auroc(truth, det.anomaly_maps(x).fused.ravel())
+    fused = det.anomaly_maps(x).fused
+    out["map_fused"] = image_auroc(truth, fused.ravel())
+    within = {"memory": mem, "fused": torch.as_tensor(fused).reshape(mem.shape),
+              **{k.split(".", 1)[1]: maps[k] for k in maps if k.split(".", 1)[1] in LOCAL}}
+    for name, m in within.items():  # the map read against the image's own map: a region unlike the rest
+        out[f"{name}_contrast"], out[f"{name}_zpeak"] = _within_image(y, m.double())
     if "map.feature_patches" in maps:
         out["map_feature"] = image_auroc(truth, maps["map.feature_patches"].flatten().numpy())
     return out
+
+
+def _within_image(y: np.ndarray, maps: torch.Tensor) -> tuple[float, float]:
+    """Image AUROC of a map's peak (top 1 %) less its own median, and of that divided by
+    the map's own spread (std), each image read against itself: (N, H, W) -> two AUROCs."""
+    flat = maps.flatten(1)
+    peak = flat.topk(max(1, int(round(0.01 * flat.shape[1]))), dim=1).values.mean(1)
+    lift = peak - flat.median(1).values
+    return image_auroc(y, lift.numpy()), image_auroc(y, (lift / (flat.std(1) + 1e-9)).numpy())
 
 
 #: a validation kind -> the library's other pseudo-defect kinds that are near copies of it, left
@@ -164,6 +178,7 @@ def run(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int
     if det.fusion_ is not None:
         f = det.fusion_
         out["fit"] = {"weights": list(f.weights), "map_weights": list(f.map_weights), "families": list(f.families),
+                      "normals": f.normals,
                       "table": [[list(w), list(v)] for w, v in f.table.items()]}
         out["scores"] = scores  # the split terms of every validation image: rules replayed offline
     return out
@@ -193,10 +208,73 @@ def table(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def _se(auc: float, n_normal: int, n_anomalous: int) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUROC of ``n_normal`` against ``n_anomalous``."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = auc * (1 - auc) + (n_anomalous - 1) * (q1 - auc * auc) + (n_normal - 1) * (q2 - auc * auc)
+    return float(np.sqrt(max(var, 0.0) / (n_normal * n_anomalous)))
+
+
+def _ties(table: dict, families: tuple[str, ...], normals: int = 0) -> list[tuple[float, ...]]:
+    """The candidates today's rule cannot tell apart: those left by the shifts filter whose
+    mean over the families equals the best (today's rule takes the first, the largest global
+    weight); with ``normals`` (the fit's held-out normals, 2x as many pseudo-anomalies per
+    family) also those within one standard error of the best mean."""
+    left = list(table)
+    if "shifts" in families and len(families) > 1:
+        j = families.index("shifts")
+        least = min(1.0 - v[j] for v in table.values())
+        left = [w for w in left if 1.0 - table[w][j] <= SHIFT_SLACK * least + 1e-9]
+    top = max(left, key=lambda w: np.mean(table[w]))
+    best = float(np.mean(table[top]))
+    se = np.sqrt(sum(_se(a, normals, 2 * normals) ** 2 for a in table[top])) / len(table[top]) if normals else 0.0
+    return [w for w in left if np.mean(table[w]) >= best - se - 1e-9]
+
+
+#: image-split rules replayed on a fit's stored candidate table -> the split they pick
+RULES = {
+    "today": lambda t, f, n: choose(t, f),
+    "ties-balanced": lambda t, f, n: min(_ties(t, f), key=lambda w: (sum(v * v for v in w), -w[0])),
+    "ties-pixels": lambda t, f, n: max(_ties(t, f), key=lambda w: (w[-1], w[0])),
+    "noise-balanced": lambda t, f, n: min(_ties(t, f, n), key=lambda w: (sum(v * v for v in w), -w[0])),
+    "equal": lambda t, f, n: (1 / 3,) * 3,
+}
+
+
+def replay(paths: list[Path]) -> str:
+    """A markdown table: per result file, validation family and rule of :data:`RULES`, the
+    mean validation AUROC of the split the rule picks from each fit's own table (the split
+    terms stored per image), how many fits had a tie, and the best split on the grid (a ceiling)."""
+    lines = ["| variant | family | fits | ties | " + " | ".join(RULES) + " | best on the grid |", "|---" * (5 + len(RULES)) + "|"]
+    for path in paths:
+        rows = [r for r in json.loads(path.read_text()) if "scores" in r]
+        for fam in ("unseen", "structure"):
+            got = {k: [] for k in [*RULES, "grid"]}
+            ties = 0
+            for r in rows:
+                table = {tuple(w): tuple(v) for w, v in r["fit"]["table"]}
+                families = tuple(r["fit"]["families"])
+                normals = r["fit"].get("normals", 16)  # rows without it: --train 160, patches.held_out 0.1
+                s = r["scores"][fam]
+                terms = np.array([s["global"], *(s[p] for p in LOCAL)])
+                y = np.array(s["label"])
+                auc = lambda w, y=y, terms=terms: image_auroc(y, np.asarray(w) @ terms)  # noqa: E731
+                ties += len(_ties(table, families)) > 1
+                for name, rule in RULES.items():
+                    got[name].append(auc(rule(table, families, normals)))
+                got["grid"].append(max(auc(w) for w in table))
+            if rows:
+                lines.append(f"| {path.stem} | {fam} | {len(rows)} | {ties} | "
+                             + " | ".join(f"{np.mean(v):.3f}" for v in got.values()) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = parser(__doc__.splitlines()[0], "pseudo__local=0.5")
     ap.add_argument("--out", type=Path, help="JSON rows, rewritten after each fit (resumable)")
     ap.add_argument("--table", type=Path, nargs="+", help="print a markdown table of these result files and stop")
+    ap.add_argument("--rules", type=Path, nargs="+",
+                    help="print the image-split rules replayed on these result files' stored tables and stop")
     ap.add_argument("--add-kinds", nargs="+", default=[], metavar="KIND",
                     help="more pseudo-defect kinds for the fit beside the validation kinds (minus near copies of K)")
     ap.add_argument("--fusion-kinds", nargs="+", default=[], metavar="KIND",
@@ -204,6 +282,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.table:
         print(table(args.table))
+        return
+    if args.rules:
+        print(replay(args.rules))
         return
     if args.out is None:
         ap.error("--out is required (or --table)")
