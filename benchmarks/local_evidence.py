@@ -145,25 +145,29 @@ def _within_image(y: np.ndarray, maps: torch.Tensor) -> tuple[float, float]:
 NEAR = {"cutpaste": ("graft",)}
 
 
-def kinds_for(kind: str, add: list[str], fusion: list[str]) -> dict:
+def kinds_for(kind: str, add: list[str], fusion: list[str], split: bool = False) -> dict:
     """The fit's ``pseudo.defects`` and ``pseudo.fusion_defects`` with ``kind`` and its near
-    copies left out of both."""
+    copies left out of both; ``split``: stage 1 draws only the first kind left and the
+    fusion fit validates on the others, so that no kind it validates on was learned."""
     out = set((kind, *NEAR.get(kind, ())))
     keep = lambda ks: tuple(k for k in ks if k not in out)  # noqa: E731
     kw = {"pseudo__defects": keep([*KINDS, *add])}
+    if split:
+        left = kw["pseudo__defects"]
+        return {"pseudo__defects": left[:1], "pseudo__fusion_defects": left[1:]}
     if fusion:
         kw["pseudo__fusion_defects"] = keep(fusion)
     return kw
 
 
 def run(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int, extra: dict,
-        add: list[str] = (), fusion: list[str] = ()) -> dict:
+        add: list[str] = (), fusion: list[str] = (), split: bool = False) -> dict:
     train, val, rng = crops(category, kind, seed, size, n_train, 3 * n_val)
     normal = uint8_images(val[:n_val])
     made = make_pseudo_anomalies(val[n_val : 2 * n_val], n_val, (), (kind,), 1.0, (0.1, 0.25),
                                  torch.Generator().manual_seed(seed))
     struct, struct_masks = structure_defects(val[2 * n_val :], rng)
-    kw = kinds_for(kind, list(add), list(fusion))
+    kw = kinds_for(kind, list(add), list(fusion), split)
     t0 = time.perf_counter()
     det = AnoMem(progress=False, train__seed=seed, **kw, **extra).fit(train)
     fit_s = time.perf_counter() - t0
@@ -279,6 +283,8 @@ def main() -> None:
                     help="more pseudo-defect kinds for the fit beside the validation kinds (minus near copies of K)")
     ap.add_argument("--fusion-kinds", nargs="+", default=[], metavar="KIND",
                     help="pseudo.fusion_defects of the fit (minus K and its near copies); default: its pseudo.defects")
+    ap.add_argument("--split-kinds", action="store_true",
+                    help="stage 1 draws the first kind left after K, the fusion fit validates on the others")
     args = ap.parse_args()
     if args.table:
         print(table(args.table))
@@ -299,7 +305,8 @@ def main() -> None:
             for seed in args.seeds:
                 if (cat, kind, seed) in done:
                     continue
-                r = run(cat, kind, seed, args.size, args.train, args.validation, extra, args.add_kinds, args.fusion_kinds)
+                r = run(cat, kind, seed, args.size, args.train, args.validation, extra, args.add_kinds, args.fusion_kinds,
+                        args.split_kinds)
                 rows.append(r)
                 args.out.write_text(json.dumps(rows, indent=1))
                 print(f"{cat:<7} unseen {kind:<8} seed {seed} [{r['fit_s']} s] fit {r.get('fit')}\n{summary([r])}", flush=True)
