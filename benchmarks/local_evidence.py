@@ -15,7 +15,15 @@ validation AUROC of every part separately:
   scales (the memory read locally);
 * ``bank``: the pooled-feature bank; ``feature_patches`` / ``pixel_patches``: the patch banks;
 * ``map_memory`` / ``map_feature`` / ``map_fused``: pixel AUROC of those heat-maps (and of the
-  library's fused one) on the defects' masks, normal images' pixels included.
+  library's fused one) on the defects' masks, normal images' pixels included;
+* ``<map>_contrast`` / ``<map>_zpeak`` (memory, fused, feature_patches, pixel_patches): the
+  image AUROC of a map read against the image's own map (its top 1 % less its median, and
+  that over its standard deviation): a region unlike the rest of the same image.
+
+Each row also stores the fit's candidate table and every validation image's split terms
+(``scores``), so that ``--rules`` replays image-split rules (:data:`RULES`) offline.
+``--split-kinds`` lets stage 1 draw only the first kind left after K and the fusion fit
+validate on the others (no kind the fusion validates on was learned by stage 1).
 
 Validation defects are of two families, none of them ever drawn in training by the fit
 it validates:
@@ -33,6 +41,7 @@ it validates:
     OMP_NUM_THREADS=2 python benchmarks/local_evidence.py --categories grass gravel \\
         --set pseudo__local=0.5 --out docs/results/local-evidence/local-0.5.json
     python benchmarks/local_evidence.py --table docs/results/local-evidence/*.json
+    python benchmarks/local_evidence.py --rules docs/results/local-evidence/size-128-scores/*.json
 """
 
 from __future__ import annotations
@@ -258,7 +267,7 @@ def replay(paths: list[Path]) -> str:
             for r in rows:
                 table = {tuple(w): tuple(v) for w, v in r["fit"]["table"]}
                 families = tuple(r["fit"]["families"])
-                normals = r["fit"].get("normals", 16)  # rows without it: --train 160, patches.held_out 0.1
+                normals = r["fit"].get("normals", 40)  # rows without it: --train 160, whose fits held out 40
                 s = r["scores"][fam]
                 terms = np.array([s["global"], *(s[p] for p in LOCAL)])
                 y = np.array(s["label"])
