@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import spearmanr
 
 from anomem import AnoMem
 from anomem.bench.photos import uint8_images
@@ -258,12 +259,13 @@ def replay(paths: list[Path]) -> str:
     """A markdown table: per result file, validation family and rule of :data:`RULES`, the
     mean validation AUROC of the split the rule picks from each fit's own table (the split
     terms stored per image), how many fits had a tie, and the best split on the grid (a ceiling)."""
-    lines = ["| variant | family | fits | ties | " + " | ".join(RULES) + " | best on the grid |", "|---" * (5 + len(RULES)) + "|"]
+    lines = ["| variant | family | fits | ties | table vs validation (Spearman) | " + " | ".join(RULES) + " | best on the grid |",
+             "|---" * (6 + len(RULES)) + "|"]
     for path in paths:
         rows = [r for r in json.loads(path.read_text()) if "scores" in r]
         for fam in ("unseen", "structure"):
             got = {k: [] for k in [*RULES, "grid"]}
-            ties = 0
+            ties, rho = 0, []
             for r in rows:
                 table = {tuple(w): tuple(v) for w, v in r["fit"]["table"]}
                 families = tuple(r["fit"]["families"])
@@ -276,9 +278,32 @@ def replay(paths: list[Path]) -> str:
                 for name, rule in RULES.items():
                     got[name].append(auc(rule(table, families, normals)))
                 got["grid"].append(max(auc(w) for w in table))
+                seen, val = [np.mean(table[w]) for w in table], [auc(w) for w in table]
+                if np.ptp(seen) > 1e-12 and np.ptp(val) > 1e-12:  # how well the fit's table ranks the splits
+                    rho.append(spearmanr(seen, val)[0])
             if rows:
-                lines.append(f"| {path.stem} | {fam} | {len(rows)} | {ties} | "
+                lines.append(f"| {path.stem} | {fam} | {len(rows)} | {ties} | {np.mean(rho):.2f} ({len(rho)} fits) | "
                              + " | ".join(f"{np.mean(v):.3f}" for v in got.values()) + " |")
+    return "\n".join(lines)
+
+
+def replay_fusion_rule(dirs: list[Path], normals: int = 100) -> str:
+    """:data:`RULES` replayed on ``benchmarks/fusion_rule.py`` cells (Fashion-MNIST validation
+    tables; their fits held out 100 normals): mean validation AUROC and the classes whose
+    pick differs from today's rule."""
+    lines = []
+    for d in dirs:
+        cells = [json.loads(p.read_text()) for p in sorted((d / "cells").glob("*.json"))]
+        got, moved = {k: [] for k in RULES if k != "equal"}, {}
+        for c in cells:
+            table = {tuple(x["split"]): tuple(x["pseudo"]) for x in c["candidates"]}
+            val = {tuple(x["split"]): x["validation_auroc"] for x in c["candidates"]}
+            for k in got:
+                w = RULES[k](table, tuple(c["families"]), normals)
+                got[k].append(val[w])
+                if w != RULES["today"](table, tuple(c["families"]), normals):
+                    moved.setdefault(k, []).append(c["class"])
+        lines.append(f"{d}: " + ", ".join(f"{k} {np.mean(v):.4f}" for k, v in got.items()) + f"; classes moved {moved}")
     return "\n".join(lines)
 
 
@@ -288,6 +313,8 @@ def main() -> None:
     ap.add_argument("--table", type=Path, nargs="+", help="print a markdown table of these result files and stop")
     ap.add_argument("--rules", type=Path, nargs="+",
                     help="print the image-split rules replayed on these result files' stored tables and stop")
+    ap.add_argument("--fusion-rule-cells", type=Path, nargs="+", metavar="DIR",
+                    help="print the same rules replayed on benchmarks/fusion_rule.py output folders and stop")
     ap.add_argument("--add-kinds", nargs="+", default=[], metavar="KIND",
                     help="more pseudo-defect kinds for the fit beside the validation kinds (minus near copies of K)")
     ap.add_argument("--fusion-kinds", nargs="+", default=[], metavar="KIND",
@@ -300,6 +327,9 @@ def main() -> None:
         return
     if args.rules:
         print(replay(args.rules))
+        return
+    if args.fusion_rule_cells:
+        print(replay_fusion_rule(args.fusion_rule_cells))
         return
     if args.out is None:
         ap.error("--out is required (or --table)")
