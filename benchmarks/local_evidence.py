@@ -57,7 +57,7 @@ from scipy.stats import spearmanr
 
 from anomem import AnoMem
 from anomem.bench.photos import uint8_images
-from anomem.fit.fusion import SHIFT_SLACK, choose, image_parts, map_parts
+from anomem.fit.fusion import choose, image_parts, map_parts, shortlist
 from anomem.metrics import image_auroc
 from anomem.model.pseudo import make_pseudo_anomalies
 from anomem.stage2.weights import LOCAL
@@ -234,11 +234,7 @@ def _ties(table: dict, families: tuple[str, ...], normals: int = 0) -> list[tupl
     mean over the families equals the best (today's rule takes the first, the largest global
     weight); with ``normals`` (the fit's held-out normals, 2x as many pseudo-anomalies per
     family) also those within one standard error of the best mean."""
-    left = list(table)
-    if "shifts" in families and len(families) > 1:
-        j = families.index("shifts")
-        least = min(1.0 - v[j] for v in table.values())
-        left = [w for w in left if 1.0 - table[w][j] <= SHIFT_SLACK * least + 1e-9]
+    left = shortlist(table, families)
     top = max(left, key=lambda w: np.mean(table[w]))
     best = float(np.mean(table[top]))
     se = np.sqrt(sum(_se(a, normals, 2 * normals) ** 2 for a in table[top])) / len(table[top]) if normals else 0.0

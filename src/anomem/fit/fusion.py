@@ -158,13 +158,19 @@ def fit_fusion(model: AnoMemModel, cfg: AnoMemConfig, held_out: torch.Tensor, ba
 SHIFT_SLACK = 1.0  # a fused score may make at most this many times the best candidate's errors on shifts
 
 
+def shortlist(table: dict[tuple[float, ...], tuple[float, ...]], families: tuple[str, ...]) -> list[tuple[float, ...]]:
+    """The candidates of ``table`` (weights -> AUROC per family) the shifts family keeps:
+    at most ``SHIFT_SLACK`` times the best candidate's shift errors (all of them without shifts)."""
+    if "shifts" not in families or len(families) < 2:
+        return list(table)
+    j = families.index("shifts")
+    least = min(1.0 - v[j] for v in table.values())
+    return [w for w in table if 1.0 - table[w][j] <= SHIFT_SLACK * least + 1e-9]
+
+
 def choose(table: dict[tuple[float, ...], tuple[float, ...]], families: tuple[str, ...]) -> tuple[float, ...]:
     """The candidate of ``table`` (weights -> AUROC per family) the module docstring names."""
-    left = list(table)
-    if "shifts" in families and len(families) > 1:
-        j = families.index("shifts")
-        least = min(1.0 - v[j] for v in table.values())
-        left = [w for w in table if 1.0 - table[w][j] <= SHIFT_SLACK * least + 1e-9]
+    left = shortlist(table, families)
     return max(left, key=lambda w: np.mean(table[w]))  # max keeps the first of equals: larger global weight
 
 
@@ -188,4 +194,4 @@ def fit_map_fusion(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor,
     return aurocs(model, cfg, map_parts(model, normals), map_parts(model, defects), "map", truth.flatten().numpy())
 
 
-__all__ = ["FusionFit", "SHIFT_SLACK", "aurocs", "candidates", "choose", "fit_fusion", "image_parts"]
+__all__ = ["FusionFit", "SHIFT_SLACK", "aurocs", "candidates", "choose", "fit_fusion", "image_parts", "shortlist"]
