@@ -171,19 +171,20 @@ def kinds_for(kind: str, add: list[str], fusion: list[str], split: bool = False)
 
 
 def run(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int, extra: dict,
-        add: list[str] = (), fusion: list[str] = (), split: bool = False) -> dict:
-    train, val, rng = crops(category, kind, seed, size, n_train, 3 * n_val)
+        add: list[str] = (), fusion: list[str] = (), split: bool = False, fit_val: int | None = None) -> dict:
+    train, val, rng, *held = crops(category, kind, seed, size, n_train, 3 * n_val, fit_val)
+    held = held[0] if held and held[0].shape[0] else None  # the fit's own validation normals (--fit-validation)
     normal = uint8_images(val[:n_val])
     made = make_pseudo_anomalies(val[n_val : 2 * n_val], n_val, (), (kind,), 1.0, (0.1, 0.25),
                                  torch.Generator().manual_seed(seed))
     struct, struct_masks = structure_defects(val[2 * n_val :], rng)
     kw = kinds_for(kind, list(add), list(fusion), split)
     t0 = time.perf_counter()
-    det = AnoMem(progress=False, train__seed=seed, **kw, **extra).fit(train)
+    det = AnoMem(progress=False, train__seed=seed, **kw, **extra).fit(train, validation=held)
     fit_s = time.perf_counter() - t0
     struct = uint8_images(struct)
     scores: dict = {}
-    out = {"category": category, "kind": kind, "seed": seed, "size": size, "set": extra,
+    out = {"category": category, "kind": kind, "seed": seed, "size": size, "set": extra, "fit_validation": fit_val,
            "kinds": {k.split("__")[1]: list(v) for k, v in kw.items()}, "fit_s": round(fit_s, 1),
            "unseen": _aurocs(det, normal, uint8_images(made.images), made.masks, scores.setdefault("unseen", {})),
            "structure": _aurocs(det, normal, struct, struct_masks, scores.setdefault("structure", {})),
@@ -317,6 +318,10 @@ def main() -> None:
                     help="pseudo.fusion_defects of the fit (minus K and its near copies); default: its pseudo.defects")
     ap.add_argument("--split-kinds", action="store_true",
                     help="stage 1 draws the first kind left after K, the fusion fit validates on the others")
+    ap.add_argument("--fit-validation", type=int, default=None, metavar="N",
+                    help="validation crops from the band's left columns only, and N crops of its right columns "
+                         "given to the fit as validation normals (AnoMem.fit(validation=...); 0: none given, "
+                         "the same validation crops)")
     args = ap.parse_args()
     if args.table:
         print(table(args.table))
@@ -341,7 +346,7 @@ def main() -> None:
                 if (cat, kind, seed) in done:
                     continue
                 r = run(cat, kind, seed, args.size, args.train, args.validation, extra, args.add_kinds, args.fusion_kinds,
-                        args.split_kinds)
+                        args.split_kinds, args.fit_validation)
                 rows.append(r)
                 args.out.write_text(json.dumps(rows, indent=1))
                 print(f"{cat:<7} unseen {kind:<8} seed {seed} [{r['fit_s']} s] fit {r.get('fit')}\n{summary([r])}", flush=True)

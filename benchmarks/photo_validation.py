@@ -37,18 +37,28 @@ from anomem.model.pseudo import make_pseudo_anomalies
 
 KINDS = ("cutpaste", "scar", "noise")
 ROWS = {"train": (0.0, 0.4), "validation": (0.4, 0.65)}  # row fractions; the benchmark's test rows start at 0.65
+FIT_VALIDATION_COLUMN = 0.6  # with fit_val: validation crops left of this column fraction, the fit's own right of it
 
 
-def crops(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int
-          ) -> tuple[torch.Tensor, torch.Tensor, np.random.Generator]:
+def crops(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int, fit_val: int | None = None
+          ) -> tuple:
     """Training crops (uint8) of the top rows, ``n_val`` validation crops (float) of the band
-    below, and the generator that drew them (seeded by seed and the unseen kind)."""
+    below, and the generator that drew them (seeded by seed and the unseen kind). With
+    ``fit_val`` (a count, 0 allowed) the validation crops keep to the band's left
+    :data:`FIT_VALIDATION_COLUMN` of the columns, and a fourth item holds ``fit_val`` crops
+    (uint8) of the band's right columns, which share no pixel with either: the fit's own
+    validation normals (``AnoMem.fit(validation=...)``)."""
     photo = _photo(CATEGORIES[category])
-    h = photo.shape[1]
+    h, w = photo.shape[1:]
     rng = np.random.default_rng([seed, KINDS.index(kind), 11])
     rows = {k: (int(round(a * h)), int(round(b * h))) for k, (a, b) in ROWS.items()}
     train = uint8_images(_crops(photo, rows["train"], n_train, size, rng))
-    return train, torch.from_numpy(_crops(photo, rows["validation"], n_val, size, rng)).float(), rng
+    if fit_val is None:
+        return train, torch.from_numpy(_crops(photo, rows["validation"], n_val, size, rng)).float(), rng
+    cut = int(round(FIT_VALIDATION_COLUMN * w))
+    val = torch.from_numpy(_crops(photo, rows["validation"], n_val, size, rng, cols=(0, cut))).float()
+    fit = uint8_images(_crops(photo, rows["validation"], fit_val, size, rng, cols=(cut, w)))
+    return train, val, rng, fit
 
 
 def parser(description: str, example: str) -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from cli_checks import one_line_error
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -174,3 +175,26 @@ def test_photo_demo_reports_what_its_saved_detector_scores(tmp_path, capsys, mon
     html = (out_dir / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 and all(k in html for k in OBVIOUS + SUBTLE)
     assert "patch kNN (coreset, max): image AUROC obvious / subtle" in html
+
+
+def test_train_with_val_normals_sets_the_threshold_from_them_and_refuses_bad_ones(folder, tmp_path, capsys):
+    val = tmp_path / "val"
+    _write(val, stripes(12, False, seed=7), "v")
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(folder), "--preset", "tiny", "--epochs", "1", "--set", "train.batch_size=16",
+            "--set", "heads.steps=5", "--no-progress", "--val-normals", str(val)]
+    assert main([*argv, "--out", str(run)]) == 0
+    det = AnoMem.load(run / "model.ckpt")
+    assert det.threshold_.n_normal == 12 and det.banks_.normal_scores.shape[0] == 48  # every training normal trains
+    assert json.loads((run / "args.json").read_text())["val_normals"] == [str(val.resolve())]
+    capsys.readouterr()
+    # a training image among them, a missing folder, the run directory inside them: exit 2, nothing written
+    _write(val, stripes(48, False, seed=0)[:1], "train-copy")
+    assert main([*argv, "--out", str(tmp_path / "r2")]) == 2
+    one_line_error(capsys, "validation: 1 of 13 images are also training images")
+    assert not (tmp_path / "r2").exists()
+    assert main([*argv[:-1], str(tmp_path / "nowhere"), "--out", str(tmp_path / "r3")]) == 2
+    one_line_error(capsys, "nowhere: no such file or directory")
+    assert main([*argv, "--out", str(val / "run")]) == 2
+    one_line_error(capsys, "--out")
+    assert not (val / "run").exists()

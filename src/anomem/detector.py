@@ -39,6 +39,7 @@ from anomem.inputs import (
     match_geometry,
     to_float,
     training_set,
+    validation_set,
 )
 from anomem.io.persistence import PersistenceMixin
 from anomem.limits import check_config_limits
@@ -129,6 +130,7 @@ class AnoMem(ParamsMixin, ThresholdMixin, PersistenceMixin):
         anomalies: Any = None,
         *,
         y: Any = None,
+        validation: Any = None,
         on_epoch_end: EpochCallback | None = None,
         resume: dict[str, Any] | None = None,
     ) -> AnoMem:
@@ -151,6 +153,14 @@ class AnoMem(ParamsMixin, ThresholdMixin, PersistenceMixin):
                 or a Dataset / ImageSet. All normal unless ``y`` says otherwise.
             anomalies: optional labelled anomaly images (M, ...), same format.
             y: optional labels for ``X`` (1 = normal, 0 = anomaly).
+            validation: optional normal images that share no pixels with ``X`` (another
+                batch, or another region of the scene the training crops were cut from).
+                They play every held-out role: the threshold, the fusion fit
+                (:mod:`anomem.fit.fusion`) and the patch banks' statistics; nothing is
+                then held out of ``X``. Give them when the training images overlap one
+                another (crops or tiles of one photograph): a held-out crop then shares
+                pixels with training crops, and scores as no new image will
+                (docs/decisions.md, Decision 14).
             on_epoch_end: called after each stage-1 epoch (used to checkpoint).
             resume: a checkpoint dict from a stage-1 checkpoint, to continue training.
 
@@ -164,8 +174,10 @@ class AnoMem(ParamsMixin, ThresholdMixin, PersistenceMixin):
         if cfg.scorer.mode == "supervised" and bool(normal.all()) and not (cfg.pseudo.enabled and cfg.pseudo.heads):
             raise ConfigError("scorer.mode is 'supervised' but no labelled anomalies were given; pass anomalies= "
                               "(or y=) or use scorer.mode=auto")
-        cal = splits.calibration_split(normal, calibration_fraction_for(int(normal.sum()), cfg.threshold), cfg.train.seed)
-        calibration = x[cal]
+        held = None if validation is None else validation_set(validation, x)
+        cal = (splits.calibration_split(normal, calibration_fraction_for(int(normal.sum()), cfg.threshold), cfg.train.seed)
+               if held is None else normal.nonzero().flatten()[:0])  # given normals: every training image trains
+        calibration = x[cal] if held is None else held
         if cal.numel():
             train = torch.ones(x.shape[0], dtype=torch.bool)
             train[cal] = False
@@ -197,7 +209,7 @@ class AnoMem(ParamsMixin, ThresholdMixin, PersistenceMixin):
         self._train_stage1(trainer, on_epoch_end)
         net = trainer.net.to(memory_format=torch.contiguous_format)
         self.model_ = self.new_model(net, build_scorer(cfg, net.backbone.tap_channels)).to(self.device_)
-        self.banks_ = fit_scorer(self.model_, cfg, x[normal], x[real], x[~normal & ~real])
+        self.banks_ = fit_scorer(self.model_, cfg, x[normal], x[real], x[~normal & ~real], held_out=held)
         self.calibration_bank_: ScoreBank | None = None
         self.threshold_: Threshold | None = None
         if calibration.shape[0]:

@@ -291,6 +291,21 @@ def training_set(X: Any, anomalies: Any, y: Any) -> tuple[torch.Tensor, torch.Te
     return x, normal
 
 
+def validation_set(V: Any, x: torch.Tensor) -> torch.Tensor:
+    """Validation normals for :meth:`anomem.AnoMem.fit` (``validation=``), checked against the
+    training images ``x``: the same channels and size, at least 2, none of them a training image."""
+    v = as_images(V, "validation")
+    if v.shape[1:] != x.shape[1:]:
+        raise DataError(f"validation images have shape {tuple(v.shape[1:])} per image but X has {tuple(x.shape[1:])}")
+    if v.shape[0] < 2:
+        raise DataError(f"validation needs at least 2 normal images, got {v.shape[0]}")
+    hit = torch.isin(image_digests(v), image_digests(x)).nonzero().flatten()
+    if hit.numel():
+        raise DataError(f"validation: {hit.numel()} of {v.shape[0]} images are also training images (first: index "
+                        f"{hit[:5].tolist()}); validation normals must be images the detector does not train on")
+    return v
+
+
 def image_digests(x: torch.Tensor) -> torch.Tensor:
     """(N,) int64: the first 8 bytes of each image's blake2b over its shape and pixels,
     float images quantised to 0..255 first, so an image has one digest whether it is

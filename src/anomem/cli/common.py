@@ -54,8 +54,9 @@ def folder_layout(args: argparse.Namespace):
 class TrainData:
     """What ``anomem train`` fits on and (optionally) evaluates on."""
 
-    def __init__(self, normals, anomalies, test_images=None, test_is_anomaly=None, test_paths=None, description=""):
-        self.normals, self.anomalies = normals, anomalies
+    def __init__(self, normals, anomalies, test_images=None, test_is_anomaly=None, test_paths=None, description="",
+                 validation=None):
+        self.normals, self.anomalies, self.validation = normals, anomalies, validation
         self.test_images, self.test_is_anomaly, self.test_paths = test_images, test_is_anomaly, test_paths
         self.description = description
 

@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, default=None, metavar="N",
                    help="folders: resize every image to N x N (default: the folder's common size); scoring resizes "
                         "to the trained size")
+    t.add_argument("--val-normals", nargs="+", default=None, metavar="PATH",
+                   help="normal images/folders not trained on and sharing no pixels with the training images (another "
+                        "batch, or another region of the scene the training crops were cut from): they set the "
+                        "threshold, the fusion weights and the patch banks' statistics instead of a held-out share of "
+                        "the training normals")
     t.add_argument("--out", default=None, help="run directory (default runs/<time>)")
     t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run from its last.ckpt")
     t.add_argument("--no-progress", dest="progress", action="store_false")

@@ -29,7 +29,7 @@ from anomem.cli.common import (
 from anomem.cli.flags import FOLDER_LAYOUT
 from anomem.config import AnoMemConfig, config_differences, load_config, resolve_local_recipe
 from anomem.errors import CheckpointError, ConfigError, DataError
-from anomem.inputs import training_set
+from anomem.inputs import training_set, validation_set
 from anomem.io.checkpoint import (
     atomic_write_text,
     git_commit,
@@ -54,7 +54,20 @@ def _existing(path: str | None) -> str | None:
 def _train_inputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     """What `anomem train` reads: the dataset folder or data root, and the config file."""
     return [("--data", _existing(args.data)), ("--data-root", _existing(getattr(args, "data_root", None))),
-            ("--config", _existing(getattr(args, "config", None)))]
+            ("--config", _existing(getattr(args, "config", None))),
+            *(("--val-normals", _existing(p)) for p in getattr(args, "val_normals", None) or ())]
+
+
+def _validation_normals(args: argparse.Namespace, checked: torch.Tensor) -> torch.Tensor | None:
+    """``--val-normals``, read at the training images' channels and size and checked
+    against them (:func:`anomem.inputs.validation_set`) before anything is written."""
+    paths = getattr(args, "val_normals", None)
+    if not paths:
+        return None
+    from anomem.data.folder import load_images
+
+    images = load_images(paths, image_size=tuple(checked.shape[-2:]), channels=int(checked.shape[1])).images
+    return validation_set(images, checked)
 
 
 def _data_digest(data: TrainData) -> str:
@@ -76,6 +89,7 @@ _SAVED_ARG_TYPES: dict[str, tuple[type, ...]] = {
     "data_sha256": (str, type(None)), "cwd": (str, type(None)),
     "normal_dir": (str, type(None)), "abnormal_dir": (list, type(None)), "mask_dir": (str, type(None)),
     "normal_split_ratio": (int, float, type(None)), "normal_test_dir": (str, type(None)),
+    "val_normals": (list, type(None)),
 }
 
 
@@ -120,6 +134,8 @@ def _absolute_args(args: argparse.Namespace) -> dict[str, Any]:
         value = saved.get(key)
         if isinstance(value, str) and value and Path(value).exists():
             saved[key] = str(Path(value).resolve())
+    if saved.get("val_normals"):
+        saved["val_normals"] = [str(Path(v).resolve()) if Path(v).exists() else v for v in saved["val_normals"]]
     saved["cwd"] = str(Path.cwd())
     return saved
 
@@ -216,6 +232,7 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--image-size must lie in [8, 4096] pixels, got {size}")
     data = load_train_data(args, image_size=size)
     checked, _ = training_set(data.normals, data.anomalies, None)  # degenerate data refused before anything is written
+    data.validation = _validation_normals(args, checked)
     # the recipe read against the image size now, so config.json, the checkpoint and a resume all hold the same values
     cfg = resolve_local_recipe(cfg, checked.shape[-2:])
     del checked
@@ -269,7 +286,7 @@ def _train_in(args, cfg, state, data, digest, run: Path, handler) -> int:
 
     t0 = time.time()
     det = AnoMem(cfg, progress=bar).fit(
-        data.normals, data.anomalies, on_epoch_end=on_epoch_end, resume=state
+        data.normals, data.anomalies, validation=data.validation, on_epoch_end=on_epoch_end, resume=state
     )
     train_s = time.time() - t0
     if not is_main_process():

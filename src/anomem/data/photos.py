@@ -136,14 +136,17 @@ def _photo(name: str) -> np.ndarray:
     return im[None] if im.ndim == 2 else im.transpose(2, 0, 1)
 
 
-def _crops(photo: np.ndarray, rows: tuple[int, int], n: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` random size x size crops whose rows lie in ``rows`` (N, C, size, size)."""
+def _crops(photo: np.ndarray, rows: tuple[int, int], n: int, size: int, rng: np.random.Generator,
+           cols: tuple[int, int] | None = None) -> np.ndarray:
+    """``n`` random size x size crops whose rows lie in ``rows`` (and columns in ``cols``,
+    default all) (N, C, size, size)."""
     _, h, w = photo.shape
     lo, hi = rows
-    if hi - lo < size or w < size:
-        raise DataError(f"a {size}-px crop does not fit rows {lo}..{hi} of a {h}x{w} photograph")
+    left, right = cols or (0, w)
+    if hi - lo < size or right - left < size:
+        raise DataError(f"a {size}-px crop does not fit rows {lo}..{hi}, columns {left}..{right} of a {h}x{w} photograph")
     ys = rng.integers(lo, hi - size + 1, n)
-    xs = rng.integers(0, w - size + 1, n)
+    xs = rng.integers(left, right - size + 1, n)
     return np.stack([photo[:, y : y + size, x : x + size] for y, x in zip(ys, xs)])
 
 

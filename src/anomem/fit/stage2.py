@@ -132,8 +132,9 @@ def compose_weights(model: AnoMemModel, cfg: AnoMemConfig, image: list[float] | 
 
 
 def fit_scorer(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, anomalies: torch.Tensor,
-               pseudo: torch.Tensor) -> Stage2Banks:
+               pseudo: torch.Tensor, held_out: torch.Tensor | None = None) -> Stage2Banks:
     """Every signal's state and statistics, and (with labelled anomalies) the heads, in place.
+    ``held_out``: validation normals that set the patch banks' statistics (see :func:`fit_patch_banks`).
 
     The heads learn from the labelled anomalies and the pseudo-anomalies together;
     pseudo-anomalies alone train them only with ``pseudo.heads`` (alone they make
@@ -149,7 +150,7 @@ def fit_scorer(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor, ano
         scorer.bank.fit([e[pick[: cfg.bank.size].to(e.device)] for e in summ.embeddings])
         if cfg.weights.pixel_bank_used:
             scorer.pixels.fit(to_float(normals[pick[: cfg.bank.size]]).to(scorer.weights.values.device))
-    fit_patch_banks(model, cfg, normals)
+    fit_patch_banks(model, cfg, normals, held_out)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     keep = torch.randperm(normals.shape[0], generator=gen)[: cfg.scorer.normal_bank]
     empty = [p.new_zeros((0, p.shape[1])) for p in summ.pooled]  # fresh: a p[:0] view would keep every row
@@ -234,22 +235,29 @@ PATCH_FIT_IMAGES = 1024  # training normals whose descriptors feed the coresets,
 
 
 @torch.inference_mode()
-def fit_patch_banks(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor) -> None:
+def fit_patch_banks(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor,
+                    held_out: torch.Tensor | None = None) -> None:
     """Fill the patch banks (:mod:`anomem.stage2.patch_bank`): a seeded share
     ``patches.held_out`` of the normals (at least one) is left out of the coresets and
-    sets their statistics. The fusion weighs them only once :mod:`anomem.fit.fusion` has."""
+    sets their statistics; given ``held_out`` (validation normals), every normal feeds the
+    coresets and those set the statistics. The fusion weighs them only once
+    :mod:`anomem.fit.fusion` has."""
     banks = {name: model.scorer.local(name) for name in LOCAL}
     if not any(b.size > 0 for b in banks.values()) or normals.shape[0] < 2:
         return
     model.eval()  # BatchNorm must not move while the descriptors are read
     gen = torch.Generator().manual_seed(cfg.train.seed + 4099)
     order = torch.randperm(normals.shape[0], generator=gen)
-    n_out = min(max(1, round(cfg.patches.held_out * normals.shape[0])), normals.shape[0] - 1, 64)
-    held, train = order[:n_out], order[n_out:][:PATCH_FIT_IMAGES]
+    if held_out is None:
+        n_out = min(max(1, round(cfg.patches.held_out * normals.shape[0])), normals.shape[0] - 1, 64)
+        sets = (normals[order[n_out:][:PATCH_FIT_IMAGES]], normals[order[:n_out]])
+    else:
+        pick = torch.randperm(held_out.shape[0], generator=gen)[:64]
+        sets = (normals[order[:PATCH_FIT_IMAGES]], held_out[pick])
     for name, bank in banks.items():
         if bank.size <= 0:
             continue
-        desc = [patch_descriptors(model, normals[idx], name) for idx in (train, held)]
+        desc = [patch_descriptors(model, images, name) for images in sets]
         if desc[0] is None:
             continue
         bank.fit(desc[0], desc[1], gen)
