@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from anomem import AnoMem
 from anomem.baselines import RawPixelKNN, RawPixelPatchKNN
 from anomem.bench.photos import all_images, patch_maps, patch_scores, per_kind, uint8_images
@@ -35,9 +37,10 @@ def anomem_overrides(seed: int, excluded: tuple[str, ...], defects: tuple[str, .
 def anomem_cell(sp: PhotoSplit, seed: int, excluded: tuple[str, ...], defects: tuple[str, ...]) -> dict:
     """AnoMem with the library defaults but ``pseudo.defects=defects`` (the default set minus ``excluded``)."""
     train, normal, defect = uint8_images(sp.train), uint8_images(sp.test_normal), uint8_images(sp.test_defect)
+    val = None if sp.validation is None else uint8_images(sp.validation)  # validation normals of their own
     over = anomem_overrides(seed, excluded, defects)
     t0 = time.perf_counter()
-    det = AnoMem(progress=False, **over).fit(train)
+    det = AnoMem(progress=False, **over).fit(train, validation=val)
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     maps_n, maps_d = det.anomaly_maps(normal), det.anomaly_maps(defect)
@@ -48,7 +51,8 @@ def anomem_cell(sp: PhotoSplit, seed: int, excluded: tuple[str, ...], defects: t
                                                                            for k, v in over.items()},
         "kinds": per_kind(sp, maps_n.scores, maps_d.scores, maps_n.fused, maps_d.fused),
         **all_images(sp, maps_n.fused, maps_d.fused),
-        # the default threshold: set at fit on held-out training normals at threshold.target_fpr
+        # the default threshold: set at fit at threshold.target_fpr on held-out training normals, or on the
+        # validation normals when the split has them
         "threshold": {"target_fpr": th.target, "method": th.method, "fpr_held_out": th.fpr,
                       "n_held_out": th.n_normal, "fpr_test_normals": float(det.predict(normal).mean())},
         "fusion": _fusion(det), "fit_s": fit_s, "score_s": score_s,
@@ -57,8 +61,11 @@ def anomem_cell(sp: PhotoSplit, seed: int, excluded: tuple[str, ...], defects: t
 
 def baseline_cell(sp: PhotoSplit, seed: int) -> dict:
     """Patch kNN (both banks x both aggregations; heat-map: the nearest-patch distances,
-    upsampled) and whole-image kNN."""
+    upsampled) and whole-image kNN, trained on the training crops and any validation
+    normals (the same images AnoMem is given)."""
     train, normal, defect = uint8_images(sp.train), uint8_images(sp.test_normal), uint8_images(sp.test_defect)
+    if sp.validation is not None:
+        train = torch.cat([train, uint8_images(sp.validation)])
     side = tuple(sp.masks.shape[1:])
     out: dict = {}
     for bank, size in BANKS.items():

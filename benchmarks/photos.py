@@ -62,9 +62,12 @@ def plan(kinds: tuple[str, ...] = OBVIOUS + SUBTLE) -> dict[str, dict]:
             for ex, ks in leave_kind_out(kinds).items()}
 
 
-def run_cell(cat: str, seed: int, config: str, size: int, n_train: int, n_test_normal: int, per_kind: int) -> dict:
-    sp = photo_category(cat, size=size, n_train=n_train, n_test_normal=n_test_normal, per_kind=per_kind, seed=seed)
+def run_cell(cat: str, seed: int, config: str, size: int, n_train: int, n_test_normal: int, per_kind: int,
+             n_val: int = 0) -> dict:
+    sp = photo_category(cat, size=size, n_train=n_train - n_val, n_test_normal=n_test_normal, per_kind=per_kind,
+                        seed=seed, n_val=n_val)
     rec = {"category": cat, "seed": seed, "config": config, "size": size, "train": int(sp.train.shape[0]),
+           "validation": n_val,
            "test_normal": int(sp.test_normal.shape[0]),
            "test_defect": {k: int(sum(x == k for x in sp.kinds)) for k in dict.fromkeys(sp.kinds)}}
     if config == "baselines":
@@ -236,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", type=int, default=240, help="training normals")
     ap.add_argument("--test-normal", type=int, default=60, help="test normals")
     ap.add_argument("--per-kind", type=int, default=15, help="defective test images per kind")
+    ap.add_argument("--val-normals", type=int, default=0, metavar="N",
+                    help="N of the --train normals are validation crops from training-row columns no training crop "
+                         "touches: AnoMem's validation normals (fit(validation=...)); the baselines train on them too")
     ap.add_argument("--report-only", action="store_true", help="rebuild results.md from the cells on disk")
     a = ap.parse_args(argv)
     (a.out / "cells").mkdir(parents=True, exist_ok=True)
@@ -250,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 path = a.out / "cells" / f"{cat}-seed{seed}-{config}.json"
                 if path.exists():
                     continue
-                rec = {**run_cell(cat, seed, config, a.size, a.train, a.test_normal, a.per_kind), "command": cmd, "commit": commit}
+                rec = {**run_cell(cat, seed, config, a.size, a.train, a.test_normal, a.per_kind, a.val_normals), "command": cmd, "commit": commit}
                 atomic_write_text(path, json.dumps(rec, indent=1))
                 print(path.name, flush=True)
                 atomic_write_text(a.out / "results.md", results(load(a.out), a.categories, a.seeds, cmd))

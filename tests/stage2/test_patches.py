@@ -242,3 +242,22 @@ def test_export_parity_with_the_patch_banks_in_use(photo_detector, tmp_path):
     score, fused = sess.run(None, {"image": (imgs.float() / 255).numpy()})
     np.testing.assert_allclose(score, ref, atol=1e-4)
     np.testing.assert_allclose(fused, maps, atol=1e-3)
+
+
+def test_photo_validation_crops_share_no_pixel_with_training_crops():
+    from anomem.data.photos import VALIDATION_COLUMN, _photo
+
+    plain = photo_category("brick", size=32, n_train=6, n_test_normal=3, per_kind=1, seed=4)
+    assert plain.validation is None
+    sp = photo_category("brick", size=32, n_train=6, n_test_normal=3, per_kind=1, seed=4, n_val=5)
+    assert sp.validation.shape == (5, 1, 32, 32)
+    photo = _photo("brick")[0]
+    rows = np.lib.stride_tricks.sliding_window_view(photo, 32, axis=1)  # (H, W - 31, 32): every row segment
+
+    def column(crop: np.ndarray) -> int:  # where the crop's first row lies in the photograph
+        hits = np.argwhere((rows == crop[0, 0]).all(-1))
+        assert len(hits) >= 1
+        return int(hits[0][1])
+
+    left = round(photo.shape[1] * VALIDATION_COLUMN)
+    assert all(column(c) + 32 <= left for c in sp.train) and all(column(c) >= left for c in sp.validation)

@@ -49,6 +49,7 @@ CATEGORIES: dict[str, str] = {
     "tissue": "immunohistochemistry",
     "stars": "hubble_deep_field",
 }
+VALIDATION_COLUMN = 0.7  # with validation crops: training crops left of this column fraction, validation right of it
 OBVIOUS = ("scratch", "stain", "patch", "colour")
 SUBTLE = ("blur", "warp", "rotate")
 DEFECT_FAMILIES = {"obvious": OBVIOUS, "subtle": SUBTLE}
@@ -158,6 +159,7 @@ class PhotoSplit(NamedTuple):
     test_defect: np.ndarray
     masks: np.ndarray
     kinds: tuple[str, ...]
+    validation: np.ndarray | None = None  # normals of the training rows no training crop touches (n_val > 0)
 
 
 # -- defect painters: (img (C, H, W) modified in place, rng, donor) -> mask (H, W) -------------
@@ -251,8 +253,11 @@ _PAINT: dict[str, Callable[[np.ndarray, np.random.Generator, np.ndarray], np.nda
 
 def photo_category(category: str, size: int = 128, n_train: int = 240, n_test_normal: int = 60,
                    per_kind: int = 15, kinds: Sequence[str] = OBVIOUS + SUBTLE, seed: int = 0,
-                   test_fraction: float = 0.35) -> PhotoSplit:
-    """One category in memory (see :func:`make_photo_benchmark`)."""
+                   test_fraction: float = 0.35, n_val: int = 0) -> PhotoSplit:
+    """One category in memory (see :func:`make_photo_benchmark`). With ``n_val`` > 0 the
+    training crops keep to the training rows' left :data:`VALIDATION_COLUMN` of the columns
+    and ``n_val`` validation normals are cut from the columns right of them (no pixel shared
+    with a training crop: ``AnoMem.fit(validation=...)``); with 0 the split is as before."""
     if category not in CATEGORIES:
         raise DataError(f"unknown photo category {category!r}; choose from {sorted(CATEGORIES)}")
     unknown = [k for k in kinds if k not in _PAINT]
@@ -262,7 +267,10 @@ def photo_category(category: str, size: int = 128, n_train: int = 240, n_test_no
     rng = np.random.default_rng([seed, sorted(CATEGORIES).index(category)])
     h = photo.shape[1]
     cut = int(round(h * (1 - test_fraction)))
-    train = _crops(photo, (0, cut), n_train, size, rng)
+    w = photo.shape[2]
+    left = int(round(w * VALIDATION_COLUMN)) if n_val > 0 else w
+    train = _crops(photo, (0, cut), n_train, size, rng, cols=(0, left))
+    val = _crops(photo, (0, cut), n_val, size, rng, cols=(left, w)) if n_val > 0 else None
     test_normal = _crops(photo, (cut, h), n_test_normal, size, rng)
     other = [c for c in sorted(CATEGORIES) if c != category]
     defects, masks, names = [], [], []
@@ -275,7 +283,7 @@ def photo_category(category: str, size: int = 128, n_train: int = 240, n_test_no
             masks.append(_PAINT[kind](img, rng, donor))
             defects.append(np.clip(img, 0, 1))
             names.append(kind)
-    return PhotoSplit(train, test_normal, np.stack(defects), np.stack(masks), tuple(names))
+    return PhotoSplit(train, test_normal, np.stack(defects), np.stack(masks), tuple(names), val)
 
 
 def _save(path: Path, img: np.ndarray) -> None:
