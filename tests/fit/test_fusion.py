@@ -37,3 +37,43 @@ def test_on_a_texture_the_fit_picks_the_pixel_patches(texture):
     split = texture.settings_["image"]
     assert split[2] == max(split) and split[2] >= 0.5, split  # the fit picks that part
     assert texture.weights_["pixel_patches"] == pytest.approx(split[2])
+
+
+def test_a_family_stage_1_learned_locally_does_not_rank_the_image_split():
+    from dataclasses import replace
+
+    from anomem import load_config
+    from anomem.config import resolve_local_recipe
+    from anomem.fit.fusion import FusionFit, choose, learned_locally, unranked
+
+    table = {(1.0, 0.0, 0.0): (0.70, 0.999), (0.5, 0.5, 0.0): (0.98, 0.999), (0.0, 0.0, 1.0): (0.99, 0.999)}
+    # every candidate ties on the shifts: the defects decide (0.99) unless they are left out,
+    # and then the tie goes to the larger global weight
+    assert choose(table, ("defects", "shifts")) == (0.0, 0.0, 1.0)
+    assert choose(table, ("defects", "shifts"), ("shifts",)) == (1.0, 0.0, 0.0)
+    # no family left: even over the signals the candidates use (a missing bank gets nothing)
+    assert choose(table, ("defects",), ()) == unranked(table) == (1 / 3, 1 / 3, 1 / 3)
+    assert unranked({(1.0, 0.0, 0.0): (0.5,), (0.5, 0.0, 0.5): (0.6,), (0.0, 0.0, 1.0): (0.7,)}) == (0.5, 0.0, 0.5)
+
+    cfg = load_config("cpu-small")
+    kinds = cfg.pseudo.defects
+    assert not learned_locally(cfg, kinds)  # the defaults: no local negatives, no local hinge
+    recipe = resolve_local_recipe(replace(cfg, pseudo=replace(cfg.pseudo, local_recipe="always")), (128, 128))
+    assert learned_locally(recipe, kinds)
+    assert not learned_locally(recipe, ("smooth",))  # a fusion kind stage 1 never drew still ranks
+    hinge_only = replace(cfg, loss=replace(cfg.loss, local_weight=1.0))
+    assert not learned_locally(hinge_only, kinds)  # no local negatives: nothing local was learned
+    # the record says which families ranked; files written before it read as "all of them"
+    fit = FusionFit((1 / 3, 1 / 3, 1 / 3), ("defects",), {(1.0, 0.0, 0.0): (0.9,)}, 40, ranked=())
+    assert FusionFit.from_json(fit.to_json()).ranked == ()
+    old = fit.to_json().replace(', "ranked": []', "")
+    assert '"ranked"' not in old and FusionFit.from_json(old).ranked is None
+
+
+def test_with_local_negatives_and_the_hinge_the_fit_splits_evenly():
+    sp = photo_category("brick", size=48, n_train=60, n_test_normal=2, per_kind=1, kinds=("stain",), seed=0)
+    det = AnoMem("tiny", progress=False, epochs=1, heads__steps=5, prototype_cache=0, calibration_fraction=0.15,
+                 pseudo__local=0.5, loss__local_weight=1.0).fit(_u8(sp.train))
+    assert det.fusion_.ranked == () and "defects" in det.fusion_.families
+    assert det.settings_["image"] == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+    assert det.fusion_.map_table is not None  # the heat-map split is still fitted on the defects' masks

@@ -24,6 +24,13 @@ left, the best mean over families wins; ties go to the larger global weight. The
 always left, so on that family the fused score is never worse than the best single
 signal, and among those left it is the best on average.
 
+A family ranks the image split only if stage 1 did not learn it: once stage 1 is taught
+local evidence on the defect kinds the fusion validates on (the local recipe,
+:func:`learned_locally`), its learned parts score those kinds near 1 and the table no
+longer says which split serves unseen kinds (docs/decisions.md, Decision 15). The defects
+then leave the choice (the map split still uses their masks); with no family left the
+image split is even over the ready signals (:func:`unranked`).
+
 The heat-map mixes the same three kinds of evidence as maps (the memory's deviation
 map, the feature-patch map, the pixel-patch map); its weights are chosen the same way,
 by the pixel AUROC of the pseudo-defects' masks against every pixel of the held-out
@@ -58,6 +65,8 @@ class FusionFit(NamedTuple):
         families: the pseudo-anomaly families validated on.
         table: candidate weights -> AUROC per family, every candidate tried.
         normals: how many held-out normals scored.
+        ranked: the families that ranked the image split (None: all of them; empty: none
+            could, and the split is even, :func:`unranked`).
     """
 
     weights: tuple[float, ...]
@@ -66,19 +75,22 @@ class FusionFit(NamedTuple):
     normals: int
     map_weights: tuple[float, ...] = tuple(global_only())
     map_table: dict[tuple[float, ...], float] | None = None
+    ranked: tuple[str, ...] | None = None
 
     def to_json(self) -> str:
         """As JSON (saved in the detector file: a loaded detector holds the same record)."""
         table = lambda t: None if t is None else [[list(w), v] for w, v in t.items()]  # noqa: E731
         return json.dumps({"weights": self.weights, "families": self.families, "table": table(self.table),
-                           "normals": self.normals, "map_weights": self.map_weights, "map_table": table(self.map_table)})
+                           "normals": self.normals, "map_weights": self.map_weights, "map_table": table(self.map_table),
+                           "ranked": self.ranked})
 
     @classmethod
     def from_json(cls, text: str) -> FusionFit:
         d = json.loads(text)
         table = lambda rows, f: None if rows is None else {tuple(w): f(v) for w, v in rows}  # noqa: E731
         return cls(tuple(d["weights"]), tuple(d["families"]), table(d["table"], tuple), int(d["normals"]),
-                   tuple(d["map_weights"]), table(d["map_table"], float))
+                   tuple(d["map_weights"]), table(d["map_table"], float),
+                   None if d.get("ranked") is None else tuple(d["ranked"]))
 
 
 def candidates(ready: tuple[bool, ...], step: int = 4) -> list[tuple[float, ...]]:
@@ -146,8 +158,9 @@ def fit_fusion(model: AnoMemModel, cfg: AnoMemConfig, held_out: torch.Tensor, ba
         return None
     per_family = [aurocs(model, cfg, normal, image_parts(model, imgs), "image") for imgs in families.values()]
     table = {w: tuple(f[w] for f in per_family) for w in per_family[0]}
-    best = choose(table, tuple(families))
-    fit = FusionFit(best, tuple(families), table, n)
+    ranked = tuple(f for f in families if not (f == "defects" and learned_locally(cfg, defects)))
+    best = choose(table, tuple(families), ranked)
+    fit = FusionFit(best, tuple(families), table, n, ranked=ranked)
     if masks is not None:
         map_table = fit_map_fusion(model, cfg, x, families["defects"], masks)
         fit = fit._replace(map_weights=max(map_table, key=map_table.get), map_table=map_table)
@@ -168,9 +181,30 @@ def shortlist(table: dict[tuple[float, ...], tuple[float, ...]], families: tuple
     return [w for w in table if 1.0 - table[w][j] <= SHIFT_SLACK * least + 1e-9]
 
 
-def choose(table: dict[tuple[float, ...], tuple[float, ...]], families: tuple[str, ...]) -> tuple[float, ...]:
-    """The candidate of ``table`` (weights -> AUROC per family) the module docstring names."""
-    left = shortlist(table, families)
+def learned_locally(cfg: AnoMemConfig, kinds: tuple[str, ...]) -> bool:
+    """Whether stage 1 was taught local evidence (local negatives and the local hinge,
+    ``pseudo.local`` and ``loss.local_weight``) on any of these defect ``kinds``: then its
+    learned parts score those kinds near 1 and a table validated on them cannot rank the
+    image split (docs/decisions.md, Decision 15)."""
+    return cfg.pseudo.local > 0 and cfg.loss.local_weight > 0 and bool(set(kinds) & set(cfg.pseudo.defects))
+
+
+def unranked(table: dict[tuple[float, ...], tuple[float, ...]]) -> tuple[float, ...]:
+    """The even split over the signals the table's candidates use (no family ranks them)."""
+    used = [any(w[i] > 0 for w in table) for i in range(len(next(iter(table))))]
+    return tuple(1.0 / sum(used) if u else 0.0 for u in used)
+
+
+def choose(table: dict[tuple[float, ...], tuple[float, ...]], families: tuple[str, ...],
+           ranked: tuple[str, ...] | None = None) -> tuple[float, ...]:
+    """The candidate of ``table`` (weights -> AUROC per family) the module docstring names,
+    judged on the ``ranked`` families only (default all; none: :func:`unranked`)."""
+    ranked = families if ranked is None else ranked
+    if not ranked:
+        return unranked(table)
+    cols = [families.index(f) for f in ranked]
+    table = {w: tuple(v[i] for i in cols) for w, v in table.items()}
+    left = shortlist(table, ranked)
     return max(left, key=lambda w: np.mean(table[w]))  # max keeps the first of equals: larger global weight
 
 
@@ -194,4 +228,5 @@ def fit_map_fusion(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor,
     return aurocs(model, cfg, map_parts(model, normals), map_parts(model, defects), "map", truth.flatten().numpy())
 
 
-__all__ = ["FusionFit", "SHIFT_SLACK", "aurocs", "candidates", "choose", "fit_fusion", "image_parts", "shortlist"]
+__all__ = ["FusionFit", "SHIFT_SLACK", "aurocs", "candidates", "choose", "fit_fusion", "image_parts", "learned_locally",
+           "shortlist", "unranked"]
