@@ -148,7 +148,8 @@ def test_photo_demo_reports_what_its_saved_detector_scores(tmp_path, capsys, mon
     from anomem.cli import demo
     from anomem.data.photos import OBVIOUS, SUBTLE, photo_category
 
-    monkeypatch.setitem(demo.PHOTO, "n_train", 48)
+    monkeypatch.setitem(demo.PHOTO, "n_train", 36)
+    monkeypatch.setitem(demo.PHOTO, "n_val", 12)
     monkeypatch.setitem(demo.PHOTO, "n_test_normal", 12)
     monkeypatch.setitem(demo.PHOTO, "per_kind", 3)
     out_dir = tmp_path / "demo"
@@ -164,8 +165,9 @@ def test_photo_demo_reports_what_its_saved_detector_scores(tmp_path, capsys, mon
     for name, row in result["methods"].items():
         assert set(row["kinds"]) == set(OBVIOUS + SUBTLE), name
         assert name in out
-    sp = photo_category("grass", size=32, n_train=48, n_test_normal=12, per_kind=3, seed=0)
+    sp = photo_category("grass", size=32, n_train=36, n_test_normal=12, per_kind=3, seed=0, n_val=12)
     det = AnoMem.load(out_dir / "detector.ckpt")
+    assert det.threshold_.n_normal == 12 and det.banks_.normal_scores.shape[0] == 36  # validation crops, none held out
     u8 = lambda a: torch.from_numpy(np.round(np.clip(a, 0, 1) * 255).astype(np.uint8))  # noqa: E731
     kinds = per_kind(sp, det.anomaly_score(u8(sp.test_normal)), det.anomaly_score(u8(sp.test_defect)))
     row = result["methods"]["AnoMem (cpu-small)"]

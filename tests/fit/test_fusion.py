@@ -39,7 +39,7 @@ def test_on_a_texture_the_fit_picks_the_pixel_patches(texture):
     assert texture.weights_["pixel_patches"] == pytest.approx(split[2])
 
 
-def test_a_family_stage_1_learned_locally_does_not_rank_the_image_split():
+def test_no_family_ranks_the_image_split_once_stage_1_learned_the_defects_locally():
     from dataclasses import replace
 
     from anomem import load_config

@@ -24,12 +24,13 @@ left, the best mean over families wins; ties go to the larger global weight. The
 always left, so on that family the fused score is never worse than the best single
 signal, and among those left it is the best on average.
 
-A family ranks the image split only if stage 1 did not learn it: once stage 1 is taught
-local evidence on the defect kinds the fusion validates on (the local recipe,
-:func:`learned_locally`), its learned parts score those kinds near 1 and the table no
-longer says which split serves unseen kinds (docs/decisions.md, Decision 15). The defects
-then leave the choice (the map split still uses their masks); with no family left the
-image split is even over the ready signals (:func:`unranked`).
+Once stage 1 is taught local evidence on the defect kinds the fusion validates on (the
+local recipe, :func:`learned_locally`), its learned parts score those kinds near 1 and the
+table no longer says which split serves kinds it never saw; the shifts, where usable, then
+pick the split by what tells a turned texture from an upright one, which is not local
+evidence either. So no family ranks the image split: it is even over the ready signals
+(:func:`unranked`; docs/decisions.md, Decision 15). The map split is still fitted on the
+defects' masks, and the table is still computed and kept for the user to read.
 
 The heat-map mixes the same three kinds of evidence as maps (the memory's deviation
 map, the feature-patch map, the pixel-patch map); its weights are chosen the same way,
@@ -158,7 +159,7 @@ def fit_fusion(model: AnoMemModel, cfg: AnoMemConfig, held_out: torch.Tensor, ba
         return None
     per_family = [aurocs(model, cfg, normal, image_parts(model, imgs), "image") for imgs in families.values()]
     table = {w: tuple(f[w] for f in per_family) for w in per_family[0]}
-    ranked = tuple(f for f in families if not (f == "defects" and learned_locally(cfg, defects)))
+    ranked = () if learned_locally(cfg, defects) else tuple(families)
     best = choose(table, tuple(families), ranked)
     fit = FusionFit(best, tuple(families), table, n, ranked=ranked)
     if masks is not None:
