@@ -116,8 +116,7 @@ def _aurocs(det: AnoMem, normal: torch.Tensor, anomalous: torch.Tensor, masks: t
     parts = image_parts(model, x)
     if scores is not None and det.fusion_ is not None:
         scores["label"] = y.astype(int).tolist()
-        scores["global"] = np.round(det.anomaly_score(x, weights={"image": [1.0, 0.0, 0.0]}), 6).tolist()
-        scores.update({p: np.round(parts[p].numpy(), 6).tolist() for p in LOCAL if p in parts})
+        scores.update(split_terms(det, x, parts))
     maps = map_parts(model, x)
     groups = {"memory": [k for k in parts if k.startswith("memory.")], "bank": [k for k in parts if k.startswith("bank.")],
               "feature_patches": ["feature_patches"], "pixel_patches": ["pixel_patches"]}
@@ -138,6 +137,15 @@ def _aurocs(det: AnoMem, normal: torch.Tensor, anomalous: torch.Tensor, masks: t
         out[f"{name}_contrast"], out[f"{name}_zpeak"] = _within_image(y, m.double())
     if "map.feature_patches" in maps:
         out["map_feature"] = image_auroc(truth, maps["map.feature_patches"].flatten().numpy())
+    return out
+
+
+def split_terms(det: AnoMem, x: torch.Tensor, parts: dict | None = None) -> dict:
+    """The image split's terms of images ``x``: the global score and each local signal's
+    z-score, rounded (lists), so that any split or rule can be replayed offline."""
+    parts = image_parts(det.model_, x) if parts is None else parts
+    out = {"global": np.round(det.anomaly_score(x, weights={"image": [1.0, 0.0, 0.0]}), 6).tolist()}
+    out.update({p: np.round(parts[p].numpy(), 6).tolist() for p in LOCAL if p in parts})
     return out
 
 
@@ -195,6 +203,8 @@ def run(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int
         out["fit"] = {"weights": list(f.weights), "map_weights": list(f.map_weights), "families": list(f.families),
                       "normals": f.normals,
                       "table": [[list(w), list(v)] for w, v in f.table.items()]}
+        if held is not None:  # the fit's own validation normals: rules that standardise on them replay too
+            scores["fit_normals"] = split_terms(det, held)
         out["scores"] = scores  # the split terms of every validation image: rules replayed offline
     return out
 
@@ -220,6 +230,21 @@ def table(paths: list[Path]) -> str:
         for fam in [f for f in FAMILIES if all(f in r for r in rows)]:
             cells = [f"{np.mean([r[fam][k] for r in rows]):.3f}" if all(k in r[fam] for r in rows) else "–" for k in PARTS]
             lines.append(f"| {path.stem} | {fam} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired(base: Path, variant: Path, parts: tuple[str, str] = ("fused", "equal_split")) -> str:
+    """Per family, the variant's part ``parts[1]`` less the base's ``parts[0]`` over the fits
+    both files hold (same category, kind and seed): mean ± standard error, and the wins."""
+    key = lambda r: (r["category"], r["kind"], r["seed"])  # noqa: E731
+    a = {key(r): r for r in json.loads(base.read_text())}
+    b = {key(r): r for r in json.loads(variant.read_text())}
+    both = [k for k in a if k in b]
+    lines = [f"{variant.stem} {parts[1]} - {base.stem} {parts[0]} ({len(both)} fits):"]
+    for fam in FAMILIES:
+        d = np.array([b[k][fam][parts[1]] - a[k][fam][parts[0]] for k in both])
+        if len(d) > 1:
+            lines.append(f"  {fam:<9} {d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f}  (higher in {int((d > 0).sum())} of {len(d)})")
     return "\n".join(lines)
 
 
@@ -318,6 +343,8 @@ def main() -> None:
                     help="pseudo.fusion_defects of the fit (minus K and its near copies); default: its pseudo.defects")
     ap.add_argument("--split-kinds", action="store_true",
                     help="stage 1 draws the first kind left after K, the fusion fit validates on the others")
+    ap.add_argument("--paired", type=Path, nargs=2, metavar=("BASE", "VARIANT"),
+                    help="print VARIANT's equal_split less BASE's fitted score, per family over the shared fits, and stop")
     ap.add_argument("--fit-validation", type=int, default=None, metavar="N",
                     help="validation crops from the band's left columns only, and N crops of its right columns "
                          "given to the fit as validation normals (AnoMem.fit(validation=...); 0: none given, "
@@ -328,6 +355,10 @@ def main() -> None:
         return
     if args.rules:
         print(replay(args.rules))
+        return
+    if args.paired:
+        print(paired(*args.paired))
+        print(paired(*args.paired, parts=("fused", "fused")))
         return
     if args.fusion_rule_cells:
         print(replay_fusion_rule(args.fusion_rule_cells))

@@ -92,3 +92,16 @@ def test_split_kinds_leave_the_validated_kind_out_of_both(le) -> None:
         assert len(learned) == 1 and fusion and not learned & fusion
         assert kind not in learned | fusion and not set(le.NEAR.get(kind, ())) & (learned | fusion)
     assert "pseudo__fusion_defects" not in le.kinds_for("scar", [], [])
+
+
+def test_paired_differences_match_the_shared_fits_only(le, tmp_path: Path) -> None:
+    def row(cat, kind, seed, fused, even):
+        return {"category": cat, "kind": kind, "seed": seed, **{f: {"fused": fused, "equal_split": even} for f in le.FAMILIES}}
+
+    base = [row("grass", "scar", 0, 0.70, 0.0), row("grass", "noise", 0, 0.80, 0.0), row("gravel", "scar", 0, 0.5, 0.0)]
+    variant = [row("grass", "scar", 0, 0.0, 0.75), row("grass", "noise", 0, 0.0, 0.90)]  # gravel is not shared
+    (tmp_path / "a.json").write_text(json.dumps(base))
+    (tmp_path / "b.json").write_text(json.dumps(variant))
+    text = le.paired(tmp_path / "a.json", tmp_path / "b.json")
+    d = np.array([0.05, 0.10])  # the variant's even split less the base's fitted score, per shared fit
+    assert "(2 fits)" in text and f"+{d.mean():.3f} ± {d.std(ddof=1) / np.sqrt(2):.3f}  (higher in 2 of 2)" in text

@@ -151,9 +151,10 @@ def test_every_count_in_the_config_has_a_ceiling_in_one_table():
 def test_local_recipe_turns_on_by_image_size_and_keeps_what_was_set():
     from anomem.config import LOCAL_RECIPE, resolve_local_recipe
 
-    base = load_config("cpu-small")
-    assert base.pseudo.local_recipe == "never" and resolve_local_recipe(base, (128, 128)) == base  # by default
-    auto = with_overrides(base, ["pseudo.local_recipe=auto"])
+    base = with_overrides(load_config("cpu-small"), ["pseudo.local_recipe=never"])
+    assert resolve_local_recipe(base, (128, 128)) == base  # never: as configured
+    auto = load_config("cpu-small")
+    assert auto.pseudo.local_recipe == "auto"  # the default (Decision 16)
     assert resolve_local_recipe(auto, (28, 28)) == auto and resolve_local_recipe(auto, (64, 40)) == auto  # small: as set
     on = resolve_local_recipe(auto, (48, 96))  # one side above 64 px
     assert on.pseudo.local == LOCAL_RECIPE["local"] and on.loss.local_weight == LOCAL_RECIPE["local_weight"]

@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", choices=("photo", "digits"), default="photo")
     d.add_argument("--category", default=None, help="the photograph (--data photo): grass (default), gravel, brick, "
                                                     "tissue or stars")
-    d.add_argument("--size", type=int, default=None, help="crop side in pixels (--data photo; 32..256, default 128)")
+    d.add_argument("--size", type=int, default=None, help="crop side in pixels (--data photo; 32..256, default 96)")
     # Three classes keep the digits demo (install included) under 5 minutes on 2 cores.
     d.add_argument("--classes", type=int, nargs="+", default=None,
                    help="normal classes to run in turn (--data digits; default 0 1 2; 0..9 for all, ~30 s each)")

@@ -336,8 +336,9 @@ class PseudoConfig:
     # the local recipe (anomem.config.resolve_local_recipe; docs/decisions.md, "Finding — the local
     # recipe against the defaults"): always = local negatives (``local`` 0.5 unless set), the local
     # hinge (``loss.local_weight`` 1 unless set), at least 300 stage-1 steps at batch <= 64; auto = so
-    # for images larger than 64 px (those the ``auto`` stem does not treat as small); never = as configured
-    local_recipe: str = "never"
+    # for images larger than 64 px (those the ``auto`` stem does not treat as small); never = as configured.
+    # auto by default since Decision 16 (docs/decisions.md; with it the image split is even, Decision 15)
+    local_recipe: str = "auto"
     # keep only the shifts that move this class's normals off their distribution: pixel-kNN
     # AUROC of shifted vs unshifted normals at least this (0 = keep all; anomem.model.pseudo.shift_separability)
     min_separability: float = 0.7
