@@ -33,6 +33,7 @@ from anomem.config import ThresholdConfig
 from anomem.errors import ConfigError, DataError, NotFittedError
 from anomem.fit.stage2 import cached_scores
 from anomem.inputs import check_disjoint, image_digests
+from anomem.splits import calibration_split
 from anomem.thresholds import (
     Threshold,
     ThresholdWarning,
@@ -99,6 +100,15 @@ def calibration_fraction_for(n_normal: int, threshold: ThresholdConfig) -> float
     if count == int(threshold.calibration_fraction * n_normal) or n_normal == 0:
         return threshold.calibration_fraction
     return (count + 0.5) / n_normal
+
+
+def held_out_normals(normal: torch.Tensor, threshold: ThresholdConfig, seed: int, given: bool) -> torch.Tensor:
+    """Indices of the training normals ``fit`` holds out for the threshold and the fusion
+    fit: :func:`anomem.splits.calibration_split` at :func:`calibration_fraction_for`, or none
+    when validation normals are ``given`` (they play that role; docs/decisions.md, Decision 14)."""
+    if given:
+        return normal.nonzero().flatten()[:0]
+    return calibration_split(normal, calibration_fraction_for(int(normal.sum()), threshold), seed)
 
 
 def _at_fpr(scores: np.ndarray, asked: float | None, configured: float, source: str) -> Threshold:

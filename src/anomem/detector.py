@@ -23,7 +23,7 @@ import torch
 
 from anomem import splits
 from anomem._version import __version__
-from anomem.calibration import ThresholdMixin, calibration_fraction_for
+from anomem.calibration import ThresholdMixin, held_out_normals
 from anomem.config import AnoMemConfig, load_config, resolve_local_recipe
 from anomem.engine import EpochLog, Stage1Trainer, resolve_device
 from anomem.errors import ConfigError, NotFittedError
@@ -153,14 +153,9 @@ class AnoMem(ParamsMixin, ThresholdMixin, PersistenceMixin):
                 or a Dataset / ImageSet. All normal unless ``y`` says otherwise.
             anomalies: optional labelled anomaly images (M, ...), same format.
             y: optional labels for ``X`` (1 = normal, 0 = anomaly).
-            validation: optional normal images that share no pixels with ``X`` (another
-                batch, or another region of the scene the training crops were cut from).
-                They play every held-out role: the threshold, the fusion fit
-                (:mod:`anomem.fit.fusion`) and the patch banks' statistics; nothing is
-                then held out of ``X``. Give them when the training images overlap one
-                another (crops or tiles of one photograph): a held-out crop then shares
-                pixels with training crops, and scores as no new image will
-                (docs/decisions.md, Decision 14).
+            validation: optional normals sharing no pixels with ``X`` (crops of one scene
+                overlap: take them from another region). They take every held-out role
+                (threshold, fusion, patch-bank statistics; docs/decisions.md, Decision 14).
             on_epoch_end: called after each stage-1 epoch (used to checkpoint).
             resume: a checkpoint dict from a stage-1 checkpoint, to continue training.
 
@@ -175,13 +170,11 @@ class AnoMem(ParamsMixin, ThresholdMixin, PersistenceMixin):
             raise ConfigError("scorer.mode is 'supervised' but no labelled anomalies were given; pass anomalies= "
                               "(or y=) or use scorer.mode=auto")
         held = None if validation is None else validation_set(validation, x)
-        cal = (splits.calibration_split(normal, calibration_fraction_for(int(normal.sum()), cfg.threshold), cfg.train.seed)
-               if held is None else normal.nonzero().flatten()[:0])  # given normals: every training image trains
+        cal = held_out_normals(normal, cfg.threshold, cfg.train.seed, given=held is not None)
         calibration = x[cal] if held is None else held
-        if cal.numel():
-            train = torch.ones(x.shape[0], dtype=torch.bool)
-            train[cal] = False
-            x, normal = x[train], normal[train]
+        if cal.numel():  # the held-out normals leave training
+            keep = torch.ones(x.shape[0], dtype=torch.bool).index_fill_(0, cal, False)
+            x, normal = x[keep], normal[keep]
         real = ~normal  # labelled anomalies; pseudo-anomalies are appended after them
         if cfg.pseudo.enabled:  # pseudo-anomalies join both stages as y = 0 (Eq. 3)
             fake = splits.pseudo_anomalies(x[normal], cfg)
@@ -190,7 +183,6 @@ class AnoMem(ParamsMixin, ThresholdMixin, PersistenceMixin):
             x = torch.cat([x if x.dtype == fake.dtype else to_float(x), fake])
             normal = torch.cat([normal, torch.zeros(fake.shape[0], dtype=torch.bool)])
             real = torch.cat([real, torch.zeros(fake.shape[0], dtype=torch.bool)])
-
         torch.manual_seed(cfg.train.seed)
         self.config_ = cfg
         self.in_channels_ = int(x.shape[1])
