@@ -299,10 +299,8 @@ def validation_set(V: Any, x: torch.Tensor) -> torch.Tensor:
         raise DataError(f"validation images have shape {tuple(v.shape[1:])} per image but X has {tuple(x.shape[1:])}")
     if v.shape[0] < 2:
         raise DataError(f"validation needs at least 2 normal images, got {v.shape[0]}")
-    hit = torch.isin(image_digests(v), image_digests(x)).nonzero().flatten()
-    if hit.numel():
-        raise DataError(f"validation: {hit.numel()} of {v.shape[0]} images are also training images (first: index "
-                        f"{hit[:5].tolist()}); validation normals must be images the detector does not train on")
+    check_disjoint(image_digests(v), image_digests(x), "validation", "also training images",
+                   "validation normals must be images the detector does not train on")
     return v
 
 
@@ -317,12 +315,13 @@ def image_digests(x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.int64)
 
 
-def check_disjoint(digests: torch.Tensor, known: torch.Tensor | None, name: str, what: str) -> None:
+def check_disjoint(digests: torch.Tensor, known: torch.Tensor | None, name: str, what: str,
+                   why: str = "an image cannot be both normal and anomalous") -> None:
     """Refuse when images (by :func:`image_digests`) are among ``known`` ones: ``name`` says
-    which images, ``what`` what the known ones are."""
+    which images, ``what`` what the known ones are, ``why`` why that is refused."""
     if known is None or not digests.numel() or not known.numel():
         return
     hit = torch.isin(digests, known.to(digests.device)).nonzero().flatten()
     if hit.numel():
         raise DataError(f"{name}: {hit.numel()} of {digests.numel()} images are {what} (first: index "
-                        f"{hit[:5].tolist()}); an image cannot be both normal and anomalous")
+                        f"{hit[:5].tolist()}); {why}")
