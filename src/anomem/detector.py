@@ -169,7 +169,7 @@ class AnoMem(ParamsMixin, ThresholdMixin, PersistenceMixin):
         if cfg.scorer.mode == "supervised" and bool(normal.all()) and not (cfg.pseudo.enabled and cfg.pseudo.heads):
             raise ConfigError("scorer.mode is 'supervised' but no labelled anomalies were given; pass anomalies= "
                               "(or y=) or use scorer.mode=auto")
-        held = None if validation is None else validation_set(validation, x)
+        held = None if validation is None else validation_set(validation, x, torch.cat(list(digests.values())))
         cal = held_out_normals(normal, cfg.threshold, cfg.train.seed, given=held is not None)
         calibration = x[cal] if held is None else held
         if cal.numel():  # the held-out normals leave training

@@ -291,15 +291,16 @@ def training_set(X: Any, anomalies: Any, y: Any) -> tuple[torch.Tensor, torch.Te
     return x, normal
 
 
-def validation_set(V: Any, x: torch.Tensor) -> torch.Tensor:
+def validation_set(V: Any, x: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
     """Validation normals for :meth:`anomem.AnoMem.fit` (``validation=``), checked against the
-    training images ``x``: the same channels and size, at least 2, none of them a training image."""
+    training images ``x``: the same channels and size, at least 2, none of them a training image
+    (``known``: the training images' :func:`image_digests`, when already computed)."""
     v = as_images(V, "validation")
     if v.shape[1:] != x.shape[1:]:
         raise DataError(f"validation images have shape {tuple(v.shape[1:])} per image but X has {tuple(x.shape[1:])}")
     if v.shape[0] < 2:
         raise DataError(f"validation needs at least 2 normal images, got {v.shape[0]}")
-    check_disjoint(image_digests(v), image_digests(x), "validation", "also training images",
+    check_disjoint(image_digests(v), image_digests(x) if known is None else known, "validation", "also training images",
                    "validation normals must be images the detector does not train on")
     return v
 
