@@ -248,6 +248,61 @@ def paired(base: Path, variant: Path, parts: tuple[str, str] = ("fused", "equal_
     return "\n".join(lines)
 
 
+def in_units(row: dict, fam: str, merge: str = "mean") -> float:
+    """The validation AUROC of ``fam`` under the even split in units of each term's spread on
+    the fit's own validation normals (``scores.fit_normals``): what ``anomem.fit.fusion.unranked``
+    gives with :func:`anomem.fit.fusion.spreads` (Decision 17), replayed from the stored terms;
+    ``merge="max"``: the largest term instead of their sum, each standardised on those normals."""
+    s, held = row["scores"][fam], row["scores"]["fit_normals"]
+    z = np.stack([(np.asarray(s[k]) - np.mean(held[k])) / max(float(np.std(held[k])), 1e-6)
+                  for k in ("global", *LOCAL) if k in s])
+    return image_auroc(np.asarray(s["label"]), z.max(0) if merge == "max" else z.sum(0))
+
+
+def _mean_se(d: np.ndarray) -> str:
+    """``mean ± standard error (wins of n)`` of paired differences."""
+    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return f"{d.mean():+.3f} ± {se:.3f} ({int((d > 0).sum())} of {len(d)})"
+
+
+def units(paths: list[Path]) -> str:
+    """``paths``: pairs BASE VARIANT. Per category and family, over the fits both files of a
+    pair hold whose variant row kept its fit's validation normals' terms: the base's fitted
+    score, the variant's even split (raw z-scores, as the rows were fitted), in held-out
+    units and as the largest term in those units, its pixel patches alone, and the units
+    split and the largest term less the base (mean ± standard error, wins); ``all``: every
+    fit, ``categories``: the mean of the categories' means."""
+    key = lambda r: (r["category"], r["kind"], r["seed"])  # noqa: E731
+    a, b = {}, {}
+    for base, variant in zip(paths[0::2], paths[1::2]):
+        a.update({key(r): r for r in json.loads(base.read_text())})
+        b.update({key(r): r for r in json.loads(variant.read_text()) if "fit_normals" in r.get("scores", {})})
+    both = [k for k in b if k in a]
+    lines = [f"{paths[1].stem} even split in held-out units against {paths[0].stem} fitted ({len(both)} fits)",
+             "| category | family | fits | base fitted | variant even (raw) | variant even (units) | variant max (units) "
+             "| pixel patches | units - base | max - base |", "|---" * 10 + "|"]
+    for cat in [*sorted({k[0] for k in both}), "all"]:
+        ks = [k for k in both if cat in ("all", k[0])]
+        for fam in ("unseen", "structure"):
+            base_f = np.array([a[k][fam]["fused"] for k in ks])
+            u = np.array([in_units(b[k], fam) for k in ks])
+            m = np.array([in_units(b[k], fam, "max") for k in ks])
+            diff = [_mean_se(x - base_f) for x in (u, m)]
+            lines.append(f"| {cat} | {fam} | {len(ks)} | {base_f.mean():.3f} | "
+                         f"{np.mean([b[k][fam]['equal_split'] for k in ks]):.3f} | {u.mean():.3f} | {m.mean():.3f} | "
+                         f"{np.mean([b[k][fam]['pixel_patches'] for k in ks]):.3f} | {diff[0]} | {diff[1]} |")
+    cats = sorted({k[0] for k in both})
+    for fam in ("unseen", "structure"):
+        per = {c: [k for k in both if k[0] == c] for c in cats}
+        mean = lambda f: np.mean([np.mean([f(k) for k in ks]) for ks in per.values()])  # noqa: E731
+        lines.append(f"| categories | {fam} | {len(cats)} | {mean(lambda k: a[k][fam]['fused']):.3f} | "
+                     f"{mean(lambda k: b[k][fam]['equal_split']):.3f} | {mean(lambda k: in_units(b[k], fam)):.3f} | "
+                     f"{mean(lambda k: in_units(b[k], fam, 'max')):.3f} | {mean(lambda k: b[k][fam]['pixel_patches']):.3f} | "
+                     f"{mean(lambda k: in_units(b[k], fam) - a[k][fam]['fused']):+.3f} | "
+                     f"{mean(lambda k: in_units(b[k], fam, 'max') - a[k][fam]['fused']):+.3f} |")
+    return "\n".join(lines)
+
+
 def _se(auc: float, n_normal: int, n_anomalous: int) -> float:
     """Hanley & McNeil's (1982) standard error of an AUROC of ``n_normal`` against ``n_anomalous``."""
     q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
@@ -345,6 +400,9 @@ def main() -> None:
                     help="stage 1 draws the first kind left after K, the fusion fit validates on the others")
     ap.add_argument("--paired", type=Path, nargs=2, metavar=("BASE", "VARIANT"),
                     help="print VARIANT's equal_split less BASE's fitted score, per family over the shared fits, and stop")
+    ap.add_argument("--units", type=Path, nargs="+", metavar="BASE VARIANT",
+                    help="pairs of files: print each VARIANT's even split in held-out units (Decision 17) "
+                         "against its BASE's fitted score and stop")
     ap.add_argument("--fit-validation", type=int, default=None, metavar="N",
                     help="validation crops from the band's left columns only, and N crops of its right columns "
                          "given to the fit as validation normals (AnoMem.fit(validation=...); 0: none given, "
@@ -355,6 +413,11 @@ def main() -> None:
         return
     if args.rules:
         print(replay(args.rules))
+        return
+    if args.units:
+        if len(args.units) % 2:
+            ap.error("--units takes pairs of files: BASE VARIANT [BASE VARIANT ...]")
+        print(units(args.units))
         return
     if args.paired:
         print(paired(*args.paired))

@@ -54,6 +54,10 @@ def test_no_family_ranks_the_image_split_once_stage_1_learned_the_defects_locall
     # no family left: even over the signals the candidates use (a missing bank gets nothing)
     assert choose(table, ("defects",), ()) == unranked(table) == (1 / 3, 1 / 3, 1 / 3)
     assert unranked({(1.0, 0.0, 0.0): (0.5,), (0.5, 0.0, 0.5): (0.6,), (0.0, 0.0, 1.0): (0.7,)}) == (0.5, 0.0, 0.5)
+    # even in units of each signal's spread: a signal spread ten times wider weighs a tenth
+    assert unranked(table, (10.0, 1.0, 1.0)) == pytest.approx((1 / 21, 10 / 21, 10 / 21))
+    assert choose(table, ("defects",), (), (2.0, 1.0, 1.0)) == pytest.approx((0.2, 0.4, 0.4))
+    assert unranked({(1.0, 0.0, 0.0): (0.5,), (0.0, 0.0, 1.0): (0.7,)}, (4.0, 1e-6, 1.0)) == pytest.approx((0.2, 0.0, 0.8))
 
     cfg = load_config("cpu-small")
     kinds = cfg.pseudo.defects
@@ -70,10 +74,27 @@ def test_no_family_ranks_the_image_split_once_stage_1_learned_the_defects_locall
     assert '"ranked"' not in old and FusionFit.from_json(old).ranked is None
 
 
-def test_with_local_negatives_and_the_hinge_the_fit_splits_evenly():
-    sp = photo_category("brick", size=48, n_train=60, n_test_normal=2, per_kind=1, kinds=("stain",), seed=0)
-    det = AnoMem("tiny", progress=False, epochs=1, heads__steps=5, prototype_cache=0, calibration_fraction=0.15,
-                 pseudo__local=0.5, loss__local_weight=1.0).fit(_u8(sp.train))
-    assert det.fusion_.ranked == () and "defects" in det.fusion_.families
-    assert det.settings_["image"] == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+def test_with_local_negatives_and_the_hinge_the_fit_splits_evenly_in_held_out_units():
+    from anomem.fit.fusion import FusionFit
+
+    sp = photo_category("brick", size=48, n_train=60, n_test_normal=2, per_kind=1, kinds=("stain",), seed=0, n_val=12)
+    det = AnoMem("tiny", progress=False, epochs=1, heads__steps=5, prototype_cache=0,
+                 pseudo__local=0.5, loss__local_weight=1.0).fit(_u8(sp.train), validation=_u8(sp.validation))
+    fit = det.fusion_
+    assert fit.ranked == () and "defects" in fit.families and fit.normals == 12
+    # each term's spread: its population standard deviation on the validation normals
+    val = _u8(sp.validation)
+    terms = [det.anomaly_score(val, weights={"image": w}) for w in SINGLE.values()]
+    assert fit.spreads == pytest.approx([float(np.std(t)) for t in terms], rel=1e-3)
+    # the patch banks' statistics were set on these normals (spread 1); the global score's on
+    # the training normals, which stage 1 and the banks have seen: other units
+    assert fit.spreads[1:] == pytest.approx([1.0, 1.0], abs=1e-4) and abs(fit.spreads[0] - 1) > 0.1
+    # even in those units: weight ∝ 1 / spread, so every weighted term moves those normals' scores alike
+    split = det.settings_["image"]
+    inv = [1 / s for s in fit.spreads]
+    assert split == pytest.approx([v / sum(inv) for v in inv])
+    assert np.std(split[0] * terms[0]) == pytest.approx(np.std(split[1] * terms[1]), rel=1e-3) \
+        == pytest.approx(np.std(split[2] * terms[2]), rel=1e-3)
+    np.testing.assert_allclose(det.anomaly_score(val), sum(w * t for w, t in zip(split, terms)), atol=1e-4)
+    assert FusionFit.from_json(fit.to_json()).spreads == pytest.approx(fit.spreads)
     assert det.fusion_.map_table is not None  # the heat-map split is still fitted on the defects' masks

@@ -29,8 +29,12 @@ local recipe, :func:`learned_locally`), its learned parts score those kinds near
 table no longer says which split serves kinds it never saw; the shifts, where usable, then
 pick the split by what tells a turned texture from an upright one, which is not local
 evidence either. So no family ranks the image split: it is even over the ready signals
-(:func:`unranked`; docs/decisions.md, Decision 15). The map split is still fitted on the
-defects' masks, and the table is still computed and kept for the user to read.
+(:func:`unranked`; docs/decisions.md, Decision 15), in units of each signal's spread on the
+held-out normals (:func:`spreads`; Decision 17): the global score's z-scores are standardised
+on the training normals, which stage 1 and the banks have seen, so on fresh normals its
+spread can be ten times the patch banks' and an even split of raw z-scores would be the
+global score alone. The map split is still fitted on the defects' masks, and the table is
+still computed and kept for the user to read.
 
 The heat-map mixes the same three kinds of evidence as maps (the memory's deviation
 map, the feature-patch map, the pixel-patch map); its weights are chosen the same way,
@@ -55,6 +59,7 @@ from anomem.metrics import image_auroc
 from anomem.model.pseudo import make_pseudo_anomalies
 from anomem.splits import usable_shifts
 from anomem.stage2.scorer import fuse
+from anomem.stage2.standard import EPS
 from anomem.stage2.weights import LOCAL, global_only
 
 
@@ -68,6 +73,8 @@ class FusionFit(NamedTuple):
         normals: how many held-out normals scored.
         ranked: the families that ranked the image split (None: all of them; empty: none
             could, and the split is even, :func:`unranked`).
+        spreads: each signal's standard deviation on the held-out normals (the units of an
+            even split), or None (older files; a ranked split does not read them).
     """
 
     weights: tuple[float, ...]
@@ -77,13 +84,14 @@ class FusionFit(NamedTuple):
     map_weights: tuple[float, ...] = tuple(global_only())
     map_table: dict[tuple[float, ...], float] | None = None
     ranked: tuple[str, ...] | None = None
+    spreads: tuple[float, ...] | None = None
 
     def to_json(self) -> str:
         """As JSON (saved in the detector file: a loaded detector holds the same record)."""
         table = lambda t: None if t is None else [[list(w), v] for w, v in t.items()]  # noqa: E731
         return json.dumps({"weights": self.weights, "families": self.families, "table": table(self.table),
                            "normals": self.normals, "map_weights": self.map_weights, "map_table": table(self.map_table),
-                           "ranked": self.ranked})
+                           "ranked": self.ranked, "spreads": self.spreads})
 
     @classmethod
     def from_json(cls, text: str) -> FusionFit:
@@ -91,7 +99,8 @@ class FusionFit(NamedTuple):
         table = lambda rows, f: None if rows is None else {tuple(w): f(v) for w, v in rows}  # noqa: E731
         return cls(tuple(d["weights"]), tuple(d["families"]), table(d["table"], tuple), int(d["normals"]),
                    tuple(d["map_weights"]), table(d["map_table"], float),
-                   None if d.get("ranked") is None else tuple(d["ranked"]))
+                   None if d.get("ranked") is None else tuple(d["ranked"]),
+                   None if d.get("spreads") is None else tuple(d["spreads"]))
 
 
 def candidates(ready: tuple[bool, ...], step: int = 4) -> list[tuple[float, ...]]:
@@ -160,8 +169,9 @@ def fit_fusion(model: AnoMemModel, cfg: AnoMemConfig, held_out: torch.Tensor, ba
     per_family = [aurocs(model, cfg, normal, image_parts(model, imgs), "image") for imgs in families.values()]
     table = {w: tuple(f[w] for f in per_family) for w in per_family[0]}
     ranked = () if learned_locally(cfg, defects) else tuple(families)
-    best = choose(table, tuple(families), ranked)
-    fit = FusionFit(best, tuple(families), table, n, ranked=ranked)
+    units = spreads(model, cfg, normal)
+    best = choose(table, tuple(families), ranked, units)
+    fit = FusionFit(best, tuple(families), table, n, ranked=ranked, spreads=units)
     if masks is not None:
         map_table = fit_map_fusion(model, cfg, x, families["defects"], masks)
         fit = fit._replace(map_weights=max(map_table, key=map_table.get), map_table=map_table)
@@ -190,19 +200,32 @@ def learned_locally(cfg: AnoMemConfig, kinds: tuple[str, ...]) -> bool:
     return cfg.pseudo.local > 0 and cfg.loss.local_weight > 0 and bool(set(kinds) & set(cfg.pseudo.defects))
 
 
-def unranked(table: dict[tuple[float, ...], tuple[float, ...]]) -> tuple[float, ...]:
-    """The even split over the signals the table's candidates use (no family ranks them)."""
+def spreads(model: AnoMemModel, cfg: AnoMemConfig, normal: Parts) -> tuple[float, ...]:
+    """The population standard deviation of each term of the image split (the global score,
+    each local signal) over the held-out normals' parts ``normal`` (at least ``EPS``)."""
+    out = []
+    for i in range(1 + len(LOCAL)):
+        flat = compose_weights(model, cfg, image=[float(i == j) for j in range(1 + len(LOCAL))])
+        out.append(max(float(fuse(normal, flat).double().std(unbiased=False)), EPS))
+    return tuple(out)
+
+
+def unranked(table: dict[tuple[float, ...], tuple[float, ...]],
+             units: tuple[float, ...] | None = None) -> tuple[float, ...]:
+    """The even split over the signals the table's candidates use (no family ranks them):
+    with ``units`` (:func:`spreads`) even in those units, each weight ∝ 1 / its spread."""
     used = [any(w[i] > 0 for w in table) for i in range(len(next(iter(table))))]
-    return tuple(1.0 / sum(used) if u else 0.0 for u in used)
+    inv = [1.0 / (units[i] if units else 1.0) if u else 0.0 for i, u in enumerate(used)]
+    return tuple(v / sum(inv) for v in inv)
 
 
 def choose(table: dict[tuple[float, ...], tuple[float, ...]], families: tuple[str, ...],
-           ranked: tuple[str, ...] | None = None) -> tuple[float, ...]:
+           ranked: tuple[str, ...] | None = None, units: tuple[float, ...] | None = None) -> tuple[float, ...]:
     """The candidate of ``table`` (weights -> AUROC per family) the module docstring names,
-    judged on the ``ranked`` families only (default all; none: :func:`unranked`)."""
+    judged on the ``ranked`` families only (default all; none: :func:`unranked` in ``units``)."""
     ranked = families if ranked is None else ranked
     if not ranked:
-        return unranked(table)
+        return unranked(table, units)
     cols = [families.index(f) for f in ranked]
     table = {w: tuple(v[i] for i in cols) for w, v in table.items()}
     left = shortlist(table, ranked)
@@ -230,4 +253,4 @@ def fit_map_fusion(model: AnoMemModel, cfg: AnoMemConfig, normals: torch.Tensor,
 
 
 __all__ = ["FusionFit", "SHIFT_SLACK", "aurocs", "candidates", "choose", "fit_fusion", "image_parts", "learned_locally",
-           "shortlist", "unranked"]
+           "shortlist", "spreads", "unranked"]
