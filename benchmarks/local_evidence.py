@@ -265,6 +265,17 @@ def _mean_se(d: np.ndarray) -> str:
     return f"{d.mean():+.3f} ± {se:.3f} ({int((d > 0).sum())} of {len(d)})"
 
 
+def _category_means(a: dict, b: dict, both: list, cats: list[str], fam: str) -> str:
+    """The ``categories`` row of :func:`units`: each column as the mean of the categories' means."""
+    per = [[k for k in both if k[0] == c] for c in cats]
+    cols = [lambda k: a[k][fam]["fused"], lambda k: b[k][fam]["equal_split"], lambda k: in_units(b[k], fam),
+            lambda k: in_units(b[k], fam, "max"), lambda k: b[k][fam]["pixel_patches"],
+            lambda k: in_units(b[k], fam) - a[k][fam]["fused"], lambda k: in_units(b[k], fam, "max") - a[k][fam]["fused"]]
+    means = [np.mean([np.mean([f(k) for k in ks]) for ks in per]) for f in cols]
+    return (f"| categories | {fam} | {len(cats)} | " + " | ".join(f"{m:.3f}" for m in means[:5]) + " | "
+            + " | ".join(f"{m:+.3f}" for m in means[5:]) + " |")
+
+
 def units(paths: list[Path]) -> str:
     """``paths``: pairs BASE VARIANT. Per category and family, over the fits both files of a
     pair hold whose variant row kept its fit's validation normals' terms: the base's fitted
@@ -293,13 +304,7 @@ def units(paths: list[Path]) -> str:
                          f"{np.mean([b[k][fam]['pixel_patches'] for k in ks]):.3f} | {diff[0]} | {diff[1]} |")
     cats = sorted({k[0] for k in both})
     for fam in ("unseen", "structure"):
-        per = {c: [k for k in both if k[0] == c] for c in cats}
-        mean = lambda f: np.mean([np.mean([f(k) for k in ks]) for ks in per.values()])  # noqa: E731
-        lines.append(f"| categories | {fam} | {len(cats)} | {mean(lambda k: a[k][fam]['fused']):.3f} | "
-                     f"{mean(lambda k: b[k][fam]['equal_split']):.3f} | {mean(lambda k: in_units(b[k], fam)):.3f} | "
-                     f"{mean(lambda k: in_units(b[k], fam, 'max')):.3f} | {mean(lambda k: b[k][fam]['pixel_patches']):.3f} | "
-                     f"{mean(lambda k: in_units(b[k], fam) - a[k][fam]['fused']):+.3f} | "
-                     f"{mean(lambda k: in_units(b[k], fam, 'max') - a[k][fam]['fused']):+.3f} |")
+        lines.append(_category_means(a, b, both, cats, fam))
     return "\n".join(lines)
 
 
