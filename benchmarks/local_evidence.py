@@ -60,6 +60,7 @@ from anomem.bench.photos import uint8_images
 from anomem.fit.fusion import choose, image_parts, map_parts, shortlist
 from anomem.metrics import image_auroc
 from anomem.model.pseudo import make_pseudo_anomalies
+from anomem.stage2.standard import EPS
 from anomem.stage2.weights import LOCAL
 
 # isort: split
@@ -254,7 +255,7 @@ def in_units(row: dict, fam: str, merge: str = "mean") -> float:
     gives with :func:`anomem.fit.fusion.spreads` (Decision 17), replayed from the stored terms;
     ``merge="max"``: the largest term instead of their sum, each standardised on those normals."""
     s, held = row["scores"][fam], row["scores"]["fit_normals"]
-    z = np.stack([(np.asarray(s[k]) - np.mean(held[k])) / max(float(np.std(held[k])), 1e-6)
+    z = np.stack([(np.asarray(s[k]) - np.mean(held[k])) / max(float(np.std(held[k])), EPS)
                   for k in ("global", *LOCAL) if k in s])
     return image_auroc(np.asarray(s["label"]), z.max(0) if merge == "max" else z.sum(0))
 
@@ -263,17 +264,6 @@ def _mean_se(d: np.ndarray) -> str:
     """``mean ± standard error (wins of n)`` of paired differences."""
     se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
     return f"{d.mean():+.3f} ± {se:.3f} ({int((d > 0).sum())} of {len(d)})"
-
-
-def _category_means(a: dict, b: dict, both: list, cats: list[str], fam: str) -> str:
-    """The ``categories`` row of :func:`units`: each column as the mean of the categories' means."""
-    per = [[k for k in both if k[0] == c] for c in cats]
-    cols = [lambda k: a[k][fam]["fused"], lambda k: b[k][fam]["equal_split"], lambda k: in_units(b[k], fam),
-            lambda k: in_units(b[k], fam, "max"), lambda k: b[k][fam]["pixel_patches"],
-            lambda k: in_units(b[k], fam) - a[k][fam]["fused"], lambda k: in_units(b[k], fam, "max") - a[k][fam]["fused"]]
-    means = [np.mean([np.mean([f(k) for k in ks]) for ks in per]) for f in cols]
-    return (f"| categories | {fam} | {len(cats)} | " + " | ".join(f"{m:.3f}" for m in means[:5]) + " | "
-            + " | ".join(f"{m:+.3f}" for m in means[5:]) + " |")
 
 
 def units(paths: list[Path]) -> str:
@@ -289,22 +279,25 @@ def units(paths: list[Path]) -> str:
         a.update({key(r): r for r in json.loads(base.read_text())})
         b.update({key(r): r for r in json.loads(variant.read_text()) if "fit_normals" in r.get("scores", {})})
     both = [k for k in b if k in a]
+    # per fit and family, each column once: base fitted, raw even, units, largest term, pixel patches
+    cols = {(k, fam): np.array([a[k][fam]["fused"], b[k][fam]["equal_split"], in_units(b[k], fam),
+                                in_units(b[k], fam, "max"), b[k][fam]["pixel_patches"]])
+            for k in both for fam in ("unseen", "structure")}
     lines = [f"{paths[1].stem} even split in held-out units against {paths[0].stem} fitted ({len(both)} fits)",
              "| category | family | fits | base fitted | variant even (raw) | variant even (units) | variant max (units) "
              "| pixel patches | units - base | max - base |", "|---" * 10 + "|"]
-    for cat in [*sorted({k[0] for k in both}), "all"]:
+    cats = sorted({k[0] for k in both})
+    for cat in [*cats, "all"]:
         ks = [k for k in both if cat in ("all", k[0])]
         for fam in ("unseen", "structure"):
-            base_f = np.array([a[k][fam]["fused"] for k in ks])
-            u = np.array([in_units(b[k], fam) for k in ks])
-            m = np.array([in_units(b[k], fam, "max") for k in ks])
-            diff = [_mean_se(x - base_f) for x in (u, m)]
-            lines.append(f"| {cat} | {fam} | {len(ks)} | {base_f.mean():.3f} | "
-                         f"{np.mean([b[k][fam]['equal_split'] for k in ks]):.3f} | {u.mean():.3f} | {m.mean():.3f} | "
-                         f"{np.mean([b[k][fam]['pixel_patches'] for k in ks]):.3f} | {diff[0]} | {diff[1]} |")
-    cats = sorted({k[0] for k in both})
-    for fam in ("unseen", "structure"):
-        lines.append(_category_means(a, b, both, cats, fam))
+            v = np.stack([cols[k, fam] for k in ks])
+            diff = [_mean_se(v[:, i] - v[:, 0]) for i in (2, 3)]
+            lines.append(f"| {cat} | {fam} | {len(ks)} | " + " | ".join(f"{m:.3f}" for m in v.mean(0))
+                         + f" | {diff[0]} | {diff[1]} |")
+    for fam in ("unseen", "structure"):  # each category's mean first, then their mean
+        v = np.stack([np.stack([cols[k, fam] for k in both if k[0] == c]).mean(0) for c in cats]).mean(0)
+        lines.append(f"| categories | {fam} | {len(cats)} | " + " | ".join(f"{m:.3f}" for m in v)
+                     + f" | {v[2] - v[0]:+.3f} | {v[3] - v[0]:+.3f} |")
     return "\n".join(lines)
 
 
