@@ -298,6 +298,17 @@ def units(paths: list[Path]) -> str:
         v = np.stack([np.stack([cols[k, fam] for k in both if k[0] == c]).mean(0) for c in cats]).mean(0)
         lines.append(f"| categories | {fam} | {len(cats)} | " + " | ".join(f"{m:.3f}" for m in v)
                      + f" | {v[2] - v[0]:+.3f} | {v[3] - v[0]:+.3f} |")
+    for fam in ("unseen", "structure"):  # the rules against each other, paired over every fit
+        v = np.stack([cols[k, fam] for k in both])
+        lines.append(f"{fam}: units - raw even {_mean_se(v[:, 2] - v[:, 1])}; max - units {_mean_se(v[:, 3] - v[:, 2])}")
+    for c in cats:  # the learned part alone, and the global term's spread on the fit's validation normals
+        ks = [k for k in both if k[0] == c]
+        sd = [float(np.std(b[k]["scores"]["fit_normals"]["global"])) for k in ks]
+        lines.append(f"{c}: learned part, base / variant: unseen {np.mean([a[k]['unseen']['learned'] for k in ks]):.3f}"
+                     f" / {np.mean([b[k]['unseen']['learned'] for k in ks]):.3f}, structure "
+                     f"{np.mean([a[k]['structure']['learned'] for k in ks]):.3f} / "
+                     f"{np.mean([b[k]['structure']['learned'] for k in ks]):.3f}; global term's spread on the fit's "
+                     f"validation normals {min(sd):.2f}-{max(sd):.2f}")
     return "\n".join(lines)
 
 
