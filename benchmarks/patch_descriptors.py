@@ -149,7 +149,7 @@ def run(category: str, kind: str, seed: int, size: int, n_train: int, n_val: int
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(net, path)
     torch.manual_seed(seed)
-    random_net = build_net(AnoMem(**cfg)._resolve_config(), train.shape[1]).eval()
+    random_net = build_net(AnoMem(**cfg)._resolve_config(), train.shape[1], tuple(train.shape[-2:])).eval()  # the fit's stem
     random_net.pixel_mean.copy_(net.pixel_mean)
     random_net.pixel_std.copy_(net.pixel_std)
     generator = torch.Generator().manual_seed(seed)
