@@ -2,11 +2,13 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from anomem.config import load_config
 from anomem.engine import Stage1Trainer
+from anomem.errors import ConfigError
 from anomem.factory import build_net
 from anomem.model.losses import ContrastedMemoryLoss, NTXent
 from anomem.model.schedule import cosine_with_warmup
@@ -161,3 +163,28 @@ def test_heads_separate_with_double_hinge():
     with torch.no_grad():
         dn, da = heads[0].distance(normals[0]), heads[0].distance(anomalies[0])
     assert dn.median() < 1 / cfg.margin + 0.2 and da.median() > cfg.margin - 0.2
+
+
+def test_frozen_stages_keep_their_start_and_the_rest_trains():
+    cfg = load_config("tiny", None, ["train.epochs=2", "train.batch_size=16", "train.warmup_epochs=0",
+                                     "backbone.freeze=[stem, layer1]"])
+    net = _net(cfg)
+    start = {k: v.clone() for k, v in net.backbone.state_dict().items()}
+    tr = Stage1Trainer(net, cfg, stripes(16, False), torch.ones(16, dtype=torch.bool), torch.device("cpu"))
+    tr.run_epoch()
+    tr.run_epoch()
+    after = net.backbone.state_dict()
+    params = {n for n, _ in net.backbone.named_parameters()}
+    frozen = [n for n in params if n.startswith(("stem.", "layers.layer1."))]
+    trained = [n for n in params if n.startswith("layers.layer2.")]
+    assert frozen and trained
+    assert all(torch.equal(after[n], start[n]) for n in frozen)
+    assert all(not p.requires_grad for n, p in net.backbone.named_parameters() if n in frozen)
+    assert any(not torch.equal(after[n], start[n]) for n in trained)
+
+
+def test_freeze_names_are_checked():
+    with pytest.raises(ConfigError, match="backbone.freeze: unknown stage 'layer5'"):
+        load_config("tiny", None, ["backbone.freeze=[layer5]"])
+    with pytest.raises(ConfigError, match="twice"):
+        load_config("tiny", None, ["backbone.freeze=[stem, stem]"])

@@ -129,6 +129,7 @@ class Stage1Trainer:
             cfg.loss.local_margins,
         )
         lr = cfg.train.lr * self.batch_size / 256
+        self.net.backbone.freeze(cfg.backbone.freeze)  # backbone.freeze: those stages take no step
         params = [p for p in self.net.parameters() if p.requires_grad]
         fused = {"fused": True} if device.type == "cuda" else {}
         self.optimizer = torch.optim.SGD(

@@ -39,6 +39,10 @@ class BackboneConfig:
     # Never downloaded; tensors matching in name and shape are loaded at fit
     # (anomem.model.backbone.load_resnet_weights), and the file is not needed to load a detector.
     weights: str = ""
+    # Stages stage 1 leaves as they start (at their initialisation, or at ``weights``): their
+    # parameters get no gradient; their batch-norm statistics still follow the training views.
+    # Names from ("stem", "layer1", ..., "layer4"); () trains every stage (the default).
+    freeze: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(
@@ -55,6 +59,9 @@ class BackboneConfig:
             list(self.taps) == sorted(set(self.taps), key=valid.index),
             f"backbone.taps must be distinct and ordered shallow to deep, got {self.taps}",
         )
+        for f in self.freeze:
+            _check(f in ("stem", *valid), f"backbone.freeze: unknown stage {f!r}; expected names from {('stem', *valid)}")
+        _check(len(set(self.freeze)) == len(self.freeze), f"backbone.freeze names a stage twice: {self.freeze}")
 
 
 @dataclass(frozen=True)

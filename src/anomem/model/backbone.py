@@ -86,6 +86,14 @@ class TappedResNet(nn.Module):
             out[name] = x  # (B, C_s, H_s, W_s)
         return out
 
+    def freeze(self, names: Sequence[str]) -> None:
+        """Stop gradients to the parameters of the stages ``names`` (``stem``, ``layer1``...),
+        in place; a stage this backbone does not compute (deeper than its taps) is ignored."""
+        for name in names:
+            module = self.stem if name == "stem" else self.layers[name] if name in self.layers else None
+            for p in () if module is None else module.parameters():
+                p.requires_grad_(False)
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         maps = self.stage_maps(x)
         return [maps[t] for t in self.taps]
