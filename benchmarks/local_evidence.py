@@ -312,6 +312,34 @@ def units(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def both_in_units(paths: list[Path], parts: tuple[str, ...] = ("learned", "feature_patches", "memory")) -> str:
+    """``paths``: pairs BASE VARIANT whose rows both kept their fit's validation normals. Per
+    category and family: each side's even split in held-out units (:func:`in_units`, what the
+    library scores today) and ``parts``; then the variant less the base paired over every fit."""
+    key = lambda r: (r["category"], r["kind"], r["seed"])  # noqa: E731
+    a, b = {}, {}
+    for base, variant in zip(paths[0::2], paths[1::2]):
+        a.update({key(r): r for r in json.loads(base.read_text()) if "fit_normals" in r.get("scores", {})})
+        b.update({key(r): r for r in json.loads(variant.read_text()) if "fit_normals" in r.get("scores", {})})
+    both = sorted(k for k in b if k in a)
+    col = lambda r, fam: [in_units(r, fam), *(r[fam][p] for p in parts)]  # noqa: E731
+    names = ["units", *parts]
+    lines = [f"{paths[1].stem} against {paths[0].stem} ({len(both)} fits); base / variant",
+             "| category | family | fits | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
+    for cat in [*sorted({k[0] for k in both}), "all"]:
+        ks = [k for k in both if cat in ("all", k[0])]
+        for fam in ("unseen", "structure"):
+            x, y = np.mean([col(a[k], fam) for k in ks], 0), np.mean([col(b[k], fam) for k in ks], 0)
+            lines.append(f"| {cat} | {fam} | {len(ks)} | " + " | ".join(f"{u:.3f} / {v:.3f}" for u, v in zip(x, y)) + " |")
+    for fam in ("unseen", "structure"):
+        d = np.array([np.subtract(col(b[k], fam), col(a[k], fam)) for k in both])
+        lines.append(f"{fam}: variant - base " + "; ".join(f"{n} {_mean_se(d[:, i])}" for i, n in enumerate(names)))
+    fit_s = [(a[k]["fit_s"], b[k]["fit_s"]) for k in both]
+    lines.append(f"fit seconds, base / variant (mean over the fits): {np.mean([u for u, _ in fit_s]):.0f} / "
+                 f"{np.mean([v for _, v in fit_s]):.0f}")
+    return "\n".join(lines)
+
+
 def _se(auc: float, n_normal: int, n_anomalous: int) -> float:
     """Hanley & McNeil's (1982) standard error of an AUROC of ``n_normal`` against ``n_anomalous``."""
     q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
@@ -412,6 +440,9 @@ def main() -> None:
     ap.add_argument("--units", type=Path, nargs="+", metavar="BASE VARIANT",
                     help="pairs of files: print each VARIANT's even split in held-out units (Decision 17) "
                          "against its BASE's fitted score and stop")
+    ap.add_argument("--both-units", type=Path, nargs="+", metavar="BASE VARIANT",
+                    help="pairs of files: print both sides' even split in held-out units and learned parts, "
+                         "the variant less the base paired over the fits, and stop")
     ap.add_argument("--fit-validation", type=int, default=None, metavar="N",
                     help="validation crops from the band's left columns only, and N crops of its right columns "
                          "given to the fit as validation normals (AnoMem.fit(validation=...); 0: none given, "
@@ -427,6 +458,11 @@ def main() -> None:
         if len(args.units) % 2:
             ap.error("--units takes pairs of files: BASE VARIANT [BASE VARIANT ...]")
         print(units(args.units))
+        return
+    if args.both_units:
+        if len(args.both_units) % 2:
+            ap.error("--both-units takes pairs of files: BASE VARIANT [BASE VARIANT ...]")
+        print(both_in_units(args.both_units))
         return
     if args.paired:
         print(paired(*args.paired))
