@@ -123,8 +123,10 @@ def test_scoring_does_not_mutate(name: str, train: np.ndarray, test_x: np.ndarra
     assert pickle.dumps(est) == before, f"{name}: anomaly_score changed the estimator"
     np.testing.assert_array_equal(train, train_before)
     np.testing.assert_array_equal(test_x, test_before)
-    # scoring is per-sample: a sub-batch gets the same scores (no batch statistics)
-    np.testing.assert_allclose(s2, s1[:5], rtol=1e-5, atol=1e-6)
+    # scoring is per-sample: a sub-batch gets the same scores (no batch statistics). float32
+    # convolutions pick their kernels by batch size, so the last digits may differ (1.8e-5
+    # relative on one CPU); a batch statistic would move the scores by orders more.
+    np.testing.assert_allclose(s2, s1[:5], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", NAMES)
