@@ -520,6 +520,7 @@ def test_an_upload_over_the_decode_budget_is_413_and_concurrent_ones_within_it_a
             answers = list(ex.map(lambda i: httpx.post(f"{server.url}/score", timeout=120, files=[
                 ("file", (f"m{i}.png", fits, "image/png"))]), range(12)))
         assert [a.status_code for a in answers] == [200] * 12
-        assert len({a.json()["results"][0]["score"] for a in answers}) == 1
+        scores = [a.json()["results"][0]["score"] for a in answers]  # one image: one score, up to float32 noise
+        assert max(scores) - min(scores) < 1e-5, scores  # (requests batched together use other kernels)
     finally:
         assert server.stop() == 0

@@ -41,13 +41,15 @@ def test_old_files_score_as_the_code_that_wrote_them(fmt, kind, one_thread):
     det = AnoMem.load(FIXTURES / f"{fmt}-{kind}.ckpt")
     want = json.loads((FIXTURES / f"{fmt}-expected.json").read_text())[kind]
     assert det.is_supervised == want["supervised"]
-    close = lambda got, key: np.testing.assert_allclose(got, want[key], atol=1e-5, rtol=0)  # noqa: E731
+    # recorded on one thread of another CPU: float32 scores differ in the last digits (up to 1.8e-5
+    # measured here); a wrong migration moves them by orders more
+    close = lambda got, key: np.testing.assert_allclose(got, want[key], atol=1e-4, rtol=0)  # noqa: E731
     close(det.anomaly_score(PROBE), "scores")
     close(det.anomaly_score(PROBE, weights={"image": [1, 0, 0]}), "scores_global")
     close(det.anomaly_score(PROBE, weights={"image": [0.5, 0, 0.5]}), "scores_global_pixel_patches")
     close(det.score_per_scale(PROBE), "per_scale")
     close(det.anomaly_maps(PROBE[:4]).fused, "fused_maps")
-    assert det.threshold_.value == pytest.approx(want["threshold"], abs=1e-5)
+    assert det.threshold_.value == pytest.approx(want["threshold"], abs=1e-4)
 
 
 @pytest.mark.parametrize(("fmt", "kind"), FILES)
