@@ -254,10 +254,28 @@ def in_units(row: dict, fam: str, merge: str = "mean") -> float:
     the fit's own validation normals (``scores.fit_normals``): what ``anomem.fit.fusion.unranked``
     gives with :func:`anomem.fit.fusion.spreads` (Decision 17), replayed from the stored terms;
     ``merge="max"``: the largest term instead of their sum, each standardised on those normals."""
-    s, held = row["scores"][fam], row["scores"]["fit_normals"]
-    z = np.stack([(np.asarray(s[k]) - np.mean(held[k])) / max(float(np.std(held[k])), EPS)
-                  for k in ("global", *LOCAL) if k in s])
+    s = row["scores"][fam]
+    z = held_out_units(s, row["scores"]["fit_normals"], [k for k in ("global", *LOCAL) if k in s])
     return image_auroc(np.asarray(s["label"]), z.max(0) if merge == "max" else z.sum(0))
+
+
+def held_out_units(terms: dict, held: dict, keys: list[str]) -> np.ndarray:
+    """Each term of ``keys`` standardised by its mean and spread on the fit's validation
+    normals ``held`` (what ``anomem.fit.fusion.spreads`` measures): (len(keys), N)."""
+    return np.stack([(np.asarray(terms[k]) - np.mean(held[k])) / max(float(np.std(held[k])), EPS) for k in keys])
+
+
+def _pairs(paths: list[Path], base_normals: bool = False) -> tuple[dict, dict, list]:
+    """Rows of pairs of files BASE VARIANT by (category, kind, seed): the bases', the
+    variants' that kept their fit's validation normals (the bases' too with ``base_normals``),
+    and the keys both hold."""
+    key = lambda r: (r["category"], r["kind"], r["seed"])  # noqa: E731
+    kept = lambda r: "fit_normals" in r.get("scores", {})  # noqa: E731
+    a, b = {}, {}
+    for base, variant in zip(paths[0::2], paths[1::2]):
+        a.update({key(r): r for r in json.loads(base.read_text()) if kept(r) or not base_normals})
+        b.update({key(r): r for r in json.loads(variant.read_text()) if kept(r)})
+    return a, b, [k for k in b if k in a]
 
 
 def _mean_se(d: np.ndarray) -> str:
@@ -273,12 +291,7 @@ def units(paths: list[Path]) -> str:
     units and as the largest term in those units, its pixel patches alone, and the units
     split and the largest term less the base (mean ± standard error, wins); ``all``: every
     fit, ``categories``: the mean of the categories' means."""
-    key = lambda r: (r["category"], r["kind"], r["seed"])  # noqa: E731
-    a, b = {}, {}
-    for base, variant in zip(paths[0::2], paths[1::2]):
-        a.update({key(r): r for r in json.loads(base.read_text())})
-        b.update({key(r): r for r in json.loads(variant.read_text()) if "fit_normals" in r.get("scores", {})})
-    both = [k for k in b if k in a]
+    a, b, both = _pairs(paths)
     # per fit and family, each column once: base fitted, raw even, units, largest term, pixel patches
     cols = {(k, fam): np.array([a[k][fam]["fused"], b[k][fam]["equal_split"], in_units(b[k], fam),
                                 in_units(b[k], fam, "max"), b[k][fam]["pixel_patches"]])
@@ -316,12 +329,8 @@ def both_in_units(paths: list[Path], parts: tuple[str, ...] = ("learned", "featu
     """``paths``: pairs BASE VARIANT whose rows both kept their fit's validation normals. Per
     category and family: each side's even split in held-out units (:func:`in_units`, what the
     library scores today) and ``parts``; then the variant less the base paired over every fit."""
-    key = lambda r: (r["category"], r["kind"], r["seed"])  # noqa: E731
-    a, b = {}, {}
-    for base, variant in zip(paths[0::2], paths[1::2]):
-        a.update({key(r): r for r in json.loads(base.read_text()) if "fit_normals" in r.get("scores", {})})
-        b.update({key(r): r for r in json.loads(variant.read_text()) if "fit_normals" in r.get("scores", {})})
-    both = sorted(k for k in b if k in a)
+    a, b, both = _pairs(paths, base_normals=True)
+    both = sorted(both)
     col = lambda r, fam: [in_units(r, fam), *(r[fam][p] for p in parts)]  # noqa: E731
     names = ["units", *parts]
     lines = [f"{paths[1].stem} against {paths[0].stem} ({len(both)} fits); base / variant",

@@ -34,14 +34,12 @@ from anomem import AnoMem
 from anomem.bench.photos import uint8_images
 from anomem.factory import build_net
 from anomem.metrics import image_auroc
-from anomem.model.net import feature_descriptors
 from anomem.model.pseudo import make_pseudo_anomalies
 from anomem.stage2.patch_bank import PatchBank
-from anomem.stage2.standard import EPS
 
 # isort: split
 # sibling modules in benchmarks/ (a script's own directory is first on sys.path)
-from local_evidence import structure_defects
+from local_evidence import held_out_units, structure_defects
 from photo_validation import crops
 
 SPLITS = {"trained (library)": ("global", "feature_patches", "pixel_patches"),
@@ -65,21 +63,16 @@ def random_encoder(row: dict, train: torch.Tensor):
         if isinstance(m, torch.nn.BatchNorm2d):
             m.reset_running_stats()
             m.momentum = None  # a cumulative mean over the passes below
-    net.train()
-    for b in x.split(40):
-        net.backbone.stage_maps((b - net.pixel_mean[:, None, None]) / net.pixel_std[:, None, None])
+    descriptors(net.train(), x)  # one pass in training mode: the batch-norm statistics
     return net.eval(), cfg
 
 
 @torch.no_grad()
 def descriptors(net, x: torch.Tensor) -> torch.Tensor:
-    """Feature-patch descriptors of uint8 or float images under ``net``."""
-    out = []
-    for b in x.split(40):
-        b = b.float() / 255 if b.dtype == torch.uint8 else b
-        out.append(feature_descriptors(net.backbone.stage_maps((b - net.pixel_mean[:, None, None])
-                                                               / net.pixel_std[:, None, None])))
-    return torch.cat(out)
+    """Feature-patch descriptors of uint8 or float images under ``net`` (the library's
+    encoder pass, :meth:`anomem.model.net.AnoMemNet.evidence`)."""
+    to_float = lambda b: b.float() / 255 if b.dtype == torch.uint8 else b  # noqa: E731
+    return torch.cat([net.evidence(to_float(b), local=True).local_features for b in x.split(40)])
 
 
 def run(row: dict, n_train: int = 160, n_val: int = 80, fit_val: int = 40) -> dict:
@@ -98,11 +91,6 @@ def run(row: dict, n_train: int = 160, n_val: int = 80, fit_val: int = 40) -> di
             "unseen": normal + score(uint8_images(made.images)), "structure": normal + score(uint8_images(struct))}
 
 
-def units(terms: dict, held: dict, keys: tuple[str, ...]) -> np.ndarray:
-    """The even split of ``keys`` in units of each term's spread on the fit's validation normals."""
-    return sum((np.asarray(terms[k]) - np.mean(held[k])) / max(float(np.std(held[k])), EPS) for k in keys)
-
-
 def table(rows: list[dict], rand: dict) -> str:
     """Per fit, the random and trained patches' AUROC; then the means per category and family."""
     cols, fits = {}, []
@@ -114,7 +102,7 @@ def table(rows: list[dict], rand: dict) -> str:
             y = np.asarray(t["label"])
             v = {"random patches": image_auroc(y, np.asarray(o[fam])), "trained patches": r[fam]["feature_patches"],
                  "pixel patches": r[fam]["pixel_patches"],
-                 **{s: image_auroc(y, units(t, held, k)) for s, k in SPLITS.items()}}
+                 **{s: image_auroc(y, held_out_units(t, held, list(k)).sum(0)) for s, k in SPLITS.items()}}
             cols.setdefault(fam, []).append((r["category"], v))
             fits.append(f"{r['category']} {r['kind']} seed {r['seed']} {fam}: random patches "
                         f"{v['random patches']:.3f}, trained {v['trained patches']:.3f}")
